@@ -1,0 +1,169 @@
+"""The one backend-aware module.
+
+Everything outside this file calls ``namespace(...)`` and then only functions of the
+array API standard. Backend quirks (reduced QR and SVD spelling, conjugate transposes of
+real arrays without a copy, moving a few numbers to the host for a rank decision,
+recognising the linear-algebra errors of each library) are collected here so that the
+integrators read like their algorithm boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import device as _array_device
+
+__all__ = [
+    "adjoint",
+    "adjoint_operator",
+    "all_finite",
+    "device",
+    "eye_like",
+    "is_array",
+    "is_complex",
+    "is_linalg_error",
+    "namespace",
+    "orth",
+    "qr",
+    "real_dtype",
+    "svd",
+    "to_host",
+    "transpose_operator",
+]
+
+
+def namespace(*arrays: Any) -> Any:
+    """Return the array-API namespace shared by ``arrays`` (``None`` entries are skipped)."""
+    return array_namespace(*[a for a in arrays if a is not None])
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is an array of a library that array-api-compat recognises."""
+    return is_array_api_obj(x)
+
+
+def is_complex(x: Any) -> bool:
+    """Whether the array ``x`` has a complex floating dtype."""
+    xp = array_namespace(x)
+    return xp.isdtype(x.dtype, "complex floating")
+
+
+def real_dtype(xp: Any, dtype: Any) -> Any:
+    """The real floating dtype of the same precision as ``dtype``."""
+    if xp.isdtype(dtype, "complex floating"):
+        return xp.float32 if dtype == xp.complex64 else xp.float64
+    return dtype
+
+
+def adjoint(x: Any) -> Any:
+    """Conjugate transpose ``x^H`` of a (stack of) matrices.
+
+    For real input this is a transpose view: no conjugation copy is made.
+    """
+    xp = array_namespace(x)
+    xt = xp.matrix_transpose(x)
+    if xp.isdtype(x.dtype, "complex floating"):
+        return xp.conj(xt)
+    return xt
+
+
+def eye_like(x: Any, n: int) -> Any:
+    """The ``n x n`` identity with the dtype and device of ``x``."""
+    xp = array_namespace(x)
+    return xp.eye(n, dtype=x.dtype, device=_array_device(x))
+
+
+def qr(x: Any) -> tuple[Any, Any]:
+    """Reduced (thin) QR factorisation ``x = Q R`` with ``min(rows, cols)`` columns in Q."""
+    xp = array_namespace(x)
+    q, r = xp.linalg.qr(x, mode="reduced")
+    return q, r
+
+
+def orth(x: Any) -> Any:
+    """Orthonormal basis of the column space of ``x``: the Q factor of a thin QR."""
+    return qr(x)[0]
+
+
+def svd(x: Any) -> tuple[Any, Any, Any]:
+    """Reduced SVD ``x = P diag(sigma) Q^H``; returns ``(P, sigma, Q^H)`` as LAPACK does."""
+    xp = array_namespace(x)
+    return xp.linalg.svd(x, full_matrices=False)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """Copy a (small) array to a NumPy array on the host.
+
+    This is the only place numbers leave the device; the integrators use it for the rank
+    decision and for the diagnostics recorded per step.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        return x.get()
+    if mod.startswith("torch"):
+        return x.detach().cpu().numpy()
+    if mod.startswith("dask"):
+        return np.asarray(x.compute())
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):
+        # array-api-strict refuses implicit conversion; go through DLPack.
+        xp = array_namespace(x)
+        return np.from_dlpack(xp.asarray(x, copy=True))
+
+
+def all_finite(*arrays: Any) -> bool:
+    """Whether every entry of every array is finite (one host sync per array)."""
+    for a in arrays:
+        xp = array_namespace(a)
+        if not bool(xp.all(xp.isfinite(a))):
+            return False
+    return True
+
+
+def is_linalg_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a linear-algebra failure (no convergence, NaN input) of any backend."""
+    if isinstance(exc, np.linalg.LinAlgError):
+        return True
+    name = type(exc).__name__
+    return name in {"LinAlgError", "_LinAlgError"}
+
+
+def adjoint_operator(op: Any) -> Any:
+    """The adjoint ``op^H`` of a square operator usable with ``@``.
+
+    Arrays of any array-API library, ``scipy.sparse`` matrices and arrays, and
+    ``scipy.sparse.linalg.LinearOperator`` (or anything with ``.H`` or ``.conj()`` and ``.T``)
+    are supported.
+    """
+    if is_array_api_obj(op):
+        return adjoint(op)
+    if hasattr(op, "conj") and hasattr(op, "T"):
+        return op.conj().T
+    if hasattr(op, "H"):
+        return op.H
+    raise TypeError(
+        f"cannot form the adjoint of an operator of type {type(op).__name__}: expected an "
+        "array, a scipy.sparse matrix, or an object with .H or .conj() and .T"
+    )
+
+
+def transpose_operator(op: Any) -> Any:
+    """The plain transpose ``op^T`` of a square operator usable with ``@``."""
+    if is_array_api_obj(op):
+        return array_namespace(op).matrix_transpose(op)
+    if hasattr(op, "T"):
+        return op.T
+    raise TypeError(
+        f"cannot transpose an operator of type {type(op).__name__}: expected an array, a "
+        "scipy.sparse matrix, or an object with .T"
+    )
+
+
+def device(x: Any) -> Any:
+    """The device an array lives on."""
+    return _array_device(x)

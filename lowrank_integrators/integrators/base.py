@@ -1,0 +1,285 @@
+r"""What every integrator shares: the step contract, the per-step ledger, the substep ODEs.
+
+Contract for writing an integrator
+----------------------------------
+1. Subclass :class:`Integrator`; set the class attributes ``order``, ``rank_adaptive`` and
+   ``references`` (author, year, arXiv id).
+2. Implement ``step(problem, state, t, h) -> (State, StepInfo)``. Integrators are
+   immutable configuration: a step never mutates ``self``, the problem or the input state.
+3. Obtain ``F``-products, QR and SVD only through a :class:`Ledger`; it counts them, checks
+   the shapes the problem returns and builds :class:`StepInfo`.
+4. Solve substeps with ``self.substep(ode, t0, t1, X0)`` using the :class:`KStep`,
+   :class:`LStep` and :class:`SStep` ODEs below; all substeps of one step run over the same
+   ``[t, t + h]`` unless the method itself splits the interval.
+5. Rank-adaptive methods truncate through ``self.truncation`` and record the result with
+   ``ledger.record_truncation``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import _backend as bk
+from ..factors import LowRankMatrix
+from ..problems import MatrixODE
+from ..substeps import SubstepSolver, as_substep
+from ..truncation import TruncationRecord, TruncationRule
+
+__all__ = [
+    "AdaptiveIntegrator",
+    "Integrator",
+    "KStep",
+    "LStep",
+    "Ledger",
+    "SStep",
+    "State",
+    "StepInfo",
+]
+
+
+@dataclass(frozen=True)
+class State:
+    """The integrator state at time ``t``: the low-rank approximation ``Y`` and method data.
+
+    ``data`` holds what a method carries from step to step (nothing for the methods of this
+    module); it is replaced, never mutated.
+    """
+
+    Y: Any
+    t: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def with_Y(self, Y: Any, t: float) -> State:
+        return replace(self, Y=Y, t=t)
+
+
+@dataclass
+class StepInfo:
+    """Cost and rank bookkeeping of one step.
+
+    Attributes
+    ----------
+    n_right, n_left, n_project : int
+        Applications of ``F V``, ``F^H U`` and ``U^H F V``.
+    n_qr, n_svd : int
+        QR and SVD factorisations (of any size).
+    rank_before, rank_after : int
+        Rank of the input and output states.
+    truncation : TruncationRecord or None
+        The last rank decision of the step.
+    rejected : int
+        Rejected attempts (methods with step rejection).
+    """
+
+    n_right: int = 0
+    n_left: int = 0
+    n_project: int = 0
+    n_qr: int = 0
+    n_svd: int = 0
+    rank_before: int = 0
+    rank_after: int = 0
+    truncation: TruncationRecord | None = None
+    rejected: int = 0
+
+    @property
+    def n_f(self) -> int:
+        """Total number of factored ``F`` applications."""
+        return self.n_right + self.n_left + self.n_project
+
+
+class Ledger:
+    """Counts and checks every interaction of one step with the problem and with LAPACK.
+
+    Integrators call ``F`` and factorisations only through a ledger, so that cost budgets
+    (which define the methods) are observable and a problem returning a wrongly shaped
+    product is caught at once with a message naming the product.
+    """
+
+    def __init__(self, problem: MatrixODE, rank_before: int = 0) -> None:
+        self.problem = problem
+        self.info = StepInfo(rank_before=rank_before)
+
+    # --- F products --------------------------------------------------------------------
+    def right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
+        """``F(t, Y) V``."""
+        self.info.n_right += 1
+        out = self.problem.apply_right(t, Y, V)
+        _check_product("apply_right", out, (Y.shape[0], V.shape[1]))
+        return out
+
+    def left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
+        """``F(t, Y)^H U``."""
+        self.info.n_left += 1
+        out = self.problem.apply_left(t, Y, U)
+        _check_product("apply_left", out, (Y.shape[1], U.shape[1]))
+        return out
+
+    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
+        """``U^H F(t, Y) V``."""
+        self.info.n_project += 1
+        out = self.problem.project(t, Y, U, V)
+        _check_product("project", out, (U.shape[1], V.shape[1]))
+        return out
+
+    # --- factorisations ----------------------------------------------------------------
+    def qr(self, X: Any) -> tuple[Any, Any]:
+        """Thin QR ``X = Q R``."""
+        self.info.n_qr += 1
+        return bk.qr(X)
+
+    def orth(self, X: Any) -> Any:
+        """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""
+        return self.qr(X)[0]
+
+    def truncate(
+        self, rule: TruncationRule, U: Any, S: Any, V: Any, h: float, **kw: Any
+    ) -> LowRankMatrix:
+        """Apply a truncation rule (one SVD) and record its decision."""
+        self.info.n_svd += 1
+        Y, record = rule.truncate(U, S, V, h, **kw)
+        self.info.truncation = record
+        return Y
+
+    def finish(self, rank_after: int) -> StepInfo:
+        self.info.rank_after = rank_after
+        return self.info
+
+
+def _check_product(name: str, out: Any, expected: tuple[int, int]) -> None:
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != tuple(int(e) for e in expected):
+        raise ValueError(
+            f"problem.{name} returned an array of shape {shape}, expected {tuple(expected)}"
+        )
+
+
+# --- substep ODEs ---------------------------------------------------------------------------
+
+
+class KStep:
+    r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed right basis ``V0``)."""
+
+    def __init__(self, ledger: Ledger, V0: Any) -> None:
+        self.ledger = ledger
+        self.V0 = V0
+        self._I = bk.eye_like(V0, int(V0.shape[1]))
+
+    def rhs(self, t: float, K: Any) -> Any:
+        return self.ledger.right(t, LowRankMatrix(K, self._I, self.V0, check=False), self.V0)
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        return self.ledger.problem.increment_right(t0, t1, self.V0)
+
+
+class LStep:
+    r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed left basis ``U0``)."""
+
+    def __init__(self, ledger: Ledger, U0: Any) -> None:
+        self.ledger = ledger
+        self.U0 = U0
+        self._I = bk.eye_like(U0, int(U0.shape[1]))
+
+    def rhs(self, t: float, L: Any) -> Any:
+        return self.ledger.left(t, LowRankMatrix(self.U0, self._I, L, check=False), self.U0)
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        return self.ledger.problem.increment_left(t0, t1, self.U0)
+
+
+class SStep:
+    r"""``S' = sign * U^H F(t, U S V^H) V``: Galerkin (``sign=+1``) or backward (``sign=-1``)."""
+
+    def __init__(self, ledger: Ledger, U: Any, V: Any, sign: int = 1) -> None:
+        if sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
+        self.ledger = ledger
+        self.U = U
+        self.V = V
+        self.sign = sign
+
+    def rhs(self, t: float, S: Any) -> Any:
+        out = self.ledger.project(t, LowRankMatrix(self.U, S, self.V, check=False), self.U, self.V)
+        return out if self.sign == 1 else -out
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        inc = self.ledger.problem.increment_project(t0, t1, self.U, self.V)
+        if inc is None or self.sign == 1:
+            return inc
+        return -inc
+
+
+# --- the integrator base --------------------------------------------------------------------
+
+
+class Integrator(ABC):
+    """Base class of the matrix integrators.
+
+    Parameters
+    ----------
+    substep : SubstepSolver or callable, optional
+        Solver for the K-, L- and S-substeps (default ``RK4(steps=1)``); a callable
+        ``(f, t0, t1, X0) -> X1`` is accepted too.
+    """
+
+    #: Classical order of the method with exact substeps.
+    order: int = 1
+    #: Whether the method changes the rank by itself.
+    rank_adaptive: bool = False
+    #: Papers the method implements: "Authors Year, Title, arXiv:id".
+    references: tuple[str, ...] = ()
+
+    def __init__(self, substep: SubstepSolver | Callable[..., Any] | None = None) -> None:
+        self.substep = as_substep(substep)
+
+    def init(self, problem: MatrixODE, Y0: LowRankMatrix, t0: float) -> State:
+        """Initial state at ``t0``; validates ``Y0``."""
+        if not isinstance(Y0, LowRankMatrix):
+            raise TypeError(
+                f"Y0 must be a LowRankMatrix, got {type(Y0).__name__}; use "
+                "LowRankMatrix.from_dense(A, rank=r) for a dense initial value"
+            )
+        return State(Y=Y0, t=float(t0))
+
+    @abstractmethod
+    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
+        """Advance ``state`` from ``t`` to ``t + h``."""
+
+    def citation(self) -> str:
+        """The references as text, one per line."""
+        return "\n".join(self.references)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(substep={self.substep!r})"
+
+
+class AdaptiveIntegrator(Integrator):
+    """An integrator whose step ends in a truncation rule.
+
+    Parameters
+    ----------
+    truncation : TruncationRule
+        ``FixedRank(r)`` truncates back to rank ``r``; ``Tolerance(...)`` adapts the rank.
+    substep : SubstepSolver or callable, optional
+        As for :class:`Integrator`.
+    """
+
+    rank_adaptive = True
+
+    def __init__(
+        self,
+        truncation: TruncationRule,
+        substep: SubstepSolver | Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__(substep)
+        if not isinstance(truncation, TruncationRule):
+            raise TypeError(
+                "truncation must be a TruncationRule such as FixedRank(r) or Tolerance(theta), "
+                f"got {type(truncation).__name__}"
+            )
+        self.truncation = truncation
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(truncation={self.truncation!r}, substep={self.substep!r})"

@@ -1,0 +1,318 @@
+r"""Matrix ODEs ``Y' = F(t, Y)`` in factored form.
+
+The integrators never ask for ``F(t, Y)`` as an ``m x n`` matrix. A problem supplies three
+products at a factored ``Y = U_Y S_Y V_Y^H``:
+
+* ``apply_right(t, Y, V) = F(t, Y) @ V``        (m x k),
+* ``apply_left(t, Y, U)  = F(t, Y)^H @ U``      (n x k),
+* ``project(t, Y, U, V)  = U^H @ F(t, Y) @ V``  (k x l).
+
+Inside substeps the integrators pass intermediate states such as ``K V0^H`` as
+``LowRankMatrix(K, I, V0, check=False)``: the outer factors of the ``Y`` a problem receives
+have full column rank but are **not necessarily orthonormal**. Problems must therefore use
+``Y`` only through products (``Y.matmul``, ``Y.rmatmul_adjoint``, or ``Y.U``, ``Y.S``,
+``Y.V`` as plain factors).
+
+A problem whose right-hand side does not depend on the state (explicit data ``F = A'(t)``)
+additionally offers exact increments ``int_{t0}^{t1} F dt`` applied to factors; substep
+solvers then solve every substep exactly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from . import _backend as bk
+from .factors import LowRankMatrix
+
+__all__ = ["DataODE", "DenseODE", "MatrixODE", "SylvesterODE"]
+
+
+class MatrixODE(ABC):
+    """Base class of matrix ODEs given in factored form.
+
+    Subclasses implement :meth:`apply_right` and :meth:`apply_left`; :meth:`project` defaults
+    to ``U^H apply_right(t, Y, V)`` and should be overridden when a cheaper form exists.
+    :meth:`evaluate_dense` forms ``F(t, Y)`` explicitly and exists for diagnostics of small
+    problems only.
+    """
+
+    #: Whether ``F`` ignores the state, so that substeps have exact increments.
+    has_increments: bool = False
+
+    @abstractmethod
+    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
+        """``F(t, Y) @ V`` for ``V`` of shape (n, k)."""
+
+    @abstractmethod
+    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
+        """``F(t, Y)^H @ U`` for ``U`` of shape (m, k)."""
+
+    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
+        """``U^H @ F(t, Y) @ V``."""
+        return bk.adjoint(U) @ self.apply_right(t, Y, V)
+
+    def evaluate_dense(self, t: float, Y: LowRankMatrix) -> Any:
+        """``F(t, Y)`` as a dense ``m x n`` matrix (small problems and diagnostics only)."""
+        n = Y.shape[1]
+        xp = bk.namespace(Y.S)
+        eye = xp.eye(n, dtype=Y.dtype, device=bk.device(Y.S))
+        return self.apply_right(t, Y, eye)
+
+    # Exact increments for state-independent right-hand sides; None otherwise.
+    def increment_right(self, t0: float, t1: float, V: Any) -> Any | None:
+        """``(int_{t0}^{t1} F dt) @ V`` when ``F`` ignores the state, else ``None``."""
+        return None
+
+    def increment_left(self, t0: float, t1: float, U: Any) -> Any | None:
+        """``(int_{t0}^{t1} F dt)^H @ U`` when ``F`` ignores the state, else ``None``."""
+        return None
+
+    def increment_project(self, t0: float, t1: float, U: Any, V: Any) -> Any | None:
+        """``U^H (int_{t0}^{t1} F dt) V`` when ``F`` ignores the state, else ``None``."""
+        return None
+
+
+class DenseODE(MatrixODE):
+    """A matrix ODE given by a function on dense matrices.
+
+    **This problem densifies**: every product forms ``Y`` and ``F(t, Y)`` as ``m x n``
+    arrays. Use it for small problems, prototypes and as a reference for factored problems.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(t, Y_dense) -> F`` with ``F`` of the same shape as ``Y_dense``.
+    """
+
+    def __init__(self, f: Callable[[float, Any], Any]) -> None:
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        self.f = f
+
+    def evaluate_dense(self, t: float, Y: LowRankMatrix) -> Any:
+        F = self.f(t, Y.to_dense())
+        if not bk.is_array(F) or tuple(F.shape) != Y.shape:
+            got = tuple(F.shape) if hasattr(F, "shape") else type(F).__name__
+            raise ValueError(
+                f"f(t, Y) must return an array of shape {Y.shape} (the shape of Y), got {got}"
+            )
+        return F
+
+    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
+        return self.evaluate_dense(t, Y) @ V
+
+    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
+        return bk.adjoint(self.evaluate_dense(t, Y)) @ U
+
+    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
+        return bk.adjoint(U) @ (self.evaluate_dense(t, Y) @ V)
+
+    def __repr__(self) -> str:
+        return f"DenseODE({getattr(self.f, '__name__', self.f)!r})"
+
+
+class SylvesterODE(MatrixODE):
+    r"""``F(t, Y) = A Y + Y B^T + C``, evaluated with tall-skinny products only.
+
+    The factored products are
+
+    * ``F V     = A (Y V) + Y (B^T V) + C V``,
+    * ``F^H U   = Y^H (A^H U) + conj(B) (Y^H U) + C^H U``,
+    * ``U^H F V = (A^H U)^H (Y V) + (U^H Y)(B^T V) + U^H C V``.
+
+    The L-product needs the conjugate transposes ``A^H``, ``conj(B)`` and ``C^H``; a plain
+    ``C U`` is wrong for non-Hermitian ``C``.
+
+    Parameters
+    ----------
+    A : operator, shape (m, m)
+        Dense array, ``scipy.sparse`` matrix/array, ``LinearOperator`` or anything with ``@``
+        (and ``.T``/``.conj()`` or ``.H``).
+    B : operator, shape (n, n), optional
+        Acts from the right as ``Y B^T``. ``None`` means zero.
+    C : None, array (m, n) or LowRankMatrix, optional
+        Constant source. A ``LowRankMatrix`` source keeps every product factored.
+    """
+
+    def __init__(self, A: Any, B: Any = None, C: Any = None) -> None:
+        if A is None:
+            raise TypeError("A must be an operator of shape (m, m), got None")
+        self.A = A
+        self.B = B
+        self.C = C
+        self.m = _square_size("A", A)
+        self.n = _square_size("B", B) if B is not None else None
+        self.A_H = bk.adjoint_operator(A)
+        if B is not None:
+            self.B_T = bk.transpose_operator(B)
+            # conj(B) = (B^T)^H
+            self.B_conj = bk.adjoint_operator(self.B_T)
+        if C is not None:
+            if isinstance(C, LowRankMatrix):
+                cm, cn = C.shape
+            elif bk.is_array(C) and C.ndim == 2:
+                cm, cn = C.shape
+            else:
+                raise TypeError(
+                    f"C must be None, a 2-D array or a LowRankMatrix, got {type(C).__name__}"
+                )
+            if cm != self.m or (self.n is not None and cn != self.n):
+                raise ValueError(
+                    f"C has shape {(cm, cn)}, expected ({self.m}, {self.n or 'n'}) to match A and B"
+                )
+            self.n = cn if self.n is None else self.n
+
+    def _check(self, Y: LowRankMatrix) -> None:
+        m, n = Y.shape
+        if m != self.m or (self.n is not None and n != self.n):
+            raise ValueError(
+                f"Y has shape {(m, n)}, but the SylvesterODE acts on ({self.m}, {self.n or 'n'})"
+            )
+
+    def _c_right(self, V: Any) -> Any:
+        return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V
+
+    def _c_left(self, U: Any) -> Any:
+        if isinstance(self.C, LowRankMatrix):
+            return self.C.rmatmul_adjoint(U)
+        return bk.adjoint(self.C) @ U
+
+    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
+        self._check(Y)
+        out = self.A @ Y.matmul(V)
+        if self.B is not None:
+            out = out + Y.matmul(self.B_T @ V)
+        if self.C is not None:
+            out = out + self._c_right(V)
+        return out
+
+    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
+        self._check(Y)
+        out = Y.rmatmul_adjoint(self.A_H @ U)
+        if self.B is not None:
+            out = out + self.B_conj @ Y.rmatmul_adjoint(U)
+        if self.C is not None:
+            out = out + self._c_left(U)
+        return out
+
+    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
+        self._check(Y)
+        UhA = bk.adjoint(self.A_H @ U)
+        out = UhA @ Y.matmul(V)
+        if self.B is not None:
+            UhY = bk.adjoint(Y.rmatmul_adjoint(U))
+            out = out + UhY @ (self.B_T @ V)
+        if self.C is not None:
+            out = out + bk.adjoint(U) @ self._c_right(V)
+        return out
+
+    def evaluate_dense(self, t: float, Y: LowRankMatrix) -> Any:
+        self._check(Y)
+        Yd = Y.to_dense()
+        out = self.A @ Yd
+        if self.B is not None:
+            out = out + bk.adjoint(self.B_conj @ bk.adjoint(Yd))
+        if self.C is not None:
+            out = out + (self.C.to_dense() if isinstance(self.C, LowRankMatrix) else self.C)
+        return out
+
+    def __repr__(self) -> str:
+        has_b, has_c = self.B is not None, self.C is not None
+        return f"SylvesterODE(m={self.m}, n={self.n}, B={has_b}, C={has_c})"
+
+
+class DataODE(MatrixODE):
+    r"""Explicit time-dependent data: ``F(t, Y) = A'(t)`` for a given ``A(t)``.
+
+    The substeps are solved exactly through increments ``Delta A = A(t1) - A(t0)``; no
+    derivative is needed. Projector splitting and BUG reproduce ``A(t_n)`` to round-off
+    when ``A(t)`` has rank r and ``Y0 = A(t0)`` (Lubich-Oseledets 2014, arXiv:1301.1058;
+    Ceruti-Lubich 2022, arXiv:2010.02022).
+
+    Parameters
+    ----------
+    A : callable
+        ``A(t)`` returning a dense array or a :class:`LowRankMatrix` (kept factored).
+    derivative : callable, optional
+        ``A'(t)`` (dense or ``LowRankMatrix``). Only needed for ``apply_*`` at a single time
+        (diagnostics); the integrators use increments.
+    """
+
+    has_increments = True
+
+    def __init__(self, A: Callable[[float], Any], derivative: Callable[[float], Any] | None = None):
+        if not callable(A):
+            raise TypeError(f"A must be callable t -> matrix, got {type(A).__name__}")
+        if derivative is not None and not callable(derivative):
+            raise TypeError(f"derivative must be callable, got {type(derivative).__name__}")
+        self.A = A
+        self.derivative = derivative
+        self._cache: OrderedDict[float, Any] = OrderedDict()
+
+    def data(self, t: float) -> Any:
+        """``A(t)``, memoised for the few most recent times (one step asks for each twice)."""
+        key = float(t)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = self.A(t)
+        if not isinstance(value, LowRankMatrix) and not (bk.is_array(value) and value.ndim == 2):
+            raise ValueError(
+                f"A(t) must return a 2-D array or a LowRankMatrix, got {type(value).__name__}"
+            )
+        self._cache[key] = value
+        if len(self._cache) > 4:
+            self._cache.popitem(last=False)
+        return value
+
+    @staticmethod
+    def _right(X: Any, V: Any) -> Any:
+        return X.matmul(V) if isinstance(X, LowRankMatrix) else X @ V
+
+    @staticmethod
+    def _left(X: Any, U: Any) -> Any:
+        return X.rmatmul_adjoint(U) if isinstance(X, LowRankMatrix) else bk.adjoint(X) @ U
+
+    def _derivative(self, t: float) -> Any:
+        if self.derivative is None:
+            raise NotImplementedError(
+                "DataODE was built without derivative=, so F(t, Y) = A'(t) is only available "
+                "through increments; pass derivative=callable to evaluate it at one time"
+            )
+        return self.derivative(t)
+
+    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
+        return self._right(self._derivative(t), V)
+
+    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
+        return self._left(self._derivative(t), U)
+
+    def increment_right(self, t0: float, t1: float, V: Any) -> Any:
+        return self._right(self.data(t1), V) - self._right(self.data(t0), V)
+
+    def increment_left(self, t0: float, t1: float, U: Any) -> Any:
+        return self._left(self.data(t1), U) - self._left(self.data(t0), U)
+
+    def increment_project(self, t0: float, t1: float, U: Any, V: Any) -> Any:
+        return bk.adjoint(U) @ self.increment_right(t0, t1, V)
+
+    def __repr__(self) -> str:
+        return f"DataODE({getattr(self.A, '__name__', self.A)!r})"
+
+
+def _square_size(name: str, op: Any) -> int:
+    shape = getattr(op, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise TypeError(
+            f"{name} must be a 2-D operator with a .shape (array, sparse matrix or "
+            f"LinearOperator), got {type(op).__name__}"
+        )
+    if shape[0] != shape[1]:
+        raise ValueError(f"{name} must be square, got shape {tuple(shape)}")
+    if not hasattr(op, "__matmul__"):
+        raise TypeError(f"{name} must support the @ operator")
+    return int(shape[0])

@@ -1,0 +1,197 @@
+"""The one-call driver: integrate a problem over a time span with a fixed step."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+from ._progress import ProgressBar
+from .integrators.base import Integrator, StepInfo
+from .solution import Solution, SolveStats
+
+__all__ = ["solve", "step_times"]
+
+
+def step_times(t0: float, t1: float, h: float) -> np.ndarray:
+    """Grid ``t0, t0 + h, ..., t1`` whose last point is exactly ``t1``.
+
+    The last step is shortened when ``(t1 - t0) / h`` is not an integer; a ratio within
+    round-off of an integer is rounded, so no sliver step is taken.
+    """
+    ratio = (t1 - t0) / h
+    n = round(ratio)
+    if n < 1 or abs(ratio - n) > 1e-9 * max(1.0, ratio):
+        n = math.ceil(ratio)
+    times = t0 + h * np.arange(n + 1, dtype=float)
+    times[-1] = t1
+    return times
+
+
+def solve(
+    problem: Any,
+    Y0: Any,
+    t_span: tuple[float, float],
+    h: float,
+    method: Integrator | None = None,
+    *,
+    progress: bool = False,
+    callback: Callable[[float, Any, StepInfo], Any] | None = None,
+    save_singular_values: bool = True,
+    save_states: bool = False,
+) -> Solution:
+    """Integrate ``Y' = F(t, Y)`` from ``t_span[0]`` to ``t_span[1]`` with step ``h``.
+
+    Parameters
+    ----------
+    problem : MatrixODE (or a tensor problem for Tucker integrators)
+        The right-hand side in factored form.
+    Y0 : LowRankMatrix or TuckerTensor
+        Initial value; its rank is the starting rank.
+    t_span : (float, float)
+        ``(t0, t1)`` with ``t1 > t0``. The last step is shortened to land exactly on ``t1``.
+    h : float
+        Step size, ``> 0``.
+    method : Integrator, optional
+        Default ``BUG()``.
+    progress : bool, default False
+        Draw a progress bar on standard error.
+    callback : callable, optional
+        ``callback(t, Y, info)`` after each accepted step; returning ``False`` stops the run
+        with status ``"stopped"``.
+    save_singular_values : bool, default True
+        Record the singular values of each state (a small SVD of the core per step, not
+        counted in ``stats``).
+    save_states : bool, default False
+        Keep every state in ``sol.states`` (for error curves along the solution).
+
+    Returns
+    -------
+    Solution
+        ``sol.status`` is ``"failed"`` when a step produced non-finite values or a
+        factorisation failed; then ``sol.Y`` is the last good state and ``sol.message``
+        names the step and its time.
+    """
+    from .integrators.bug import BUG
+
+    method = BUG() if method is None else method
+    if not isinstance(method, Integrator):
+        raise TypeError(
+            f"method must be an integrator instance such as BUG(), got {type(method).__name__}"
+        )
+    t0, t1 = _check_span(t_span)
+    h = _check_step(h)
+
+    state = method.init(problem, Y0, t0)
+    times = step_times(t0, t1, h)
+    n_steps = len(times) - 1
+
+    stats = SolveStats()
+    t_rec = [t0]
+    ranks = [_rank_of(state.Y)]
+    svals = [_singular_values(state.Y)] if save_singular_values else []
+    states = [state.Y] if save_states else []
+    infos: list[StepInfo] = []
+    status, message = "success", f"reached t = {t1:.6g} in {n_steps} steps"
+
+    bar = ProgressBar(n_steps, label=type(method).__name__) if progress else None
+    start = time.perf_counter()
+    try:
+        for k in range(n_steps):
+            tk, hk = float(times[k]), float(times[k + 1] - times[k])
+            failure = None
+            try:
+                new_state, info = method.step(problem, state, tk, hk)
+            except Exception as exc:  # only factorisation failures become a status
+                if not bk.is_linalg_error(exc):
+                    raise
+                failure = f"a factorisation failed ({type(exc).__name__}: {exc})"
+            else:
+                if not _finite(new_state.Y):
+                    failure = "it produced non-finite values"
+            if failure is not None:
+                status = "failed"
+                message = (
+                    f"step {k + 1} of {n_steps}, from t = {tk:.6g} to t = {tk + hk:.6g}, failed: "
+                    f"{failure}; sol.Y is the last good state, at t = {tk:.6g}"
+                )
+                break
+            state = new_state
+            stats.add(info)
+            infos.append(info)
+            t_rec.append(float(times[k + 1]))
+            ranks.append(_rank_of(state.Y))
+            if save_singular_values:
+                svals.append(_singular_values(state.Y))
+            if save_states:
+                states.append(state.Y)
+            if bar is not None:
+                bar.update(1, postfix=f"rank {ranks[-1]}")
+            if callback is not None and callback(t_rec[-1], state.Y, info) is False:
+                status = "stopped"
+                message = f"stopped by the callback at t = {t_rec[-1]:.6g} after step {k + 1}"
+                break
+    finally:
+        stats.wall_time = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+
+    return Solution(
+        Y=state.Y,
+        t=np.asarray(t_rec),
+        ranks=ranks,
+        singular_values=svals,
+        step_info=infos,
+        stats=stats,
+        status=status,
+        message=message,
+        states=states,
+    )
+
+
+def _check_span(t_span: Any) -> tuple[float, float]:
+    try:
+        t0, t1 = (float(v) for v in t_span)
+    except (TypeError, ValueError):
+        raise TypeError(f"t_span must be a pair of numbers (t0, t1), got {t_span!r}") from None
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"t_span must be finite, got {t_span!r}")
+    if t1 <= t0:
+        raise ValueError(f"t_span must satisfy t1 > t0 (empty or reversed span), got {t_span!r}")
+    return t0, t1
+
+
+def _check_step(h: Any) -> float:
+    if isinstance(h, bool) or not isinstance(h, (int, float, np.floating, np.integer)):
+        raise TypeError(f"h must be a positive number, got {type(h).__name__}")
+    h = float(h)
+    if not math.isfinite(h) or h <= 0:
+        raise ValueError(f"h must be a finite number > 0, got {h}")
+    return h
+
+
+def _arrays(Y: Any) -> list[Any]:
+    out: list[Any] = []
+    for part in Y:
+        if isinstance(part, (list, tuple)):
+            out.extend(part)
+        else:
+            out.append(part)
+    return out
+
+
+def _finite(Y: Any) -> bool:
+    return bk.all_finite(*_arrays(Y))
+
+
+def _rank_of(Y: Any) -> Any:
+    ranks = getattr(Y, "ranks", None)
+    return tuple(ranks) if ranks is not None else int(Y.rank)
+
+
+def _singular_values(Y: Any) -> Any:
+    return Y.singular_values()
