@@ -1,0 +1,56 @@
+"""Shared fixtures: the array namespaces every backend-generic test runs on."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+
+def _available_namespaces() -> list:
+    params = [pytest.param("numpy", id="numpy"), pytest.param("array_api_strict", id="strict")]
+    for name in ("cupy", "torch"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # not installed, or installed without a usable device
+            params.append(
+                pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"{name} not installed"))
+            )
+        else:
+            params.append(pytest.param(name, id=name))
+    return params
+
+
+@pytest.fixture(params=_available_namespaces())
+def xp(request):
+    """An array-API namespace: numpy and array-api-strict always, cupy/torch when importable."""
+    name = request.param
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        cp = importlib.import_module("cupy")
+        try:
+            cp.cuda.runtime.getDeviceCount()
+        except Exception:
+            pytest.skip("cupy installed but no CUDA device")
+        return cp
+    if name == "torch":
+        from array_api_compat import torch as compat_torch
+
+        return compat_torch
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def rng():
+    """A fresh seeded generator per test (never a global seed)."""
+    return np.random.default_rng(20261122)
+
+
+def to_xp(xp, a, dtype=None):
+    """Move a NumPy array into namespace ``xp``."""
+    a = np.asarray(a)
+    if dtype is not None:
+        a = a.astype(dtype)
+    return xp.asarray(a)
