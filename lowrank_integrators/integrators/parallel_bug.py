@@ -1,0 +1,248 @@
+r"""Parallel basis-update & Galerkin integrator with step rejection, and its second-order variant.
+
+Ceruti, G., Kusch, J., Lubich, C. (2024). A parallel rank-adaptive integrator for dynamical
+low-rank approximation. SIAM J. Sci. Comput. arXiv:2304.05660.
+
+Kusch, J. (2024). Second-order robust parallel integrators for dynamical low-rank
+approximation. arXiv:2403.02834.
+
+One first-order step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + h``:
+
+1. In parallel, each over ``[t0, t1]``:
+
+   * K-step  ``K' = F(t, K V0^H) V0``,           ``K(t0) = U0 S0``    giving ``K1``;
+   * L-step  ``L' = F(t, U0 L^H)^H U0``,         ``L(t0) = V0 S0^H``  giving ``L1``;
+   * S-step  ``S' = U0^H F(t, U0 S V0^H) V0``,   ``S(t0) = S0``       giving ``S_bar1``
+     (Galerkin in the *old* basis).
+
+2. ``U_tilde = ext(U0, K1)``, ``V_tilde = ext(V0, L1)``: the new directions, i.e. the trailing
+   columns of the Q factor of ``QR([U0, K1])``. ``U_hat = [U0, U_tilde]`` keeps ``U0`` itself
+   as its leading block (the Q factor reproduces it only up to unit-modulus column factors).
+3. Assemble the ``2r x 2r`` core with its zero block::
+
+       S_hat = [[ S_bar1,          L1^H V_tilde ],
+                [ U_tilde^H K1,    0            ]]
+
+4. Truncate ``(U_hat, S_hat, V_hat)``.
+
+With one explicit Euler step per substep the step before truncation is the tangent-projected
+Euler step ``Y0 + h P(Y0) F(t0, Y0)``.
+
+**Step rejection** (the criteria follow the authors' public code). The step is recomputed when
+
+(a) every singular value of ``S_hat`` survives the truncation and ``p < rmax``, or
+(b) ``h * ||U_tilde^H F(t0, Y0) V_tilde||_F > c_eta * tau`` and ``p < rmax``,
+
+where ``p = min(rows, cols)`` of ``S_hat`` (``2r`` in general) and ``tau`` is the threshold of
+the truncation rule. Criterion (b) measures the dropped ``(2, 2)`` block: with Euler substeps
+it is exactly ``h U_tilde^H F(t0, Y0) V_tilde``. A rejected step restarts from the **same**
+``Y0``, written in the doubled bases ``U0 <- U_hat``, ``V0 <- V_hat`` with the core
+``[[S0, 0], [0, 0]]``; BUG-type steps accept the singular core. Without rejection the rank
+hardly grows: new directions only enter through the off-diagonal blocks, which are ``O(h)``,
+so their singular values are ``O(h^2)`` and a tolerance truncates them.
+
+**Second order** (``order=2``, Kusch 2024). Before the parallel substeps both bases are
+augmented by the directions of ``F`` at the initial value,
+``U_hat0 = [U0, ext(U0, F(t0, Y0) V0)]`` and ``V_hat0 = [V0, ext(V0, F(t0, Y0)^H U0)]``, and
+``Y0`` is written in them with the core ``[[S0, 0], [0, 0]]``. The first-order step above is
+then taken from this representation: the K-, L- and S-steps run in the ``2r`` bases, the new
+directions ``ext(U_hat0, K1)`` bring the bases to ``4r`` columns and the ``4r x 4r`` core is
+truncated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .. import _backend as bk
+from ..factors import LowRankMatrix
+from ..problems import MatrixODE
+from ..substeps import SubstepSolver
+from ..truncation import FixedRank, TruncationRecord, TruncationRule
+from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
+
+__all__ = ["ParallelBUG"]
+
+
+class ParallelBUG(AdaptiveIntegrator):
+    """Parallel rank-adaptive BUG integrator (Ceruti-Kusch-Lubich 2024), optionally second order.
+
+    Costs per attempt with ``RK4(steps=s)`` substeps: ``4s`` applications each of ``F V``,
+    ``F^H U`` and ``U^H F V`` (the three substeps are independent); two thin QRs of ``2r``
+    columns; one SVD of the ``2r x 2r`` core. Rejection test (b) adds one projection
+    ``U_tilde^H F(t0, Y0) V_tilde`` when it is evaluated (only if test (a) did not already
+    reject). ``order=2`` adds ``F(t0, Y0) V0``, ``F(t0, Y0)^H U0`` and two QRs per attempt,
+    and its core is ``4r x 4r``. A rejected attempt costs as much as an accepted one, and
+    ``StepInfo`` counts both.
+
+    Parameters
+    ----------
+    truncation : TruncationRule
+        ``Tolerance(...)`` adapts the rank. ``FixedRank(k)`` truncates to ``k``.
+    reject : bool, default True
+        Recompute a step in the doubled bases when it wants more rank (see the module
+        docstring). ``rmax`` in the criteria is ``truncation.rmax`` for a ``Tolerance``
+        (``None``: no cap besides ``min(m, n)``) and ``k`` for ``FixedRank(k)``. With
+        ``FixedRank(k)`` criterion (b) does not apply (there is no tolerance), and criterion
+        (a) rejects exactly while the doubled basis has fewer than ``k`` columns: a start
+        below rank ``k`` is grown to ``k`` within one step, and a step at rank ``k`` is never
+        rejected.
+    order : {1, 2}, default 1
+        1 for the parallel BUG of Ceruti-Kusch-Lubich, 2 for the second-order parallel
+        integrator of Kusch. Step rejection with ``order=2`` applies the same criteria to the
+        ``4r`` core (an extension: Kusch 2024 does not define rejection).
+    c_eta : float, default 1.0
+        Safety factor of rejection criterion (b).
+    substep : SubstepSolver or callable, optional
+        Substep solver, default ``RK4()``.
+    """
+
+    order = 1
+    references = (
+        "Ceruti, Kusch, Lubich 2024, A parallel rank-adaptive integrator for dynamical low-rank "
+        "approximation, SIAM J. Sci. Comput., arXiv:2304.05660",
+        "Kusch 2024, Second-order robust parallel integrators for dynamical low-rank "
+        "approximation, arXiv:2403.02834",
+    )
+
+    def __init__(
+        self,
+        truncation: TruncationRule,
+        reject: bool = True,
+        order: int = 1,
+        c_eta: float = 1.0,
+        substep: SubstepSolver | Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__(truncation, substep)
+        if not isinstance(reject, bool):
+            raise TypeError(f"reject must be a bool, got {type(reject).__name__}")
+        if isinstance(order, bool) or order not in (1, 2):
+            raise ValueError(f"order must be 1 (first order) or 2 (Kusch 2024), got {order!r}")
+        if isinstance(c_eta, bool) or not isinstance(c_eta, (int, float)):
+            raise TypeError(f"c_eta must be a positive number, got {type(c_eta).__name__}")
+        if not (math.isfinite(c_eta) and c_eta > 0):
+            raise ValueError(f"c_eta must be a finite number > 0, got {c_eta}")
+        if isinstance(truncation, FixedRank) and isinstance(truncation.rank, tuple):
+            raise ValueError(
+                "truncation must give one rank for a matrix integrator, got per-mode ranks "
+                f"{truncation.rank}"
+            )
+        self.reject = reject
+        self.order = order
+        self.c_eta = float(c_eta)
+
+    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
+        U, S, V = state.Y
+        led = Ledger(problem, rank_before=state.Y.rank)
+        cap = _rank_cap(self.truncation, *state.Y.shape)
+        t1 = t + h
+        while True:
+            if self.order == 2:
+                U, S, V = _augment_by_field(led, t, U, S, V)
+            U_hat, S_hat, V_hat, U_new, V_new = self._parallel_substeps(led, U, S, V, t, t1)
+            Y1 = led.truncate(self.truncation, U_hat, S_hat, V_hat, h)
+            record = led.info.truncation
+            if not (self.reject and self._rejects(led, record, cap, t, h, U, S, V, U_new, V_new)):
+                break
+            led.info.rejected += 1
+            # Restart from the same Y0, now written in the doubled bases.
+            U, S, V = U_hat, _pad(S, U_hat, V_hat), V_hat
+        return state.with_Y(Y1, t1), led.finish(Y1.rank)
+
+    def _parallel_substeps(
+        self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        xp = bk.namespace(U0, S0, V0)
+        K1 = self.substep(KStep(led, V0), t0, t1, U0 @ S0)
+        L1 = self.substep(LStep(led, U0), t0, t1, V0 @ bk.adjoint(S0))
+        S_bar = self.substep(SStep(led, U0, V0), t0, t1, S0)
+
+        U_tilde = _ext(led, U0, K1)
+        V_tilde = _ext(led, V0, L1)
+        zero = xp.zeros(
+            (int(U_tilde.shape[1]), int(V_tilde.shape[1])), dtype=S0.dtype, device=bk.device(S0)
+        )
+        S_hat = xp.concat(
+            [
+                xp.concat([S_bar, bk.adjoint(L1) @ V_tilde], axis=1),
+                xp.concat([bk.adjoint(U_tilde) @ K1, zero], axis=1),
+            ],
+            axis=0,
+        )
+        U_hat = xp.concat([U0, U_tilde], axis=1)
+        V_hat = xp.concat([V0, V_tilde], axis=1)
+        return U_hat, S_hat, V_hat, U_tilde, V_tilde
+
+    def _rejects(
+        self,
+        led: Ledger,
+        record: TruncationRecord,
+        cap: int,
+        t0: float,
+        h: float,
+        U0: Any,
+        S0: Any,
+        V0: Any,
+        U_tilde: Any,
+        V_tilde: Any,
+    ) -> bool:
+        p = record.rank_before
+        if p >= cap:
+            return False
+        if record.rank_after == p:  # criterion (a)
+            return True
+        tau = record.tolerance
+        if math.isnan(tau) or U_tilde.shape[1] == 0 or V_tilde.shape[1] == 0:
+            return False
+        # criterion (b): the weight of the dropped (2, 2) block.
+        xp = bk.namespace(U0, S0, V0)
+        Y0 = LowRankMatrix(U0, S0, V0, check=False)
+        eta = float(xp.linalg.matrix_norm(led.project(t0, Y0, U_tilde, V_tilde)))
+        return h * eta > self.c_eta * tau
+
+    def __repr__(self) -> str:
+        return (
+            f"ParallelBUG(truncation={self.truncation!r}, reject={self.reject}, "
+            f"order={self.order}, c_eta={self.c_eta}, substep={self.substep!r})"
+        )
+
+
+def _ext(led: Ledger, U0: Any, X: Any) -> Any:
+    """``ext(U0, X)``: orthonormal directions of ``range(X)`` missing from ``range(U0)``.
+
+    The trailing columns of the Q factor of ``QR([U0, X])``; there are ``min(m, r + k) - r`` of
+    them. A rank-deficient ``X`` yields arbitrary orthonormal complements of zero weight.
+    """
+    xp = bk.namespace(U0, X)
+    Q, _ = led.qr(xp.concat([U0, X], axis=1))
+    return Q[:, int(U0.shape[1]) :]
+
+
+def _augment_by_field(led: Ledger, t0: float, U0: Any, S0: Any, V0: Any) -> tuple[Any, Any, Any]:
+    """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
+    xp = bk.namespace(U0, S0, V0)
+    Y0 = LowRankMatrix(U0, S0, V0, check=False)
+    U_hat0 = xp.concat([U0, _ext(led, U0, led.right(t0, Y0, V0))], axis=1)
+    V_hat0 = xp.concat([V0, _ext(led, V0, led.left(t0, Y0, U0))], axis=1)
+    return U_hat0, _pad(S0, U_hat0, V_hat0), V_hat0
+
+
+def _pad(S0: Any, U_hat: Any, V_hat: Any) -> Any:
+    """``[[S0, 0], [0, 0]]`` sized for bases ``U_hat``, ``V_hat`` that begin with those of S0."""
+    xp = bk.namespace(S0)
+    a, b = int(S0.shape[0]), int(S0.shape[1])
+    k, l_ = int(U_hat.shape[1]), int(V_hat.shape[1])
+    dev = bk.device(S0)
+    top = xp.concat([S0, xp.zeros((a, l_ - b), dtype=S0.dtype, device=dev)], axis=1)
+    return xp.concat([top, xp.zeros((k - a, l_), dtype=S0.dtype, device=dev)], axis=0)
+
+
+def _rank_cap(rule: TruncationRule, m: int, n: int) -> int:
+    """The ``rmax`` of the rejection criteria: the rule's cap, never above ``min(m, n)``."""
+    cap = min(m, n)
+    if isinstance(rule, FixedRank):
+        return min(cap, int(rule.rank))  # a tuple rank was refused in __init__
+    rmax = getattr(rule, "rmax", None)
+    return cap if rmax is None else min(cap, int(rmax))
