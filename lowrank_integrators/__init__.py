@@ -21,6 +21,9 @@ Examples
 from . import diagnostics
 from .factors import LowRankMatrix
 from .integrators import BUG, AugmentedBUG, Integrator, ProjectorSplitting, State, StepInfo
+from .integrators.abc_psi import AugmentedBackwardCorrectedPSI
+from .integrators.midpoint_bug import MidpointBUG
+from .integrators.parallel_bug import ParallelBUG
 from .problems import DataODE, DenseODE, MatrixODE, SylvesterODE
 from .solution import Solution, SolveStats
 from .solve import solve
@@ -33,6 +36,7 @@ __all__ = [
     "BUG",
     "RK4",
     "AugmentedBUG",
+    "AugmentedBackwardCorrectedPSI",
     "DataODE",
     "DenseODE",
     "Euler",
@@ -40,6 +44,8 @@ __all__ = [
     "Integrator",
     "LowRankMatrix",
     "MatrixODE",
+    "MidpointBUG",
+    "ParallelBUG",
     "ProjectorSplitting",
     "Solution",
     "SolveStats",

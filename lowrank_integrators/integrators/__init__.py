@@ -1,16 +1,22 @@
 """Integrators: one module per method, each reading like the algorithm box of its paper."""
 
+from .abc_psi import AugmentedBackwardCorrectedPSI
 from .augmented_bug import AugmentedBUG
 from .base import AdaptiveIntegrator, Integrator, Ledger, State, StepInfo
 from .bug import BUG
+from .midpoint_bug import MidpointBUG
+from .parallel_bug import ParallelBUG
 from .projector_splitting import ProjectorSplitting
 
 __all__ = [
     "BUG",
     "AdaptiveIntegrator",
     "AugmentedBUG",
+    "AugmentedBackwardCorrectedPSI",
     "Integrator",
     "Ledger",
+    "MidpointBUG",
+    "ParallelBUG",
     "ProjectorSplitting",
     "State",
     "StepInfo",
