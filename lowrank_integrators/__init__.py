@@ -20,7 +20,16 @@ Examples
 
 from . import diagnostics
 from .factors import LowRankMatrix
-from .integrators import BUG, AugmentedBUG, Integrator, ProjectorSplitting, State, StepInfo
+from .integrators import (
+    BUG,
+    AugmentedBUG,
+    Integrator,
+    ProjectorSplitting,
+    State,
+    StepInfo,
+    TuckerBUG,
+    TuckerProjectorSplitting,
+)
 from .integrators.abc_psi import AugmentedBackwardCorrectedPSI
 from .integrators.midpoint_bug import MidpointBUG
 from .integrators.parallel_bug import ParallelBUG
@@ -28,7 +37,9 @@ from .problems import DataODE, DenseODE, MatrixODE, SylvesterODE
 from .solution import Solution, SolveStats
 from .solve import solve
 from .substeps import RK4, Euler, SubstepSolver
+from .tensor_problems import DenseTensorODE, TensorODE, TensorSylvesterODE
 from .truncation import FixedRank, Tolerance, TruncationRecord, TruncationRule
+from .tucker import TuckerTensor
 
 __version__ = "0.1.0"
 
@@ -39,6 +50,7 @@ __all__ = [
     "AugmentedBackwardCorrectedPSI",
     "DataODE",
     "DenseODE",
+    "DenseTensorODE",
     "Euler",
     "FixedRank",
     "Integrator",
@@ -53,9 +65,14 @@ __all__ = [
     "StepInfo",
     "SubstepSolver",
     "SylvesterODE",
+    "TensorODE",
+    "TensorSylvesterODE",
     "Tolerance",
     "TruncationRecord",
     "TruncationRule",
+    "TuckerBUG",
+    "TuckerProjectorSplitting",
+    "TuckerTensor",
     "diagnostics",
     "solve",
 ]

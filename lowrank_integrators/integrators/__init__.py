@@ -7,6 +7,8 @@ from .bug import BUG
 from .midpoint_bug import MidpointBUG
 from .parallel_bug import ParallelBUG
 from .projector_splitting import ProjectorSplitting
+from .tucker_bug import TuckerBUG
+from .tucker_projector_splitting import TuckerProjectorSplitting
 
 __all__ = [
     "BUG",
@@ -20,4 +22,6 @@ __all__ = [
     "ProjectorSplitting",
     "State",
     "StepInfo",
+    "TuckerBUG",
+    "TuckerProjectorSplitting",
 ]

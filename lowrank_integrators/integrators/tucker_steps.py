@@ -1,0 +1,213 @@
+r"""What the Tucker integrators share: the step bookkeeping, the base class and the substep ODEs.
+
+With the mode-i matrix form ``Mat_i(Y) = U_i S_i V_i^H`` of :mod:`lowrank_integrators.tucker`
+(``Mat_i(C)^H = Q_i S_i^H``, ``V_i = (kron_{j != i} conj(U_j)) Q_i``) the substeps are
+
+* mode-i K-step   ``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``,
+* mode-i S-step   ``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i`` (backward; projector
+  splitting),
+* core step       ``C' = +/- F(t, C x_j U_j) x_j U_j^H``.
+
+``V_i`` is never formed: ``Ten_i(K_i V_i^H)`` is the Tucker tensor with core ``Ten_i(Q_i^H)``
+and factor ``K_i`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} U_j^H) Q_i``. Each
+right-hand side is therefore one call of ``problem.project`` followed by a small product.
+
+Counting convention of :class:`TuckerStepInfo`: a K-step product ``Mat_i(F) V_i`` counts as
+one ``n_right`` (it is the ``F V`` product of the mode-i matricization); a product projected
+in every mode (core step, mode S-step) counts as one ``n_project``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _backend as bk
+from ..tensor_problems import TensorODE
+from ..truncation import TruncationRecord
+from ..tucker import TuckerTensor, fold, unfold
+from .base import Integrator, State, StepInfo
+
+__all__ = [
+    "CoreStep",
+    "ModeKStep",
+    "ModeSStep",
+    "TuckerIntegrator",
+    "TuckerLedger",
+    "TuckerStepInfo",
+    "mode_matrix_form",
+]
+
+
+@dataclass
+class TuckerStepInfo(StepInfo):
+    """:class:`StepInfo` of a Tucker step: ranks are tuples, one rank decision per mode.
+
+    Attributes
+    ----------
+    rank_before, rank_after : tuple of int
+        Multilinear ranks of the input and output states.
+    truncations : tuple of TruncationRecord
+        The per-mode rank decisions of a rank-adaptive step (empty otherwise); ``truncation``
+        holds the last of them.
+    """
+
+    rank_before: tuple[int, ...] = ()
+    rank_after: tuple[int, ...] = ()
+    truncations: tuple[TruncationRecord, ...] = ()
+
+
+class TuckerLedger:
+    """Counts and checks every interaction of one Tucker step with the problem and LAPACK."""
+
+    def __init__(self, problem: TensorODE, ranks_before: tuple[int, ...]) -> None:
+        self.problem = problem
+        self.info = TuckerStepInfo(rank_before=tuple(ranks_before))
+
+    def mode_product(self, t: float, Y: TuckerTensor, bases: list[Any], mode: int) -> Any:
+        """``F(t, Y) x_{j != mode} bases[j]^H`` (the K-step product of ``mode``)."""
+        self.info.n_right += 1
+        out = self.problem.project(t, Y, bases, skip=mode)
+        expected = tuple(Y.shape[j] if j == mode else int(B.shape[1]) for j, B in enumerate(bases))
+        _check_product(out, expected)
+        return out
+
+    def core_product(self, t: float, Y: TuckerTensor, bases: list[Any]) -> Any:
+        """``F(t, Y) x_j bases[j]^H`` (the Galerkin product)."""
+        self.info.n_project += 1
+        out = self.problem.project(t, Y, bases, skip=None)
+        _check_product(out, tuple(int(B.shape[1]) for B in bases))
+        return out
+
+    def qr(self, X: Any) -> tuple[Any, Any]:
+        """Thin QR ``X = Q R``."""
+        self.info.n_qr += 1
+        return bk.qr(X)
+
+    def orth(self, X: Any) -> Any:
+        """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""
+        return self.qr(X)[0]
+
+    def svd(self, X: Any) -> tuple[Any, Any, Any]:
+        """Reduced SVD ``X = P diag(sigma) Q^H``."""
+        self.info.n_svd += 1
+        return bk.svd(X)
+
+    def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
+        self.info.rank_after = tuple(ranks_after)
+        return self.info
+
+
+def _check_product(out: Any, expected: tuple[int, ...]) -> None:
+    shape = tuple(int(s) for s in getattr(out, "shape", ()))
+    if shape != expected:
+        raise ValueError(f"problem.project returned an array of shape {shape}, expected {expected}")
+
+
+def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]:
+    """``(S_i, Q_i)`` with ``Mat_i(C) = S_i Q_i^H`` from the thin QR ``Mat_i(C)^H = Q_i S_i^H``."""
+    Q, R = led.qr(bk.adjoint(unfold(core, mode)))
+    return bk.adjoint(R), Q
+
+
+# --- substep ODEs ----------------------------------------------------------------------------
+
+
+class ModeKStep:
+    r"""``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``V_i`` built from ``factors`` and ``Q``."""
+
+    def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
+        self.ledger = ledger
+        self.factors = list(factors)
+        self.Q = Q
+        self.mode = mode
+        ranks = [int(U.shape[1]) for U in factors]
+        self._core = fold(bk.adjoint(Q), mode, ranks)
+
+    def rhs(self, t: float, K: Any) -> Any:
+        factors = list(self.factors)
+        factors[self.mode] = K
+        Y = TuckerTensor(self._core, factors, check=False)
+        G = self.ledger.mode_product(t, Y, self.factors, self.mode)
+        return unfold(G, self.mode) @ self.Q
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        return None
+
+
+class ModeSStep:
+    r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
+
+    def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
+        self.ledger = ledger
+        self.factors = list(factors)
+        self.Q = Q
+        self.mode = mode
+        self._ranks = [int(U.shape[1]) for U in factors]
+
+    def rhs(self, t: float, S: Any) -> Any:
+        core = fold(S @ bk.adjoint(self.Q), self.mode, self._ranks)
+        Y = TuckerTensor(core, self.factors, check=False)
+        G = self.ledger.core_product(t, Y, self.factors)
+        return -(unfold(G, self.mode) @ self.Q)
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        return None
+
+
+class CoreStep:
+    r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases."""
+
+    def __init__(self, ledger: TuckerLedger, factors: list[Any]) -> None:
+        self.ledger = ledger
+        self.factors = list(factors)
+
+    def rhs(self, t: float, C: Any) -> Any:
+        Y = TuckerTensor(C, self.factors, check=False)
+        return self.ledger.core_product(t, Y, self.factors)
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        return None
+
+
+# --- the base class --------------------------------------------------------------------------
+
+
+class TuckerIntegrator(Integrator):
+    """Base class of the Tucker integrators: validates a :class:`TuckerTensor` start.
+
+    Subclasses implement ``step(problem, state, t, h)`` with ``problem`` a
+    :class:`~lowrank_integrators.tensor_problems.TensorODE` and ``state.Y`` a
+    :class:`TuckerTensor`.
+    """
+
+    #: Fixed-rank methods need every mode rank to be attainable: ``r_i <= prod_{j != i} r_j``.
+    needs_compatible_ranks: bool = True
+
+    def init(self, problem: TensorODE, Y0: TuckerTensor, t0: float) -> State:
+        """Initial state at ``t0``; validates ``problem`` and ``Y0``."""
+        if not isinstance(problem, TensorODE):
+            raise TypeError(
+                f"{type(self).__name__} integrates tensor problems (TensorODE such as "
+                f"TensorSylvesterODE or DenseTensorODE), got {type(problem).__name__}"
+            )
+        if not isinstance(Y0, TuckerTensor):
+            raise TypeError(
+                f"Y0 must be a TuckerTensor, got {type(Y0).__name__}; use "
+                "TuckerTensor.from_dense(X, ranks=...) for a dense initial value"
+            )
+        problem.check_state(Y0)
+        if self.needs_compatible_ranks:
+            ranks = Y0.ranks
+            for i, r in enumerate(ranks):
+                others = 1
+                for j, s in enumerate(ranks):
+                    if j != i:
+                        others *= s
+                if r > others:
+                    raise ValueError(
+                        f"Y0 has ranks {ranks}: the rank {r} of mode {i} exceeds the product "
+                        f"{others} of the other ranks, so the mode-{i} unfolding of the core "
+                        f"cannot have rank {r} and {type(self).__name__} cannot keep it"
+                    )
+        return State(Y=Y0, t=float(t0))

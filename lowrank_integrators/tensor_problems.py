@@ -1,0 +1,248 @@
+r"""Tensor ODEs ``Y' = F(t, Y)`` for Tucker tensors, in factored form.
+
+The Tucker integrators ask a problem for one kind of product only: the projection of
+``F(t, Y)`` onto given bases in all modes but (optionally) one,
+
+``project(t, Y, bases, skip=None) = F(t, Y) x_{j != skip} bases[j]^H``.
+
+* With ``skip=None`` this is the core Galerkin right-hand side
+  ``F(t, C x_j U_j) x_j U_j^H`` (shape ``(r_1, ..., r_d)``).
+* With ``skip=i`` it is the mode-i K-step product before the small contraction with
+  ``Q_i``: ``Mat_i(F) V_i = Mat_i(F x_{j != i} U_j^H) Q_i`` (see :mod:`lowrank_integrators.tucker`
+  for the convention), of shape ``r_1 x ... x n_i x ... x r_d``.
+
+``Y`` is a :class:`~lowrank_integrators.TuckerTensor` whose factors have full column rank but
+are **not necessarily orthonormal** (the K-step state ``Ten_i(K_i V_i^H)`` carries ``K_i`` in
+mode i). A factored problem uses ``Y`` only through its core and factors; it never forms an
+``n_1 x ... x n_d`` array.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _backend as bk
+from .tucker import TuckerTensor, fold, multi_mode_product, unfold
+
+__all__ = ["DenseTensorODE", "TensorODE", "TensorSylvesterODE"]
+
+
+class TensorODE(ABC):
+    """Base class of tensor ODEs given in factored form.
+
+    Subclasses implement :meth:`project`. :meth:`evaluate_dense` forms ``F(t, Y)`` explicitly
+    and exists for small problems and diagnostics only.
+
+    Attributes
+    ----------
+    shape : tuple of (int or None)
+        The tensor shape the problem acts on; ``None`` entries are not fixed by the problem.
+    """
+
+    #: Tensor problems have no exact increments (no explicit-data tensor problem yet).
+    has_increments: bool = False
+    shape: tuple[int | None, ...] = ()
+
+    @abstractmethod
+    def project(
+        self, t: float, Y: TuckerTensor, bases: Sequence[Any], skip: int | None = None
+    ) -> Any:
+        """``F(t, Y) x_{j != skip} bases[j]^H``.
+
+        Parameters
+        ----------
+        t : float
+        Y : TuckerTensor
+            The state; its factors need not be orthonormal.
+        bases : sequence of d arrays, shapes (n_j, k_j)
+            ``bases[skip]`` is not used.
+        skip : int or None
+            The mode left at full size ``n_skip``; ``None`` projects every mode.
+
+        Returns
+        -------
+        array of shape ``(k_1, ..., n_skip, ..., k_d)``
+        """
+
+    @abstractmethod
+    def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
+        """``F(t, Y)`` as a dense ``n_1 x ... x n_d`` array (small problems only)."""
+
+    def check_state(self, Y: TuckerTensor) -> None:
+        """Raise ``ValueError`` when ``Y`` does not have the shape the problem acts on."""
+        shape = Y.shape
+        if self.shape and (
+            len(shape) != len(self.shape)
+            or any(n is not None and n != m for n, m in zip(self.shape, shape, strict=False))
+        ):
+            expected = tuple("n" if n is None else n for n in self.shape)
+            raise ValueError(
+                f"Y has shape {shape}, but {type(self).__name__} acts on tensors of shape "
+                f"{expected}"
+            )
+
+
+class DenseTensorODE(TensorODE):
+    """A tensor ODE given by a function on dense tensors.
+
+    **This problem densifies**: every product forms ``Y`` and ``F(t, Y)`` as
+    ``n_1 x ... x n_d`` arrays. Use it for small problems, prototypes and as a reference for
+    factored problems.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(t, Y_dense) -> F`` with ``F`` of the same shape as ``Y_dense``.
+    """
+
+    def __init__(self, f: Callable[[float, Any], Any]) -> None:
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        self.f = f
+        self.shape = ()
+
+    def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
+        F = self.f(t, Y.to_dense())
+        if not bk.is_array(F) or tuple(F.shape) != Y.shape:
+            got = tuple(F.shape) if hasattr(F, "shape") else type(F).__name__
+            raise ValueError(
+                f"f(t, Y) must return an array of shape {Y.shape} (the shape of Y), got {got}"
+            )
+        return F
+
+    def project(
+        self, t: float, Y: TuckerTensor, bases: Sequence[Any], skip: int | None = None
+    ) -> Any:
+        _check_bases(bases, Y)
+        F = self.evaluate_dense(t, Y)
+        mats = [None if j == skip else bk.adjoint(W) for j, W in enumerate(bases)]
+        return multi_mode_product(F, mats)
+
+    def __repr__(self) -> str:
+        return f"DenseTensorODE({getattr(self.f, '__name__', self.f)!r})"
+
+
+class TensorSylvesterODE(TensorODE):
+    r"""``F(t, Y) = sum_k Y x_k A_k + C``, evaluated with mode products of the core only.
+
+    For ``Y = G x_j U_j`` (factors not necessarily orthonormal) and bases ``W_j``,
+
+    ``F(Y) x_{j != i} W_j^H = sum_k G x_{j != k, i} (W_j^H U_j) x_k (W_k^H A_k U_k) x_i (.)``
+    ``+ C_core x_{j != i} (W_j^H Uc_j) x_i Uc_i``,
+
+    where the mode-i matrix is ``U_i`` (or ``A_i U_i`` in the term ``k = i``). Every matrix is
+    ``n_j x r_j`` or smaller; the largest array formed is ``n_i x prod_{j != i} r_j``. No
+    ``n_1 x ... x n_d`` array is ever allocated.
+
+    Parameters
+    ----------
+    operators : sequence of d operators or None
+        ``A_k`` of shape ``(n_k, n_k)``: dense arrays, ``scipy.sparse`` matrices or arrays,
+        ``LinearOperator`` or anything supporting ``A @ X``; ``None`` for no term in mode k.
+        A multiple of the identity ``c Y`` is written as ``c I`` in one of the modes.
+    C : TuckerTensor, optional
+        Constant source in Tucker format (its factors need not be orthonormal).
+
+    Examples
+    --------
+    The V8 field ``F(Y) = Y + sum_k Y x_k W_k`` with skew-symmetric ``W_k``:
+
+    >>> import numpy as np
+    >>> import lowrank_integrators as lri
+    >>> rng = np.random.default_rng(1)
+    >>> W = [(R - R.T) / 2 for R in rng.random((3, 8, 8))]
+    >>> problem = lri.TensorSylvesterODE([np.eye(8) + W[0], W[1], W[2]])
+    >>> problem.shape
+    (8, 8, 8)
+    """
+
+    def __init__(self, operators: Sequence[Any], C: TuckerTensor | None = None) -> None:
+        if not isinstance(operators, (list, tuple)) or len(operators) < 2:
+            raise TypeError(
+                "operators must be a list or tuple of d >= 2 square operators (or None), got "
+                f"{type(operators).__name__}"
+                + (f" of length {len(operators)}" if isinstance(operators, (list, tuple)) else "")
+            )
+        if all(A is None for A in operators) and C is None:
+            raise ValueError("operators are all None and there is no source C: F would be zero")
+        shape: list[int | None] = []
+        for k, A in enumerate(operators):
+            shape.append(None if A is None else _square_size(f"operators[{k}]", A))
+        if C is not None:
+            if not isinstance(C, TuckerTensor):
+                raise TypeError(
+                    f"C must be a TuckerTensor (the source in Tucker format), got "
+                    f"{type(C).__name__}"
+                )
+            if C.ndim != len(operators):
+                raise ValueError(f"C has order {C.ndim} but {len(operators)} operators were given")
+            for k, (n, m) in enumerate(zip(shape, C.shape, strict=True)):
+                if n is not None and n != m:
+                    raise ValueError(
+                        f"C has size {m} in mode {k} but operators[{k}] has shape ({n}, {n})"
+                    )
+            shape = list(C.shape)
+        self.operators = tuple(operators)
+        self.C = C
+        self.shape = tuple(shape)
+
+    def project(
+        self, t: float, Y: TuckerTensor, bases: Sequence[Any], skip: int | None = None
+    ) -> Any:
+        self.check_state(Y)
+        _check_bases(bases, Y)
+        G, U = Y
+        small = [U[j] if j == skip else bk.adjoint(bases[j]) @ U[j] for j in range(Y.ndim)]
+        out = None
+        for k, A in enumerate(self.operators):
+            if A is None:
+                continue
+            AU = A @ U[k]
+            mats = list(small)
+            mats[k] = AU if k == skip else bk.adjoint(bases[k]) @ AU
+            term = multi_mode_product(G, mats)
+            out = term if out is None else out + term
+        if self.C is not None:
+            Gc, Uc = self.C
+            mats = [Uc[j] if j == skip else bk.adjoint(bases[j]) @ Uc[j] for j in range(Y.ndim)]
+            term = multi_mode_product(Gc, mats)
+            out = term if out is None else out + term
+        return out
+
+    def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
+        self.check_state(Y)
+        Yd = Y.to_dense()
+        shape = Y.shape
+        out = None
+        for k, A in enumerate(self.operators):
+            if A is None:
+                continue
+            term = fold(A @ unfold(Yd, k), k, shape)
+            out = term if out is None else out + term
+        if self.C is not None:
+            out = self.C.to_dense() if out is None else out + self.C.to_dense()
+        return out
+
+    def __repr__(self) -> str:
+        return f"TensorSylvesterODE(shape={self.shape}, C={self.C is not None})"
+
+
+def _check_bases(bases: Sequence[Any], Y: TuckerTensor) -> None:
+    if not isinstance(bases, (list, tuple)) or len(bases) != Y.ndim:
+        raise ValueError(f"bases must be a sequence of {Y.ndim} matrices, one per mode")
+
+
+def _square_size(name: str, op: Any) -> int:
+    shape = getattr(op, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise TypeError(
+            f"{name} must be a 2-D operator with a .shape (array, sparse matrix or "
+            f"LinearOperator) or None, got {type(op).__name__}"
+        )
+    if shape[0] != shape[1]:
+        raise ValueError(f"{name} must be square, got shape {tuple(shape)}")
+    if not hasattr(op, "__matmul__"):
+        raise TypeError(f"{name} must support the @ operator")
+    return int(shape[0])
