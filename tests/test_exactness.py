@@ -85,8 +85,8 @@ def test_projector_splitting_is_exact_on_tangent_sylvester_fields_for_every_h(
 
 def test_flipped_backward_step_is_caught_by_the_exactness_test(rng):
     """The exactness test has teeth: the same KSL with a forward S-step is O(1) wrong."""
-    from lowrank_integrators.integrators.base import KStep, Ledger, LStep, SStep
     from lowrank_integrators import _backend as bk
+    from lowrank_integrators.integrators.base import KStep, Ledger, LStep, SStep
 
     class ForwardS(lri.ProjectorSplitting):
         def step(self, problem, state, t, h):

@@ -1,0 +1,140 @@
+"""Truncation rules: the chosen rank, the discarded tail and the factors it returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import lowrank_integrators as lri
+from lowrank_integrators.truncation import tail_norms
+from tests.problems_for_tests import orthonormal
+
+spectra = arrays(
+    np.float64,
+    st.integers(1, 12),
+    elements=st.floats(0.0, 10.0, allow_nan=False, allow_subnormal=False),
+).map(lambda s: np.sort(s)[::-1])
+thetas = st.floats(0.0, 20.0, allow_nan=False)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True)
+
+
+@SETTINGS
+@given(spectra, thetas)
+def test_discarded_tail_is_within_tolerance_and_rank_is_smallest(sigma, theta):
+    rule = lri.Tolerance(theta)
+    r1 = rule.select_rank(sigma, h=1.0)
+    tails = tail_norms(sigma)
+    assert tails[r1] <= theta
+    # smallest: dropping one more value would exceed the tolerance
+    assert r1 == 0 or tails[r1 - 1] > theta or r1 == rule.rmin
+
+
+@SETTINGS
+@given(spectra, thetas, thetas)
+def test_rank_is_monotone_in_the_tolerance(sigma, a, b):
+    lo, hi = sorted((a, b))
+    assert lri.Tolerance(hi).select_rank(sigma, 1.0) <= lri.Tolerance(lo).select_rank(sigma, 1.0)
+
+
+@SETTINGS
+@given(spectra, thetas, st.integers(0, 6), st.integers(0, 8))
+def test_rank_is_clamped_to_rmin_rmax(sigma, theta, rmin, extra):
+    rule = lri.Tolerance(theta, rmin=rmin, rmax=max(rmin, 1) + extra)
+    r1 = rule.select_rank(sigma, 1.0)
+    p = sigma.size
+    assert min(rule.rmin, p) <= r1 <= min(rule.rmax, p)
+
+
+@SETTINGS
+@given(spectra, thetas)
+def test_truncation_is_idempotent_when_the_kept_values_exceed_the_tolerance(sigma, theta):
+    """Re-truncating the output keeps its rank when every kept value is above tau.
+
+    (Without that condition the tail rule is not idempotent: sigma = (1, 0.1, 0.1) with
+    tau = 0.12 keeps 2 values, and (1, 0.1) then keeps 1; see the test below.)"""
+    rule = lri.Tolerance(theta)
+    r1 = rule.select_rank(sigma, 1.0)
+    kept = sigma[:r1]
+    if r1 and kept[-1] > theta:
+        assert rule.select_rank(kept, 1.0) == r1
+
+
+def test_tail_rule_is_not_idempotent_in_general():
+    rule = lri.Tolerance(0.12)
+    assert rule.select_rank(np.array([1.0, 0.1, 0.1]), 1.0) == 2
+    assert rule.select_rank(np.array([1.0, 0.1]), 1.0) == 1
+
+
+@SETTINGS
+@given(spectra, st.integers(1, 15))
+def test_fixed_rank_keeps_min_of_r_and_available_and_is_idempotent(sigma, r):
+    rule = lri.FixedRank(r)
+    r1 = rule.select_rank(sigma, 1.0)
+    assert r1 == min(r, sigma.size)
+    assert rule.select_rank(sigma[:r1], 1.0) == r1
+
+
+def test_tail_includes_the_smallest_singular_value():
+    """Off-by-one guard: the tail of j values includes sigma_p."""
+    sigma = np.array([1.0, 1e-3, 1e-6])
+    assert tail_norms(sigma)[2] == 1e-6
+    assert lri.Tolerance(1e-7).select_rank(sigma, 1.0) == 3
+    assert lri.Tolerance(1e-6).select_rank(sigma, 1.0) == 2
+
+
+def test_relative_and_h_scaled_thresholds():
+    sigma = np.array([3.0, 4.0, 0.0])[[1, 0, 2]]  # norm 5
+    assert lri.Tolerance(0.1, relative=True).tolerance(sigma, 1.0) == pytest.approx(0.5)
+    assert lri.Tolerance(0.1, scale_with_h=True).tolerance(sigma, 0.01) == pytest.approx(1e-3)
+    assert lri.Tolerance(0.1, scale_with_h=3).tolerance(sigma, 0.1) == pytest.approx(1e-4)
+
+
+def test_sum_tail_is_stricter_than_frobenius():
+    sigma = np.array([1.0, 0.3, 0.3, 0.3])
+    fro = lri.Tolerance(0.55).select_rank(sigma, 1.0)
+    l1 = lri.Tolerance(0.55, tail="sum").select_rank(sigma, 1.0)
+    assert (fro, l1) == (1, 3)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_truncate_returns_leading_singular_triplets_with_conjugated_right_factor(rng, complex_):
+    """V1 = V_hat Q[:, :r1] with Q = Vh^H (not Vh[:, :r1]): checked on a non-symmetric core."""
+    k, l, m, n = 5, 4, 12, 9
+    U_hat, V_hat = orthonormal(rng, m, k, complex_), orthonormal(rng, n, l, complex_)
+    S_hat = rng.standard_normal((k, l)) + (1j * rng.standard_normal((k, l)) if complex_ else 0)
+    Y, record = lri.FixedRank(2).truncate(U_hat, S_hat, V_hat, h=1.0)
+    P, s, Qh = np.linalg.svd(S_hat)
+    best = U_hat @ (P[:, :2] * s[:2]) @ Qh[:2] @ V_hat.conj().T
+    np.testing.assert_allclose(Y.to_dense(), best, atol=1e-13)
+    np.testing.assert_allclose(np.diag(Y.S), s[:2], rtol=1e-13)
+    assert record.rank_before == 4 and record.rank_after == 2
+    assert record.tail == pytest.approx(np.linalg.norm(s[2:]))
+    full = U_hat @ S_hat @ V_hat.conj().T
+    assert np.linalg.norm(full - Y.to_dense()) == pytest.approx(record.tail)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"theta": -1.0}, ValueError, "theta"),
+        ({"theta": float("nan")}, ValueError, "theta"),
+        ({"theta": "1"}, TypeError, "theta"),
+        ({"theta": 1.0, "rmin": -1}, ValueError, "rmin"),
+        ({"theta": 1.0, "rmax": 0}, ValueError, "rmax"),
+        ({"theta": 1.0, "rmin": 5, "rmax": 3}, ValueError, "rmax"),
+        ({"theta": 1.0, "scale_with_h": -2}, ValueError, "scale_with_h"),
+        ({"theta": 1.0, "tail": "l2"}, ValueError, "tail"),
+    ],
+)
+def test_tolerance_rejects_bad_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        lri.Tolerance(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, (), (2, 0)])
+def test_fixed_rank_rejects_bad_ranks(bad):
+    with pytest.raises((ValueError, TypeError), match="rank"):
+        lri.FixedRank(bad)
