@@ -95,11 +95,16 @@ class RK4(SubstepSolver):
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
             t_mid = t + 0.5 * dt
-            k1 = f(t, X)
-            k2 = f(t_mid, X + (0.5 * dt) * k1)
-            k3 = f(t_mid, X + (0.5 * dt) * k2)
-            k4 = f(t_end, X + dt * k3)
-            X = X + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            # The stages are folded into a running sum as they come, so that at most four
+            # arrays of the size of X are alive at once (these factors can be tall: n ~ 1e6).
+            k = f(t, X)
+            acc = k
+            k = f(t_mid, X + (0.5 * dt) * k)
+            acc = acc + 2.0 * k
+            k = f(t_mid, X + (0.5 * dt) * k)
+            acc = acc + 2.0 * k
+            k = f(t_end, X + dt * k)
+            X = X + (dt / 6.0) * (acc + k)
         return X
 
     def __repr__(self) -> str:

@@ -126,7 +126,7 @@ def test_problem_product_of_the_wrong_shape_is_reported(rng):
         def apply_left(self, t, Y, U):
             return np.zeros((Y.shape[1], U.shape[1]))
 
-    with pytest.raises(ValueError, match="apply_right returned an array of shape"):
+    with pytest.raises(ValueError, match="returned an array of shape"):
         lri.solve(Bad(), random_lowrank(rng, 6, 5, 2), (0, 1), 0.5)
 
 

@@ -159,31 +159,42 @@ def _check_product(name: str, out: Any, expected: tuple[int, int]) -> None:
 # --- substep ODEs ---------------------------------------------------------------------------
 
 
+class _Field:
+    """A substep field of the problem, counted in the ledger and shape-checked."""
+
+    def __init__(self, ledger: Ledger, counter: str, name: str, field: Callable[..., Any]):
+        self.ledger = ledger
+        self.counter = counter
+        self.name = name
+        self.field = field
+
+    def __call__(self, t: float, X: Any) -> Any:
+        info = self.ledger.info
+        setattr(info, self.counter, getattr(info, self.counter) + 1)
+        out = self.field(t, X)
+        _check_product(self.name, out, tuple(X.shape))
+        return out
+
+
 class KStep:
-    r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed right basis ``V0``)."""
+    r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed orthonormal right basis ``V0``)."""
 
     def __init__(self, ledger: Ledger, V0: Any) -> None:
         self.ledger = ledger
         self.V0 = V0
-        self._I = bk.eye_like(V0, int(V0.shape[1]))
-
-    def rhs(self, t: float, K: Any) -> Any:
-        return self.ledger.right(t, LowRankMatrix(K, self._I, self.V0, check=False), self.V0)
+        self.rhs = _Field(ledger, "n_right", "k_field", ledger.problem.k_field(V0))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return self.ledger.problem.increment_right(t0, t1, self.V0)
 
 
 class LStep:
-    r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed left basis ``U0``)."""
+    r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed orthonormal left basis ``U0``)."""
 
     def __init__(self, ledger: Ledger, U0: Any) -> None:
         self.ledger = ledger
         self.U0 = U0
-        self._I = bk.eye_like(U0, int(U0.shape[1]))
-
-    def rhs(self, t: float, L: Any) -> Any:
-        return self.ledger.left(t, LowRankMatrix(self.U0, self._I, L, check=False), self.U0)
+        self.rhs = _Field(ledger, "n_left", "l_field", ledger.problem.l_field(U0))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return self.ledger.problem.increment_left(t0, t1, self.U0)
@@ -199,9 +210,10 @@ class SStep:
         self.U = U
         self.V = V
         self.sign = sign
+        self._field = _Field(ledger, "n_project", "s_field", ledger.problem.s_field(U, V))
 
     def rhs(self, t: float, S: Any) -> Any:
-        out = self.ledger.project(t, LowRankMatrix(self.U, S, self.V, check=False), self.U, self.V)
+        out = self._field(t, S)
         return out if self.sign == 1 else -out
 
     def increment(self, t0: float, t1: float) -> Any | None:
