@@ -1,0 +1,30 @@
+"""Dynamical low-rank training: networks whose weight matrices follow a matrix integrator.
+
+The client (:class:`LowRankTraining`) is framework-agnostic: it takes any matrix integrator and
+a ``gradient(weights, params, batch)`` callable. :class:`MLP` is the NumPy reference network;
+the PyTorch adapter lives in :mod:`lowrank_integrators.training.torch_adapter` (imported on
+demand, it needs the ``torch`` extra).
+
+Schotthöfer, Zangrando, Kusch, Ceruti, Tudisco (2022), Low-rank lottery tickets: finding
+efficient low-rank neural networks via matrix differential equations, NeurIPS 35,
+arXiv:2205.13571.
+"""
+
+from .client import GradientPass, LowRankTraining, StepReport, TrainingDiverged, TrainState
+from .network import MLP, Layer, NetworkPass
+from .optimizers import SGD, Adam, HeavyBall, Optimizer
+
+__all__ = [
+    "MLP",
+    "SGD",
+    "Adam",
+    "GradientPass",
+    "HeavyBall",
+    "Layer",
+    "LowRankTraining",
+    "NetworkPass",
+    "Optimizer",
+    "StepReport",
+    "TrainState",
+    "TrainingDiverged",
+]

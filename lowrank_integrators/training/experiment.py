@@ -1,0 +1,285 @@
+"""A training run from a configuration: method registry, epochs, evaluation, checkpoints.
+
+Used by ``lowrank-integrators train`` and by the benchmark scripts. A run is determined by its
+:class:`RunConfig`: the seed fixes the initial weights and the shuffling of every epoch, and the
+generator's state is saved with each checkpoint, so a run resumed from the checkpoint of epoch
+``e`` repeats the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import integrators as _integrators
+from ..integrators.base import Integrator
+from ..substeps import Euler
+from ..truncation import FixedRank, Tolerance, TruncationRule
+from .checkpoint import load_checkpoint, save_checkpoint
+from .client import LowRankTraining, TrainingDiverged, TrainState
+from .data import Dataset, load_dataset
+from .network import MLP, parse_arch
+from .optimizers import SGD, Adam, HeavyBall, Optimizer
+
+__all__ = ["BASELINES", "INTEGRATORS", "RunConfig", "make_integrator", "run_training"]
+
+#: Integrator names of the command line and the classes they build (all with Euler substeps).
+INTEGRATORS: dict[str, str] = {
+    "augmented-bug": "AugmentedBUG",
+    "bug": "BUG",
+    "parallel-bug": "ParallelBUG",
+    "abc-psi": "AugmentedBackwardCorrectedPSI",
+    "midpoint-bug": "MidpointBUG",
+    "psi": "ProjectorSplitting",
+}
+#: Baselines trained by the same loop: every layer dense, or vanilla ``W = U V^T`` factors.
+BASELINES = ("dense", "vanilla")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run (see ``lowrank-integrators train --help``)."""
+
+    dataset: str = "digits"
+    arch: str = "64-256-256-10"
+    integrator: str = "augmented-bug"
+    tau: float | None = 0.1
+    rank: int = 20
+    rmin: int = 2
+    rmax: int | None = None
+    epochs: int = 5
+    lr: float = 0.05
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    seed: int = 0
+    dtype: str = "float32"
+    last_dense: bool = True
+    init_decay: float | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.integrator not in INTEGRATORS and self.integrator not in BASELINES:
+            raise ValueError(
+                f"integrator must be one of {sorted(INTEGRATORS) + list(BASELINES)}, got "
+                f"{self.integrator!r}"
+            )
+        if self.optimizer not in ("sgd", "momentum", "adam"):
+            raise ValueError(f"optimizer must be sgd, momentum or adam, got {self.optimizer!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        for name in ("epochs", "batch_size", "rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"tau must be a finite number >= 0, got {self.tau}")
+        parse_arch(self.arch)
+
+    def resumable_with(self, other: RunConfig) -> bool:
+        """Whether ``other`` continues this run (everything but the number of epochs agrees)."""
+        return dataclasses.replace(self, epochs=other.epochs) == other
+
+
+def make_integrator(
+    name: str, tau: float | None, rank: int, rmin: int, rmax: int | None
+) -> Integrator:
+    """The integrator of a command-line name, with Euler substeps (the discrete DLRT methods).
+
+    ``tau`` is the relative tolerance of the DLRT convention ``||sigma_tail|| <= tau ||sigma||``
+    with clamps ``[rmin, rmax]``; ``tau=None`` truncates the rank-adaptive methods to ``rank``.
+    """
+    if name not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {sorted(INTEGRATORS)}, got {name!r}")
+    cls = getattr(_integrators, INTEGRATORS[name], None)
+    if cls is None:
+        raise ValueError(f"integrator {name!r} is not available in this build")
+    if not cls.rank_adaptive:
+        return cls(substep=Euler())
+    rule: TruncationRule
+    if tau is None:
+        rule = FixedRank(rank)
+    else:
+        rule = Tolerance(tau, relative=True, rmin=min(rmin, rmax or rmin), rmax=rmax)
+    return cls(rule, substep=Euler())
+
+
+def make_optimizer(cfg: RunConfig) -> Optimizer:
+    if cfg.optimizer == "sgd":
+        return SGD()
+    if cfg.optimizer == "momentum":
+        return HeavyBall(cfg.momentum)
+    return Adam()
+
+
+def build(cfg: RunConfig) -> tuple[MLP, LowRankTraining]:
+    """The network and the training client of a configuration."""
+    kind = {"dense": "dense", "vanilla": "factorized"}.get(cfg.integrator, "lowrank")
+    net = MLP.from_arch(cfg.arch, kind=kind, rank=cfg.rank, last_dense=cfg.last_dense)
+    name = cfg.integrator if cfg.integrator in INTEGRATORS else "augmented-bug"
+    # the baselines have no low-rank layer: the integrator is never called.
+    method = make_integrator(name, cfg.tau, cfg.rank, cfg.rmin, cfg.rmax)
+    return net, LowRankTraining(method, net.gradient, make_optimizer(cfg))
+
+
+def run_training(
+    cfg: RunConfig,
+    *,
+    data: Dataset | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate after every epoch, checkpoint after every epoch; return a summary.
+
+    Parameters
+    ----------
+    data : Dataset, optional
+        The data (default: ``load_dataset(cfg.dataset)`` cut to ``n_train``/``n_test``).
+    checkpoint : path, optional
+        Directory for the checkpoint written after every finite epoch.
+    resume : bool
+        Continue from the checkpoint in ``checkpoint``.
+    stop_after : int, optional
+        Stop after this many epochs of this call (as if interrupted).
+
+    Returns
+    -------
+    dict
+        ``status`` ("success" or "diverged"), ``message``, ``history`` (per epoch: loss,
+        accuracies, ranks, time), the final ``test_accuracy``, ``ranks``, parameter counts and
+        compression rates, and the configuration.
+    """
+    log = log or (lambda s: None)
+    dtype = np.dtype(cfg.dtype)
+    if data is None:
+        data = load_dataset(cfg.dataset, dtype=dtype).subset(cfg.n_train, cfg.n_test)
+    widths = parse_arch(cfg.arch)
+    if widths[0] != data.n_features or widths[-1] < data.n_classes:
+        raise ValueError(
+            f"arch {cfg.arch!r} does not fit {data.name}: {data.n_features} features and "
+            f"{data.n_classes} classes"
+        )
+    net, client = build(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, Any]] = []
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint directory")
+        state, meta = load_checkpoint(checkpoint)
+        saved = RunConfig(**meta["config"])
+        if not saved.resumable_with(cfg):
+            raise ValueError(
+                f"the checkpoint in {checkpoint} belongs to a different run: {saved} (only "
+                "--epochs may change when resuming)"
+            )
+        rng.bit_generator.state = meta["rng"]
+        history = meta["history"]
+        log(f"resumed from epoch {len(history)} in {checkpoint}")
+    else:
+        weights, params = net.init(rng, dtype=dtype, singular_values=cfg.init_decay)
+        state = client.init(weights, params)
+    status, message = "success", ""
+    n_train = data.X_train.shape[0]
+    n_batches = max(n_train // cfg.batch_size, 1)
+    epochs_run = 0
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+        perm = rng.permutation(n_train)
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from .._progress import ProgressBar
+
+            bar = ProgressBar(n_batches, label=f"epoch {epoch}/{cfg.epochs}")
+        losses: list[float] = []
+        passes = 0
+        try:
+            for b in range(n_batches):
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                state, report = client.step(state, (data.X_train[idx], data.y_train[idx]), cfg.lr)
+                losses.append(report.loss)
+                passes += report.n_passes
+                if bar is not None:
+                    bar.update(1, postfix=f"loss {report.loss:.4f} ranks {list(state.ranks)}")
+        except TrainingDiverged as exc:
+            status = "diverged"
+            kept = (
+                f"; the checkpoint of epoch {epoch - 1} in {checkpoint} is kept"
+                if (checkpoint is not None and epoch > 1)
+                else ""
+            )
+            message = f"training diverged in epoch {epoch}: {exc}{kept}"
+            break
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = net.loss_and_accuracy(
+            state.weights, state.params, data.X_test, data.y_test
+        )
+        if not math.isfinite(test_loss):
+            status = "diverged"
+            message = f"training diverged in epoch {epoch}: the test loss is {test_loss}"
+            break
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "ranks": list(state.ranks),
+            "passes_per_step": passes / n_batches,
+            "seconds": seconds,
+        }
+        history.append(record)
+        epochs_run += 1
+        log(
+            f"epoch {epoch}: train loss {record['train_loss']:.4f}, test accuracy "
+            f"{test_acc:.4f}, ranks {record['ranks']}, {seconds:.2f} s"
+        )
+        if checkpoint is not None:
+            meta = {
+                "config": dataclasses.asdict(cfg),
+                "rng": rng.bit_generator.state,
+                "history": history,
+            }
+            save_checkpoint(checkpoint, state, meta)
+    return _summary(cfg, net, state, history, status, message)
+
+
+def _summary(
+    cfg: RunConfig,
+    net: MLP,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    status: str,
+    message: str,
+) -> dict[str, Any]:
+    counts = net.parameter_counts(state.ranks)
+    dense = counts["dense"]
+    last = history[-1] if history else {}
+    return {
+        "status": status,
+        "message": message,
+        "config": dataclasses.asdict(cfg),
+        "epochs_completed": len(history),
+        "test_accuracy": last.get("test_accuracy"),
+        "ranks": list(state.ranks),
+        "parameters": counts,
+        "compression_evaluation": 1.0 - counts["evaluation"] / dense,
+        "compression_training": 1.0 - counts["training"] / dense,
+        "seconds_per_epoch": (float(np.mean([h["seconds"] for h in history])) if history else None),
+        "history": history,
+    }
