@@ -15,6 +15,16 @@ The Tucker integrators ask a problem for one kind of product only: the projectio
 are **not necessarily orthonormal** (the K-step state ``Ten_i(K_i V_i^H)`` carries ``K_i`` in
 mode i). A factored problem uses ``Y`` only through its core and factors; it never forms an
 ``n_1 x ... x n_d`` array.
+
+The integrators call the products through two substep fields, built once per substep for
+fixed orthonormal bases (the defaults go through :meth:`TensorODE.project`):
+
+* ``mode_field(bases, Q, i)``: ``(t, K) -> Mat_i(F(t, Ten_i(K V_i^H))) V_i`` with
+  ``V_i = (kron_{j != i} conj(bases[j])) Q``;
+* ``core_field(bases)``: ``(t, C) -> F(t, C x_j bases[j]) x_j bases[j]^H``.
+
+A problem may override them to precompute what depends on the bases only; for
+:class:`TensorSylvesterODE` every field is then a small Sylvester equation.
 """
 
 from __future__ import annotations
@@ -69,6 +79,31 @@ class TensorODE(ABC):
     @abstractmethod
     def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
         """``F(t, Y)`` as a dense ``n_1 x ... x n_d`` array (small problems only)."""
+
+    def mode_field(self, bases: Sequence[Any], Q: Any, mode: int) -> Callable[[float, Any], Any]:
+        """``(t, K) -> Mat_i(F(t, Ten_i(K V_i^H))) V_i``: the mode-i K-step field.
+
+        ``V_i = (kron_{j != i} conj(bases[j])) Q`` with orthonormal ``bases[j]`` (``j != i``)
+        and ``Q`` (``prod_{j != i} r_j x k``) with orthonormal columns; ``bases[mode]`` is not
+        used. ``Ten_i(K V_i^H)`` is the Tucker tensor with core ``Ten_i(Q^H)`` and factor
+        ``K`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} bases[j]^H) Q``.
+        """
+        bases = list(bases)
+        ranks = [int(B.shape[1]) for B in bases]
+        core = fold(bk.adjoint(Q), mode, ranks)
+
+        def field(t: float, K: Any) -> Any:
+            factors = list(bases)
+            factors[mode] = K
+            Y = TuckerTensor(core, factors, check=False)
+            return unfold(self.project(t, Y, bases, skip=mode), mode) @ Q
+
+        return field
+
+    def core_field(self, bases: Sequence[Any]) -> Callable[[float, Any], Any]:
+        """``(t, C) -> F(t, C x_j bases[j]) x_j bases[j]^H``: the Galerkin core field."""
+        bases = list(bases)
+        return lambda t, C: self.project(t, TuckerTensor(C, bases, check=False), bases)
 
     def check_state(self, Y: TuckerTensor) -> None:
         """Raise ``ValueError`` when ``Y`` does not have the shape the problem acts on."""
@@ -210,6 +245,71 @@ class TensorSylvesterODE(TensorODE):
             term = multi_mode_product(Gc, mats)
             out = term if out is None else out + term
         return out
+
+    # With orthonormal bases U_j every field is a small Sylvester equation:
+    #   mode i:  K' = A_i K + K D_i + E_i,  D_i = sum_{k != i} Mat_i(Ten_i(Q^H) x_k B_k) Q,
+    #   core:    C' = sum_k C x_k B_k + C_c,
+    # with B_k = U_k^H A_k U_k; Mat_i(Ten_i(Q^H)) Q = Q^H Q = I removes the core of the i-term.
+    def mode_field(self, bases: Sequence[Any], Q: Any, mode: int) -> Callable[[float, Any], Any]:
+        bases = list(bases)
+        d = len(bases)
+        ranks = [int(B.shape[1]) for B in bases]
+        G = fold(bk.adjoint(Q), mode, ranks)
+        A_i = self.operators[mode]
+        D = None
+        for k, A in enumerate(self.operators):
+            if A is None or k == mode:
+                continue
+            mats: list[Any] = [None] * d
+            mats[k] = self._projected_operator(k, bases[k])
+            term = unfold(multi_mode_product(G, mats), mode) @ Q
+            D = term if D is None else D + term
+        E = None
+        if self.C is not None:
+            Gc, Uc = self.C
+            mats = [None if j == mode else bk.adjoint(bases[j]) @ Uc[j] for j in range(d)]
+            E = Uc[mode] @ (unfold(multi_mode_product(Gc, mats), mode) @ Q)
+
+        def field(t: float, K: Any) -> Any:
+            out = None if A_i is None else A_i @ K
+            if D is not None:
+                out = K @ D if out is None else out + K @ D
+            if E is not None:
+                out = E if out is None else out + E
+            return out
+
+        return field
+
+    def core_field(self, bases: Sequence[Any]) -> Callable[[float, Any], Any]:
+        bases = list(bases)
+        d = len(bases)
+        B = [
+            None if A is None else self._projected_operator(k, bases[k])
+            for k, A in enumerate(self.operators)
+        ]
+        Cp = None
+        if self.C is not None:
+            Gc, Uc = self.C
+            Cp = multi_mode_product(Gc, [bk.adjoint(bases[j]) @ Uc[j] for j in range(d)])
+
+        def field(t: float, C: Any) -> Any:
+            out = None
+            for k, Bk in enumerate(B):
+                if Bk is None:
+                    continue
+                mats: list[Any] = [None] * d
+                mats[k] = Bk
+                term = multi_mode_product(C, mats)
+                out = term if out is None else out + term
+            if Cp is not None:
+                out = Cp if out is None else out + Cp
+            return out
+
+        return field
+
+    def _projected_operator(self, k: int, U: Any) -> Any:
+        """``U^H A_k U``."""
+        return bk.adjoint(U) @ (self.operators[k] @ U)
 
     def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
         self.check_state(Y)

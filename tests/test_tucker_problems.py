@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
-from lowrank_integrators.tucker import multi_mode_product
+from lowrank_integrators.tucker import multi_mode_product, unfold
 
 from .conftest import to_xp
 from .test_tucker import einsum_mode_product, random_orthonormal, random_tucker
@@ -145,3 +145,25 @@ def test_zero_operator_terms_and_source_only(rng):
     bases = list(Y.factors)
     expected = multi_mode_product(C.to_dense(), [B.T for B in bases])
     np.testing.assert_allclose(problem.project(0.0, Y, bases), expected, atol=1e-13)
+
+
+@pytest.mark.parametrize(("shape", "ranks"), [((7, 6, 5), (3, 2, 2)), ((5, 4, 4, 3), (2, 2, 3, 2))])
+def test_sylvester_substep_fields_equal_the_generic_fields(rng, shape, ranks):
+    # The precomputed small Sylvester fields must agree with the definition through project.
+    d = len(shape)
+    operators = [complex_matrix(rng, n, n) for n in shape]
+    operators[-1] = None
+    C = random_tucker(rng, shape, (2,) * d, np.complex128)
+    problem = lri.TensorSylvesterODE(operators, C=C)
+    Y = random_tucker(rng, shape, ranks, np.complex128)
+    core, bases = Y
+    for i in range(d):
+        Q = np.linalg.qr(unfold(core, i).conj().T)[0]
+        K = complex_matrix(rng, shape[i], Q.shape[1])
+        fast = problem.mode_field(bases, Q, i)(0.2, K)
+        generic = lri.TensorODE.mode_field(problem, bases, Q, i)(0.2, K)
+        np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-12)
+    Cr = rng.standard_normal(ranks) + 1j * rng.standard_normal(ranks)
+    fast = problem.core_field(bases)(0.2, Cr)
+    generic = lri.TensorODE.core_field(problem, bases)(0.2, Cr)
+    np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-12)

@@ -9,23 +9,25 @@ With the mode-i matrix form ``Mat_i(Y) = U_i S_i V_i^H`` of :mod:`lowrank_integr
 * core step       ``C' = +/- F(t, C x_j U_j) x_j U_j^H``.
 
 ``V_i`` is never formed: ``Ten_i(K_i V_i^H)`` is the Tucker tensor with core ``Ten_i(Q_i^H)``
-and factor ``K_i`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} U_j^H) Q_i``. Each
-right-hand side is therefore one call of ``problem.project`` followed by a small product.
+and factor ``K_i`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} U_j^H) Q_i``. The fields
+come from the problem (``problem.mode_field`` and ``problem.core_field``, built once per
+substep); the mode S-step is ``-U_i^H`` times the mode field at ``K = U_i S``.
 
-Counting convention of :class:`TuckerStepInfo`: a K-step product ``Mat_i(F) V_i`` counts as
-one ``n_right`` (it is the ``F V`` product of the mode-i matricization); a product projected
-in every mode (core step, mode S-step) counts as one ``n_project``.
+Counting convention of :class:`TuckerStepInfo`: a K-step evaluation ``Mat_i(F) V_i`` counts
+as one ``n_right`` (it is the ``F V`` product of the mode-i matricization); an evaluation
+projected in every mode (core step, mode S-step) counts as one ``n_project``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import _backend as bk
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
-from ..tucker import TuckerTensor, fold, unfold
+from ..tucker import TuckerTensor, unfold
 from .base import Integrator, State, StepInfo
 
 __all__ = [
@@ -64,20 +66,15 @@ class TuckerLedger:
         self.problem = problem
         self.info = TuckerStepInfo(rank_before=tuple(ranks_before))
 
-    def mode_product(self, t: float, Y: TuckerTensor, bases: list[Any], mode: int) -> Any:
-        """``F(t, Y) x_{j != mode} bases[j]^H`` (the K-step product of ``mode``)."""
-        self.info.n_right += 1
-        out = self.problem.project(t, Y, bases, skip=mode)
-        expected = tuple(Y.shape[j] if j == mode else int(B.shape[1]) for j, B in enumerate(bases))
-        _check_product(out, expected)
-        return out
+    def mode_field(
+        self, bases: list[Any], Q: Any, mode: int, counter: str = "n_right"
+    ) -> Callable[[float, Any], Any]:
+        """The problem's mode-``mode`` field, counted in ``counter`` and shape-checked."""
+        return _Counted(self, counter, "mode_field", self.problem.mode_field(bases, Q, mode))
 
-    def core_product(self, t: float, Y: TuckerTensor, bases: list[Any]) -> Any:
-        """``F(t, Y) x_j bases[j]^H`` (the Galerkin product)."""
-        self.info.n_project += 1
-        out = self.problem.project(t, Y, bases, skip=None)
-        _check_product(out, tuple(int(B.shape[1]) for B in bases))
-        return out
+    def core_field(self, bases: list[Any]) -> Callable[[float, Any], Any]:
+        """The problem's Galerkin core field, counted in ``n_project`` and shape-checked."""
+        return _Counted(self, "n_project", "core_field", self.problem.core_field(bases))
 
     def qr(self, X: Any) -> tuple[Any, Any]:
         """Thin QR ``X = Q R``."""
@@ -98,10 +95,25 @@ class TuckerLedger:
         return self.info
 
 
-def _check_product(out: Any, expected: tuple[int, ...]) -> None:
-    shape = tuple(int(s) for s in getattr(out, "shape", ()))
-    if shape != expected:
-        raise ValueError(f"problem.project returned an array of shape {shape}, expected {expected}")
+class _Counted:
+    def __init__(
+        self, ledger: TuckerLedger, counter: str, name: str, field: Callable[[float, Any], Any]
+    ) -> None:
+        self.ledger = ledger
+        self.counter = counter
+        self.name = name
+        self.field = field
+
+    def __call__(self, t: float, X: Any) -> Any:
+        info = self.ledger.info
+        setattr(info, self.counter, getattr(info, self.counter) + 1)
+        out = self.field(t, X)
+        shape = tuple(int(s) for s in getattr(out, "shape", ()))
+        if shape != tuple(int(s) for s in X.shape):
+            raise ValueError(
+                f"problem.{self.name} returned an array of shape {shape}, expected {tuple(X.shape)}"
+            )
+        return out
 
 
 def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]:
@@ -117,19 +129,7 @@ class ModeKStep:
     r"""``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``V_i`` built from ``factors`` and ``Q``."""
 
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
-        self.ledger = ledger
-        self.factors = list(factors)
-        self.Q = Q
-        self.mode = mode
-        ranks = [int(U.shape[1]) for U in factors]
-        self._core = fold(bk.adjoint(Q), mode, ranks)
-
-    def rhs(self, t: float, K: Any) -> Any:
-        factors = list(self.factors)
-        factors[self.mode] = K
-        Y = TuckerTensor(self._core, factors, check=False)
-        G = self.ledger.mode_product(t, Y, self.factors, self.mode)
-        return unfold(G, self.mode) @ self.Q
+        self.rhs = ledger.mode_field(list(factors), Q, mode)
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return None
@@ -139,17 +139,12 @@ class ModeSStep:
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
-        self.ledger = ledger
-        self.factors = list(factors)
-        self.Q = Q
-        self.mode = mode
-        self._ranks = [int(U.shape[1]) for U in factors]
+        self.U = factors[mode]
+        self.U_H = bk.adjoint(self.U)
+        self._field = ledger.mode_field(list(factors), Q, mode, counter="n_project")
 
     def rhs(self, t: float, S: Any) -> Any:
-        core = fold(S @ bk.adjoint(self.Q), self.mode, self._ranks)
-        Y = TuckerTensor(core, self.factors, check=False)
-        G = self.ledger.core_product(t, Y, self.factors)
-        return -(unfold(G, self.mode) @ self.Q)
+        return -(self.U_H @ self._field(t, self.U @ S))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return None
@@ -159,12 +154,7 @@ class CoreStep:
     r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases."""
 
     def __init__(self, ledger: TuckerLedger, factors: list[Any]) -> None:
-        self.ledger = ledger
-        self.factors = list(factors)
-
-    def rhs(self, t: float, C: Any) -> Any:
-        Y = TuckerTensor(C, self.factors, check=False)
-        return self.ledger.core_product(t, Y, self.factors)
+        self.rhs = ledger.core_field(list(factors))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return None
