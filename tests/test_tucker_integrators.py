@@ -337,3 +337,22 @@ def test_rank_adaptive_tucker_bug_accepts_and_repairs_incompatible_ranks(rng):
     sol = lri.solve(v8.problem, Y0, (0.0, 0.1), 0.1, lri.TuckerBUG(lri.Tolerance(1e-8)))
     r = sol.ranks[-1]
     assert all(r[i] <= math.prod(r[:i] + r[i + 1 :]) for i in range(3))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [lri.TuckerProjectorSplitting(), lri.TuckerBUG(), lri.TuckerBUG(lri.Tolerance(1e-4))],
+    ids=["psi", "bug", "adaptive-bug"],
+)
+def test_single_precision_stays_single_precision(method):
+    v8 = V8(n=10, r=2)
+    ref = lri.solve(v8.problem, v8.Y0, (0.0, 0.3), 0.1, method).Y.to_dense()
+    ops32 = [A.astype(np.float32) for A in v8.problem.operators]
+    Y0 = lri.TuckerTensor(
+        v8.Y0.core.astype(np.float32), [U.astype(np.float32) for U in v8.Y0.factors]
+    )
+    sol = lri.solve(lri.TensorSylvesterODE(ops32), Y0, (0.0, 0.3), 0.1, method)
+    core, factors = sol.Y
+    assert core.dtype == np.float32 and all(U.dtype == np.float32 for U in factors)
+    eps32 = float(np.finfo(np.float32).eps)
+    assert np.linalg.norm(sol.Y.to_dense() - ref) < 100 * eps32 * np.linalg.norm(ref)

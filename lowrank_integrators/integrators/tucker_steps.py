@@ -6,7 +6,7 @@ With the mode-i matrix form ``Mat_i(Y) = U_i S_i V_i^H`` of :mod:`lowrank_integr
 * mode-i K-step   ``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``,
 * mode-i S-step   ``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i`` (backward; projector
   splitting),
-* core step       ``C' = +/- F(t, C x_j U_j) x_j U_j^H``.
+* core step       ``C' = F(t, C x_j U_j) x_j U_j^H`` (Galerkin).
 
 ``V_i`` is never formed: ``Ten_i(K_i V_i^H)`` is the Tucker tensor with core ``Ten_i(Q_i^H)``
 and factor ``K_i`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} U_j^H) Q_i``. The fields
