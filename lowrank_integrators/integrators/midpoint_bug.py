@@ -21,11 +21,12 @@ One step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + h`` (the ``4
 The method is second order and robust to small singular values. The rank can at most
 quadruple per step.
 
-Round-off floor: ``[U_half, F_half V_half]`` has nearly dependent columns (``F_half V_half``
-is close to ``range(U_half)`` when ``F`` is nearly tangent), so the ``4r`` QR amplifies
-round-off and the error stops decreasing well above machine precision as ``h`` shrinks (on
-the Sylvester rotation problem of Ceruti-Lubich 2022 around ``1e-10`` to ``1e-8`` in double
-precision). Observed orders must be fitted above that floor.
+Round-off floor: the ``4r`` QR acts on nearly dependent columns, and the error stops
+decreasing like ``h^2`` at a level well above machine precision. On the Sylvester rotation
+of Ceruti-Lubich 2022 (``n = 100``, ``r = 4, 8, 16``, ``T = 1``, one RK4 step per substep) we
+measured errors against the exact rank-r solution falling at least like ``h^2`` to about
+``4e-7`` at ``h = 0.01`` and then staying between ``2e-7`` and ``3e-6`` for ``h`` down to
+``0.001``. Fit observed orders above that level.
 """
 
 from __future__ import annotations
