@@ -174,6 +174,30 @@ def test_rank_adaptive_tucker_bug_grows_the_ranks_on_a_gradient_flow(rng, shape,
     # The loss of the gradient flow decreases at every step (up to the tolerance).
     loss = [0.5 * np.linalg.norm(Y.to_dense() - A.to_dense()) ** 2 for Y in sol.states]
     assert np.all(np.diff(loss) <= 1e-10)
+    # Every mode's discarded tail is within the tolerance.
+    for info in sol.step_info:
+        assert len(info.truncations) == d
+        assert all(rec.tail <= rec.tolerance for rec in info.truncations)
+
+
+def _gradient_flow(rng, shape, target_ranks):
+    A = random_tucker(rng, shape, target_ranks)
+    problem = lri.TensorSylvesterODE([-np.eye(shape[0])] + [None] * (len(shape) - 1), C=A)
+    return problem, random_tucker(rng, shape, (1,) * len(shape))
+
+
+def test_rank_adaptive_tucker_bug_respects_per_mode_fixed_ranks_and_rmax(rng):
+    problem, Y0 = _gradient_flow(rng, (8, 7, 6), (3, 2, 4))
+    fixed = lri.TuckerBUG(lri.FixedRank((3, 2, 2)))
+    sol = lri.solve(problem, Y0, (0.0, 0.5), 0.1, fixed)
+    assert sol.ranks[0] == (1, 1, 1) and sol.ranks[-1] == (3, 2, 2)
+    # Ranks (3, 1, 2) cannot be carried by a core: r_0 = 3 > r_1 r_2 = 2 is clamped to 2.
+    clamped = lri.TuckerBUG(lri.FixedRank((3, 1, 2)))
+    assert lri.solve(problem, Y0, (0.0, 0.5), 0.1, clamped).ranks[-1] == (2, 1, 2)
+    capped = lri.TuckerBUG(lri.Tolerance(1e-12, rmax=2))
+    sol = lri.solve(problem, Y0, (0.0, 0.5), 0.1, capped)
+    assert sol.ranks[-1] == (2, 2, 2)
+    assert all(max(r) <= 2 for r in sol.ranks)
 
 
 # --- exact closed forms with one Euler step per substep ----------------------------------------
