@@ -195,6 +195,15 @@ def test_fixed_point_of_a_gradient_flow_is_the_best_rank_r_approximation():
     assert abs(loss - 0.5 * np.sum(sig[r:] ** 2)) < 1e-10
 
 
+def test_zero_field_leaves_Y_unchanged(rng):
+    Y0 = random_lowrank(rng, 12, 10, 4, sigmas=np.array([1.0, 0.1, 1e-5, 1e-12]))
+    zero = lri.DenseODE(lambda t, Y: np.zeros_like(Y))
+    method = lri.AugmentedBackwardCorrectedPSI(lri.Tolerance(1e-14))
+    sol = lri.solve(zero, Y0, (0.0, 1.0), 0.1, method=method)
+    np.testing.assert_allclose(sol.Y.to_dense(), Y0.to_dense(), atol=1e-14)
+    assert sol.Y.rank == 4
+
+
 def test_array_api_backends(xp):
     _, Y0 = invariant_problem()
     rng = np.random.default_rng(7)

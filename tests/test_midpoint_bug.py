@@ -154,6 +154,14 @@ def test_descent_check_has_teeth_beyond_the_step_size_limit():
     assert np.any(np.diff(losses) > slack)
 
 
+def test_zero_field_leaves_Y_unchanged(rng):
+    Y0 = random_lowrank(rng, 12, 10, 4, sigmas=np.array([1.0, 0.1, 1e-5, 1e-12]))
+    zero = lri.DenseODE(lambda t, Y: np.zeros_like(Y))
+    sol = lri.solve(zero, Y0, (0.0, 1.0), 0.1, method=lri.MidpointBUG(lri.Tolerance(1e-14)))
+    np.testing.assert_allclose(sol.Y.to_dense(), Y0.to_dense(), atol=1e-14)
+    assert sol.Y.rank == 4
+
+
 def test_array_api_backends(xp):
     _, Y0 = invariant_problem()
     rng = np.random.default_rng(7)

@@ -280,6 +280,19 @@ def test_loss_does_not_increase_on_a_gradient_flow_for_h_below_one_over_lipschit
     assert losses[-1] < 0.9 * losses[0]
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_zero_field_leaves_Y_unchanged(rng, order):
+    """Spurious directions of a rank-deficient augmentation carry no weight: they are
+    truncated, and neither rejection criterion fires."""
+    Y0 = random_lowrank(rng, 12, 10, 4, sigmas=np.array([1.0, 0.1, 1e-5, 1e-12]))
+    zero = lri.DenseODE(lambda t, Y: np.zeros_like(Y))
+    method = lri.ParallelBUG(lri.Tolerance(1e-14), order=order)
+    sol = lri.solve(zero, Y0, (0.0, 1.0), 0.1, method=method)
+    np.testing.assert_allclose(sol.Y.to_dense(), Y0.to_dense(), atol=1e-14)
+    assert sol.Y.rank == 4
+    assert sol.stats.n_rejected == 0
+
+
 # --- backends and arguments ---------------------------------------------------------------
 
 
