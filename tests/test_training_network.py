@@ -1,0 +1,119 @@
+"""The NumPy reference network: hand-written backpropagation against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowrank_integrators import LowRankMatrix
+from lowrank_integrators.training import MLP, Layer
+from lowrank_integrators.training.network import parse_arch
+
+
+def mixed_net() -> MLP:
+    return MLP(
+        [
+            Layer(7, 6, "lowrank", 3),
+            Layer(6, 5, "factorized", 2),
+            Layer(5, 4, "dense"),
+        ]
+    )
+
+
+def loss_at(net, W, P, b):
+    return net.gradient(W, P, b).loss
+
+
+def test_gradients_match_central_differences(rng):
+    net = mixed_net()
+    W, P = net.init(rng)
+    b = (rng.standard_normal((11, 7)), rng.integers(0, 4, 11))
+    gp = net.gradient(W, P, b)
+    h = 1e-6
+    # other parameters, entry by entry
+    for j, p in enumerate(P):
+        for idx in np.ndindex(p.shape):
+            Pp = [q.copy() for q in P]
+            Pm = [q.copy() for q in P]
+            Pp[j][idx] += h
+            Pm[j][idx] -= h
+            fd = (loss_at(net, W, Pp, b) - loss_at(net, W, Pm, b)) / (2 * h)
+            assert gp.param_grads[j][idx] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    # the low-rank weight: directional derivatives along random directions D
+    (Y,) = W
+    Gd = gp.dense_gradient(0)
+    for _ in range(3):
+        D = rng.standard_normal(Y.shape)
+        pts = []
+        for s in (h, -h):
+            Yd = LowRankMatrix.from_dense(Y.to_dense() + s * D, rank=min(Y.shape))
+            pts.append(loss_at(net, [Yd], P, b))
+        fd = (pts[0] - pts[1]) / (2 * h)
+        assert np.sum(Gd * D) == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_products_are_the_dense_gradient_applied_to_bases(rng):
+    net = mixed_net()
+    W, P = net.init(rng)
+    gp = net.gradient(W, P, (rng.standard_normal((9, 7)), rng.integers(0, 4, 9)))
+    G = gp.dense_gradient(0)
+    U = np.linalg.qr(rng.standard_normal((6, 4)))[0]
+    V = np.linalg.qr(rng.standard_normal((7, 2)))[0]
+    np.testing.assert_allclose(gp.right(0, V), G @ V, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gp.left(0, U), G.T @ U, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gp.project(0, U, V), U.T @ G @ V, rtol=1e-12, atol=1e-14)
+
+
+def test_a_factored_point_gives_the_same_forward_pass_as_its_dense_matrix(rng):
+    net = MLP([Layer(5, 4, "lowrank", 2), Layer(4, 3, "dense")])
+    W, P = net.init(rng)
+    U, S, V = W[0]
+    # the K-substep point K V^T with K = U S: not orthonormal, same matrix
+    K_point = LowRankMatrix(U @ S, np.eye(2), V, check=False)
+    X = rng.standard_normal((6, 5))
+    np.testing.assert_allclose(net.forward([K_point], P, X), net.forward(W, P, X), rtol=1e-13)
+
+
+def test_float32_network_stays_float32(rng):
+    net = mixed_net()
+    W, P = net.init(rng, dtype=np.float32)
+    gp = net.gradient(W, P, (rng.standard_normal((5, 7)), rng.integers(0, 4, 5)))
+    assert all(g.dtype == np.float32 for g in gp.param_grads)
+    assert gp.right(0, W[0].V).dtype == np.float32
+
+
+def test_initial_singular_values_decay_geometrically(rng):
+    net = MLP([Layer(30, 20, "lowrank", 6), Layer(20, 10, "factorized", 6), Layer(10, 3, "dense")])
+    W, P = net.init(rng, singular_values=10.0)
+    expected = 10.0 ** -np.arange(6.0)
+    np.testing.assert_allclose(W[0].singular_values(), expected, rtol=1e-12)
+    U, V = P[1], P[2]
+    np.testing.assert_allclose(np.linalg.svd(U @ V.T, compute_uv=False)[:6], expected, rtol=1e-9)
+
+
+def test_parameter_counts_and_compression():
+    net = MLP.from_arch("784-500-10", rank=20, last_dense=True)
+    counts = net.parameter_counts([20])
+    assert counts["dense"] == 784 * 500 + 500 + 500 * 10 + 10
+    assert counts["evaluation"] == 20 * (784 + 500) + 500 + 500 * 10 + 10
+    assert counts["training"] == 40 * (784 + 500) + 1600 + 500 + 500 * 10 + 10
+    with pytest.raises(ValueError, match="ranks"):
+        net.parameter_counts([20, 3])
+
+
+def test_architecture_strings_and_bad_layers():
+    assert parse_arch("64-256-10") == [64, 256, 10]
+    net = MLP.from_arch("64-256-256-10", rank=300)
+    assert [lay.kind for lay in net.layers] == ["lowrank", "lowrank", "dense"]
+    assert net.layers[0].rank == 64  # clipped to min(n_in, n_out)
+    with pytest.raises(ValueError, match="arch"):
+        parse_arch("64-x-10")
+    with pytest.raises(ValueError, match="n_in"):
+        MLP([Layer(4, 3, "dense"), Layer(5, 2, "dense")])
+    with pytest.raises(ValueError, match="kind"):
+        Layer(4, 3, "sparse")
+    with pytest.raises(ValueError, match="rank"):
+        Layer(4, 3, "lowrank", 9)
+    net = MLP.from_arch("4-3", kind="dense")
+    with pytest.raises(TypeError, match="labels"):
+        net.gradient([], net.init(np.random.default_rng(0))[1], (np.ones((2, 4)), np.ones(2)))
