@@ -134,6 +134,51 @@ def test_complex_tucker_bug_converges_at_first_order():
     assert 0.8 < slope(hs, errs) < 1.3
 
 
+def test_tucker_bug_error_does_not_grow_with_small_singular_values():
+    # Robustness: at r = 8 the smallest core singular values are 2^-8, far below h = 0.1,
+    # yet the error constant stays that of r = 4.
+    errs = []
+    for r in (4, 8):
+        v8 = V8(r=r)
+        sol = lri.solve(v8.problem, v8.Y0, (0.0, 0.5), 0.1, lri.TuckerBUG(substep=accurate(0.1)))
+        errs.append(error(sol, v8.exact(0.5)))
+    assert 0.5 < errs[1] / errs[0] < 2.0
+
+
+def test_norm_conservation_of_projector_splitting_and_rank_adaptive_bug(rng):
+    # Re <Y, F(Y)> = 0 for every Y: every substep of projector splitting conserves the norm,
+    # the rank-adaptive BUG conserves it up to the truncation; the fixed-rank BUG drifts.
+    shape = (6, 5, 4)
+    W = [random_orthonormal(rng, n, n, np.complex128) for n in shape]
+    W = [(Wk - Wk.conj().T) / 2 for Wk in W]
+
+    def f(t, Y):
+        out = 1j * np.abs(Y) ** 2 * Y
+        for k, Wk in enumerate(W):
+            out = out + np.moveaxis(np.tensordot(Wk, Y, axes=(1, k)), 0, k)
+        return out
+
+    problem = lri.DenseTensorODE(f)
+    Y0 = random_tucker(rng, shape, (2, 2, 2), np.complex128)
+    n0 = Y0.norm()
+
+    def drift(method):
+        sol = lri.solve(problem, Y0, (0.0, 0.5), 0.1, method, save_states=True)
+        return max(abs(Y.norm() - n0) for Y in sol.states), sol
+
+    psi, _ = drift(lri.TuckerProjectorSplitting(accurate(0.1, dt=0.025)))
+    assert psi < 1e-6 * n0
+    adaptive, sol = drift(lri.TuckerBUG(lri.Tolerance(1e-2), accurate(0.1, dt=0.025)))
+    assert max(sol.ranks[-1]) < 6  # the truncation did act
+    # Truncating the core is an orthogonal projection: ||Y_hat||^2 - ||Y1||^2 <= sum_i tail_i^2,
+    # so each step loses at most sum_i tail_i^2 / (||Y_hat|| + ||Y1||) of the norm.
+    dropped = sum(rec.tail**2 for info in sol.step_info for rec in info.truncations)
+    assert dropped > 0
+    assert adaptive <= dropped / n0 + 1e-6 * n0
+    fixed, _ = drift(lri.TuckerBUG(substep=accurate(0.1, dt=0.025)))
+    assert fixed > 1e-3 * n0
+
+
 # --- rank adaptivity ---------------------------------------------------------------------------
 
 
