@@ -42,8 +42,9 @@ __all__ = ["DenseTensorODE", "TensorODE", "TensorSylvesterODE"]
 class TensorODE(ABC):
     """Base class of tensor ODEs given in factored form.
 
-    Subclasses implement :meth:`project`. :meth:`evaluate_dense` forms ``F(t, Y)`` explicitly
-    and exists for small problems and diagnostics only.
+    Subclasses implement :meth:`project`; :meth:`mode_field` and :meth:`core_field` may be
+    overridden to precompute what depends on the bases only. :meth:`evaluate_dense` forms
+    ``F(t, Y)`` explicitly and exists for small problems and diagnostics only.
 
     Attributes
     ----------
@@ -76,9 +77,13 @@ class TensorODE(ABC):
         array of shape ``(k_1, ..., n_skip, ..., k_d)``
         """
 
-    @abstractmethod
     def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
-        """``F(t, Y)`` as a dense ``n_1 x ... x n_d`` array (small problems only)."""
+        """``F(t, Y)`` as a dense ``n_1 x ... x n_d`` array (small problems only).
+
+        The default projects onto identity bases: ``F x_j I = F``.
+        """
+        eyes = [bk.eye_like(Y.core, n) for n in Y.shape]
+        return self.project(t, Y, eyes)
 
     def mode_field(self, bases: Sequence[Any], Q: Any, mode: int) -> Callable[[float, Any], Any]:
         """``(t, K) -> Mat_i(F(t, Ten_i(K V_i^H))) V_i``: the mode-i K-step field.

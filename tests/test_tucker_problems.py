@@ -167,3 +167,20 @@ def test_sylvester_substep_fields_equal_the_generic_fields(rng, shape, ranks):
     fast = problem.core_field(bases)(0.2, Cr)
     generic = lri.TensorODE.core_field(problem, bases)(0.2, Cr)
     np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-12)
+
+
+def test_a_problem_needs_only_its_projection(rng):
+    # A user problem implementing project() alone gets dense evaluation and substep fields.
+    class Scaled(lri.TensorODE):
+        def project(self, t, Y, bases, skip=None):
+            mats = [
+                U if j == skip else B.conj().T @ U
+                for j, (B, U) in enumerate(zip(bases, Y.factors, strict=True))
+            ]
+            return -2.0 * multi_mode_product(Y.core, mats)
+
+    Y = random_tucker(rng, (5, 4, 3), (2, 2, 2))
+    problem = Scaled()
+    np.testing.assert_allclose(problem.evaluate_dense(0.0, Y), -2.0 * Y.to_dense(), atol=1e-13)
+    sol = lri.solve(problem, Y, (0.0, 0.5), 0.1, lri.TuckerBUG(substep=lri.RK4(steps=5)))
+    np.testing.assert_allclose(sol.Y.to_dense(), np.exp(-1.0) * Y.to_dense(), atol=1e-9)
