@@ -135,3 +135,12 @@ def test_bad_command_line_values_exit_with_status_2(capsys):
     assert "arch" in capsys.readouterr().err
     assert main(["train", *SMALL, "--arch", "32-10"]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_missing_mnist1d_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mnist1d", None)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    with pytest.raises(ImportError, match="pip install mnist1d"):
+        load_dataset("mnist1d")

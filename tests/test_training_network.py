@@ -117,3 +117,16 @@ def test_architecture_strings_and_bad_layers():
     net = MLP.from_arch("4-3", kind="dense")
     with pytest.raises(TypeError, match="labels"):
         net.gradient([], net.init(np.random.default_rng(0))[1], (np.ones((2, 4)), np.ones(2)))
+
+
+def test_training_import_pulls_no_optional_package():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lowrank_integrators.training\n"
+        "print(','.join(m for m in ('torch', 'sklearn', 'matplotlib', 'mnist1d') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -231,6 +231,7 @@ class _Lockstep:
         self._posted: dict[int, _Request] = {}
         self._answers: dict[int, Any] = {}
         self._finished: set[int] = set()
+        self._aborted: BaseException | None = None
         self.results: list[Any] = [None] * self.n
 
     # --- worker side -----------------------------------------------------------------------
@@ -238,7 +239,9 @@ class _Lockstep:
         with self._cond:
             self._posted[layer] = req
             self._cond.notify_all()
-            self._cond.wait_for(lambda: layer in self._answers)
+            self._cond.wait_for(lambda: layer in self._answers or self._aborted is not None)
+            if layer not in self._answers:
+                raise RuntimeError("the training step was aborted") from self._aborted
             answer = self._answers.pop(layer)
         if isinstance(answer, BaseException):
             raise answer
@@ -275,6 +278,12 @@ class _Lockstep:
                 with self._cond:
                     self._answers.update(answers)
                     self._cond.notify_all()
+        except BaseException as exc:
+            # e.g. KeyboardInterrupt while waiting: release the workers before joining them
+            with self._cond:
+                self._aborted = exc
+                self._cond.notify_all()
+            raise
         finally:
             for th in threads:
                 th.join()
