@@ -1,0 +1,166 @@
+r"""The methods the validation suite covers, with the behaviour theory expects of each.
+
+Expectations are taken from the papers (see ``references`` of each integrator) and the
+summary table of the algorithm reference: declared order, exactness on tangent
+(Sylvester-type) fields, norm conservation, guaranteed descent of gradient flows and the
+factor by which the rank can grow per step. Methods that are not part of this build are
+skipped, so the suite picks up new integrators as they are added to the package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..substeps import RK4, SubstepSolver
+from ..truncation import TruncationRule
+
+__all__ = ["MethodSpec", "available_methods", "substep_for"]
+
+
+def substep_for(h: float, max_internal_step: float = 0.01) -> RK4:
+    """Classical RK4 with ``max(1, ceil(h / max_internal_step))`` internal steps.
+
+    Makes the substep error negligible next to the splitting error, as the standard
+    validation setups prescribe.
+    """
+    return RK4(steps=max(1, math.ceil(h / max_internal_step - 1e-9)))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of the suite and what theory says about it.
+
+    Attributes
+    ----------
+    name : str
+        Label in tables and reports.
+    build : callable ``(substep, truncation) -> Integrator``
+        Fixed-rank methods ignore ``truncation``.
+    order : int
+        Declared order with exact substeps.
+    rank_adaptive : bool
+        Whether ``truncation`` controls the rank.
+    exact_tangent : bool
+        Exact for every ``h`` on ``F(Y) = A Y + Y B`` (projector splitting).
+    exact_data : bool
+        Reproduces rank-r explicit data ``A(t)`` to round-off (Lubich, Oseledets 2014;
+        Ceruti, Lubich 2022; kept by the augmented BUG, Ceruti, Kusch, Lubich 2022).
+    norm : {"exact", "truncation", "drift", "unknown"}
+        Norm conservation on Schrodinger-type problems: conserved, conserved up to the
+        truncation tolerance, ``O(h)`` drift, or no established statement.
+    descent : bool
+        Guaranteed descent of gradient flows for ``h <= 1/Lip``.
+    max_growth : float
+        Largest rank growth factor per step.
+    second_order_sylvester : bool
+        Truncated back to a fixed rank, observed order 2 on Sylvester fields (informational).
+    fixed_rank_order : bool
+        Whether the declared order holds when the method is truncated to a fixed rank (the
+        parallel BUG truncated to a fixed rank converges erratically: no order asserted).
+    """
+
+    name: str
+    build: Callable[[SubstepSolver, TruncationRule | None], Any]
+    order: int
+    rank_adaptive: bool = False
+    exact_tangent: bool = False
+    exact_data: bool = False
+    norm: str = "unknown"
+    descent: bool = False
+    max_growth: float = 1.0
+    second_order_sylvester: bool = False
+    fixed_rank_order: bool = True
+
+    def make(self, substep: SubstepSolver, truncation: TruncationRule | None = None) -> Any:
+        """Build the integrator."""
+        if self.rank_adaptive and truncation is None:
+            raise ValueError(f"{self.name} is rank-adaptive: give a truncation rule")
+        return self.build(substep, truncation)
+
+
+def available_methods() -> list[MethodSpec]:
+    """The matrix methods of this build, in a fixed order."""
+    import lowrank_integrators as lri
+
+    specs = [
+        MethodSpec(
+            "KSL",
+            lambda s, tr: lri.ProjectorSplitting(order=1, substep=s),
+            order=1,
+            exact_tangent=True,
+            exact_data=True,
+            norm="exact",
+        ),
+        MethodSpec(
+            "Strang",
+            lambda s, tr: lri.ProjectorSplitting(order=2, substep=s),
+            order=2,
+            exact_tangent=True,
+            exact_data=True,
+            norm="exact",
+        ),
+        MethodSpec("BUG", lambda s, tr: lri.BUG(substep=s), order=1, exact_data=True, norm="drift"),
+        MethodSpec(
+            "AugmentedBUG",
+            lambda s, tr: lri.AugmentedBUG(tr, substep=s),
+            order=1,
+            rank_adaptive=True,
+            exact_data=True,
+            norm="truncation",
+            descent=True,
+            max_growth=2.0,
+            second_order_sylvester=True,
+        ),
+    ]
+    optional = [
+        (
+            "ParallelBUG",
+            lambda: MethodSpec(
+                "ParallelBUG",
+                lambda s, tr: lri.ParallelBUG(tr, substep=s),
+                order=1,
+                rank_adaptive=True,
+                max_growth=math.inf,  # rejected steps restart in doubled bases, repeatedly
+                fixed_rank_order=False,
+            ),
+        ),
+        (
+            "ParallelBUG",
+            lambda: MethodSpec(
+                "ParallelBUG2",
+                lambda s, tr: lri.ParallelBUG(tr, order=2, substep=s),
+                order=2,
+                rank_adaptive=True,
+                max_growth=math.inf,
+                fixed_rank_order=False,
+            ),
+        ),
+        (
+            "MidpointBUG",
+            lambda: MethodSpec(
+                "MidpointBUG",
+                lambda s, tr: lri.MidpointBUG(tr, substep=s),
+                order=2,
+                rank_adaptive=True,
+                max_growth=4.0,
+            ),
+        ),
+        (
+            "AugmentedBackwardCorrectedPSI",
+            lambda: MethodSpec(
+                "abcPSI",
+                lambda s, tr: lri.AugmentedBackwardCorrectedPSI(tr, substep=s),
+                order=1,
+                rank_adaptive=True,
+                descent=True,
+                max_growth=2.0,
+                second_order_sylvester=True,
+            ),
+        ),
+    ]
+    # Integrators added to the package later are picked up here by name.
+    specs += [make() for name, make in optional if hasattr(lri, name)]
+    return specs
