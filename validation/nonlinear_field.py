@@ -1,5 +1,8 @@
-r"""N1 (this suite's own design): a complex, non-autonomous, nonlinear field.
+r"""N1: a complex, non-autonomous, nonlinear field.
 
+Source: designed for this suite, following the advice of Lubich, Oseledets (2014),
+arXiv:1301.1058, and Ceruti, Lubich (2022), arXiv:2010.02022, to test splitting orders on
+fields without Sylvester structure.
 ``F(t, Y) = i (H1 Y + Y H2) + cos(2 pi t) (Y o Y)`` with Hermitian ``H1``, ``H2``
 (``o``: entrywise product), ``m = n = 30``, rank 4, ``T = 0.5``; data from ``rng(2024)``.
 

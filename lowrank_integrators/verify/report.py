@@ -117,7 +117,7 @@ def format_table(results: Sequence[StudyResult]) -> str:
             (
                 r.problem,
                 r.method,
-                r.study,
+                r.label,
                 _fmt(s.get("error")),
                 _fmt(s.get("observed_order"), ".2f"),
                 _fmt(s.get("expected_order"), "g"),
@@ -126,10 +126,7 @@ def format_table(results: Sequence[StudyResult]) -> str:
             )
         )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = [_join(row, widths) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

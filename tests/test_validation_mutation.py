@@ -1,0 +1,115 @@
+"""Deliberately broken integrators and problems must fail the validation studies.
+
+A suite that passes a wrong method proves nothing. Each mutation below is a bug seen in real
+implementations: a backward S-step integrated with ``+`` instead of ``-``, and a missing
+conjugate transpose (in a BUG basis change, and in the source term of an L-product).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lowrank_integrators as lri
+from lowrank_integrators import _backend as bk
+from lowrank_integrators.integrators.base import KStep, Ledger, LStep, SStep
+from lowrank_integrators.verify import convergence_study
+from lowrank_integrators.verify.methods import MethodSpec, available_methods
+from lowrank_integrators.verify.suite import collect_cases, run_cases
+
+
+class ForwardSStepKSL(lri.ProjectorSplitting):
+    """KSL whose 'backward' S-step runs forward (sign +1): the classic sign bug."""
+
+    def _k_then_backward_s(self, led, U0, S0, V0, t0, t1):
+        K1 = self.substep(KStep(led, V0), t0, t1, U0 @ S0)
+        U1, S_hat = led.qr(K1)
+        return U1, self.substep(SStep(led, U1, V0, sign=+1), t0, t1, S_hat)
+
+
+class PlainTransposeBUG(lri.BUG):
+    """BUG with ``M = U1^T U0`` and ``N = V1^T V0``: conjugation forgotten in the basis change."""
+
+    def step(self, problem, state, t, h):
+        U0, S0, V0 = state.Y
+        led = Ledger(problem, rank_before=state.Y.rank)
+        t1 = t + h
+        U1 = led.orth(self.substep(KStep(led, V0), t, t1, U0 @ S0))
+        V1 = led.orth(self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0)))
+        M, N = U1.T @ U0, V1.T @ V0  # the mutation: ^T where ^H belongs
+        S1 = self.substep(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
+        Y1 = lri.LowRankMatrix(U1, S1, V1, check=False)
+        return state.with_Y(Y1, t1), led.finish(Y1.rank)
+
+
+def spec(name, build, **kw):
+    return MethodSpec(name, build, **kw)
+
+
+FLIPPED = spec(
+    "KSL-flipped",
+    lambda s, tr: ForwardSStepKSL(substep=s),
+    order=1,
+    exact_tangent=True,
+    exact_data=True,
+    norm="exact",
+)
+NOCONJ = spec(
+    "BUG-noconj", lambda s, tr: PlainTransposeBUG(substep=s), order=1, exact_data=True, norm="drift"
+)
+
+
+def run(pattern, methods):
+    cases = collect_cases(quick=True, only=pattern, methods=methods)
+    assert cases, f"pattern {pattern!r} selected nothing"
+    return {(r.problem, r.label): r for r in run_cases(cases)}
+
+
+def test_correct_ksl_passes_the_studies_the_mutations_are_run_on():
+    ksl = [s for s in available_methods() if s.name == "KSL"]
+    results = run("V1-sylvester/*/exactness,V5-stiff-heat/*/exactness", ksl)
+    assert len(results) == 2 and all(r.passed for r in results.values())
+
+
+@pytest.mark.parametrize("problem", ["V1-sylvester", "V5-stiff-heat"])
+def test_forward_s_step_fails_exactness_on_tangent_fields(problem):
+    res = run(f"{problem}/*/exactness", [FLIPPED])[(problem, "exactness")]
+    assert not res.passed
+    assert res.summary["error"] > 1e3 * res.checks[0].expected  # O(1), not round-off
+
+
+def test_forward_s_step_fails_convergence_on_the_nonlinear_field():
+    res = run("N1-nonlinear/*/convergence", [FLIPPED])[("N1-nonlinear", "convergence")]
+    assert not res.passed
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the broken method overflows
+def test_missing_conjugate_in_bug_is_caught_only_by_complex_problems():
+    real = run("V1-sylvester/*/convergence", [NOCONJ])[("V1-sylvester", "convergence")]
+    assert real.passed  # real data cannot see a missing conjugation
+    cplx = run("N1-nonlinear/*/convergence", [NOCONJ])[("N1-nonlinear", "convergence")]
+    assert not cplx.passed
+
+
+class PlainSourceSylvester(lri.SylvesterODE):
+    """L-product with ``C U`` instead of ``C^H U`` (a bug seen in a structured right-hand side)."""
+
+    def _c_left(self, U):
+        return self.C @ U
+
+
+def test_missing_conjugate_transpose_of_the_source_needs_the_non_hermitian_variant():
+    from lowrank_integrators.validation.lyapunov_source import STEPS_QUICK, Lyapunov, T
+
+    aug = next(s for s in available_methods() if s.name == "AugmentedBUG")
+    method = aug.make(lri.RK4(steps=5), lri.Tolerance(1e-2, scale_with_h=2, rmax=40))
+    outcome = {}
+    for complex_source in (False, True):
+        setup = Lyapunov(complex_source=complex_source)
+        broken = PlainSourceSylvester(setup.A, setup.A, setup.C)
+        res = convergence_study(
+            broken, setup.Y0, method, setup.reference, (0.0, T), STEPS_QUICK, expected_order=1
+        )
+        outcome[complex_source] = res.passed
+    assert outcome == {False: True, True: False}
+    assert np.iscomplexobj(Lyapunov(complex_source=True).C)
