@@ -6,15 +6,17 @@ network 784-500-500-500-500-10 with a dense last layer:
 * ``compression``: DLRT (augmented BUG, Euler substeps, relative tolerance tau) for each tau
   against dense training: test accuracy, ranks, evaluation and training compression, time per
   epoch.
-* ``init``: initial singular values ``sigma_k = base^-k`` (base 2 and 10): DLRT against the
-  vanilla factorisation ``W = U V^T`` trained by SGD on ``U`` and ``V``, same learning rate and
-  epochs.
+* ``init``: initial singular values decaying like ``base^-k`` (base 2 and 10): DLRT (at the same
+  fixed rank, and rank-adaptive) against the vanilla factorisation ``W = U V^T`` trained by SGD
+  on ``U`` and ``V``, same learning rate and epochs.
 
 Results go to a JSON file, rewritten after every run, and a table is printed. Needs the Debian
 package ``dataset-fashion-mnist``. Example::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study compression \
-        --epochs 5 --out results/dlrt_fashion_mnist.json
+        --epochs 5 --out benchmarks/results/dlrt_fashion_mnist_compression.json
+    OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study init \
+        --epochs 5 --lr 0.2 --out benchmarks/results/dlrt_fashion_mnist_init.json
 """
 
 from __future__ import annotations
@@ -65,11 +67,11 @@ def init_configs(args: argparse.Namespace) -> list[RunConfig]:
     )
     runs = []
     for decay in (2.0, 10.0):
-        runs.append(
-            dataclasses.replace(
-                base, integrator="augmented-bug", tau=args.init_tau, init_decay=decay
+        # DLRT at the vanilla factorisation's fixed rank, and rank-adaptive with tau
+        for tau in (None, args.init_tau):
+            runs.append(
+                dataclasses.replace(base, integrator="augmented-bug", tau=tau, init_decay=decay)
             )
-        )
         runs.append(dataclasses.replace(base, integrator="vanilla", init_decay=decay))
     return runs
 
@@ -123,7 +125,7 @@ def _row(s: dict) -> str:
     c = s["config"]
     name = c["integrator"]
     if name == "augmented-bug":
-        name = f"DLRT tau={c['tau']}"
+        name = f"DLRT tau={c['tau']}" if c["tau"] is not None else f"DLRT rank {c['rank']}"
     if c.get("init_decay"):
         name += f" init {c['init_decay']:g}^-k"
     acc = s["test_accuracy"]

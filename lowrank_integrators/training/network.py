@@ -227,10 +227,10 @@ class MLP:
         rng : numpy.random.Generator
         dtype : float32 or float64
         singular_values : float, optional
-            Instead, draw random orthonormal ``P``, ``Q`` and give the non-dense layers the
-            singular values ``sigma_k = base^{1-k}``, ``k = 1..r`` (decaying like ``base^{-k}``
-            from ``sigma_1 = 1``; ``2`` and ``10`` are the decays of the seed's initialization
-            test).
+            Replace the singular values of the non-dense layers' draws by
+            ``sigma_k = sigma_1 base^{1-k}``, ``k = 1..r``, keeping the largest one and the
+            singular vectors (decaying like ``base^{-k}``; ``2`` and ``10`` are the decays of
+            the seed's initialization test).
         """
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -251,15 +251,10 @@ class MLP:
                 params.append(rng.uniform(-bound, bound, (m, n)).astype(dtype))
             else:
                 r = int(lay.rank)
-                if base is None:
-                    P, sig, Qh = np.linalg.svd(
-                        rng.uniform(-bound, bound, (m, n)), full_matrices=False
-                    )
-                    P, sig, Q = P[:, :r], sig[:r], Qh[:r].T
-                else:
-                    P = np.linalg.qr(rng.standard_normal((m, r)))[0]
-                    Q = np.linalg.qr(rng.standard_normal((n, r)))[0]
-                    sig = base ** -np.arange(0.0, r)
+                P, sig, Qh = np.linalg.svd(rng.uniform(-bound, bound, (m, n)), full_matrices=False)
+                P, sig, Q = P[:, :r], sig[:r], Qh[:r].T
+                if base is not None:
+                    sig = sig[0] * base ** -np.arange(0.0, r)
                 if lay.kind == "lowrank":
                     weights.append(
                         LowRankMatrix(
