@@ -4,10 +4,10 @@ Exit status: 0 when every required check passed, 1 when a check failed, 2 for a 
 (for instance a pattern that selects nothing).
 
 The factor operations of the integrators are small; on machines with few cores several BLAS
-threads make them slower, not faster. The command limits BLAS to one thread through
-``threadpoolctl`` when it is installed and the user has not set ``OMP_NUM_THREADS`` or
-``OPENBLAS_NUM_THREADS``; otherwise set ``OPENBLAS_NUM_THREADS=1`` before running it (NumPy
-reads it only at import, before any command code runs).
+threads make them several times slower, not faster. NumPy reads ``OPENBLAS_NUM_THREADS`` only
+when it is imported, which happens before any command code runs, so the command limits BLAS
+to one thread at run time through ``threadpoolctl`` -- unless the user has set
+``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS``, which is respected.
 """
 
 from __future__ import annotations
@@ -53,10 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _thread_limit() -> Any:
     if any(v in os.environ for v in _THREAD_VARS):
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -108,10 +108,10 @@ def run_cases(cases: Iterable[Case], *, progress: bool = False) -> list[StudyRes
     try:
         for case in cases:
             if bar is not None:
-                bar.postfix = case.id
+                bar.postfix = case.id.ljust(48)
             results.append(case.run())
             if bar is not None:
-                bar.update(1, postfix=case.id)
+                bar.update(1, postfix=case.id.ljust(48))
     finally:
         if bar is not None:
             bar.close()
