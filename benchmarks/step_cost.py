@@ -47,7 +47,7 @@ METHOD_NAMES = [
 
 
 def build_methods(lri, r):
-    """The library integrators benchmarked, by name (methods missing from this build are skipped)."""
+    """The library integrators benchmarked, by name (methods missing here are skipped)."""
     methods = {
         "KSL": lri.ProjectorSplitting(order=1),
         "Strang": lri.ProjectorSplitting(order=2),
