@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _backend as bk
 
-__all__ = ["LowRankMatrix", "orthonormality_tolerance"]
+__all__ = ["LowRankMatrix", "check_orthonormal", "orthonormality_tolerance"]
 
 
 def orthonormality_tolerance(xp: Any, dtype: Any, k: int) -> float:
@@ -190,12 +190,19 @@ def _validate_factors(U: Any, S: Any, V: Any) -> None:
     for name, X in (("U", U), ("S", S), ("V", V)):
         if not bk.all_finite(X):
             raise ValueError(f"{name} contains non-finite entries")
-    for name, X in (("U", U), ("V", V)):
-        k = int(X.shape[1])
-        defect = float(xp.max(xp.abs(bk.adjoint(X) @ X - bk.eye_like(X, k))))
-        tol = orthonormality_tolerance(xp, X.dtype, k)
-        if defect > tol:
-            raise ValueError(
-                f"{name} must have orthonormal columns: max|{name}^H {name} - I| = "
-                f"{defect:.2e} exceeds the tolerance {tol:.1e} for {X.dtype}"
-            )
+    check_orthonormal("U", U)
+    check_orthonormal("V", V)
+
+
+def check_orthonormal(name: str, X: Any) -> None:
+    """Raise a ValueError naming ``name`` unless ``X`` has orthonormal columns (to a
+    tolerance scaled by the machine epsilon of its dtype)."""
+    xp = bk.namespace(X)
+    k = int(X.shape[1])
+    defect = float(xp.max(xp.abs(bk.adjoint(X) @ X - bk.eye_like(X, k))))
+    tol = orthonormality_tolerance(xp, X.dtype, k)
+    if defect > tol:
+        raise ValueError(
+            f"{name} must have orthonormal columns: max|X^H X - I| = {defect:.2e} exceeds "
+            f"the tolerance {tol:.1e} for {X.dtype}"
+        )

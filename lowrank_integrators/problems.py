@@ -161,8 +161,8 @@ class SylvesterODE(MatrixODE):
         self.A = A
         self.B = B
         self.C = C
-        self.m = _square_size("A", A)
-        self.n = _square_size("B", B) if B is not None else None
+        self.m = square_operator_size("A", A)
+        self.n = square_operator_size("B", B) if B is not None else None
         self.A_H = bk.adjoint_operator(A)
         if B is not None:
             self.B_T = bk.transpose_operator(B)
@@ -360,7 +360,8 @@ class DataODE(MatrixODE):
         return f"DataODE({getattr(self.A, '__name__', self.A)!r})"
 
 
-def _square_size(name: str, op: Any) -> int:
+def square_operator_size(name: str, op: Any) -> int:
+    """Side length of a square operator, or a TypeError/ValueError naming the argument."""
     shape = getattr(op, "shape", None)
     if shape is None or len(shape) != 2:
         raise TypeError(

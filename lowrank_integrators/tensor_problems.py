@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _backend as bk
+from .problems import square_operator_size
 from .tucker import TuckerTensor, fold, multi_mode_product, unfold
 
 __all__ = ["DenseTensorODE", "TensorODE", "TensorSylvesterODE"]
@@ -209,7 +210,7 @@ class TensorSylvesterODE(TensorODE):
             raise ValueError("operators are all None and there is no source C: F would be zero")
         shape: list[int | None] = []
         for k, A in enumerate(operators):
-            shape.append(None if A is None else _square_size(f"operators[{k}]", A))
+            shape.append(None if A is None else square_operator_size(f"operators[{k}]", A))
         if C is not None:
             if not isinstance(C, TuckerTensor):
                 raise TypeError(
@@ -337,17 +338,3 @@ class TensorSylvesterODE(TensorODE):
 def _check_bases(bases: Sequence[Any], Y: TuckerTensor) -> None:
     if not isinstance(bases, (list, tuple)) or len(bases) != Y.ndim:
         raise ValueError(f"bases must be a sequence of {Y.ndim} matrices, one per mode")
-
-
-def _square_size(name: str, op: Any) -> int:
-    shape = getattr(op, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise TypeError(
-            f"{name} must be a 2-D operator with a .shape (array, sparse matrix or "
-            f"LinearOperator) or None, got {type(op).__name__}"
-        )
-    if shape[0] != shape[1]:
-        raise ValueError(f"{name} must be square, got shape {tuple(shape)}")
-    if not hasattr(op, "__matmul__"):
-        raise TypeError(f"{name} must support the @ operator")
-    return int(shape[0])

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as bk
-from .factors import LowRankMatrix, orthonormality_tolerance
+from .factors import LowRankMatrix, check_orthonormal
 from .truncation import Tolerance
 
 __all__ = [
@@ -379,11 +379,4 @@ def _validate(core: Any, factors: tuple[Any, ...]) -> None:
         if not bk.all_finite(X):
             raise ValueError(f"{name} contains non-finite entries")
     for i, U in enumerate(factors):
-        k = int(U.shape[1])
-        defect = float(xp.max(xp.abs(bk.adjoint(U) @ U - bk.eye_like(U, k))))
-        tol = orthonormality_tolerance(xp, U.dtype, k)
-        if defect > tol:
-            raise ValueError(
-                f"factors[{i}] must have orthonormal columns: max|U^H U - I| = {defect:.2e} "
-                f"exceeds the tolerance {tol:.1e} for {U.dtype}"
-            )
+        check_orthonormal(f"factors[{i}]", U)

@@ -134,6 +134,11 @@ class Ledger:
         """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""
         return self.qr(X)[0]
 
+    def svd(self, X: Any) -> tuple[Any, Any, Any]:
+        """Reduced SVD ``X = P diag(sigma) Q^H``."""
+        self.info.n_svd += 1
+        return bk.svd(X)
+
     def truncate(
         self, rule: TruncationRule, U: Any, S: Any, V: Any, h: float, **kw: Any
     ) -> LowRankMatrix:
@@ -159,10 +164,11 @@ def _check_product(name: str, out: Any, expected: tuple[int, int]) -> None:
 # --- substep ODEs ---------------------------------------------------------------------------
 
 
-class _Field:
-    """A substep field of the problem, counted in the ledger and shape-checked."""
+class CountedField:
+    """A substep field of the problem, counted in ``ledger.info.<counter>`` and shape-checked
+    (a substep field returns an array of the shape of its argument)."""
 
-    def __init__(self, ledger: Ledger, counter: str, name: str, field: Callable[..., Any]):
+    def __init__(self, ledger: Any, counter: str, name: str, field: Callable[..., Any]):
         self.ledger = ledger
         self.counter = counter
         self.name = name
@@ -182,7 +188,7 @@ class KStep:
     def __init__(self, ledger: Ledger, V0: Any) -> None:
         self.ledger = ledger
         self.V0 = V0
-        self.rhs = _Field(ledger, "n_right", "k_field", ledger.problem.k_field(V0))
+        self.rhs = CountedField(ledger, "n_right", "k_field", ledger.problem.k_field(V0))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return self.ledger.problem.increment_right(t0, t1, self.V0)
@@ -194,7 +200,7 @@ class LStep:
     def __init__(self, ledger: Ledger, U0: Any) -> None:
         self.ledger = ledger
         self.U0 = U0
-        self.rhs = _Field(ledger, "n_left", "l_field", ledger.problem.l_field(U0))
+        self.rhs = CountedField(ledger, "n_left", "l_field", ledger.problem.l_field(U0))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         return self.ledger.problem.increment_left(t0, t1, self.U0)
@@ -210,7 +216,7 @@ class SStep:
         self.U = U
         self.V = V
         self.sign = sign
-        self._field = _Field(ledger, "n_project", "s_field", ledger.problem.s_field(U, V))
+        self._field = CountedField(ledger, "n_project", "s_field", ledger.problem.s_field(U, V))
 
     def rhs(self, t: float, S: Any) -> Any:
         out = self._field(t, S)

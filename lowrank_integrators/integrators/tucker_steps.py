@@ -28,7 +28,7 @@ from .. import _backend as bk
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
 from ..tucker import TuckerTensor, unfold
-from .base import Integrator, State, StepInfo
+from .base import CountedField, Integrator, Ledger, State, StepInfo
 
 __all__ = [
     "CoreStep",
@@ -59,8 +59,8 @@ class TuckerStepInfo(StepInfo):
     truncations: tuple[TruncationRecord, ...] = ()
 
 
-class TuckerLedger:
-    """Counts and checks every interaction of one Tucker step with the problem and LAPACK."""
+class TuckerLedger(Ledger):
+    """The :class:`Ledger` of a Tucker step: tuple ranks and mode/core fields."""
 
     def __init__(self, problem: TensorODE, ranks_before: tuple[int, ...]) -> None:
         self.problem = problem
@@ -70,50 +70,15 @@ class TuckerLedger:
         self, bases: list[Any], Q: Any, mode: int, counter: str = "n_right"
     ) -> Callable[[float, Any], Any]:
         """The problem's mode-``mode`` field, counted in ``counter`` and shape-checked."""
-        return _Counted(self, counter, "mode_field", self.problem.mode_field(bases, Q, mode))
+        return CountedField(self, counter, "mode_field", self.problem.mode_field(bases, Q, mode))
 
     def core_field(self, bases: list[Any]) -> Callable[[float, Any], Any]:
         """The problem's Galerkin core field, counted in ``n_project`` and shape-checked."""
-        return _Counted(self, "n_project", "core_field", self.problem.core_field(bases))
+        return CountedField(self, "n_project", "core_field", self.problem.core_field(bases))
 
-    def qr(self, X: Any) -> tuple[Any, Any]:
-        """Thin QR ``X = Q R``."""
-        self.info.n_qr += 1
-        return bk.qr(X)
-
-    def orth(self, X: Any) -> Any:
-        """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""
-        return self.qr(X)[0]
-
-    def svd(self, X: Any) -> tuple[Any, Any, Any]:
-        """Reduced SVD ``X = P diag(sigma) Q^H``."""
-        self.info.n_svd += 1
-        return bk.svd(X)
-
-    def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
+    def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:  # type: ignore[override]
         self.info.rank_after = tuple(ranks_after)
         return self.info
-
-
-class _Counted:
-    def __init__(
-        self, ledger: TuckerLedger, counter: str, name: str, field: Callable[[float, Any], Any]
-    ) -> None:
-        self.ledger = ledger
-        self.counter = counter
-        self.name = name
-        self.field = field
-
-    def __call__(self, t: float, X: Any) -> Any:
-        info = self.ledger.info
-        setattr(info, self.counter, getattr(info, self.counter) + 1)
-        out = self.field(t, X)
-        shape = tuple(int(s) for s in getattr(out, "shape", ()))
-        if shape != tuple(int(s) for s in X.shape):
-            raise ValueError(
-                f"problem.{self.name} returned an array of shape {shape}, expected {tuple(X.shape)}"
-            )
-        return out
 
 
 def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]:
