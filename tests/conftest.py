@@ -54,3 +54,14 @@ def to_xp(xp, a, dtype=None):
     if dtype is not None:
         a = a.astype(dtype)
     return xp.asarray(a)
+
+
+@pytest.fixture(params=[False, True], ids=["real", "complex"])
+def euler_problem(request, rng):
+    """A generic nonlinear field and a rank-3 start for the Euler closed-form identities."""
+    from tests.problems_for_tests import generic_field, random_lowrank
+
+    m, n, r = 14, 11, 3
+    f = generic_field(rng, m, n, request.param)
+    Y0 = random_lowrank(rng, m, n, r, sigmas=np.array([1.0, 0.3, 0.05]), complex_=request.param)
+    return f, Y0

@@ -59,6 +59,20 @@ def dense_solution(f, t0: float, t1: float, Y0: np.ndarray, rtol: float = 1e-12)
     return (y[: y.size // 2] + 1j * y[y.size // 2 :]).reshape(shape) if cplx else y.reshape(shape)
 
 
+def generic_field(rng: np.random.Generator, m: int, n: int, complex_: bool = False):
+    """Nonlinear, non-autonomous, without Sylvester structure: the augmented blocks of the
+    Euler closed forms have full column rank."""
+    cast = (lambda a: a + 1j * rng.standard_normal(a.shape)) if complex_ else (lambda a: a)
+    A = cast(rng.standard_normal((m, m))) / m
+    B = cast(rng.standard_normal((n, n))) / n
+    G = cast(rng.standard_normal((m, n)))
+
+    def f(t, Y):
+        return A @ Y + Y @ B + np.cos(3 * t) * G + 0.3 * np.tanh(Y.real) + 0.2 * Y * np.conj(Y)
+
+    return f
+
+
 def smooth_field(rng: np.random.Generator, n: int, nonautonomous: bool = True):
     """``F(t, Y) = W Y + Y B + c(t) G + tanh(Y)/2``: nonlinear, with a non-zero normal
     component (so projector splitting is not exact on it) and, optionally, time dependence

@@ -14,20 +14,6 @@ import lowrank_integrators as lri
 from tests.problems_for_tests import dense_solution, orthonormal, skew
 
 
-def generic_field(rng: np.random.Generator, m: int, n: int, complex_: bool = False):
-    """Nonlinear, non-autonomous, without Sylvester structure: the augmented blocks of the
-    Euler closed forms have full column rank."""
-    cast = (lambda a: a + 1j * rng.standard_normal(a.shape)) if complex_ else (lambda a: a)
-    A = cast(rng.standard_normal((m, m))) / m
-    B = cast(rng.standard_normal((n, n))) / n
-    G = cast(rng.standard_normal((m, n)))
-
-    def f(t, Y):
-        return A @ Y + Y @ B + np.cos(3 * t) * G + 0.3 * np.tanh(Y.real) + 0.2 * Y * np.conj(Y)
-
-    return f
-
-
 def invariant_field(W1, W2, xp=np):
     r"""``F(t, Y) = W1 Y + Y W2^T + diag(sin(Y 1)) Y``.
 

@@ -25,7 +25,6 @@ from tests.problems_for_tests import (
 )
 from tests.rank_adaptive_problems import (
     decaying_problem,
-    generic_field,
     invariant_field,
     invariant_problem,
     least_squares_flow,
@@ -37,21 +36,13 @@ from tests.rank_adaptive_problems import (
 T0, H = 0.37, 0.21
 
 
-@pytest.fixture(params=[False, True], ids=["real", "complex"])
-def setup(request, rng):
-    m, n, r = 14, 11, 3
-    f = generic_field(rng, m, n, request.param)
-    Y0 = random_lowrank(rng, m, n, r, sigmas=np.array([1.0, 0.3, 0.05]), complex_=request.param)
-    return f, Y0
-
-
 @pytest.mark.parametrize(
     "truncation", [lri.Tolerance(0.0), lri.FixedRank(6)], ids=["tolerance0", "fixed2r"]
 )
-def test_euler_closed_form_I3(setup, truncation):
+def test_euler_closed_form_I3(euler_problem, truncation):
     """One Euler step per substep: ``Y0 + h P_U_hat F(t0, Y0)`` with
     ``U_hat = orth[U0, F(t0, Y0) V0]``; the right side is not projected."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     F0 = f(T0, Y0.to_dense())
     expected = Y0.to_dense() + H * proj(np.hstack([U0, F0 @ V0])) @ F0
@@ -62,9 +53,9 @@ def test_euler_closed_form_I3(setup, truncation):
     assert sol.Y.rank == 6
 
 
-def test_cost_budget(setup):
+def test_cost_budget(euler_problem):
     """K- and L-steps only: no Galerkin S-step, so no U^H F V at all; QRs of [K1, U0] and L1."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     s = 3
     method = lri.AugmentedBackwardCorrectedPSI(lri.FixedRank(3), substep=lri.RK4(steps=s))
     info = lri.solve(lri.DenseODE(f), Y0, (T0, T0 + H), H, method=method).step_info[0]

@@ -7,38 +7,15 @@ and signs to round-off, for any h, on a generic nonlinear, non-autonomous field.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import lowrank_integrators as lri
-from tests.problems_for_tests import orthonormal, proj, random_lowrank, tangent_projection
-
-
-def generic_field(rng, m, n, complex_=False):
-    """A nonlinear, non-autonomous field with no Sylvester structure."""
-    cast = (lambda a: a + 1j * rng.standard_normal(a.shape)) if complex_ else (lambda a: a)
-    A = cast(rng.standard_normal((m, m))) / m
-    B = cast(rng.standard_normal((n, n))) / n
-    G = cast(rng.standard_normal((m, n)))
-
-    def f(t, Y):
-        return A @ Y + Y @ B + np.cos(t) * G + 0.3 * np.tanh(Y.real) + 0.2 * (Y * np.conj(Y))
-
-    return f
-
-
-@pytest.fixture(params=[False, True], ids=["real", "complex"])
-def setup(request, rng):
-    m, n, r = 14, 11, 3
-    f = generic_field(rng, m, n, request.param)
-    Y0 = random_lowrank(rng, m, n, r, sigmas=np.array([1.0, 0.3, 0.05]), complex_=request.param)
-    return f, Y0
-
+from tests.problems_for_tests import orthonormal, proj, tangent_projection
 
 T0, H = 0.37, 0.21
 
 
-def test_bug_closed_form_I4(setup):
-    f, Y0 = setup
+def test_bug_closed_form_I4(euler_problem):
+    f, Y0 = euler_problem
     U0, S0, V0 = Y0
     Y0d = Y0.to_dense()
     F0 = f(T0, Y0d)
@@ -52,8 +29,8 @@ def test_bug_closed_form_I4(setup):
     np.testing.assert_allclose(sol.Y.to_dense(), expected, atol=1e-13)
 
 
-def test_projector_splitting_closed_form_I5(setup):
-    f, Y0 = setup
+def test_projector_splitting_closed_form_I5(euler_problem):
+    f, Y0 = euler_problem
     U0, S0, V0 = Y0
     K1 = U0 @ S0 + H * f(T0, Y0.to_dense()) @ V0
     U1, S_hat = np.linalg.qr(K1)
@@ -66,9 +43,9 @@ def test_projector_splitting_closed_form_I5(setup):
     np.testing.assert_allclose(sol.Y.to_dense(), expected, atol=1e-13)
 
 
-def test_strang_closed_form(setup):
+def test_strang_closed_form(euler_problem):
     """KSL over h/2, merged L-step over h, then S- and K-steps over the second half."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     U0, S0, V0 = Y0
     h2, tm = H / 2, T0 + H / 2
     K1 = U0 @ S0 + h2 * f(T0, Y0.to_dense()) @ V0
@@ -88,8 +65,8 @@ def test_strang_closed_form(setup):
     np.testing.assert_allclose(sol.Y.to_dense(), expected, atol=1e-13)
 
 
-def test_augmented_bug_closed_form_I1(setup):
-    f, Y0 = setup
+def test_augmented_bug_closed_form_I1(euler_problem):
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     Y0d = Y0.to_dense()
     F0 = f(T0, Y0d)
@@ -104,9 +81,9 @@ def test_augmented_bug_closed_form_I1(setup):
     assert sol.ranks == [Y0.rank, 2 * Y0.rank]
 
 
-def test_closed_forms_distinguish_the_methods(setup):
+def test_closed_forms_distinguish_the_methods(euler_problem):
     """The identities are sharp: the augmented BUG is not the tangent Euler step."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     F0 = f(T0, Y0.to_dense())
     tangent = Y0.to_dense() + H * tangent_projection(U0, V0, F0)

@@ -16,7 +16,6 @@ from tests.conftest import to_xp
 from tests.problems_for_tests import naive_factor_rk4, observed_order, proj, random_lowrank
 from tests.rank_adaptive_problems import (
     decaying_problem,
-    generic_field,
     invariant_field,
     invariant_problem,
     least_squares_flow,
@@ -28,19 +27,11 @@ from tests.rank_adaptive_problems import (
 T0, H = 0.37, 0.21
 
 
-@pytest.fixture(params=[False, True], ids=["real", "complex"])
-def setup(request, rng):
-    m, n, r = 14, 11, 3
-    f = generic_field(rng, m, n, request.param)
-    Y0 = random_lowrank(rng, m, n, r, sigmas=np.array([1.0, 0.3, 0.05]), complex_=request.param)
-    return f, Y0
-
-
-def test_euler_closed_form(setup):
+def test_euler_closed_form(euler_problem):
     """With Euler substeps: the half step is I1 over h/2,
     ``Y_half = Y0 + h/2 P_U_half F(t0, Y0) P_V_half``; the bases are enriched by
     ``F(t0 + h/2, Y_half)``; the Galerkin step gives ``Y0 + h P_U_hat F(t0, Y0) P_V_hat``."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     Y0d = Y0.to_dense()
     F0 = f(T0, Y0d)
@@ -58,8 +49,8 @@ def test_euler_closed_form(setup):
     assert sol.Y.rank == 11  # 4r = 12 rows, min(n, 4r) = 11 columns
 
 
-def test_cost_budget(setup):
-    f, Y0 = setup
+def test_cost_budget(euler_problem):
+    f, Y0 = euler_problem
     s = 2
     method = lri.MidpointBUG(lri.FixedRank(3), substep=lri.RK4(steps=s))
     info = lri.solve(lri.DenseODE(f), Y0, (T0, T0 + H), H, method=method).step_info[0]

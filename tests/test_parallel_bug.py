@@ -15,6 +15,7 @@ import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
 from tests.conftest import to_xp
 from tests.problems_for_tests import (
+    generic_field,
     naive_factor_rk4,
     observed_order,
     random_lowrank,
@@ -22,7 +23,6 @@ from tests.problems_for_tests import (
 )
 from tests.rank_adaptive_problems import (
     decaying_problem,
-    generic_field,
     invariant_field,
     invariant_problem,
     least_squares_flow,
@@ -32,14 +32,6 @@ from tests.rank_adaptive_problems import (
 )
 
 T0, H = 0.37, 0.21
-
-
-@pytest.fixture(params=[False, True], ids=["real", "complex"])
-def setup(request, rng):
-    m, n, r = 14, 11, 3
-    f = generic_field(rng, m, n, request.param)
-    Y0 = random_lowrank(rng, m, n, r, sigmas=np.array([1.0, 0.3, 0.05]), complex_=request.param)
-    return f, Y0
 
 
 def one_euler_step(f, Y0, method):
@@ -52,8 +44,8 @@ def one_euler_step(f, Y0, method):
 @pytest.mark.parametrize(
     "truncation", [lri.Tolerance(0.0), lri.FixedRank(6)], ids=["tolerance0", "fixed2r"]
 )
-def test_euler_step_is_the_tangent_projected_euler_step_I2(setup, truncation):
-    f, Y0 = setup
+def test_euler_step_is_the_tangent_projected_euler_step_I2(euler_problem, truncation):
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     expected = Y0.to_dense() + H * tangent_projection(U0, V0, f(T0, Y0.to_dense()))
     method = lri.ParallelBUG(truncation=truncation, reject=False, substep=lri.Euler())
@@ -62,11 +54,11 @@ def test_euler_step_is_the_tangent_projected_euler_step_I2(setup, truncation):
     assert sol.Y.rank == 6
 
 
-def test_rejected_step_is_recomputed_from_Y0_in_the_doubled_bases(setup):
+def test_rejected_step_is_recomputed_from_Y0_in_the_doubled_bases(euler_problem):
     """With nothing truncated, criterion (a) rejects the 2r = 6 attempt (6 < min(m, n) = 11).
     The retry starts from Y0 written in [U0, U_tilde], [V0, V_tilde] and is the Euler step
     projected onto the tangent space of that doubled representation."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     U0, _, V0 = Y0
     F0 = f(T0, Y0.to_dense())
     U_hat = np.linalg.qr(np.hstack([U0, F0 @ V0]))[0]
@@ -103,8 +95,8 @@ def counts(info):
     return (info.n_right, info.n_left, info.n_project, info.n_qr, info.n_svd, info.rejected)
 
 
-def test_cost_budget_without_rejection(setup):
-    f, Y0 = setup
+def test_cost_budget_without_rejection(euler_problem):
+    f, Y0 = euler_problem
     s = 2
     method = lri.ParallelBUG(lri.Tolerance(1e-3), reject=False, substep=lri.RK4(steps=s))
     info = one_euler_step(f, Y0, method).step_info[0]
@@ -112,26 +104,26 @@ def test_cost_budget_without_rejection(setup):
     assert counts(info) == (4 * s, 4 * s, 4 * s, 2, 1, 0)
 
 
-def test_cost_budget_of_an_accepted_step_with_rejection_test(setup):
+def test_cost_budget_of_an_accepted_step_with_rejection_test(euler_problem):
     """Criterion (b) costs one projection at Y0 when (a) does not already decide."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     s = 1
     method = lri.ParallelBUG(lri.Tolerance(10.0), substep=lri.RK4(steps=s))
     info = one_euler_step(f, Y0, method).step_info[0]
     assert counts(info) == (4 * s, 4 * s, 4 * s + 1, 2, 1, 0)
 
 
-def test_cost_budget_of_a_rejected_step(setup):
+def test_cost_budget_of_a_rejected_step(euler_problem):
     """Every attempt is paid for: one rejection doubles the budget ((a) decides, no (b))."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     method = lri.ParallelBUG(lri.Tolerance(0.0), substep=lri.Euler())
     info = one_euler_step(f, Y0, method).step_info[0]
     assert counts(info) == (2, 2, 2, 4, 2, 1)
 
 
-def test_cost_budget_of_the_second_order_variant(setup):
+def test_cost_budget_of_the_second_order_variant(euler_problem):
     """Kusch's variant adds F(Y0) V0, F(Y0)^H U0 and their two QRs; its core is 4r x 4r."""
-    f, Y0 = setup
+    f, Y0 = euler_problem
     s = 1
     method = lri.ParallelBUG(lri.FixedRank(3), order=2, reject=False, substep=lri.RK4(steps=s))
     info = one_euler_step(f, Y0, method).step_info[0]
