@@ -411,3 +411,25 @@ def test_a_crashing_case_becomes_a_failed_result():
 
     res = Case("P", "M", "convergence", boom).run()
     assert not res.passed and "broken study" in res.checks[0].note
+
+
+def test_error_bound_with_a_second_order_term_explains_second_order_errors():
+    g = np.random.default_rng(2)
+    h = np.tile([0.1, 0.05, 0.025], 4)
+    delta = np.repeat(g.random(4) * 1e-3, 3)
+    errors = 0.5 * delta + 3.0 * h**2
+    first = verify.fit_error_bound(np.column_stack([delta, 0 * h, h, 0 * h]), errors)
+    second = verify.fit_error_bound(
+        np.column_stack([delta, 0 * h, h, h**2, 0 * h]),
+        errors,
+        ("delta", "eps", "h", "h^2", "n_theta"),
+    )
+    assert second.coverage == pytest.approx(1.0, rel=1e-6)
+    assert second.constants["h^2"] == pytest.approx(3.0, rel=1e-6)
+    assert first.coverage > second.coverage
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(verify, verbose=False).failed == 0

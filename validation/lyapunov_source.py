@@ -25,7 +25,13 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import expm_multiply
 
 import lowrank_integrators as lri
-from lowrank_integrators.verify import StudyResult, convergence_study, informational
+from lowrank_integrators.verify import (
+    BoundCase,
+    StudyResult,
+    convergence_study,
+    error_bound_study,
+    informational,
+)
 from lowrank_integrators.verify._runs import final_error, run
 from lowrank_integrators.verify.rank_adaptivity import truncation_checks
 from lowrank_integrators.verify.suite import Case
@@ -97,6 +103,21 @@ def _ranks(setup: Lyapunov, spec, h: float) -> StudyResult:
     )
 
 
+def _bound(setup: Lyapunov, spec, steps) -> StudyResult:
+    """Fit ``c0 delta + c1 eps + c2 h (+ c2' h^2) + c3 n theta`` over tolerances and steps."""
+    thetas = {"theta=1e-3": 1e-3, "theta=1e-5": 1e-5}
+    cases = [BoundCase(label, setup.problem, setup.Y0, setup.reference) for label in thetas]
+    return error_bound_study(
+        cases,
+        lambda case, h: builder(spec, lri.Tolerance(thetas[case.label], rmax=RMAX))(h),
+        (0.0, T),
+        steps,
+        h_powers=(1, 2) if spec.order == 2 else (1,),
+        problem_name=NAME,
+        method_name=spec.name,
+    )
+
+
 def cases(methods, quick: bool) -> list[Case]:
     steps = STEPS_QUICK if quick else STEPS_FULL
     variants = {"V7-lyapunov": Lyapunov(), "V7-lyapunov-complex": Lyapunov(complex_source=True)}
@@ -130,6 +151,14 @@ def cases(methods, quick: bool) -> list[Case]:
                         spec.name,
                         "rank_growth",
                         lambda spec=spec, setup=setup: _ranks(setup, spec, 0.05),
+                    )
+                )
+                out.append(
+                    Case(
+                        name,
+                        spec.name,
+                        "error_bound",
+                        lambda spec=spec, setup=setup: _bound(setup, spec, steps),
                     )
                 )
     return out

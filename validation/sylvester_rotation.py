@@ -201,6 +201,7 @@ def cases(methods, quick: bool) -> list[Case]:
                 lambda c, h: fixed_rank_builder(spec, c.Y0.rank)(h),
                 span,
                 steps[:3],
+                h_powers=(1, 2) if spec.order == 2 else (1,),
                 problem_name=NAME,
             )
 

@@ -19,7 +19,7 @@ Examples
 >>> from lowrank_integrators import verify
 >>> rng = np.random.default_rng(0)
 >>> n = 30
->>> W = rng.standard_normal((n, n)); W = (W - W.T) / 2
+>>> W = rng.standard_normal((n, n)); W = (W - W.T) / (2 * np.sqrt(n))
 >>> from scipy.linalg import expm
 >>> Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((n, 4)) @ rng.standard_normal((4, n)),
 ...                                   rank=4)
