@@ -294,7 +294,8 @@ class _Lockstep:
             points = [requests[i].Y if i in requests else self.starts[i] for i in range(self.n)]
             gp = self._pass_at(points)
             answers: dict[int, Any] = {}
-            for i, req in requests.items():
+            for i in sorted(requests):  # a fixed order, whatever order the layers posted in
+                req = requests[i]
                 self.n_requests += 1
                 answers[i] = self.views[i].product(req.kind, gp, i, req.Y, req.bases, self.lr)
             return answers
