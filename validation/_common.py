@@ -10,7 +10,7 @@ import numpy as np
 
 from lowrank_integrators.verify.methods import MethodSpec, substep_for
 
-__all__ = ["Memo", "builder", "fixed_rank_builder", "orthonormal", "spec_by_name"]
+__all__ = ["Memo", "builder", "fixed_rank_builder", "orthonormal"]
 
 
 class Memo:
@@ -46,10 +46,3 @@ def fixed_rank_builder(spec: MethodSpec, rank: int, max_internal_step: float = 0
     from lowrank_integrators import FixedRank
 
     return builder(spec, FixedRank(rank) if spec.rank_adaptive else None, max_internal_step)
-
-
-def spec_by_name(methods: list[MethodSpec], name: str) -> MethodSpec | None:
-    for m in methods:
-        if m.name == name:
-            return m
-    return None

@@ -13,7 +13,17 @@ from ..integrators.base import Integrator
 from ..solution import Solution
 from ..solve import solve
 
-__all__ = ["MethodLike", "dense", "frobenius", "method_for", "method_label", "run", "steps_of"]
+__all__ = [
+    "MethodLike",
+    "dense",
+    "final_error",
+    "frobenius",
+    "method_for",
+    "method_label",
+    "rank_of",
+    "run",
+    "steps_of",
+]
 
 #: An integrator, or a factory ``h -> integrator`` (so substeps can be refined with ``h``).
 MethodLike = Integrator | Callable[[float], Integrator]
