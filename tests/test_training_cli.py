@@ -144,3 +144,19 @@ def test_missing_mnist1d_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     with pytest.raises(ImportError, match="pip install mnist1d"):
         load_dataset("mnist1d")
+
+
+@pytest.mark.parametrize(
+    "name", ["augmented-bug", "bug", "parallel-bug", "abc-psi", "midpoint-bug", "psi", "vanilla"]
+)
+def test_every_command_line_method_trains(name):
+    cfg = RunConfig(
+        arch="64-16-10", integrator=name, rank=4, n_train=256, n_test=128, epochs=3,
+        batch_size=32, lr=0.3, dtype="float64",
+    )  # fmt: skip
+    s = run_training(cfg, progress=False)
+    assert s["status"] == "success"
+    losses = [h["train_loss"] for h in s["history"]]
+    assert losses[2] < losses[1] < losses[0]
+    assert s["test_accuracy"] > 0.25  # chance is 0.1
+    assert len(s["ranks"]) == (0 if name == "vanilla" else 1)
