@@ -201,6 +201,24 @@ def cases(methods, quick: bool) -> list[Case]:
                     ),
                 )
             )
+            # the drift along one run, for the figure beside the conserving methods
+            out.append(
+                Case(
+                    NAME,
+                    spec.name,
+                    "conservation",
+                    lambda spec=spec: conservation_study(
+                        setup.problem,
+                        Y0,
+                        fixed_rank_builder(spec, r),
+                        span,
+                        0.01,
+                        {"norm": setup.norm, "energy": setup.energy},
+                        conserved=False,
+                        problem_name=NAME,
+                    ),
+                )
+            )
         if not spec.rank_adaptive or not quick:
             out.append(
                 Case(
