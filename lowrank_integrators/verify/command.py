@@ -4,10 +4,11 @@ Exit status: 0 when every required check passed, 1 when a check failed, 2 for a 
 (for instance a pattern that selects nothing).
 
 The factor operations of the integrators are small; on machines with few cores several BLAS
-threads make them several times slower, not faster. NumPy reads ``OPENBLAS_NUM_THREADS`` only
-when it is imported, which happens before any command code runs, so the command limits BLAS
-to one thread at run time through ``threadpoolctl`` -- unless the user has set
-``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS``, which is respected.
+threads make them several times slower, not faster. The ``lowrank-integrators`` script
+therefore runs this command with one BLAS thread unless ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set (see
+:func:`lowrank_integrators.cli.console_main`); ``threadpoolctl``, when installed, applies the
+same limit to in-process calls of :func:`run`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _thread_limit() -> Any:
     if any(v in os.environ for v in _THREAD_VARS):
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional; the console script pins the threads itself
+        return contextlib.nullcontext()
 
     return threadpool_limits(limits=1, user_api="blas")
 
