@@ -233,11 +233,19 @@ class SylvesterODE(MatrixODE):
         Bv = bk.adjoint(V) @ (self.B_T @ V) if self.B is not None else None
         Cv = self._c_right(V) if self.C is not None else None
 
+        # Arrays and sparse matrices return a fresh product, which the sums below may update
+        # in place; a general operator (an identity LinearOperator returns K itself) may not.
+        fresh = bk.is_array(self.A) or _is_sparse(self.A)
+
         def field(t: float, K: Any) -> Any:
             out = self.A @ K
+            if not fresh:
+                out = 1.0 * out  # a copy of our own
             if Bv is not None:
-                out = out + K @ Bv
-            return out if Cv is None else out + Cv
+                out += K @ Bv
+            if Cv is not None:
+                out += Cv
+            return out
 
         return field
 
@@ -246,10 +254,12 @@ class SylvesterODE(MatrixODE):
         Cu = self._c_left(U) if self.C is not None else None
 
         def field(t: float, L: Any) -> Any:
-            out = L @ AhU
+            out = L @ AhU  # a fresh array, so the sums below may be in place
             if self.B is not None:
-                out = out + self.B_conj @ L
-            return out if Cu is None else out + Cu
+                out += self.B_conj @ L
+            if Cu is not None:
+                out += Cu
+            return out
 
         return field
 
@@ -358,6 +368,11 @@ class DataODE(MatrixODE):
 
     def __repr__(self) -> str:
         return f"DataODE({getattr(self.A, '__name__', self.A)!r})"
+
+
+def _is_sparse(op: Any) -> bool:
+    module = type(op).__module__
+    return module.startswith(("scipy.sparse._", "cupyx.scipy.sparse")) and hasattr(op, "nnz")
 
 
 def square_operator_size(name: str, op: Any) -> int:

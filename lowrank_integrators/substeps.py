@@ -95,16 +95,27 @@ class RK4(SubstepSolver):
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
             t_mid = t + 0.5 * dt
-            # The stages are folded into a running sum as they come, so that at most four
-            # arrays of the size of X are alive at once (these factors can be tall: n ~ 1e6).
+            # The stages are folded into a running sum as they come and every array is
+            # released as soon as it is used, so that at most five arrays of the size of X
+            # are alive at once (these factors can be tall: n ~ 1e6). Only arrays created
+            # here are updated in place; the stages returned by f are never modified.
             k = f(t, X)
-            acc = k
-            k = f(t_mid, X + (0.5 * dt) * k)
+            stage = X + (0.5 * dt) * k
+            acc, k = k, None
+            k = f(t_mid, stage)
+            stage = None
             acc = acc + 2.0 * k
-            k = f(t_mid, X + (0.5 * dt) * k)
-            acc = acc + 2.0 * k
-            k = f(t_end, X + dt * k)
-            X = X + (dt / 6.0) * (acc + k)
+            stage = X + (0.5 * dt) * k
+            k = f(t_mid, stage)
+            stage = None
+            acc += 2.0 * k
+            stage = X + dt * k
+            k = f(t_end, stage)
+            stage = None
+            acc += k
+            k = None
+            X = X + (dt / 6.0) * acc
+            acc = None
         return X
 
     def __repr__(self) -> str:

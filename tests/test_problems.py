@@ -148,3 +148,29 @@ def test_data_problem_rejects_bad_data(rng):
     problem = lri.DataODE(lambda t: "not a matrix")
     with pytest.raises(ValueError, match="A\\(t\\) must return"):
         lri.solve(problem, random_lowrank(rng, 4, 4, 1), (0, 1), 0.5)
+
+
+def test_identity_linear_operator_is_not_updated_in_place(rng):
+    """An operator may return its argument itself (scipy's identity operator does); the
+    K-field must not then modify the substep state in place."""
+    from scipy.sparse.linalg import LinearOperator
+
+    class Identity(LinearOperator):
+        def __init__(self, n):
+            super().__init__(dtype=np.float64, shape=(n, n))
+
+        def _matmat(self, X):
+            return X
+
+        def _adjoint(self):
+            return self
+
+    n = 6
+    B = rng.standard_normal((n, n))
+    problem = lri.SylvesterODE(Identity(n), B)
+    V = np.linalg.qr(rng.standard_normal((n, 2)))[0]
+    K = rng.standard_normal((n, 2))
+    K_copy = K.copy()
+    out = problem.k_field(V)(0.0, K)
+    np.testing.assert_array_equal(K, K_copy)
+    np.testing.assert_allclose(out, K + K @ (V.T @ B.T @ V))

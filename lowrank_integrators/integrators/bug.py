@@ -49,12 +49,11 @@ class BUG(Integrator):
         led = Ledger(problem, rank_before=state.Y.rank)
         t1 = t + h
 
-        K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
-        U1 = led.orth(K1)
+        # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
+        U1 = led.orth(self.substep(KStep(led, V0), t, t1, U0 @ S0))  # orth(K1)
         M = bk.adjoint(U1) @ U0
 
-        L1 = self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0))
-        V1 = led.orth(L1)
+        V1 = led.orth(self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0)))  # orth(L1)
         N = bk.adjoint(V1) @ V0
 
         S1 = self.substep(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))

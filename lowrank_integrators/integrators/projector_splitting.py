@@ -96,8 +96,7 @@ class ProjectorSplitting(Integrator):
         # KSL over [t, t + h/2] up to its L-step ...
         U1, S_tilde = self._k_then_backward_s(led, U0, S0, V0, t, t_half)
         # ... whose L-step merges with the L-step of LSK over [t + h/2, t1].
-        L1 = self.substep(LStep(led, U1), t, t1, V0 @ bk.adjoint(S_tilde))
-        V1, R = led.qr(L1)
+        V1, R = led.qr(self.substep(LStep(led, U1), t, t1, V0 @ bk.adjoint(S_tilde)))
         # LSK continues: backward S-step with (U1, V1), then the K-step with V1.
         S_tilde2 = self.substep(SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R))
         K1 = self.substep(KStep(led, V1), t_half, t1, U1 @ S_tilde2)
