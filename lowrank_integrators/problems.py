@@ -231,8 +231,7 @@ class SylvesterODE(MatrixODE):
     # coefficients are formed once per substep instead of once per stage.
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         Bv = bk.adjoint(V) @ (self.B_T @ V) if self.B is not None else None
-        Cv = self._c_right(V) if self.C is not None else None
-
+        source = self._source(right=V)
         # Arrays and sparse matrices return a fresh product, which the sums below may update
         # in place; a general operator (an identity LinearOperator returns K itself) may not.
         fresh = bk.is_array(self.A) or _is_sparse(self.A)
@@ -243,25 +242,44 @@ class SylvesterODE(MatrixODE):
                 out = 1.0 * out  # a copy of our own
             if Bv is not None:
                 out += K @ Bv
-            if Cv is not None:
-                out += Cv
+            if source is not None:
+                out += source()
             return out
 
         return field
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
         AhU = bk.adjoint(U) @ (self.A_H @ U)
-        Cu = self._c_left(U) if self.C is not None else None
+        source = self._source(left=U)
 
         def field(t: float, L: Any) -> Any:
             out = L @ AhU  # a fresh array, so the sums below may be in place
             if self.B is not None:
                 out += self.B_conj @ L
-            if Cu is not None:
-                out += Cu
+            if source is not None:
+                out += source()
             return out
 
         return field
+
+    def _source(self, right: Any = None, left: Any = None) -> Callable[[], Any] | None:
+        """``C V`` (or ``C^H U``) for a substep, as a function called at every stage.
+
+        A low-rank source keeps only its small coefficient block and multiplies its tall
+        factor at each stage: one more thin product, but no tall array held through the
+        whole substep (at n ~ 1e6 that is what decides the step's peak memory).
+        """
+        if self.C is None:
+            return None
+        if isinstance(self.C, LowRankMatrix):
+            Uc, Sc, Vc = self.C
+            if right is not None:
+                coef = Sc @ (bk.adjoint(Vc) @ right)
+                return lambda: Uc @ coef
+            coef = bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
+            return lambda: Vc @ coef
+        product = self._c_right(right) if right is not None else self._c_left(left)
+        return lambda: product
 
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
         Au = bk.adjoint(self.A_H @ U) @ U
