@@ -14,8 +14,8 @@ ratio to the first, "vs best" to the faster of the two.
 Every (n, r) runs in a fresh worker process. Time: median over repeated steps from the same
 state. Memory: the process's peak resident set during one step (the kernel's high-water mark
 is reset right before the step), which includes LAPACK work arrays that Python's tracemalloc
-does not see, together with the interpreter and the state; the table also shows the size of
-the state itself.
+does not see, together with the interpreter, the operators and the state; "step adds" is that
+peak minus the resident set right before the step, and "state MB" the size of U, S, V.
 
 Usage::
 
@@ -109,10 +109,10 @@ def minimal_bug_step(np, A, B, C, U0, S0, V0, h, qr=None):
     return U1, S1, V1
 
 
-def _read_hwm_mb():
+def _read_status_mb(field):
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -169,10 +169,11 @@ def worker(n, r, repeats, methods_wanted):
             t0 = time.perf_counter()
             run()
             times.append(time.perf_counter() - t0)
-        hwm = float("nan")
+        hwm = before = float("nan")
         if _reset_hwm():
+            before = _read_status_mb("VmRSS")
             run()
-            hwm = _read_hwm_mb()
+            hwm = _read_status_mb("VmHWM")
         results.append(
             {
                 "n": n,
@@ -182,6 +183,7 @@ def worker(n, r, repeats, methods_wanted):
                 "min_s": min(times),
                 "repeats": repeats,
                 "peak_rss_mb": hwm,
+                "rss_before_mb": before,
                 "state_mb": state_mb,
             }
         )
@@ -224,7 +226,7 @@ def main(argv=None):
     )
     header = (
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'vs minimal':>10} {'vs best':>9} "
-        f"{'peak RSS MB':>11} {'state MB':>9}"
+        f"{'peak RSS MB':>11} {'step adds MB':>12} {'state MB':>9}"
     )
     print(header)
     for n in sizes:
@@ -254,7 +256,8 @@ def main(argv=None):
                 ratio_best = f"{x['ratio_to_best_hand']:.2f}" if best else "-"
                 print(
                     f"{n:>8} {r:>3} {x['method']:>15} {1e3 * x['median_s']:>10.2f} "
-                    f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} {x['state_mb']:>9.1f}",
+                    f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
+                    f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['state_mb']:>9.1f}",
                     flush=True,
                 )
             rows.extend(res)
