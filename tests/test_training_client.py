@@ -352,6 +352,14 @@ def test_ranks_adapt_down_from_a_decaying_start_and_up_from_rank_one(rng):
     assert ranks[-1] > 1
     assert all(r1 <= 2 * r0 for r0, r1 in itertools.pairwise(ranks))
 
+    capped = AugmentedBUG(Tolerance(1e-6, relative=True, rmin=1, rmax=3), substep=Euler())
+    client = LowRankTraining(capped, net1.gradient)
+    state = client.init(W, P)
+    for _ in range(4):
+        state, _ = client.step(state, batch(rng, n_classes=4), 0.1)
+        assert state.ranks[0] <= 3
+    assert state.ranks[0] == 3
+
 
 # --- divergence ---------------------------------------------------------------------------------
 
