@@ -10,7 +10,10 @@ efficient low-rank neural networks via matrix differential equations, NeurIPS 35
 arXiv:2205.13571.
 """
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .client import GradientPass, LowRankTraining, StepReport, TrainingDiverged, TrainState
+from .data import Dataset, load_dataset
+from .experiment import RunConfig, run_training
 from .network import MLP, Layer, NetworkPass
 from .optimizers import SGD, Adam, HeavyBall, Optimizer
 
@@ -18,13 +21,19 @@ __all__ = [
     "MLP",
     "SGD",
     "Adam",
+    "Dataset",
     "GradientPass",
     "HeavyBall",
     "Layer",
     "LowRankTraining",
     "NetworkPass",
     "Optimizer",
+    "RunConfig",
     "StepReport",
     "TrainState",
     "TrainingDiverged",
+    "load_checkpoint",
+    "load_dataset",
+    "run_training",
+    "save_checkpoint",
 ]
