@@ -87,6 +87,16 @@ def test_progress_bar_is_drawn_on_stderr(problem_and_start, capsys):
     assert "10/10" in err and "BUG" in err
 
 
+def test_progress_in_a_log_file_is_a_few_whole_lines(problem_and_start, capsys):
+    """Not a terminal (CI logs): no carriage returns, at most a line per tenth of the run."""
+    problem, Y0 = problem_and_start
+    lri.solve(problem, Y0, (0.0, 1.0), 0.01, progress=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and 1 <= len(lines) <= 11
+    assert lines[-1].startswith("BUG [####") and "100/100" in lines[-1]
+
+
 def test_callback_sees_each_step_and_can_stop_the_run(problem_and_start):
     problem, Y0 = problem_and_start
     seen = []
