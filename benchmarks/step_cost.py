@@ -126,22 +126,22 @@ def _reset_hwm():
         return False
 
 
-def worker(n, r, repeats, methods_wanted):
+def worker(n, r, repeats, methods_wanted, dtype="float64"):
     import numpy as np
     import scipy.sparse as sp
 
     import lowrank_integrators as lri
 
     rng = np.random.default_rng(0)
-    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
-    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
-    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
-    Sc = rng.standard_normal((4, 4))  # non-symmetric core: C is not symmetric
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
+    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    Sc = rng.standard_normal((4, 4)).astype(dtype)  # non-symmetric core: C is not symmetric
     C = lri.LowRankMatrix(Uc, Sc, Vc, check=False)
     problem = lri.SylvesterODE(T, T, C)
-    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    S0 = np.diag(2.0 ** -np.arange(r))
+    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    S0 = np.diag(2.0 ** -np.arange(r)).astype(dtype)
     Y0 = lri.LowRankMatrix(U0, S0, V0)
     h = 1e-3
     state_mb = (U0.nbytes + V0.nbytes + S0.nbytes) / 2**20
@@ -204,13 +204,14 @@ def main(argv=None):
     parser.add_argument("--r", type=int, nargs="+", help="ranks")
     parser.add_argument("--methods", nargs="+", default=METHOD_NAMES, choices=METHOD_NAMES)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads in the workers")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         n, r, repeats = args.worker
-        worker(n, r, repeats, set(args.methods))
+        worker(n, r, repeats, set(args.methods), args.dtype)
         return 0
 
     sizes = args.n or ([1024, 4096] if args.quick else [1024, 4096, 65536, 2**20])
@@ -222,7 +223,7 @@ def main(argv=None):
     rows = []
     print(
         f"# step_cost: F = A Y + Y B^T + C, tridiagonal A = B, rank-4 C, RK4 substeps, "
-        f"{args.threads} BLAS thread(s)"
+        f"{args.dtype}, {args.threads} BLAS thread(s)"
     )
     header = (
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'vs minimal':>10} {'vs best':>9} "
@@ -238,6 +239,8 @@ def main(argv=None):
                 str(n),
                 str(r),
                 str(repeats_for(n)),
+                "--dtype",
+                args.dtype,
                 "--methods",
                 *args.methods,
             ]
@@ -272,7 +275,7 @@ def main(argv=None):
                 print(f"r={r:>3} {name:>15}  {cells}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"threads": args.threads, "rows": rows}, fh, indent=1)
+            json.dump({"threads": args.threads, "dtype": args.dtype, "rows": rows}, fh, indent=1)
     return 0
 
 
