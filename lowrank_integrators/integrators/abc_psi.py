@@ -64,11 +64,13 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
 
         K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
         U_hat = led.orth(xp.concat([K1, U0], axis=1))
+        del K1  # m x r: not kept through the L-step
 
         S_tilde = (bk.adjoint(U_hat) @ U0) @ S0
 
         L1 = self.substep(LStep(led, U_hat), t, t1, V0 @ bk.adjoint(S_tilde))
         V_hat, R = led.qr(L1)
+        del L1
 
         Y1 = led.truncate(self.truncation, U_hat, bk.adjoint(R), V_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
