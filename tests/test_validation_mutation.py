@@ -87,7 +87,8 @@ def test_forward_s_step_fails_exactness_on_tangent_fields(problem):
 
 def test_forward_s_step_fails_convergence_on_the_nonlinear_field():
     res = run("N1-nonlinear/*/convergence", [FLIPPED])[("N1-nonlinear", "convergence")]
-    assert failed_checks(res) == ["order"]
+    # O(1) errors that do not fall: no asymptotic points to fit, and no order
+    assert failed_checks(res) == ["fitted points", "order"]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the broken method overflows
@@ -120,3 +121,46 @@ def test_missing_conjugate_transpose_of_the_source_needs_the_non_hermitian_varia
         outcome[complex_source] = res.passed
     assert outcome == {False: True, True: False}
     assert np.iscomplexobj(Lyapunov(complex_source=True).C)
+
+
+# --- first-order methods declared second order -------------------------------------------------
+def relabelled(name, like, order):
+    """``like``'s builder under another method's name and declared order (a mislabelled build)."""
+    base = next(s for s in available_methods() if s.name == like)
+    return spec(name, base.build, order=order, rank_adaptive=True, max_growth=base.max_growth)
+
+
+@pytest.mark.parametrize(
+    ("name", "like"), [("MidpointBUG", "AugmentedBUG"), ("ParallelBUG2", "ParallelBUG")]
+)
+def test_a_first_order_method_declared_second_order_fails_the_suite(name, like):
+    fake = relabelled(name, like, order=2)
+    cases = collect_cases(quick=True, methods=[fake])
+    results = run_cases(c for c in cases if c.problem == "N2-nonlinear-tangent")
+    assert len(results) == 1
+    assert failed_checks(results[0]) == ["order"]
+    assert results[0].summary["observed_order"] < 1.25
+
+
+def test_the_second_order_methods_pass_where_the_first_order_ones_are_not_second_order():
+    names = {"AugmentedBUG", "abcPSI", "MidpointBUG", "ParallelBUG2"}
+    methods = [s for s in available_methods() if s.name in names]
+    got = {
+        r.method: r
+        for r in run_cases(collect_cases(quick=True, only="N2-nonlinear-tangent", methods=methods))
+    }
+    assert all(r.passed for r in got.values()), {m: r.failures for m, r in got.items()}
+    for m in names & got.keys():
+        order = got[m].summary["observed_order"]
+        assert (order > 1.75) if m in ("MidpointBUG", "ParallelBUG2") else (order < 1.5)
+    # the same augmented BUG looks second order on the Sylvester field V1 (pitfall 7.2)
+    aug = [s for s in methods if s.name == "AugmentedBUG"]
+    v1 = run("V1-sylvester/*/convergence", aug)[("V1-sylvester", "convergence")]
+    assert v1.summary["observed_order"] > 1.75
+
+
+def test_a_second_order_method_passing_for_first_order_fails_the_ceiling():
+    base = next(s for s in available_methods() if s.name == "MidpointBUG")
+    fake = spec("Midpoint-as-first", base.build, order=1, rank_adaptive=True)
+    res = run("N2-nonlinear-tangent/*/convergence", [fake])[("N2-nonlinear-tangent", "convergence")]
+    assert failed_checks(res) == ["order not higher"]

@@ -61,6 +61,80 @@ def test_fit_order_with_two_points_has_an_unbounded_interval_and_one_point_none(
     assert math.isnan(verify.fit_order([0.1, 0.05], [1e-2, math.inf]).order)
 
 
+def test_asymptotic_prefix_stops_at_the_first_stagnating_error():
+    h = [0.1, 0.05, 0.02, 0.01, 0.005]
+    # the midpoint BUG on V1 (audit): errors fall, then rise at h = 0.005 (round-off)
+    errors = [2.5e-4, 3.1e-5, 2.0e-6, 3.8e-7, 1.4e-6]
+    assert verify.asymptotic_prefix(h, errors) == 4
+    # a decrease by less than (h_prev / h) ** 0.5 is stagnation too
+    assert verify.asymptotic_prefix([0.1, 0.05, 0.025], [1e-3, 5e-4, 4e-4]) == 2
+    assert verify.asymptotic_prefix([0.1, 0.05], [math.inf, 1.0]) == 0
+    assert verify.asymptotic_prefix([0.1, 0.05, 0.025], [1e-3, math.nan, 1e-5]) == 1
+
+
+def fake_method(errors_by_h):
+    """A factory whose runs end ``errors_by_h[h]`` away from the zero reference."""
+
+    class Offset(lri.integrators.base.Integrator):
+        order = 1
+
+        def __init__(self, err):
+            super().__init__(None)
+            self.err = err
+
+        def step(self, problem, state, t, h):
+            U, _, V = state.Y
+            Y1 = lri.LowRankMatrix(U, np.array([[self.err]]), V, check=False)
+            return state.with_Y(Y1, t + h), StepInfo(rank_before=1, rank_after=1)
+
+    return lambda h: Offset(errors_by_h[round(h, 12)])
+
+
+def zero_problem():
+    x = np.zeros((4, 1))
+    x[0] = 1.0
+    return lri.DenseODE(lambda t, Y: 0 * Y), lri.LowRankMatrix(x, np.array([[1.0]]), x)
+
+
+def test_an_asserted_order_needs_three_points_above_the_floor_and_before_stagnation():
+    problem, Y0 = zero_problem()
+    zero = lambda t: np.zeros((4, 4))  # noqa: E731
+    steps = (0.1, 0.05, 0.025)
+    clean = fake_method({0.1: 4e-3, 0.05: 2e-3, 0.025: 1e-3})
+    res = verify.convergence_study(problem, Y0, clean, zero, (0.0, 0.1), steps, expected_order=1)
+    assert res.passed and res.summary["observed_order"] == pytest.approx(1.0)
+    # the third error stagnates: two points give an unbounded interval, so the check fails
+    stalled = fake_method({0.1: 4e-3, 0.05: 2e-3, 0.025: 1.9e-3})
+    res = verify.convergence_study(problem, Y0, stalled, zero, (0.0, 0.1), steps, expected_order=1)
+    assert [c.name for c in res.failures] == ["fitted points"]
+    assert res.series["fitted"] == [True, True, False]
+
+
+def test_errors_all_below_the_floor_pass_only_where_theory_declares_exactness():
+    problem, Y0 = zero_problem()
+    zero = lambda t: np.zeros((4, 4))  # noqa: E731
+    steps = (0.1, 0.05, 0.025)
+    tiny = fake_method({0.1: 1e-12, 0.05: 1e-12, 0.025: 1e-12})
+    kw = dict(expected_order=1, floor=1e-9)
+    res = verify.convergence_study(problem, Y0, tiny, zero, (0.0, 0.1), steps, **kw)
+    assert not res.passed and "fitted points" in [c.name for c in res.failures]
+    exact = verify.convergence_study(problem, Y0, tiny, zero, (0.0, 0.1), steps, exact=True, **kw)
+    assert exact.passed and exact.checks[-1].name == "error at round-off floor"
+    big = fake_method({0.1: 1e-3, 0.05: 1e-12, 0.025: 1e-12})
+    res = verify.convergence_study(problem, Y0, big, zero, (0.0, 0.1), steps, exact=True, **kw)
+    assert not res.passed
+
+
+def test_max_order_fails_a_method_that_converges_faster_than_theory_allows():
+    problem, Y0 = zero_problem()
+    zero = lambda t: np.zeros((4, 4))  # noqa: E731
+    steps = (0.1, 0.05, 0.025)
+    second = fake_method({0.1: 4e-3, 0.05: 1e-3, 0.025: 2.5e-4})
+    kw = dict(expected_order=1, max_order=1.5)
+    res = verify.convergence_study(problem, Y0, second, zero, (0.0, 0.1), steps, **kw)
+    assert [c.name for c in res.failures] == ["order not higher"]
+
+
 def test_fit_order_rejects_mismatched_input():
     with pytest.raises(ValueError, match="equal length"):
         verify.fit_order([0.1, 0.05], [1.0])
@@ -99,6 +173,22 @@ def test_descent_check_catches_a_single_increase():
     assert not bad.passed and bad.measured == pytest.approx(0.1)
     assert verify.descent_check([3.0, 2.0, 2.1, 1.0], slack=0.2).passed
     assert not verify.descent_check([3.0, math.nan, 1.0]).passed
+
+
+def test_descent_check_allows_each_step_its_own_truncation_slack_and_no_more():
+    from lowrank_integrators.verify.descent import truncation_slack
+
+    losses = [3.0, 2.0, 2.05, 1.0]
+    assert not verify.descent_check(losses).passed
+    assert verify.descent_check(losses, step_slack=[0.0, 0.06, 0.0]).passed
+    assert not verify.descent_check(losses, step_slack=[0.06, 0.0, 0.0]).passed  # wrong step
+    with pytest.raises(ValueError, match="one non-negative value per step"):
+        verify.descent_check(losses, step_slack=[0.1])
+    assert truncation_slack(0.1, 2.0, 1.0) == pytest.approx(0.1 * (2.0 + 0.15))
+    # L(Y) = |Y - a|^2 / 2 in 1-D: truncating Yhat = a + g0 by t raises L by exactly this much
+    a, g0, t = 0.0, 1.0, 0.25
+    rise = 0.5 * (a + g0 + t - a) ** 2 - 0.5 * g0**2
+    assert rise <= truncation_slack(t, abs(g0 + t), 1.0)
 
 
 def test_descent_study_on_a_gradient_flow_reaches_the_eckart_young_minimum():
@@ -204,6 +294,37 @@ def test_error_bound_study_estimates_a_zero_normal_component_on_a_tangent_field(
     assert res.passed
     assert np.all(np.asarray(res.series["eps"]) == 0.0)
     assert res.summary["c_h"] > 0
+
+
+def test_error_bound_coverage_fails_a_finite_non_robust_method_against_the_rank_r_solution():
+    # V1 at ranks 4, 8 (sigma_r = 2^-r): the factor ODEs stay finite at h <= 0.02 but their
+    # error grows as sigma_r falls, which no constants common to both ranks can cover.
+    from lowrank_integrators.validation.sylvester_rotation import (
+        BOUND_CONTROL_STEPS,
+        BOUND_H_POWERS,
+        SylvesterRotation,
+        _bound_family,
+    )
+
+    setup = SylvesterRotation()
+    fam = _bound_family(setup)
+    with np.errstate(all="ignore"):
+        control = verify.error_bound_study(
+            fam,
+            lambda c, h: FactorODERK4(),
+            (0.0, 1.0),
+            BOUND_CONTROL_STEPS,
+            h_powers=BOUND_H_POWERS,
+        )
+    assert np.all(np.isfinite(control.series["error"]))
+    assert [c.name for c in control.failures] == ["bound coverage"]
+    # measured against the full solution the plateau e * delta hides the same control
+    full = [verify.BoundCase(c.label, c.problem, c.Y0, setup.full_reference) for c in fam]
+    with np.errstate(all="ignore"):
+        hidden = verify.error_bound_study(
+            full, lambda c, h: FactorODERK4(), (0.0, 1.0), BOUND_CONTROL_STEPS
+        )
+    assert hidden.passed
 
 
 # --- conservation -------------------------------------------------------------------------------
@@ -334,8 +455,11 @@ def test_report_schema_and_figures(tmp_path):
     assert data["summary"] == {
         "studies": 2,
         "passed": 1,
+        "informational": 0,
         "failed": 1,
         "checks": 2,
+        "required_checks": 2,
+        "informational_checks": 0,
         "failed_checks": 1,
         "ok": False,
     }
@@ -346,6 +470,7 @@ def test_report_schema_and_figures(tmp_path):
         "problem",
         "method",
         "passed",
+        "verdict",
         "summary",
         "checks",
         "series",
@@ -380,6 +505,26 @@ def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):
     report = verify.write_report(sample_results(), tmp_path)
     assert report["figures"] == [] and "matplotlib is not installed" in report["figures_note"]
     assert (tmp_path / "report.json").exists()
+
+
+def test_a_study_asserting_only_that_its_runs_succeeded_is_informational(tmp_path):
+    smoke = verify.StudyResult(
+        "convergence",
+        "P",
+        "M",
+        checks=[
+            verify.at_least("runs succeeded", 3, 3),
+            verify.informational("observed order", 0.7),
+        ],
+    )
+    assert smoke.passed and not smoke.substantive and smoke.verdict == "info"
+    results = [*sample_results(), smoke]
+    assert format_table(results).splitlines()[-1].split()[-1] == "info"
+    summary = verify.write_report(results, tmp_path, figures=False)["summary"]
+    assert (summary["passed"], summary["informational"], summary["failed"]) == (1, 1, 1)
+    assert (summary["required_checks"], summary["informational_checks"]) == (3, 1)
+    smoke.checks.append(verify.at_most("error", 2.0, 1.0))
+    assert smoke.verdict == "FAIL"
 
 
 def test_table_lists_problem_method_order_and_verdict():

@@ -14,5 +14,6 @@ MODULES = (
     "lyapunov_source",
     "gradient_flow",
     "nonlinear_field",
+    "nonlinear_tangent",
     "tucker_rotation",
 )

@@ -12,10 +12,12 @@ Reference (exact): the minimal rank-5 loss ``L* = 1/2 sum_{j>5} 0.64^{j-1}`` (Ec
 no rank-5 iterate can go below it.
 
 Theory: ``grad L`` is 1-Lipschitz. For ``lambda <= 1`` the rank-adaptive BUG (DLRT) does not
-increase the loss at any step (asserted); for the other methods descent was observed but is
-not proved (reported). At ``lambda = 1`` and ``0.5`` the iterates converge to ``A_r`` and
-``L -> L*`` (asserted for all methods: at ``lambda = 1`` the fixed-rank BUG is block power
-iteration). At ``lambda = 1.5 > 1 / Lip`` nothing is asserted.
+increase the loss at any step up to its truncation (asserted, each step allowed
+``tail (||grad L|| + 3/2 tail)`` from its recorded truncation tail, see
+:func:`~lowrank_integrators.verify.descent.truncation_slack`); for the other methods
+descent was observed but is not proved (reported). At ``lambda = 1`` and ``0.5`` the
+iterates converge to ``A_r`` and ``L -> L*`` (asserted for all methods: at ``lambda = 1`` the
+fixed-rank BUG is block power iteration). At ``lambda = 1.5 > 1 / Lip`` nothing is asserted.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class GradientFlow:
     def loss(self, Y: lri.LowRankMatrix) -> float:
         return 0.5 * float(np.linalg.norm(Y.to_dense() - self.A) ** 2)
 
+    def grad_norm(self, Y: lri.LowRankMatrix) -> float:
+        """``||grad L(Y)|| = ||Y - A||``."""
+        return float(np.linalg.norm(Y.to_dense() - self.A))
+
 
 def cases(methods, quick: bool) -> list[Case]:
     setup = GradientFlow()
@@ -75,6 +81,8 @@ def cases(methods, quick: bool) -> list[Case]:
                         target=setup.minimum,
                         assert_target=stable,
                         target_tolerance=1e-8 * setup.minimum,
+                        grad_norm=setup.grad_norm,
+                        lipschitz=1.0,
                         problem_name=NAME,
                     ),
                 )

@@ -23,6 +23,9 @@ from 0. Projector splitting and BUG converge at their declared orders (KSL and B
 the truncated SVD of ``Y0 + h Z`` equals ``Y0 + h P(Y0) Z`` up to ``O(h^2)`` terms that grow
 with the normal part of ``Z`` (``eps != 0`` here), so a higher declared order (midpoint BUG)
 refers to the distance to the full solution up to ``eps`` terms, not to this reference.
+Measured here (quick sweep): the midpoint BUG and abc-PSI about 1.5, the augmented BUG about
+1.4. The second order of the midpoint BUG and the second-order parallel BUG is asserted on N2
+(:mod:`.nonlinear_tangent`), a nonlinear field with ``eps = 0``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Every study returns a :class:`StudyResult` holding named :class:`Check` records 
 value from theory, measured value, tolerance, pass/fail), headline numbers and the data
 series that :func:`write_report` plots.
 
-* :func:`convergence_study`, :func:`exactness_study`, :func:`fit_order` -- step-size sweeps.
+* :func:`convergence_study`, :func:`exactness_study`, :func:`fit_order`,
+  :func:`asymptotic_prefix` -- step-size sweeps.
 * :func:`robustness_study` -- error as the smallest singular value shrinks.
 * :func:`rank_adaptivity_study`, :func:`tolerance_growth_study` -- rank decisions, error
   versus tolerance, the ``n theta`` growth with a fixed absolute tolerance.
@@ -32,7 +33,13 @@ True
 
 from .checks import Check, StudyResult, at_least, at_most, informational
 from .conservation import conservation_study, drift_study, relative_drift
-from .convergence import OrderFit, convergence_study, exactness_study, fit_order
+from .convergence import (
+    OrderFit,
+    asymptotic_prefix,
+    convergence_study,
+    exactness_study,
+    fit_order,
+)
 from .descent import descent_check, descent_study, largest_increase
 from .error_bound import BoundCase, BoundFit, error_bound_study, fit_error_bound
 from .rank_adaptivity import rank_adaptivity_study, tolerance_growth_study, truncation_checks
@@ -46,6 +53,7 @@ __all__ = [
     "OrderFit",
     "RobustnessCase",
     "StudyResult",
+    "asymptotic_prefix",
     "at_least",
     "at_most",
     "conservation_study",

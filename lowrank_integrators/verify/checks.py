@@ -16,7 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Check", "StudyResult", "at_least", "at_most", "informational"]
+__all__ = ["SMOKE_CHECKS", "Check", "StudyResult", "at_least", "at_most", "informational"]
+
+#: Names of required checks that only say a study ran (no step failed, the study completed);
+#: they can fail a study but are no evidence for a property on their own.
+SMOKE_CHECKS = frozenset({"runs succeeded", "run succeeded", "completed"})
 
 _RELATIONS = (">=", "<=", "info")
 
@@ -157,6 +161,19 @@ class StudyResult:
         return all(c.passed for c in self.checks if c.required)
 
     @property
+    def substantive(self) -> bool:
+        """Whether a required check tests more than that the runs succeeded."""
+        return any(c.required and c.name not in SMOKE_CHECKS for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        """``"FAIL"`` if a required check failed, else ``"pass"`` when a substantive check
+        passed and ``"info"`` when the study only measured (no property asserted)."""
+        if not self.passed:
+            return "FAIL"
+        return "pass" if self.substantive else "info"
+
+    @property
     def failures(self) -> list[Check]:
         """The required checks that failed."""
         return [c for c in self.checks if c.required and not c.passed]
@@ -169,6 +186,7 @@ class StudyResult:
             "problem": self.problem,
             "method": self.method,
             "passed": self.passed,
+            "verdict": self.verdict,
             "summary": {k: _json_value(v) for k, v in self.summary.items()},
             "checks": [c.as_dict() for c in self.checks],
             "series": {k: _json_value(v) for k, v in self.series.items()},

@@ -95,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
         for c in r.failures:
             print(f"FAILED {r.problem}/{r.method}/{r.study}: {c.describe()}")
     print(
-        f"\n{summary['passed']}/{summary['studies']} studies passed "
-        f"({summary['failed_checks']} failed checks) in {elapsed:.1f} s; report: "
+        f"\n{summary['passed']}/{summary['studies']} studies passed, "
+        f"{summary['informational']} informational (nothing asserted beyond the runs), "
+        f"{summary['failed']} failed ({summary['failed_checks']} failed of "
+        f"{summary['required_checks']} required checks) in {elapsed:.1f} s; report: "
         f"{os.path.join(args.out, 'report.json')}; figures: {report['figures_note']}"
     )
     return 1 if failed else 0

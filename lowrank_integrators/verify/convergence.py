@@ -3,7 +3,8 @@ r"""Convergence studies: errors over a step-size sweep and the fitted order.
 A method of order p has error ``e(h) ~ C h^p`` in its asymptotic regime, so the slope of
 ``log e`` against ``log h`` estimates p. :func:`fit_order` fits it by least squares and gives a
 Student-t confidence interval; :func:`convergence_study` runs a method over a sweep, fits the
-order above a round-off floor and checks it against the declared order. Exactness (an error
+order on the asymptotic part of the sweep (above a round-off floor, before the error
+stagnates, at least three points) and checks it against the declared order. Exactness (an error
 at round-off level for every ``h``, e.g. projector splitting on Sylvester fields) is checked
 by :func:`exactness_study`.
 
@@ -23,7 +24,15 @@ import numpy as np
 from ._runs import MethodLike, final_error, method_label, rank_of, run, steps_of
 from .checks import StudyResult, at_least, at_most, informational
 
-__all__ = ["OrderFit", "convergence_study", "exactness_study", "fit_order"]
+__all__ = [
+    "MIN_FIT_POINTS",
+    "STAGNATION_ORDER",
+    "OrderFit",
+    "asymptotic_prefix",
+    "convergence_study",
+    "exactness_study",
+    "fit_order",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,49 @@ def fit_order(
     return OrderFit(slope, intercept, slope - q * se, slope + q * se, confidence, n)
 
 
+#: Fewest points an asserted order is fitted on: two points give a slope but no error
+#: estimate (the Student-t interval is unbounded), so a single bad point goes unnoticed.
+MIN_FIT_POINTS = 3
+
+#: Stagnation rule: the fit keeps the sweep (largest ``h`` first) up to the first error that
+#: fails to fall by at least ``(h_prev / h) ** STAGNATION_ORDER``, i.e. whose local order is
+#: below this value; that error and all finer ones are at the method's floor.
+STAGNATION_ORDER = 0.5
+
+
+def asymptotic_prefix(
+    h: Sequence[float], errors: Sequence[float], *, min_order: float = STAGNATION_ORDER
+) -> int:
+    """Number of leading points (largest ``h`` first) before the error stagnates.
+
+    Parameters
+    ----------
+    h, errors : sequences of float
+        Step sizes in decreasing order and their errors.
+    min_order : float, default :data:`STAGNATION_ORDER`
+        A point ends the prefix when ``log(e_prev / e) / log(h_prev / h) < min_order``
+        (or its error is not finite and positive); it and all later points are dropped.
+
+    Returns
+    -------
+    int
+        Length of the prefix, at least 1 when the first error is finite and positive.
+    """
+    hs = np.asarray(h, dtype=float)
+    es = np.asarray(errors, dtype=float)
+    if hs.size == 0 or not (np.isfinite(es[0]) and es[0] > 0):
+        return 0
+    k = 1
+    while k < hs.size:
+        e_prev, e = es[k - 1], es[k]
+        if not (np.isfinite(e) and e > 0):
+            break
+        if math.log(e_prev / e) < min_order * math.log(hs[k - 1] / hs[k]):
+            break
+        k += 1
+    return k
+
+
 def convergence_study(
     problem: Any,
     Y0: Any,
@@ -116,10 +168,17 @@ def convergence_study(
     order_tolerance: float = 0.25,
     floor: float = 0.0,
     assert_order: bool = True,
+    exact: bool = False,
+    max_order: float | None = None,
     problem_name: str = "problem",
     method_name: str | None = None,
 ) -> StudyResult:
     """Errors at the final time over a sweep of step sizes, with the fitted order.
+
+    The order is fitted on the asymptotic part of the sweep: errors at or below ``floor``
+    are dropped, and so is every error from the first one that stagnates on
+    (:func:`asymptotic_prefix`, local order below :data:`STAGNATION_ORDER`). An asserted
+    order needs at least :data:`MIN_FIT_POINTS` fitted points; fewer fails the check.
 
     Parameters
     ----------
@@ -131,42 +190,63 @@ def convergence_study(
         measured against, as an array.
     t_span : (float, float)
     steps : sequence of float
-        At least two step sizes.
+        At least two step sizes (three for an asserted order).
     expected_order : float, optional
         The order theory declares; default ``method.order`` when ``method`` is an integrator.
     order_tolerance : float, default 0.25
         The check is ``observed order >= expected_order - order_tolerance``.
     floor : float, default 0
-        Round-off floor: errors at or below it are left out of the fit. When every error is
-        at the floor the method is exact on this problem and the order check passes.
+        Round-off floor: errors at or below it are left out of the fit.
     assert_order : bool, default True
         ``False`` reports the order without asserting it (stiff problems, methods whose
         order is not established on the problem).
+    exact : bool, default False
+        Theory declares the method exact on this problem (the caller says so, e.g. from
+        ``MethodSpec.exact_tangent``): the check is then ``max error <= floor``. Without it,
+        a sweep with too few errors above the floor fails.
+    max_order : float, optional
+        Also require ``observed order <= max_order``: used where theory says a method is
+        *not* of higher order on the problem, so that the problem separates the orders.
 
     Returns
     -------
     StudyResult
-        ``checks``: every run succeeded; the order. ``series``: ``h``, ``error``.
+        ``checks``: every run succeeded; the order. ``series``: ``h``, ``error``, ``fitted``
+        (whether each point entered the fit).
     """
     hs = steps_of(steps)
     if expected_order is None:
         expected_order = getattr(method, "order", None)
+    if exact and not floor > 0:
+        raise ValueError("exact=True needs a positive floor (the substep and round-off level)")
     errors, ranks, ok = [], [], 0
     for h in hs:
         sol = run(problem, Y0, method, t_span, float(h))
         ok += sol.status == "success"
         errors.append(final_error(sol, reference))
         ranks.append(rank_of(sol))
-    fit = fit_order(hs, errors, floor=floor)
+    es = np.asarray(errors, dtype=float)
+    above = np.isfinite(es) & (es > floor)
+    n_pre = asymptotic_prefix(hs[above], es[above])
+    fitted = np.zeros(hs.size, dtype=bool)
+    fitted[np.flatnonzero(above)[:n_pre]] = True
+    fit = fit_order(hs[fitted], es[fitted])
     checks = [at_least("runs succeeded", ok, len(hs), note="no step failed or went non-finite")]
-    exact = bool(np.all(np.asarray(errors) <= floor)) and floor > 0
     if expected_order is None or not assert_order:
         checks.append(informational("observed order", fit.order, "no order asserted"))
     elif exact:
         checks.append(
-            at_most("error at round-off floor", max(errors), floor, note="exact on this problem")
+            at_most("error at round-off floor", max(errors), floor, note="exact by theory")
         )
     else:
+        checks.append(
+            at_least(
+                "fitted points",
+                fit.n_points,
+                MIN_FIT_POINTS,
+                note="errors above the floor, before stagnation",
+            )
+        )
         checks.append(
             at_least(
                 "order",
@@ -176,6 +256,15 @@ def convergence_study(
                 note=f"declared order {expected_order:g}",
             )
         )
+        if max_order is not None:
+            checks.append(
+                at_most(
+                    "order not higher",
+                    fit.order,
+                    float(max_order),
+                    note="theory gives no higher order here: the problem separates orders",
+                )
+            )
     return StudyResult(
         study="convergence",
         problem=problem_name,
@@ -188,7 +277,13 @@ def convergence_study(
             "expected_order": expected_order if assert_order else None,
             "final_rank": ranks[-1],
         },
-        series={"h": hs, "error": errors, "rank": ranks, "floor": floor},
+        series={
+            "h": hs,
+            "error": errors,
+            "rank": ranks,
+            "floor": floor,
+            "fitted": fitted.tolist(),
+        },
     )
 
 

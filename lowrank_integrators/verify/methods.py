@@ -61,10 +61,11 @@ class MethodSpec:
         Whether the declared order holds when the method is truncated to a fixed rank (the
         parallel BUG truncated to a fixed rank converges erratically: no order asserted).
     roundoff_floor : float
-        Error level (for solutions of norm about 1) below which the method stops improving
-        for reasons of round-off; order fits leave such errors out. The midpoint BUG's QR of
-        nearly dependent ``4r`` columns puts it near ``1e-6`` on the Sylvester rotation
-        (Ceruti, Einkemmer, Kusch, Lubich 2024).
+        A known error level (for solutions of norm about 1) below which the method stops
+        improving; order fits leave such errors out. Default 0: a stagnating error (e.g. the
+        midpoint BUG's QR of nearly dependent ``4r`` columns on the Sylvester rotation,
+        algorithm reference pitfall 7.3) is found from the sweep itself by the stagnation
+        rule of :func:`~lowrank_integrators.verify.convergence.asymptotic_prefix`.
     """
 
     name: str
@@ -141,7 +142,7 @@ def available_methods() -> list[MethodSpec]:
                 order=2,
                 rank_adaptive=True,
                 max_growth=math.inf,
-                fixed_rank_order=False,
+                # second order also truncated to a fixed rank (Kusch 2024): asserted
             ),
         ),
         (
@@ -152,7 +153,6 @@ def available_methods() -> list[MethodSpec]:
                 order=2,
                 rank_adaptive=True,
                 max_growth=4.0,
-                roundoff_floor=1e-5,
             ),
         ),
         (

@@ -22,15 +22,23 @@ from .checks import StudyResult
 __all__ = ["SCHEMA", "format_table", "report_dict", "write_report"]
 
 #: Identifier of the JSON layout; bump when fields change meaning.
-SCHEMA = "lowrank-integrators/validation-report/1"
+SCHEMA = "lowrank-integrators/validation-report/2"
 
 
 def report_dict(results: Sequence[StudyResult], meta: dict[str, Any] | None = None) -> dict:
-    """The JSON-ready report: schema, environment, summary counts and every result."""
+    """The JSON-ready report: schema, environment, summary counts and every result.
+
+    ``summary`` counts studies by verdict: ``passed`` (a substantive required check passed),
+    ``informational`` (nothing asserted beyond "the runs succeeded") and ``failed``, and
+    checks as ``required_checks`` and ``informational_checks``. ``ok`` depends on the
+    required checks only.
+    """
     from .. import __version__
 
     n_checks = sum(len(r.checks) for r in results)
+    n_required = sum(c.required for r in results for c in r.checks)
     failed = [r for r in results if not r.passed]
+    verdicts = [r.verdict for r in results]
     return {
         "schema": SCHEMA,
         "version": __version__,
@@ -43,9 +51,12 @@ def report_dict(results: Sequence[StudyResult], meta: dict[str, Any] | None = No
         "meta": dict(meta or {}),
         "summary": {
             "studies": len(results),
-            "passed": len(results) - len(failed),
+            "passed": verdicts.count("pass"),
+            "informational": verdicts.count("info"),
             "failed": len(failed),
             "checks": n_checks,
+            "required_checks": n_required,
+            "informational_checks": n_checks - n_required,
             "failed_checks": sum(len(r.failures) for r in results),
             "ok": not failed,
         },
@@ -112,7 +123,7 @@ def format_table(results: Sequence[StudyResult]) -> str:
     rows = [header]
     for r in results:
         s = r.summary
-        verdict = "pass" if r.passed else "FAIL"
+        verdict = r.verdict
         rows.append(
             (
                 r.problem,
