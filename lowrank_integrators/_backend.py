@@ -9,6 +9,7 @@ integrators read like their algorithm boxes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "namespace",
     "orth",
     "qr",
+    "qr_blocks",
     "real_dtype",
     "svd",
     "to_host",
@@ -91,6 +93,29 @@ def qr(x: Any) -> tuple[Any, Any]:
     xp = array_namespace(x)
     q, r = xp.linalg.qr(x, mode="reduced")
     return q, r
+
+
+def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
+    """Thin QR of the column concatenation ``[B1, B2, ...]``.
+
+    For NumPy arrays the blocks are copied once into a Fortran-ordered array that LAPACK then
+    overwrites with the factorisation and with Q itself: no separate concatenation, no
+    further copy (for the augmented bases of the rank-adaptive integrators at n ~ 1e6 this
+    saves two tall arrays per factorisation).
+    """
+    if blocks and all(type(b) is np.ndarray for b in blocks):
+        import scipy.linalg as sla
+
+        m = int(blocks[0].shape[0])
+        work = np.empty((m, sum(int(b.shape[1]) for b in blocks)), np.result_type(*blocks), "F")
+        j = 0
+        for b in blocks:
+            work[:, j : j + b.shape[1]] = b
+            j += int(b.shape[1])
+        q, r = sla.qr(work, mode="economic", overwrite_a=True, check_finite=False)
+        return q, r
+    xp = array_namespace(*blocks)
+    return qr(xp.concat(list(blocks), axis=1))
 
 
 def orth(x: Any) -> Any:

@@ -83,3 +83,18 @@ def test_dense_problem_on_strict_arrays(rng):
     assert isinstance(sol.Y.U, type(Y0.U))
     # the flow is a similarity transform: PSI conserves the norm up to the RK4 substep error
     assert abs(sol.Y.norm() - Y0.norm()) < 1e-4 * Y0.norm()
+
+
+@pytest.mark.parametrize("shape", [(20, 3, 4), (5, 3, 4)], ids=["tall", "wide"])
+def test_qr_of_blocks_equals_qr_of_their_concatenation_and_leaves_them_intact(xp, rng, shape):
+    m, a, b = shape
+    B1, B2 = rng.standard_normal((m, a)), rng.standard_normal((m, b))
+    X1, X2 = xp.asarray(B1), xp.asarray(B2)
+    Q, R = bk.qr_blocks([X1, X2])
+    Qh, Rh = bk.to_host(Q), bk.to_host(R)
+    full = np.concatenate([B1, B2], axis=1)
+    assert Qh.shape == (m, min(m, a + b)) and type(Q) is type(X1)
+    np.testing.assert_allclose(Qh @ Rh, full, atol=1e-13)
+    np.testing.assert_allclose(Qh.T @ Qh, np.eye(Qh.shape[1]), atol=1e-13)
+    np.testing.assert_array_equal(bk.to_host(X1), B1)
+    np.testing.assert_array_equal(bk.to_host(X2), B2)

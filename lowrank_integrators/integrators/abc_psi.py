@@ -58,12 +58,12 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
 
     def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
         U0, S0, V0 = state.Y
-        xp = bk.namespace(U0, S0, V0)
+        bk.namespace(U0, S0, V0)
         led = Ledger(problem, rank_before=state.Y.rank)
         t1 = t + h
 
         K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
-        U_hat = led.orth(xp.concat([K1, U0], axis=1))
+        U_hat = led.orth_blocks(K1, U0)
         del K1  # m x r: not kept through the L-step
 
         S_tilde = (bk.adjoint(U_hat) @ U0) @ S0

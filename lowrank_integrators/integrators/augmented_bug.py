@@ -53,18 +53,18 @@ class AugmentedBUG(AdaptiveIntegrator):
 
     def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
         U0, S0, V0 = state.Y
-        xp = bk.namespace(U0, S0, V0)
+        bk.namespace(U0, S0, V0)
         led = Ledger(problem, rank_before=state.Y.rank)
         t1 = t + h
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
         K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
-        U_hat = led.orth(xp.concat([K1, U0], axis=1))
+        U_hat = led.orth_blocks(K1, U0)
         M_hat = bk.adjoint(U_hat) @ U0
         del K1
 
         L1 = self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0))
-        V_hat = led.orth(xp.concat([L1, V0], axis=1))
+        V_hat = led.orth_blocks(L1, V0)
         N_hat = bk.adjoint(V_hat) @ V0
         del L1
 

@@ -134,6 +134,15 @@ class Ledger:
         """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""
         return self.qr(X)[0]
 
+    def qr_blocks(self, *blocks: Any) -> tuple[Any, Any]:
+        """Thin QR of ``[B1, B2, ...]`` without a separate concatenation (one QR)."""
+        self.info.n_qr += 1
+        return bk.qr_blocks(blocks)
+
+    def orth_blocks(self, *blocks: Any) -> Any:
+        """``orth([B1, B2, ...])``: orthonormal basis of the span of the blocks' columns."""
+        return self.qr_blocks(*blocks)[0]
+
     def svd(self, X: Any) -> tuple[Any, Any, Any]:
         """Reduced SVD ``X = P diag(sigma) Q^H``."""
         self.info.n_svd += 1

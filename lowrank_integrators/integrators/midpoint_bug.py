@@ -64,25 +64,25 @@ class MidpointBUG(AdaptiveIntegrator):
 
     def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
         U0, S0, V0 = state.Y
-        xp = bk.namespace(U0, S0, V0)
+        bk.namespace(U0, S0, V0)
         led = Ledger(problem, rank_before=state.Y.rank)
         t_half, t1 = t + 0.5 * h, t + h
 
         # 1. untruncated augmented BUG half step
         # Tall intermediates are released as soon as they are used (n can be ~1e6).
         K_half = self.substep(KStep(led, V0), t, t_half, U0 @ S0)
-        U_half = led.orth(xp.concat([K_half, U0], axis=1))
+        U_half = led.orth_blocks(K_half, U0)
         del K_half
         L_half = self.substep(LStep(led, U0), t, t_half, V0 @ bk.adjoint(S0))
-        V_half = led.orth(xp.concat([L_half, V0], axis=1))
+        V_half = led.orth_blocks(L_half, V0)
         del L_half
         S_start = (bk.adjoint(U_half) @ U0) @ S0 @ (bk.adjoint(V0) @ V_half)
         S_half = self.substep(SStep(led, U_half, V_half), t, t_half, S_start)
         Y_half = LowRankMatrix(U_half, S_half, V_half, check=False)
 
         # 2. bases enriched by the field at the midpoint
-        U_hat = led.orth(xp.concat([U_half, led.right(t_half, Y_half, V_half)], axis=1))
-        V_hat = led.orth(xp.concat([V_half, led.left(t_half, Y_half, U_half)], axis=1))
+        U_hat = led.orth_blocks(U_half, led.right(t_half, Y_half, V_half))
+        V_hat = led.orth_blocks(V_half, led.left(t_half, Y_half, U_half))
         del Y_half, U_half, V_half
 
         # 3. full-step Galerkin from Y0 itself

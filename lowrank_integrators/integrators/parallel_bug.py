@@ -215,8 +215,8 @@ def _ext(led: Ledger, U0: Any, X: Any) -> Any:
     The trailing columns of the Q factor of ``QR([U0, X])``; there are ``min(m, r + k) - r`` of
     them. A rank-deficient ``X`` yields arbitrary orthonormal complements of zero weight.
     """
-    xp = bk.namespace(U0, X)
-    Q, _ = led.qr(xp.concat([U0, X], axis=1))
+    bk.namespace(U0, X)
+    Q, _ = led.qr_blocks(U0, X)
     return Q[:, int(U0.shape[1]) :]
 
 

@@ -112,7 +112,7 @@ class TuckerBUG(TuckerIntegrator):
         self, problem: TensorODE, state: State, t: float, h: float
     ) -> tuple[State, TuckerStepInfo]:
         C0, U0 = state.Y
-        xp = bk.namespace(C0, *U0)
+        bk.namespace(C0, *U0)
         led = TuckerLedger(problem, state.Y.ranks)
         t1 = t + h
 
@@ -123,7 +123,7 @@ class TuckerBUG(TuckerIntegrator):
             if self.truncation is None:
                 U1 = led.orth(K1)
             else:
-                U1 = led.orth(xp.concat([K1, U0[i]], axis=1))
+                U1 = led.orth_blocks(K1, U0[i])
             bases.append(U1)
             M.append(bk.adjoint(U1) @ U0[i])
 
