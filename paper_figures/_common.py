@@ -95,6 +95,27 @@ def parse_args(
     return parser.parse_args(None if argv is None else list(argv))
 
 
+def parse_report_args(
+    argv: Sequence[str] | None, description: str, default_out: str
+) -> argparse.Namespace:
+    """:func:`parse_args` for the scripts that read a validation report."""
+    return parse_args(
+        argv,
+        description,
+        default_report=DEFAULT_REPORT,
+        default_out=default_out,
+        report_help="validation report.json or its directory (lowrank-integrators validate)",
+    )
+
+
+def missing_study(report: Path, what: str, only: str) -> SystemExit:
+    """The error for a report that lacks the studies a figure needs, naming the command."""
+    return SystemExit(
+        f"error: {report} holds no {what}; run "
+        f'lowrank-integrators validate --only "{only}" --out DIR'
+    )
+
+
 def validate_command(only: str | None, out: Path) -> str:
     """The command that writes a validation report into ``out``."""
     selection = f' --only "{only}"' if only else ""

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 from _common import (
-    DEFAULT_REPORT,
     floats,
     load_report,
+    missing_study,
     mode_note,
     new_figure,
     no_data,
-    parse_args,
+    parse_report_args,
     positive,
     reference_slopes,
     save,
@@ -120,22 +120,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     Path
         The PNG written.
     """
-    args = parse_args(
-        argv,
-        __doc__.splitlines()[0],
-        default_report=DEFAULT_REPORT,
-        default_out="rank_adaptive.png",
-        report_help="validation report.json or its directory (lowrank-integrators validate)",
-    )
+    args = parse_report_args(argv, __doc__.splitlines()[0], "rank_adaptive.png")
     report = load_report(args.report, ONLY)
     adaptivity = select(report, problem=SCHRODINGER, study="rank_adaptivity", series=("t", "rank"))
     growth = select(report, problem=LYAPUNOV, study="rank_growth", series=("t", "rank"))
     tolerance = select(report, problem=SCHRODINGER, study="tolerance_growth", series=("h",))
     if not (adaptivity or growth):
-        raise SystemExit(
-            f"error: {args.report} holds no rank history of {SCHRODINGER} or {LYAPUNOV}; run "
-            f'lowrank-integrators validate --only "{ONLY}" --out DIR'
-        )
+        raise missing_study(args.report, f"rank history of {SCHRODINGER} or {LYAPUNOV}", ONLY)
     theta = min((float(np.nanmin(floats(r["series"]["theta"]))) for r in adaptivity), default=0)
     fig, axes = new_figure(2, 2, width=5.6, height=4.2)
     _rank_panel(

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
-    DEFAULT_REPORT,
     floats,
     load_report,
+    missing_study,
     mode_note,
     new_figure,
-    parse_args,
+    parse_report_args,
     save,
     select,
     style,
@@ -49,20 +49,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     Path
         The PNG written.
     """
-    args = parse_args(
-        argv,
-        __doc__.splitlines()[0],
-        default_report=DEFAULT_REPORT,
-        default_out="robustness.png",
-        report_help="validation report.json or its directory (lowrank-integrators validate)",
-    )
+    args = parse_report_args(argv, __doc__.splitlines()[0], "robustness.png")
     report = load_report(args.report, ONLY)
     results = select(report, problem=PROBLEM, study="robustness", series=("sigma_min", "error"))
     if not results:
-        raise SystemExit(
-            f"error: {args.report} holds no robustness study of {PROBLEM}; run "
-            f'lowrank-integrators validate --only "{ONLY}" --out DIR'
-        )
+        raise missing_study(args.report, f"robustness study of {PROBLEM}", ONLY)
 
     fig, (ax_err, ax_ratio) = new_figure(2, width=5.4, height=4.6)
     finite_max, blowups = 0.0, []

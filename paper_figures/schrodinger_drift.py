@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 from _common import (
-    DEFAULT_REPORT,
     floats,
     load_report,
+    missing_study,
     mode_note,
     new_figure,
     no_data,
-    parse_args,
+    parse_report_args,
     positive,
     reference_slopes,
     save,
@@ -103,21 +103,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     Path
         The PNG written.
     """
-    args = parse_args(
-        argv,
-        __doc__.splitlines()[0],
-        default_report=DEFAULT_REPORT,
-        default_out="schrodinger_drift.png",
-        report_help="validation report.json or its directory (lowrank-integrators validate)",
-    )
+    args = parse_report_args(argv, __doc__.splitlines()[0], "schrodinger_drift.png")
     report = load_report(args.report, ONLY)
     conservation = select(report, problem=PROBLEM, study="conservation", series=("t",))
     drift = select(report, problem=PROBLEM, study="drift", series=("h", "drift_norm"))
     if not (conservation or drift):
-        raise SystemExit(
-            f"error: {args.report} holds no conservation study of {PROBLEM}; run "
-            f'lowrank-integrators validate --only "{ONLY}" --out DIR'
-        )
+        raise missing_study(args.report, f"conservation study of {PROBLEM}", ONLY)
     fig, axes = new_figure(3, width=5.0, height=4.2)
     if conservation:
         _time_panel(axes[0], conservation, "drift_norm", "norm")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
-    DEFAULT_REPORT,
     load_report,
     method_name,
+    missing_study,
     mode_note,
     new_figure,
-    parse_args,
+    parse_report_args,
     positive,
     reference_slopes,
     save,
@@ -48,22 +48,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     Path
         The PNG written.
     """
-    args = parse_args(
-        argv,
-        __doc__.splitlines()[0],
-        default_report=DEFAULT_REPORT,
-        default_out="sylvester_convergence.png",
-        report_help="validation report.json or its directory (lowrank-integrators validate)",
-    )
+    args = parse_report_args(argv, __doc__.splitlines()[0], "sylvester_convergence.png")
     report = load_report(args.report, ONLY)
     results = select(
         report, problem=PROBLEM, study=("convergence", "exactness"), series=("h", "error")
     )
     if not results:
-        raise SystemExit(
-            f"error: {args.report} holds no convergence study of {PROBLEM}; run "
-            f'lowrank-integrators validate --only "{ONLY}" --out DIR'
-        )
+        raise missing_study(args.report, f"convergence study of {PROBLEM}", ONLY)
 
     fig, (ax,) = new_figure(width=7.5, height=5.0)
     all_h: list[np.ndarray] = []
