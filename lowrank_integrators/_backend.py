@@ -17,10 +17,15 @@ from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as _array_device
 
 __all__ = [
+    "add_product",
+    "add_scaled",
     "adjoint",
     "adjoint_operator",
     "all_finite",
+    "apply_to_product",
+    "copy",
     "device",
+    "empty",
     "eye_like",
     "is_array",
     "is_complex",
@@ -30,6 +35,8 @@ __all__ = [
     "qr",
     "qr_blocks",
     "real_dtype",
+    "row_blocks",
+    "sandwich",
     "svd",
     "to_host",
     "transpose_operator",
@@ -178,6 +185,16 @@ def adjoint_operator(op: Any) -> Any:
     """
     if is_array_api_obj(op):
         return adjoint(op)
+    dtype = getattr(op, "dtype", None)
+    if dtype is not None and hasattr(op, "T"):
+        try:
+            real = not np.issubdtype(np.dtype(dtype), np.complexfloating)
+        except TypeError:
+            real = False
+        if real:
+            # ``conj()`` of a real scipy.sparse matrix is a full copy of its data; the
+            # transpose alone is a view.
+            return op.T
     if hasattr(op, "conj") and hasattr(op, "T"):
         return op.conj().T
     if hasattr(op, "H"):
@@ -203,3 +220,101 @@ def transpose_operator(op: Any) -> Any:
 def device(x: Any) -> Any:
     """The device an array lives on."""
     return _array_device(x)
+
+
+# --- row-blocked updates of tall arrays ---------------------------------------------------
+#
+# The substep solvers and the structured fields update tall arrays (n x r with n ~ 1e6) in
+# place. Written as ``out += X @ M`` such an update first forms ``X @ M`` as a temporary of the
+# size of ``out``: at n = 2^20 that is one more tall array alive at the step's peak. Done row
+# block by row block, the temporaries are a few MB. On NumPy the blocks are cache-sized (no
+# loss in speed, often a gain); on other libraries (GPU) they are large, so that the number
+# of kernel launches stays small.
+
+_BLOCK_ELEMENTS_NUMPY = 1 << 18
+_BLOCK_ELEMENTS_OTHER = 1 << 24
+
+
+def row_blocks(x: Any) -> list[slice]:
+    """Row slices covering the 2-D array ``x`` in blocks of bounded size."""
+    rows, cols = int(x.shape[0]), int(x.shape[1])
+    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(x, np.ndarray) else _BLOCK_ELEMENTS_OTHER
+    step = max(1, budget // max(1, cols))
+    return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
+
+
+def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:
+    """``out += alpha * (X @ M)`` in place, without a temporary of the size of ``out``.
+
+    ``X`` is tall (rows of ``out``), ``M`` small; ``out`` must be an array this code owns.
+    """
+    for b in row_blocks(out):
+        block = X[b, :] @ M
+        if alpha is not None:
+            block *= alpha
+        out[b, :] += block
+    return out
+
+
+def add_scaled(out: Any, alpha: float, k: Any) -> Any:
+    """``out += alpha * k`` in place, without a temporary of the size of ``out``."""
+    if len(out.shape) != 2:
+        out += alpha * k
+        return out
+    for b in row_blocks(out):
+        out[b, :] += alpha * k[b, :]
+    return out
+
+
+def empty(like: Any) -> Any:
+    """A new uninitialised array with the shape, dtype and device of ``like`` (C order)."""
+    xp = array_namespace(like)
+    return xp.empty(tuple(like.shape), dtype=like.dtype, device=_array_device(like))
+
+
+def copy(x: Any) -> Any:
+    """A copy of ``x`` this code owns and may update in place (C order for NumPy)."""
+    if isinstance(x, np.ndarray):
+        return np.array(x, order="C", copy=True)
+    xp = array_namespace(x)
+    return xp.asarray(x, copy=True)
+
+
+def sandwich(W: Any, op: Any, V: Any) -> Any:
+    """``W^H (op @ V)`` for tall ``W``, ``V``, applying ``op`` to a few columns of ``V`` at a time.
+
+    The product ``op @ V`` is as tall as ``V``; formed whole, it (and, for a SciPy sparse
+    ``op``, a C-ordered copy of a Fortran-ordered ``V``) would be alive next to the step's
+    bases. In column blocks the temporaries stay within the block budget.
+    """
+    rows, cols = int(V.shape[0]), int(V.shape[1])
+    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(V, np.ndarray) else _BLOCK_ELEMENTS_OTHER
+    step = max(1, budget // max(1, rows))
+    Wh = adjoint(W)
+    if step >= cols:
+        return Wh @ (op @ V)
+    xp = array_namespace(W, V)
+    parts = [Wh @ (op @ V[:, j : min(j + step, cols)]) for j in range(0, cols, step)]
+    return xp.concat(parts, axis=1)
+
+
+def apply_to_product(op: Any, X: Any, W: Any) -> Any:
+    """``op @ (X @ W)`` for tall ``X`` and small ``W``, a few columns of ``W`` at a time.
+
+    Only the result is a tall array; ``X @ W`` and the operator's internal copies exist one
+    column block at a time.
+    """
+    rows, cols = int(X.shape[0]), int(W.shape[1])
+    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(X, np.ndarray) else _BLOCK_ELEMENTS_OTHER
+    step = max(1, budget // max(1, rows))
+    if step >= cols:
+        return op @ (X @ W)
+    first = op @ (X @ W[:, :step])
+    xp = array_namespace(first)
+    out = xp.empty((int(first.shape[0]), cols), dtype=first.dtype, device=_array_device(first))
+    out[:, :step] = first
+    del first
+    for j in range(step, cols, step):
+        b = slice(j, min(j + step, cols))
+        out[:, b] = op @ (X @ W[:, b])
+    return out

@@ -193,81 +193,101 @@ class SylvesterODE(MatrixODE):
     def _c_right(self, V: Any) -> Any:
         return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V
 
+    def _c_project(self, U: Any, V: Any) -> Any:
+        """``U^H C V``; a low-rank ``C`` stays factored (only small products)."""
+        if isinstance(self.C, LowRankMatrix):
+            Uc, Sc, Vc = self.C
+            return (bk.adjoint(U) @ Uc) @ Sc @ (bk.adjoint(Vc) @ V)
+        return bk.adjoint(U) @ (self.C @ V)
+
     def _c_left(self, U: Any) -> Any:
         if isinstance(self.C, LowRankMatrix):
             return self.C.rmatmul_adjoint(U)
         return bk.adjoint(self.C) @ U
 
+    # Each product allocates one tall array, its result; the other terms are added into it
+    # block by block (see the substep fields below for why).
     def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
         self._check(Y)
-        out = self.A @ Y.matmul(V)
+        Uy, Sy, Vy = Y
+        out = bk.apply_to_product(self.A, Uy, Sy @ (bk.adjoint(Vy) @ V))
         if self.B is not None:
-            out = out + Y.matmul(self.B_T @ V)
+            bk.add_product(out, Uy, Sy @ bk.sandwich(Vy, self.B_T, V))
         if self.C is not None:
-            out = out + self._c_right(V)
+            self._source(right=V)(out)
         return out
 
     def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
         self._check(Y)
-        out = Y.rmatmul_adjoint(self.A_H @ U)
+        Uy, Sy, Vy = Y
+        Sh = bk.adjoint(Sy)
         if self.B is not None:
-            out = out + self.B_conj @ Y.rmatmul_adjoint(U)
+            out = bk.apply_to_product(self.B_conj, Vy, Sh @ (bk.adjoint(Uy) @ U))
+            bk.add_product(out, Vy, Sh @ bk.sandwich(Uy, self.A_H, U))
+        else:
+            out = Vy @ (Sh @ bk.sandwich(Uy, self.A_H, U))
         if self.C is not None:
-            out = out + self._c_left(U)
+            self._source(left=U)(out)
         return out
 
     def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
         self._check(Y)
-        UhA = bk.adjoint(self.A_H @ U)
-        out = UhA @ Y.matmul(V)
+        Uy, Sy, Vy = Y
+        out = bk.sandwich(U, self.A, Uy) @ (Sy @ (bk.adjoint(Vy) @ V))
         if self.B is not None:
-            UhY = bk.adjoint(Y.rmatmul_adjoint(U))
-            out = out + UhY @ (self.B_T @ V)
+            out = out + (bk.adjoint(U) @ Uy) @ Sy @ bk.sandwich(Vy, self.B_T, V)
         if self.C is not None:
-            out = out + bk.adjoint(U) @ self._c_right(V)
+            out = out + self._c_project(U, V)
         return out
 
     # With orthonormal substep bases every field is a small Sylvester equation whose r x r
-    # coefficients are formed once per substep instead of once per stage.
+    # coefficients are formed once per substep instead of once per stage. Each stage
+    # allocates exactly one tall array (the operator product) and adds the thin products into
+    # it block by block: at n ~ 1e6 a second tall temporary per stage would set the memory
+    # of the whole step.
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
-        Bv = bk.adjoint(V) @ (self.B_T @ V) if self.B is not None else None
-        source = self._source(right=V)
+        Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
+        add_source = self._source(right=V)
         # Arrays and sparse matrices return a fresh product, which the sums below may update
         # in place; a general operator (an identity LinearOperator returns K itself) may not.
-        fresh = bk.is_array(self.A) or _is_sparse(self.A)
+        fresh = _returns_fresh(self.A)
 
         def field(t: float, K: Any) -> Any:
             out = self.A @ K
             if not fresh:
-                out = 1.0 * out  # a copy of our own
+                out = bk.copy(out)
             if Bv is not None:
-                out += K @ Bv
-            if source is not None:
-                out += source()
+                bk.add_product(out, K, Bv)
+            if add_source is not None:
+                add_source(out)
             return out
 
         return field
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
-        AhU = bk.adjoint(U) @ (self.A_H @ U)
-        source = self._source(left=U)
+        AhU = bk.sandwich(U, self.A_H, U)
+        add_source = self._source(left=U)
+        fresh = self.B is not None and _returns_fresh(self.B)
 
         def field(t: float, L: Any) -> Any:
-            out = L @ AhU  # a fresh array, so the sums below may be in place
-            if self.B is not None:
-                out += self.B_conj @ L
-            if source is not None:
-                out += source()
+            if self.B is None:
+                out = L @ AhU
+            else:
+                out = self.B_conj @ L
+                if not fresh:
+                    out = bk.copy(out)
+                bk.add_product(out, L, AhU)
+            if add_source is not None:
+                add_source(out)
             return out
 
         return field
 
-    def _source(self, right: Any = None, left: Any = None) -> Callable[[], Any] | None:
-        """``C V`` (or ``C^H U``) for a substep, as a function called at every stage.
+    def _source(self, right: Any = None, left: Any = None) -> Callable[[Any], Any] | None:
+        """A function adding ``C V`` (or ``C^H U``) of a substep into a stage in place.
 
         A low-rank source keeps only its small coefficient block and multiplies its tall
-        factor at each stage: one more thin product, but no tall array held through the
-        whole substep (at n ~ 1e6 that is what decides the step's peak memory).
+        factor block by block at each stage: no tall array held through the whole substep.
         """
         if self.C is None:
             return None
@@ -275,16 +295,16 @@ class SylvesterODE(MatrixODE):
             Uc, Sc, Vc = self.C
             if right is not None:
                 coef = Sc @ (bk.adjoint(Vc) @ right)
-                return lambda: Uc @ coef
+                return lambda out: bk.add_product(out, Uc, coef)
             coef = bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
-            return lambda: Vc @ coef
+            return lambda out: bk.add_product(out, Vc, coef)
         product = self._c_right(right) if right is not None else self._c_left(left)
-        return lambda: product
+        return lambda out: bk.add_scaled(out, 1.0, product)
 
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
-        Au = bk.adjoint(self.A_H @ U) @ U
-        Bv = bk.adjoint(V) @ (self.B_T @ V) if self.B is not None else None
-        Cuv = bk.adjoint(U) @ self._c_right(V) if self.C is not None else None
+        Au = bk.sandwich(U, self.A, U)
+        Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
+        Cuv = self._c_project(U, V) if self.C is not None else None
 
         def field(t: float, S: Any) -> Any:
             out = Au @ S
@@ -386,6 +406,11 @@ class DataODE(MatrixODE):
 
     def __repr__(self) -> str:
         return f"DataODE({getattr(self.A, '__name__', self.A)!r})"
+
+
+def _returns_fresh(op: Any) -> bool:
+    """Whether ``op @ X`` is a new array for an array ``X`` (arrays and scipy.sparse)."""
+    return bk.is_array(op) or _is_sparse(op)
 
 
 def _is_sparse(op: Any) -> bool:

@@ -7,6 +7,14 @@ A solver maps ``(ode, t0, t1, X0)`` to ``X1``.
 When the right-hand side does not depend on the state (explicit data ``F = A'(t)``, see
 :class:`~lowrank_integrators.DataODE`), the substep ODE offers its exact increment
 ``int_{t0}^{t1} f dt`` and every solver uses it: the substep is then solved exactly.
+
+The K- and L-steps start from a product of a tall basis and a small matrix (``K0 = U0 S0``).
+The integrators hand it over as a :class:`FactoredStart`, so that a solver which needs the
+start value at every stage (RK4) re-forms it block by block instead of keeping one more tall
+array alive: with the structured fields of :class:`~lowrank_integrators.SylvesterODE`, an RK4
+substep then holds three arrays of the size of ``X`` (accumulator, stage, stage derivative),
+which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not declare
+``accepts_factored_start`` receives an ordinary array.
 """
 
 from __future__ import annotations
@@ -15,7 +23,73 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["RK4", "CallableSubstep", "Euler", "SubstepODE", "SubstepSolver", "as_substep"]
+from . import _backend as bk
+
+__all__ = [
+    "RK4",
+    "CallableSubstep",
+    "Euler",
+    "FactoredStart",
+    "SubstepODE",
+    "SubstepSolver",
+    "as_substep",
+]
+
+
+class FactoredStart:
+    """The start value ``X0 = left @ right`` of a substep, kept as its two factors.
+
+    Parameters
+    ----------
+    left : array, shape (m, r)
+        Tall factor (a basis of the step).
+    right : array, shape (r, k)
+        Small factor.
+    """
+
+    def __init__(self, left: Any, right: Any) -> None:
+        if int(left.shape[1]) != int(right.shape[0]):
+            raise ValueError(
+                f"left has {left.shape[1]} columns but right has {right.shape[0]} rows"
+            )
+        self.left = left
+        self.right = right
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.left.shape[0]), int(self.right.shape[1]))
+
+    def to_array(self) -> Any:
+        """``left @ right`` as a new array."""
+        return self.left @ self.right
+
+    def rows(self, b: slice) -> Any:
+        """The rows ``b`` of ``left @ right``."""
+        return self.left[b, :] @ self.right
+
+    def __repr__(self) -> str:
+        return f"FactoredStart(shape={self.shape})"
+
+
+def start_array(X0: Any) -> Any:
+    """``X0`` as an array (the caller's own array when it is one)."""
+    return X0.to_array() if isinstance(X0, FactoredStart) else X0
+
+
+def owned_start(X0: Any) -> Any:
+    """``X0`` as a new array that the solver may update in place."""
+    return X0.to_array() if isinstance(X0, FactoredStart) else bk.copy(X0)
+
+
+def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
+    """``out[...] = X0 + alpha * k`` in place, block by block (``X0`` may be factored)."""
+    if len(out.shape) != 2:
+        out[...] = start_array(X0) + alpha * k
+        return out
+    factored = isinstance(X0, FactoredStart)
+    for b in bk.row_blocks(out):
+        out[b, :] = (X0.rows(b) if factored else X0[b, :]) + alpha * k[b, :]
+    return out
 
 
 class SubstepODE(Protocol):
@@ -37,16 +111,24 @@ class SubstepSolver(ABC):
 
     #: Order of the solver on smooth problems (for documentation and validation).
     order: int = 0
+    #: Whether :meth:`integrate` accepts a :class:`FactoredStart` as ``X0``.
+    accepts_factored_start: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
         inc = ode.increment(t0, t1)
         if inc is not None:
-            return X0 + inc
+            return bk.add_scaled(owned_start(X0), 1.0, inc)
+        if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
+            X0 = X0.to_array()
         return self.integrate(ode.rhs, t0, t1, X0)
 
     @abstractmethod
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
-        """Approximate ``X(t1)`` for ``X' = f(t, X)``, ``X(t0) = X0``."""
+        """Approximate ``X(t1)`` for ``X' = f(t, X)``, ``X(t0) = X0``.
+
+        ``f`` must not modify its argument; the solver never modifies ``X0`` or an array
+        returned by ``f``.
+        """
 
 
 class Euler(SubstepSolver):
@@ -57,9 +139,11 @@ class Euler(SubstepSolver):
     """
 
     order = 1
+    accepts_factored_start = True
 
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
-        return X0 + (t1 - t0) * f(t0, X0)
+        k = f(t0, start_array(X0))
+        return assign_stage(bk.empty(k), X0, t1 - t0, k)
 
     def __repr__(self) -> str:
         return "Euler()"
@@ -79,6 +163,7 @@ class RK4(SubstepSolver):
     """
 
     order = 4
+    accepts_factored_start = True
 
     def __init__(self, steps: int = 1) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int):
@@ -94,29 +179,36 @@ class RK4(SubstepSolver):
             # t from the start point, not accumulated, so the last stage hits t1 exactly.
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
-            t_mid = t + 0.5 * dt
-            # The stages are folded into a running sum as they come and every array is
-            # released as soon as it is used, so that at most five arrays of the size of X
-            # are alive at once (these factors can be tall: n ~ 1e6). Only arrays created
-            # here are updated in place; the stages returned by f are never modified.
-            k = f(t, X)
-            stage = X + (0.5 * dt) * k
-            acc, k = k, None
-            k = f(t_mid, stage)
-            stage = None
-            acc = acc + 2.0 * k
-            stage = X + (0.5 * dt) * k
-            k = f(t_mid, stage)
-            stage = None
-            acc += 2.0 * k
-            stage = X + dt * k
-            k = f(t_end, stage)
-            stage = None
-            acc += k
-            k = None
-            X = X + (dt / 6.0) * acc
-            acc = None
+            X = self._step(f, t, t + 0.5 * dt, t_end, dt, X)
         return X
+
+    @staticmethod
+    def _step(
+        f: Callable[[float, Any], Any], t: float, t_mid: float, t_end: float, dt: float, X: Any
+    ) -> Any:
+        # Three arrays of the size of X are alive at a time: the accumulator, one stage and its
+        # derivative. Each is released before the next of its size is allocated, the start
+        # value is re-read from X (re-formed block by block when it is a FactoredStart)
+        # instead of kept in a fourth array, and the sums are formed block by block (these
+        # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
+        # keep what it was given (a cache of evaluated points does).
+        k = f(t, start_array(X))
+        acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
+        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
+        k = None
+        k = f(t_mid, stage)
+        stage = None
+        bk.add_scaled(acc, dt / 3.0, k)
+        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
+        k = None
+        k = f(t_mid, stage)
+        stage = None
+        bk.add_scaled(acc, dt / 3.0, k)
+        stage = assign_stage(bk.empty(k), X, dt, k)
+        k = None
+        k = f(t_end, stage)
+        stage = None
+        return bk.add_scaled(acc, dt / 6.0, k)
 
     def __repr__(self) -> str:
         return f"RK4(steps={self.steps})"

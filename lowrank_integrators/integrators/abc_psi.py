@@ -62,13 +62,13 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
         led = Ledger(problem, rank_before=state.Y.rank)
         t1 = t + h
 
-        K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
+        K1 = self.substep(KStep(led, V0), t, t1, self.start(U0, S0))
         U_hat = led.orth_blocks(K1, U0)
         del K1  # m x r: not kept through the L-step
 
         S_tilde = (bk.adjoint(U_hat) @ U0) @ S0
 
-        L1 = self.substep(LStep(led, U_hat), t, t1, V0 @ bk.adjoint(S_tilde))
+        L1 = self.substep(LStep(led, U_hat), t, t1, self.start(V0, bk.adjoint(S_tilde)))
         V_hat, R = led.qr(L1)
         del L1
 

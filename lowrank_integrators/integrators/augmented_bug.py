@@ -58,12 +58,12 @@ class AugmentedBUG(AdaptiveIntegrator):
         t1 = t + h
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
-        K1 = self.substep(KStep(led, V0), t, t1, U0 @ S0)
+        K1 = self.substep(KStep(led, V0), t, t1, self.start(U0, S0))
         U_hat = led.orth_blocks(K1, U0)
         M_hat = bk.adjoint(U_hat) @ U0
         del K1
 
-        L1 = self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0))
+        L1 = self.substep(LStep(led, U0), t, t1, self.start(V0, bk.adjoint(S0)))
         V_hat = led.orth_blocks(L1, V0)
         N_hat = bk.adjoint(V_hat) @ V0
         del L1

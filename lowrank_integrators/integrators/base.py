@@ -10,7 +10,9 @@ Contract for writing an integrator
    the shapes the problem returns and builds :class:`StepInfo`.
 4. Solve substeps with ``self.substep(ode, t0, t1, X0)`` using the :class:`KStep`,
    :class:`LStep` and :class:`SStep` ODEs below; all substeps of one step run over the same
-   ``[t, t + h]`` unless the method itself splits the interval.
+   ``[t, t + h]`` unless the method itself splits the interval. Pass the start value of a
+   K- or L-step as ``self.start(U0, S0)`` rather than ``U0 @ S0``: the solver may then avoid
+   holding it as a tall array.
 5. Rank-adaptive methods truncate through ``self.truncation`` and record the result with
    ``ledger.record_truncation``.
 """
@@ -25,7 +27,7 @@ from typing import Any
 from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..problems import MatrixODE
-from ..substeps import SubstepSolver, as_substep
+from ..substeps import FactoredStart, SubstepSolver, as_substep
 from ..truncation import TruncationRecord, TruncationRule
 
 __all__ = [
@@ -273,6 +275,18 @@ class Integrator(ABC):
     @abstractmethod
     def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
         """Advance ``state`` from ``t`` to ``t + h``."""
+
+    def start(self, left: Any, right: Any) -> Any:
+        """The start value ``left @ right`` of a K- or L-substep (``K0 = U0 S0``).
+
+        Solvers that accept it (:class:`~lowrank_integrators.RK4`,
+        :class:`~lowrank_integrators.Euler`) get it as a
+        :class:`~lowrank_integrators.substeps.FactoredStart` and never hold it as a tall
+        array; any other solver gets the product.
+        """
+        if getattr(self.substep, "accepts_factored_start", False):
+            return FactoredStart(left, right)
+        return left @ right
 
     def citation(self) -> str:
         """The references as text, one per line."""

@@ -50,10 +50,11 @@ class BUG(Integrator):
         t1 = t + h
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
-        U1 = led.orth(self.substep(KStep(led, V0), t, t1, U0 @ S0))  # orth(K1)
+        U1 = led.orth(self.substep(KStep(led, V0), t, t1, self.start(U0, S0)))  # orth(K1)
         M = bk.adjoint(U1) @ U0
 
-        V1 = led.orth(self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0)))  # orth(L1)
+        L0 = self.start(V0, bk.adjoint(S0))
+        V1 = led.orth(self.substep(LStep(led, U0), t, t1, L0))  # orth(L1)
         N = bk.adjoint(V1) @ V0
 
         S1 = self.substep(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))

@@ -70,20 +70,25 @@ class MidpointBUG(AdaptiveIntegrator):
 
         # 1. untruncated augmented BUG half step
         # Tall intermediates are released as soon as they are used (n can be ~1e6).
-        K_half = self.substep(KStep(led, V0), t, t_half, U0 @ S0)
+        K_half = self.substep(KStep(led, V0), t, t_half, self.start(U0, S0))
         U_half = led.orth_blocks(K_half, U0)
         del K_half
-        L_half = self.substep(LStep(led, U0), t, t_half, V0 @ bk.adjoint(S0))
+        L_half = self.substep(LStep(led, U0), t, t_half, self.start(V0, bk.adjoint(S0)))
         V_half = led.orth_blocks(L_half, V0)
         del L_half
         S_start = (bk.adjoint(U_half) @ U0) @ S0 @ (bk.adjoint(V0) @ V_half)
         S_half = self.substep(SStep(led, U_half, V_half), t, t_half, S_start)
         Y_half = LowRankMatrix(U_half, S_half, V_half, check=False)
 
-        # 2. bases enriched by the field at the midpoint
-        U_hat = led.orth_blocks(U_half, led.right(t_half, Y_half, V_half))
-        V_hat = led.orth_blocks(V_half, led.left(t_half, Y_half, U_half))
-        del Y_half, U_half, V_half
+        # 2. bases enriched by the field at the midpoint (both products first, so that each
+        # half-step basis is released as soon as its enriched basis exists)
+        FV = led.right(t_half, Y_half, V_half)
+        FhU = led.left(t_half, Y_half, U_half)
+        del Y_half
+        U_hat = led.orth_blocks(U_half, FV)
+        del U_half, FV
+        V_hat = led.orth_blocks(V_half, FhU)
+        del V_half, FhU
 
         # 3. full-step Galerkin from Y0 itself
         S_start = (bk.adjoint(U_hat) @ U0) @ S0 @ (bk.adjoint(V0) @ V_hat)

@@ -155,25 +155,25 @@ class ParallelBUG(AdaptiveIntegrator):
         self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
     ) -> tuple[Any, Any, Any, Any, Any]:
         xp = bk.namespace(U0, S0, V0)
-        K1 = self.substep(KStep(led, V0), t0, t1, U0 @ S0)
-        L1 = self.substep(LStep(led, U0), t0, t1, V0 @ bk.adjoint(S0))
+        r, s = int(U0.shape[1]), int(V0.shape[1])
+        # The three substeps are independent (all start from Y0). Each tall result is used
+        # and released before the next is computed, and the augmented bases are built in the
+        # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
+        K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
+        U_hat = _augmented_basis(led, U0, K1)
+        UtK = bk.adjoint(U_hat[:, r:]) @ K1
+        del K1
+        L1 = self.substep(LStep(led, U0), t0, t1, self.start(V0, bk.adjoint(S0)))
+        V_hat = _augmented_basis(led, V0, L1)
+        LtV = bk.adjoint(L1) @ V_hat[:, s:]
+        del L1
         S_bar = self.substep(SStep(led, U0, V0), t0, t1, S0)
 
-        U_tilde = _ext(led, U0, K1)
-        V_tilde = _ext(led, V0, L1)
         zero = xp.zeros(
-            (int(U_tilde.shape[1]), int(V_tilde.shape[1])), dtype=S0.dtype, device=bk.device(S0)
+            (int(UtK.shape[0]), int(LtV.shape[1])), dtype=S0.dtype, device=bk.device(S0)
         )
-        S_hat = xp.concat(
-            [
-                xp.concat([S_bar, bk.adjoint(L1) @ V_tilde], axis=1),
-                xp.concat([bk.adjoint(U_tilde) @ K1, zero], axis=1),
-            ],
-            axis=0,
-        )
-        U_hat = xp.concat([U0, U_tilde], axis=1)
-        V_hat = xp.concat([V0, V_tilde], axis=1)
-        return U_hat, S_hat, V_hat, U_tilde, V_tilde
+        S_hat = xp.concat([xp.concat([S_bar, LtV], axis=1), xp.concat([UtK, zero], axis=1)], axis=0)
+        return U_hat, S_hat, V_hat, U_hat[:, r:], V_hat[:, s:]
 
     def _rejects(
         self,
@@ -209,23 +209,24 @@ class ParallelBUG(AdaptiveIntegrator):
         )
 
 
-def _ext(led: Ledger, U0: Any, X: Any) -> Any:
-    """``ext(U0, X)``: orthonormal directions of ``range(X)`` missing from ``range(U0)``.
+def _augmented_basis(led: Ledger, U0: Any, X: Any) -> Any:
+    """``[U0, ext(U0, X)]`` in the storage of the Q factor of ``QR([U0, X])``.
 
-    The trailing columns of the Q factor of ``QR([U0, X])``; there are ``min(m, r + k) - r`` of
-    them. A rank-deficient ``X`` yields arbitrary orthonormal complements of zero weight.
+    The leading block of that Q factor is ``U0`` up to the signs of its columns; it is
+    overwritten with ``U0`` itself, so that the augmented basis begins with the old one
+    exactly (the padded core ``[[S0, 0], [0, 0]]`` then represents ``Y0`` exactly).
     """
     bk.namespace(U0, X)
     Q, _ = led.qr_blocks(U0, X)
-    return Q[:, int(U0.shape[1]) :]
+    Q[:, : int(U0.shape[1])] = U0
+    return Q
 
 
 def _augment_by_field(led: Ledger, t0: float, U0: Any, S0: Any, V0: Any) -> tuple[Any, Any, Any]:
     """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
-    xp = bk.namespace(U0, S0, V0)
     Y0 = LowRankMatrix(U0, S0, V0, check=False)
-    U_hat0 = xp.concat([U0, _ext(led, U0, led.right(t0, Y0, V0))], axis=1)
-    V_hat0 = xp.concat([V0, _ext(led, V0, led.left(t0, Y0, U0))], axis=1)
+    U_hat0 = _augmented_basis(led, U0, led.right(t0, Y0, V0))
+    V_hat0 = _augmented_basis(led, V0, led.left(t0, Y0, U0))
     return U_hat0, _pad(S0, U_hat0, V_hat0), V_hat0
 
 

@@ -76,7 +76,7 @@ class ProjectorSplitting(Integrator):
     def _k_then_backward_s(
         self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
     ) -> tuple[Any, Any]:
-        K1 = self.substep(KStep(led, V0), t0, t1, U0 @ S0)
+        K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
         U1, S_hat = led.qr(K1)
         S_tilde = self.substep(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
         return U1, S_tilde
@@ -85,7 +85,7 @@ class ProjectorSplitting(Integrator):
         self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
     ) -> tuple[Any, Any, Any]:
         U1, S_tilde = self._k_then_backward_s(led, U0, S0, V0, t0, t1)
-        L1 = self.substep(LStep(led, U1), t0, t1, V0 @ bk.adjoint(S_tilde))
+        L1 = self.substep(LStep(led, U1), t0, t1, self.start(V0, bk.adjoint(S_tilde)))
         V1, R = led.qr(L1)
         return U1, bk.adjoint(R), V1
 
@@ -96,10 +96,10 @@ class ProjectorSplitting(Integrator):
         # KSL over [t, t + h/2] up to its L-step ...
         U1, S_tilde = self._k_then_backward_s(led, U0, S0, V0, t, t_half)
         # ... whose L-step merges with the L-step of LSK over [t + h/2, t1].
-        V1, R = led.qr(self.substep(LStep(led, U1), t, t1, V0 @ bk.adjoint(S_tilde)))
+        V1, R = led.qr(self.substep(LStep(led, U1), t, t1, self.start(V0, bk.adjoint(S_tilde))))
         # LSK continues: backward S-step with (U1, V1), then the K-step with V1.
         S_tilde2 = self.substep(SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R))
-        K1 = self.substep(KStep(led, V1), t_half, t1, U1 @ S_tilde2)
+        K1 = self.substep(KStep(led, V1), t_half, t1, self.start(U1, S_tilde2))
         U2, S1 = led.qr(K1)
         return U2, S1, V1
 

@@ -119,7 +119,7 @@ class TuckerBUG(TuckerIntegrator):
         bases, M = [], []
         for i in range(len(U0)):
             S_i, Q_i = mode_matrix_form(led, C0, i)
-            K1 = self.substep(ModeKStep(led, list(U0), Q_i, i), t, t1, U0[i] @ S_i)
+            K1 = self.substep(ModeKStep(led, list(U0), Q_i, i), t, t1, self.start(U0[i], S_i))
             if self.truncation is None:
                 U1 = led.orth(K1)
             else:
