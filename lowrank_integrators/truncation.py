@@ -88,17 +88,20 @@ class TruncationRule(ABC):
         """The threshold ``tau`` (``nan`` for rules without one)."""
         return math.nan
 
-    def truncate(
-        self, U_hat: Any, S_hat: Any, V_hat: Any, h: float, *, mode: int | None = None
-    ) -> tuple[LowRankMatrix, TruncationRecord]:
-        """Truncate ``U_hat S_hat V_hat^H``; see the module docstring."""
-        xp = bk.namespace(U_hat, S_hat, V_hat)
+    def truncate_core(
+        self, S_hat: Any, h: float, *, mode: int | None = None
+    ) -> tuple[Any, Any, Any, TruncationRecord]:
+        """The rank decision on the core alone: ``S_hat ~ P S1 Q^H`` with ``r1`` columns.
+
+        Returns ``(P, S1, Q, record)``; the truncated factors are ``U_hat P`` and ``V_hat Q``.
+        Integrators that form them one at a time (releasing ``U_hat`` before ``V_hat Q`` is
+        formed) keep one tall array fewer alive than :meth:`truncate`.
+        """
+        xp = bk.namespace(S_hat)
         P, sigma, Qh = bk.svd(S_hat)
         sig_host = bk.to_host(sigma)
         r1 = self.select_rank(sig_host, h, mode)
         tail = float(tail_norms(sig_host)[r1])
-        U1 = U_hat @ P[:, :r1]
-        V1 = V_hat @ bk.adjoint(Qh[:r1, :])
         eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
         S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
         record = TruncationRecord(
@@ -107,7 +110,15 @@ class TruncationRule(ABC):
             tail=tail,
             tolerance=self.tolerance(sig_host, h),
         )
-        return LowRankMatrix(U1, S1, V1, check=False), record
+        return P[:, :r1], S1, bk.adjoint(Qh[:r1, :]), record
+
+    def truncate(
+        self, U_hat: Any, S_hat: Any, V_hat: Any, h: float, *, mode: int | None = None
+    ) -> tuple[LowRankMatrix, TruncationRecord]:
+        """Truncate ``U_hat S_hat V_hat^H``; see the module docstring."""
+        bk.namespace(U_hat, S_hat, V_hat)
+        P, S1, Q, record = self.truncate_core(S_hat, h, mode=mode)
+        return LowRankMatrix(U_hat @ P, S1, V_hat @ Q, check=False), record
 
 
 class FixedRank(TruncationRule):

@@ -197,8 +197,8 @@ STEP_PEAKS = {
     "BUG": (lambda: lri.BUG(), 4),
     "KSL": (lambda: lri.ProjectorSplitting(order=1), 4),
     "Strang": (lambda: lri.ProjectorSplitting(order=2), 5),
-    "AugmentedBUG": (lambda: lri.AugmentedBUG(lri.FixedRank(R)), 6),
-    "ParallelBUG": (lambda: lri.ParallelBUG(lri.FixedRank(R), reject=False), 6),
+    "AugmentedBUG": (lambda: lri.AugmentedBUG(lri.FixedRank(R)), 5),
+    "ParallelBUG": (lambda: lri.ParallelBUG(lri.FixedRank(R), reject=False), 5),
     "abc-PSI": (lambda: lri.AugmentedBackwardCorrectedPSI(lri.FixedRank(R)), 8),
     "MidpointBUG": (lambda: lri.MidpointBUG(lri.FixedRank(R)), 12),
 }

@@ -27,6 +27,7 @@ Sylvester type, truncated back to fixed rank, it behaves like a second-order met
 from __future__ import annotations
 
 from .. import _backend as bk
+from ..factors import LowRankMatrix
 from ..problems import MatrixODE
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, State, StepInfo
 
@@ -72,5 +73,8 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
         V_hat, R = led.qr(L1)
         del L1
 
-        Y1 = led.truncate(self.truncation, U_hat, bk.adjoint(R), V_hat, h)
+        P, S1, Q = led.truncate_core(self.truncation, bk.adjoint(R), h)
+        U1 = U_hat @ P
+        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
+        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

@@ -24,6 +24,7 @@ gradient flows decreasing.
 from __future__ import annotations
 
 from .. import _backend as bk
+from ..factors import LowRankMatrix
 from ..problems import MatrixODE
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
 
@@ -70,5 +71,8 @@ class AugmentedBUG(AdaptiveIntegrator):
 
         S_hat = self.substep(SStep(led, U_hat, V_hat), t, t1, M_hat @ S0 @ bk.adjoint(N_hat))
 
-        Y1 = led.truncate(self.truncation, U_hat, S_hat, V_hat, h)
+        P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
+        U1 = U_hat @ P
+        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
+        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

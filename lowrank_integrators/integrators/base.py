@@ -13,8 +13,10 @@ Contract for writing an integrator
    ``[t, t + h]`` unless the method itself splits the interval. Pass the start value of a
    K- or L-step as ``self.start(U0, S0)`` rather than ``U0 @ S0``: the solver may then avoid
    holding it as a tall array.
-5. Rank-adaptive methods truncate through ``self.truncation`` and record the result with
-   ``ledger.record_truncation``.
+5. Rank-adaptive methods truncate through ``self.truncation`` with ``ledger.truncate`` (the
+   factors in, the truncated matrix out) or ``ledger.truncate_core`` (the core in, small
+   factors out, so that ``U_hat`` can be released before ``V_hat Q`` is formed); both count
+   the SVD and record the decision.
 """
 
 from __future__ import annotations
@@ -158,6 +160,17 @@ class Ledger:
         Y, record = rule.truncate(U, S, V, h, **kw)
         self.info.truncation = record
         return Y
+
+    def truncate_core(self, rule: TruncationRule, S: Any, h: float) -> tuple[Any, Any, Any]:
+        """The rank decision on a core (one SVD), recorded: ``S ~ P S1 Q^H``.
+
+        Returns ``(P, S1, Q)``; the caller forms ``U P`` and ``V Q`` and may release ``U``
+        before forming ``V Q`` (one tall array fewer at the end of a rank-adaptive step).
+        """
+        self.info.n_svd += 1
+        P, S1, Q, record = rule.truncate_core(S, h)
+        self.info.truncation = record
+        return P, S1, Q
 
     def finish(self, rank_after: int) -> StepInfo:
         self.info.rank_after = rank_after

@@ -94,5 +94,8 @@ class MidpointBUG(AdaptiveIntegrator):
         S_start = (bk.adjoint(U_hat) @ U0) @ S0 @ (bk.adjoint(V0) @ V_hat)
         S_hat = self.substep(SStep(led, U_hat, V_hat), t, t1, S_start)
 
-        Y1 = led.truncate(self.truncation, U_hat, S_hat, V_hat, h)
+        P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
+        U1 = U_hat @ P
+        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
+        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

@@ -142,13 +142,18 @@ class ParallelBUG(AdaptiveIntegrator):
             if self.order == 2:
                 U, S, V = _augment_by_field(led, t, U, S, V)
             U_hat, S_hat, V_hat, U_new, V_new = self._parallel_substeps(led, U, S, V, t, t1)
-            Y1 = led.truncate(self.truncation, U_hat, S_hat, V_hat, h)
+            # The rank decision needs the core only; the new factors are formed once accepted.
+            P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
             record = led.info.truncation
             if not (self.reject and self._rejects(led, record, cap, t, h, U, S, V, U_new, V_new)):
                 break
             led.info.rejected += 1
             # Restart from the same Y0, now written in the doubled bases.
             U, S, V = U_hat, _pad(S, U_hat, V_hat), V_hat
+        del U_new, V_new, U, V  # views of / the bases: U_hat can go before V_hat Q is formed
+        U1 = U_hat @ P
+        del U_hat
+        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
 
     def _parallel_substeps(
