@@ -288,8 +288,7 @@ def sandwich(W: Any, op: Any, V: Any) -> Any:
     bases. In column blocks the temporaries stay within the block budget.
     """
     rows, cols = int(V.shape[0]), int(V.shape[1])
-    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(V, np.ndarray) else _BLOCK_ELEMENTS_OTHER
-    step = max(1, budget // max(1, rows))
+    step = _column_step(V, rows, cols)
     Wh = adjoint(W)
     if step >= cols:
         return Wh @ (op @ V)
@@ -305,8 +304,7 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
     column block at a time.
     """
     rows, cols = int(X.shape[0]), int(W.shape[1])
-    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(X, np.ndarray) else _BLOCK_ELEMENTS_OTHER
-    step = max(1, budget // max(1, rows))
+    step = _column_step(X, rows, cols)
     if step >= cols:
         return op @ (X @ W)
     first = op @ (X @ W[:, :step])
@@ -318,3 +316,16 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
         b = slice(j, min(j + step, cols))
         out[:, b] = op @ (X @ W[:, b])
     return out
+
+
+def _column_step(x: Any, rows: int, cols: int) -> int:
+    """Columns per block for an operator applied to ``cols`` tall columns of ``rows`` entries.
+
+    Within the element budget, but in at most four blocks: an operator (a sparse matrix)
+    applied to a block of columns is read once per block, and many narrow blocks cost more
+    time than the memory they save is worth. The temporaries (the block of ``X @ W`` or the
+    copy the operator makes, and its product) stay within the budget or a quarter of the
+    result's width each.
+    """
+    budget = _BLOCK_ELEMENTS_NUMPY if isinstance(x, np.ndarray) else _BLOCK_ELEMENTS_OTHER
+    return max(1, budget // max(1, rows), -(-cols // 4))
