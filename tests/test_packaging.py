@@ -1,4 +1,4 @@
-"""Every subpackage is listed for installation (the package list is explicit, see pyproject)."""
+"""The source tree is the installed package: no remapped directories, every subpackage found."""
 
 from __future__ import annotations
 
@@ -11,25 +11,17 @@ tomllib = pytest.importorskip("tomllib")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_every_subpackage_is_installed():
+def test_no_package_dir_remapping():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    listed = set(config["tool"]["setuptools"]["packages"])
-    pkg = ROOT / "lowrank_integrators"
-    found = {
-        ".".join(p.parent.relative_to(ROOT).parts)
-        for p in pkg.rglob("__init__.py")
-        if "__pycache__" not in p.parts
-    }
-    found.add("lowrank_integrators.validation")
-    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+    setuptools = config["tool"]["setuptools"]
+    assert "package-dir" not in setuptools
+    assert setuptools["packages"]["find"]["include"] == ["lowrank_integrators*"]
 
 
-def test_validation_directory_is_installed_as_a_subpackage():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert config["tool"]["setuptools"]["package-dir"] == {
-        "lowrank_integrators.validation": "validation"
-    }
+def test_reference_problems_live_inside_the_package():
     import lowrank_integrators.validation as validation
 
-    for name in validation.MODULES:
-        assert (ROOT / "validation" / f"{name}.py").exists()
+    pkg = ROOT / "lowrank_integrators" / "validation"
+    assert pathlib.Path(validation.__file__).resolve().parent == pkg
+    for module in validation.PROBLEM_MODULES:
+        assert pathlib.Path(module.__file__).resolve().parent == pkg

@@ -8,7 +8,6 @@ study runs only when :meth:`Case.run` is called.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -82,9 +81,9 @@ def matches(case: Case, pattern: str | None) -> bool:
 
 
 def _problem_modules() -> list[object]:
-    from .. import validation
+    from ..validation import PROBLEM_MODULES
 
-    return [importlib.import_module(f"{validation.__name__}.{name}") for name in validation.MODULES]
+    return list(PROBLEM_MODULES)
 
 
 def collect_cases(
