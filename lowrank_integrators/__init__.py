@@ -18,7 +18,7 @@ Examples
 ('success', 5)
 """
 
-from . import diagnostics
+from . import diagnostics, threads
 from .factors import LowRankMatrix
 from .integrators import (
     BUG,
@@ -38,6 +38,7 @@ from .solution import Solution, SolveStats
 from .solve import solve
 from .substeps import RK4, Euler, SubstepSolver
 from .tensor_problems import DenseTensorODE, TensorODE, TensorSylvesterODE
+from .threads import set_thread_limit, thread_limit
 from .truncation import FixedRank, Tolerance, TruncationRecord, TruncationRule
 from .tucker import TuckerTensor
 
@@ -74,5 +75,8 @@ __all__ = [
     "TuckerProjectorSplitting",
     "TuckerTensor",
     "diagnostics",
+    "set_thread_limit",
     "solve",
+    "thread_limit",
+    "threads",
 ]

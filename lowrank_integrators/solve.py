@@ -13,6 +13,7 @@ from . import _backend as bk
 from ._progress import ProgressBar
 from .integrators.base import Integrator, StepInfo
 from .solution import Solution, SolveStats
+from .threads import limited
 
 __all__ = ["solve", "step_times"]
 
@@ -32,6 +33,7 @@ def step_times(t0: float, t1: float, h: float) -> np.ndarray:
     return times
 
 
+@limited
 def solve(
     problem: Any,
     Y0: Any,

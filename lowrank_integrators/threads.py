@@ -1,0 +1,229 @@
+"""Thread limits for the library's factor-sized linear algebra.
+
+The operations of a low-rank step act on tall ``n x r`` factors and ``r x r`` cores. Split
+across several BLAS threads they get slower, not faster: on small machines the threads spin
+against each other (and against any other work on the machine), and a step can take many
+times longer than on one thread. The entry points of the library — :func:`~lowrank_integrators.
+solve`, the validation suite, the training loops and every command of ``lowrank-integrators`` —
+therefore run with the BLAS and OpenMP thread pools limited to :data:`DEFAULT_LIMIT` thread,
+and restore them on return. The limit is applied with ``threadpoolctl``.
+
+Who decides, in order:
+
+1. :func:`thread_limit` (a context manager) and :func:`set_thread_limit` (a global setting):
+   an explicit call wins. ``None`` means "leave the thread pools alone".
+2. The environment: when one of :data:`USER_VARIABLES` (``OMP_NUM_THREADS``,
+   ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ...) is set, the BLAS libraries already follow
+   it and the library does not touch them. ``LOWRANK_INTEGRATORS_THREADS`` sets the library's
+   limit (a positive integer) or turns it off (``off``).
+3. Otherwise :data:`DEFAULT_LIMIT`.
+
+To opt out, set ``LOWRANK_INTEGRATORS_THREADS=off`` or call ``set_thread_limit(None)``.
+
+Examples
+--------
+>>> import lowrank_integrators as lri
+>>> lri.set_thread_limit(None)  # the library leaves the thread pools alone from now on
+>>> lri.set_thread_limit(lri.threads.DEFAULT_LIMIT)  # back to the default
+>>> with lri.thread_limit(2):  # two threads for everything inside, library entry points too
+...     pass
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "ENV_VARIABLE",
+    "USER_VARIABLES",
+    "current_limit",
+    "limit_threads",
+    "limited",
+    "set_thread_limit",
+    "thread_limit",
+]
+
+#: Threads per BLAS/OpenMP pool during the library's work unless the user decides otherwise.
+DEFAULT_LIMIT = 1
+
+#: The library's own variable: a positive integer (the limit) or ``off`` (no limit).
+ENV_VARIABLE = "LOWRANK_INTEGRATORS_THREADS"
+
+#: Variables through which users size the BLAS/OpenMP pools themselves; when one is set the
+#: library leaves the pools as they are.
+USER_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+_OFF = ("off", "none", "no", "false")
+_UNSET: Any = object()
+
+#: A limit chosen by :func:`set_thread_limit` (``_UNSET``: none chosen).
+_global_choice: Any = _UNSET
+#: A limit chosen by an enclosing :func:`thread_limit` block (``_UNSET``: none).
+_scoped_choice: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "lowrank_integrators_thread_limit", default=_UNSET
+)
+#: Whether an enclosing entry point of the library has already applied its limit.
+_active: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lowrank_integrators_threads_active", default=False
+)
+
+_controller_lock = threading.Lock()
+_controller: Any = None
+_controller_modules = -1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_limit(limit: Any, name: str = "limit") -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {limit!r}")
+    return int(limit)
+
+
+def set_thread_limit(limit: int | None) -> None:
+    """Choose the thread limit of the library's entry points for the whole process.
+
+    Parameters
+    ----------
+    limit : int or None
+        Threads per BLAS/OpenMP pool while the library works; ``None`` leaves the pools alone
+        (the opt-out). Overrides the environment.
+    """
+    global _global_choice
+    _global_choice = _check_limit(limit)
+
+
+def _from_environment() -> int | None:
+    value = os.environ.get(ENV_VARIABLE, "").strip()
+    if value:
+        if value.lower() in _OFF:
+            return None
+        try:
+            return _check_limit(int(value), ENV_VARIABLE)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_VARIABLE} must be a positive integer or 'off', got {value!r}"
+            ) from None
+    if any(os.environ.get(v, "").strip() for v in USER_VARIABLES):
+        return None
+    return DEFAULT_LIMIT
+
+
+def current_limit() -> int | None:
+    """The limit the library's entry points apply here and now (``None``: no limit)."""
+    scoped = _scoped_choice.get()
+    if scoped is not _UNSET:
+        return scoped
+    if _global_choice is not _UNSET:
+        return _global_choice
+    return _from_environment()
+
+
+def _get_controller() -> Any:
+    """A cached ``ThreadpoolController``, rebuilt when new modules (libraries) were imported."""
+    global _controller, _controller_modules
+    # Load the BLAS libraries the library's work calls (SciPy ships its own) before looking.
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    with _controller_lock:
+        n = len(sys.modules)
+        if _controller is None or n != _controller_modules:
+            _controller = ThreadpoolController()
+            _controller_modules = n
+        return _controller
+
+
+@contextlib.contextmanager
+def _apply(limit: int | None, torch: bool) -> Iterator[None]:
+    if limit is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_get_controller().limit(limits=limit))
+        torch_module = sys.modules.get("torch") if torch else None
+        if torch_module is not None:
+            before = torch_module.get_num_threads()
+            if before != limit:
+                torch_module.set_num_threads(limit)
+                stack.callback(torch_module.set_num_threads, before)
+        yield
+
+
+@contextlib.contextmanager
+def thread_limit(limit: int | None) -> Iterator[None]:
+    """Run a block with ``limit`` threads per BLAS/OpenMP pool (and in PyTorch, if imported).
+
+    An explicit user choice: the library's entry points inside the block keep it. ``None``
+    runs the block with the thread pools left as they are.
+
+    Parameters
+    ----------
+    limit : int or None
+
+    Examples
+    --------
+    >>> import lowrank_integrators as lri
+    >>> with lri.thread_limit(None):  # the library leaves the pools alone in this block
+    ...     pass
+    """
+    limit = _check_limit(limit)
+    token = _scoped_choice.set(limit)
+    active = _active.set(True)
+    try:
+        with _apply(limit, torch=True):
+            yield
+    finally:
+        _active.reset(active)
+        _scoped_choice.reset(token)
+
+
+@contextlib.contextmanager
+def limit_threads(*, torch: bool = False) -> Iterator[None]:
+    """The limit of a library entry point: :func:`current_limit` threads for the block.
+
+    A no-op inside another entry point or a :func:`thread_limit` block, and when the user
+    opted out. ``torch=True`` also sets PyTorch's intra-op threads (when torch is imported)
+    and restores them afterwards.
+    """
+    if _active.get():
+        yield
+        return
+    limit = current_limit()
+    token = _active.set(True)
+    try:
+        with _apply(limit, torch=torch):
+            yield
+    finally:
+        _active.reset(token)
+
+
+def limited(func: F | None = None, *, torch: bool = False) -> Any:
+    """Decorator: run ``func`` inside :func:`limit_threads` (``@limited`` or
+    ``@limited(torch=True)``)."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with limit_threads(torch=torch):
+                return f(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(func) if func is not None else decorate
