@@ -53,6 +53,7 @@ from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
+from ..threads import limited
 from .optimizers import SGD, Optimizer
 
 __all__ = [
@@ -373,6 +374,7 @@ class LowRankTraining:
             step=0,
         )
 
+    @limited
     def step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, StepReport]:
         """One training step on ``batch`` with learning rate (step size) ``lr``.
 

@@ -9,6 +9,7 @@ generator's state is saved with each checkpoint, so a run resumed from the check
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 from .. import integrators as _integrators
 from ..integrators.base import Integrator
 from ..substeps import Euler
+from ..threads import limited
 from ..truncation import FixedRank, Tolerance, TruncationRule
 from .checkpoint import load_checkpoint, save_checkpoint
 from .client import LowRankTraining, TrainingDiverged, TrainState
@@ -76,18 +78,47 @@ class RunConfig:
             raise ValueError(f"optimizer must be sgd, momentum or adam, got {self.optimizer!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        for name in ("epochs", "batch_size", "rank"):
+        for name in ("epochs", "batch_size", "rank", "rmin"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
+        if self.rmax is not None and self.rmax < self.rmin:
+            raise ValueError(f"rmax must be >= rmin = {self.rmin}, got {self.rmax}")
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.init_decay is not None and not (
+            math.isfinite(self.init_decay) and self.init_decay > 1.0
+        ):
+            raise ValueError(f"init_decay must be a finite number > 1, got {self.init_decay}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
             raise ValueError(f"tau must be a finite number >= 0, got {self.tau}")
-        parse_arch(self.arch)
+        widths = parse_arch(self.arch)
+        if self.integrator != "dense":
+            pairs = list(itertools.pairwise(widths))
+            lowrank = pairs[:-1] if self.last_dense else pairs
+            for i, (a, b) in enumerate(lowrank):
+                if self.rank > min(a, b):
+                    raise ValueError(
+                        f"rank {self.rank} is larger than layer {i + 1} ({a} -> {b}) allows: "
+                        f"at most {min(a, b)}"
+                    )
+
+    def differences(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """The fields other than ``epochs`` in which ``other`` differs: ``{name: (mine, its)}``."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "epochs" and getattr(self, f.name) != getattr(other, f.name)
+        }
 
     def resumable_with(self, other: RunConfig) -> bool:
         """Whether ``other`` continues this run (everything but the number of epochs agrees)."""
-        return dataclasses.replace(self, epochs=other.epochs) == other
+        return not self.differences(other)
 
 
 def make_integrator(
@@ -131,6 +162,7 @@ def build(cfg: RunConfig) -> tuple[MLP, LowRankTraining]:
     return net, LowRankTraining(method, net.gradient, make_optimizer(cfg))
 
 
+@limited
 def run_training(
     cfg: RunConfig,
     *,
@@ -140,6 +172,8 @@ def run_training(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     stop_after: int | None = None,
+    data_dir: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate after every epoch, checkpoint after every epoch; return a summary.
 
@@ -148,11 +182,18 @@ def run_training(
     data : Dataset, optional
         The data (default: ``load_dataset(cfg.dataset)`` cut to ``n_train``/``n_test``).
     checkpoint : path, optional
-        Directory for the checkpoint written after every finite epoch.
+        Checkpoint file (one ``.npz``, see :mod:`~lowrank_integrators.training.checkpoint`),
+        replaced atomically after every finite epoch.
     resume : bool
-        Continue from the checkpoint in ``checkpoint``.
+        Continue from ``checkpoint``. The checkpoint's configuration must agree with ``cfg``
+        in everything but ``epochs`` (the error names the fields that differ) and every array
+        must have the shape the configuration implies.
     stop_after : int, optional
         Stop after this many epochs of this call (as if interrupted).
+    data_dir : path, optional
+        Folder of the Fashion-MNIST files (default: the Debian package's folder).
+    on_epoch : callable, optional
+        Called with the history (a list of per-epoch records) after every finite epoch.
 
     Returns
     -------
@@ -164,7 +205,7 @@ def run_training(
     log = log or (lambda s: None)
     dtype = np.dtype(cfg.dtype)
     if data is None:
-        data = load_dataset(cfg.dataset, dtype=dtype).subset(cfg.n_train, cfg.n_test)
+        data = load_dataset(cfg.dataset, dtype=dtype, path=data_dir).subset(cfg.n_train, cfg.n_test)
     widths = parse_arch(cfg.arch)
     if widths[0] != data.n_features or widths[-1] < data.n_classes:
         raise ValueError(
@@ -178,12 +219,7 @@ def run_training(
         if checkpoint is None:
             raise ValueError("resume needs a checkpoint directory")
         state, meta = load_checkpoint(checkpoint)
-        saved = RunConfig(**meta["config"])
-        if not saved.resumable_with(cfg):
-            raise ValueError(
-                f"the checkpoint in {checkpoint} belongs to a different run: {saved} (only "
-                "--epochs may change when resuming)"
-            )
+        check_resumable(cfg, net, state, meta, checkpoint)
         rng.bit_generator.state = meta["rng"]
         history = meta["history"]
         log(f"resumed from epoch {len(history)} in {checkpoint}")
@@ -256,7 +292,113 @@ def run_training(
                 "history": history,
             }
             save_checkpoint(checkpoint, state, meta)
+        if on_epoch is not None:
+            on_epoch(history)
     return _summary(cfg, net, state, history, status, message)
+
+
+def check_resumable(
+    cfg: RunConfig, net: MLP, state: TrainState, meta: dict[str, Any], where: Any = "checkpoint"
+) -> None:
+    """Refuse to resume ``cfg`` from a checkpoint of another run or with arrays of other shapes.
+
+    Raises
+    ------
+    ValueError
+        Naming the configuration fields that differ, or the arrays whose shape or dtype does
+        not match the network of ``cfg``.
+    """
+    try:
+        saved = RunConfig(**meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: the stored configuration is not usable ({exc})") from None
+    diff = saved.differences(cfg)
+    if diff:
+        fields = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in _rows(diff))
+        raise ValueError(
+            f"{where} belongs to a different run ({fields}); only --epochs may change when resuming"
+        )
+    for key in ("rng", "history"):
+        if key not in meta:
+            raise ValueError(f"{where}: the checkpoint has no {key!r} entry")
+    problems = state_mismatches(net, state, np.dtype(cfg.dtype))
+    if problems:
+        raise ValueError(f"{where} does not fit the configured network: " + "; ".join(problems))
+
+
+def _rows(diff: dict[str, tuple[Any, Any]]) -> list[tuple[str, Any, Any]]:
+    return [(k, a, b) for k, (a, b) in diff.items()]
+
+
+#: Moments and bases of an optimizer's layer state by the side they live on: 0 = the output
+#: side (``n_out`` rows, like ``U``), 1 = the input side (``n_in`` rows, like ``V``).
+_SLOT_ROWS = {
+    "right_m": 0,
+    "right_v": 0,
+    "right_b0": 1,
+    "left_m": 1,
+    "left_v": 1,
+    "left_b0": 0,
+    "project_b0": 0,
+    "project_b1": 1,
+}
+
+
+def state_mismatches(net: MLP, state: TrainState, dtype: np.dtype) -> list[str]:
+    """Every array of ``state`` whose shape or dtype differs from what ``net`` implies."""
+    out: list[str] = []
+
+    def expect(name: str, array: Any, shape: tuple[int, ...]) -> None:
+        a = np.asarray(array)
+        if a.shape != shape:
+            out.append(f"{name} has shape {a.shape}, expected {shape}")
+        elif a.dtype != dtype:
+            out.append(f"{name} has dtype {a.dtype}, expected {dtype}")
+
+    def factors(name: str, U: Any, S: Any, V: Any, m: int, n: int) -> None:
+        r = np.shape(S)[0] if np.ndim(S) == 2 else -1
+        if not 1 <= r <= min(m, n):
+            out.append(
+                f"{name}.S has shape {np.shape(S)}, expected (r, r) with 1 <= r <= {min(m, n)}"
+            )
+            return
+        expect(f"{name}.U", U, (m, r))
+        expect(f"{name}.S", S, (r, r))
+        expect(f"{name}.V", V, (n, r))
+
+    lowrank = [lay for lay in net.layers if lay.kind == "lowrank"]
+    if len(state.layers) != len(lowrank):
+        out.append(f"{len(state.layers)} low-rank layers stored, expected {len(lowrank)}")
+    else:
+        for i, (lay, st) in enumerate(zip(lowrank, state.layers, strict=True)):
+            factors(f"layer{i}", *st.Y, lay.n_out, lay.n_in)
+            slot = state.optimizer["layers"][i] if i < len(state.optimizer["layers"]) else {}
+            if {"U", "S", "V"} <= slot.keys():
+                factors(f"optimizer layer{i}", slot["U"], slot["S"], slot["V"], lay.n_out, lay.n_in)
+            for key, value in slot.items():
+                rows = _SLOT_ROWS.get(key)
+                if rows is not None and np.shape(value)[:1] != ((lay.n_out, lay.n_in)[rows],):
+                    out.append(
+                        f"optimizer layer{i}.{key} has shape {np.shape(value)}, expected "
+                        f"{(lay.n_out, lay.n_in)[rows]} rows"
+                    )
+    shapes: list[tuple[int, ...]] = []
+    for lay in net.layers:
+        if lay.kind == "dense":
+            shapes.append((lay.n_out, lay.n_in))
+        elif lay.kind == "factorized":
+            shapes += [(lay.n_out, int(lay.rank)), (lay.n_in, int(lay.rank))]
+        shapes.append((lay.n_out,))
+    if len(state.params) != len(shapes):
+        out.append(f"{len(state.params)} other parameters stored, expected {len(shapes)}")
+    else:
+        for j, (p, shape) in enumerate(zip(state.params, shapes, strict=True)):
+            expect(f"param{j}", p, shape)
+            slot = state.optimizer["params"][j] if j < len(state.optimizer["params"]) else {}
+            for key, value in slot.items():
+                if value is not None:
+                    expect(f"optimizer param{j}.{key}", value, shape)
+    return out
 
 
 def _summary(

@@ -33,6 +33,7 @@ import torch
 from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator
+from ..threads import limited
 from .client import LowRankTraining, StepReport
 from .optimizers import Optimizer
 
@@ -260,6 +261,7 @@ class DLRTOptimizer:
             [p.detach().clone() for p in self._params],
         )
 
+    @limited(torch=True)
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepReport:
         """One training step on the batch ``(x, y)``; the model is updated in place."""
         self.state, report = self.client.step(self.state, (x, y), self.lr)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .._progress import ProgressBar
+from ..threads import limited
 from .checks import StudyResult, at_least
 from .methods import MethodSpec, available_methods
 
@@ -99,6 +100,7 @@ def collect_cases(
     return out
 
 
+@limited
 def run_cases(cases: Iterable[Case], *, progress: bool = False) -> list[StudyResult]:
     """Run cases in order, with an optional progress bar on standard error."""
     cases = list(cases)
