@@ -17,7 +17,7 @@ import sys
 
 from .threads import limit_threads
 from .training import command as train_command
-from .training import evaluate_command
+from .training import evaluate as evaluate_command
 from .verify import command as validate_command
 
 __all__ = ["console_main", "main"]

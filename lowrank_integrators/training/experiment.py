@@ -204,20 +204,12 @@ def run_training(
     """
     log = log or (lambda s: None)
     dtype = np.dtype(cfg.dtype)
-    if data is None:
-        data = load_dataset(cfg.dataset, dtype=dtype, path=data_dir).subset(cfg.n_train, cfg.n_test)
-    widths = parse_arch(cfg.arch)
-    if widths[0] != data.n_features or widths[-1] < data.n_classes:
-        raise ValueError(
-            f"arch {cfg.arch!r} does not fit {data.name}: {data.n_features} features and "
-            f"{data.n_classes} classes"
-        )
     net, client = build(cfg)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
     if resume:
         if checkpoint is None:
-            raise ValueError("resume needs a checkpoint directory")
+            raise ValueError("resume needs a checkpoint file")
         state, meta = load_checkpoint(checkpoint)
         check_resumable(cfg, net, state, meta, checkpoint)
         rng.bit_generator.state = meta["rng"]
@@ -226,6 +218,14 @@ def run_training(
     else:
         weights, params = net.init(rng, dtype=dtype, singular_values=cfg.init_decay)
         state = client.init(weights, params)
+    if data is None:
+        data = load_dataset(cfg.dataset, dtype=dtype, path=data_dir).subset(cfg.n_train, cfg.n_test)
+    widths = parse_arch(cfg.arch)
+    if widths[0] != data.n_features or widths[-1] < data.n_classes:
+        raise ValueError(
+            f"arch {cfg.arch!r} does not fit {data.name}: {data.n_features} features and "
+            f"{data.n_classes} classes"
+        )
     status, message = "success", ""
     n_train = data.X_train.shape[0]
     n_batches = max(n_train // cfg.batch_size, 1)
