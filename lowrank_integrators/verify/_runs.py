@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ __all__ = [
     "method_for",
     "method_label",
     "rank_of",
+    "recording_runs",
     "run",
     "steps_of",
 ]
@@ -93,7 +96,46 @@ def run(
 ) -> Solution:
     """``solve`` with the integrator for step ``h`` and no singular-value recording."""
     kw.setdefault("save_singular_values", False)
-    return solve(problem, Y0, t_span, h, method_for(method, h), **kw)
+    integrator = method_for(method, h)
+    log = _run_log.get()
+    if log is not None:
+        log.append(_describe_run(problem, Y0, integrator, t_span, h))
+    return solve(problem, Y0, t_span, h, integrator, **kw)
+
+
+_run_log: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "verify_run_log", default=None
+)
+
+
+@contextlib.contextmanager
+def recording_runs() -> Iterator[list[dict[str, Any]]]:
+    """Collect a description of every :func:`run` inside the block (for reports).
+
+    Each entry holds the integrator as constructor text (its ``repr``), the problem's class,
+    the shape and rank of the initial value, the time span and the step size.
+    """
+    log: list[dict[str, Any]] = []
+    token = _run_log.set(log)
+    try:
+        yield log
+    finally:
+        _run_log.reset(token)
+
+
+def _describe_run(
+    problem: Any, Y0: Any, integrator: Integrator, t_span: tuple[float, float], h: float
+) -> dict[str, Any]:
+    rank = getattr(Y0, "rank", None)
+    shape = getattr(Y0, "shape", None)
+    return {
+        "method": repr(integrator),
+        "problem": type(problem).__name__,
+        "shape": [int(s) for s in shape] if shape is not None else None,
+        "initial_rank": list(rank) if isinstance(rank, tuple) else rank,
+        "t_span": [float(t_span[0]), float(t_span[1])],
+        "h": float(h),
+    }
 
 
 def final_error(sol: Solution, reference: Callable[[float], Any]) -> float:

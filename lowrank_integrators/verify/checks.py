@@ -142,6 +142,10 @@ class StudyResult:
         JSON-ready data for figures, e.g. ``{"h": [...], "error": [...]}``.
     label : str
         Name of the case within the suite (defaults to ``study``), e.g. ``"descent-lr1"``.
+    setup : dict
+        How to repeat the study, merged into :meth:`as_dict`: the suite fills in
+        ``method_constructor`` (the integrator as constructor text), ``problem_setup`` (the
+        problem with its parameters) and ``runs`` (every run: method, step, time span).
     """
 
     study: str
@@ -151,6 +155,7 @@ class StudyResult:
     summary: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    setup: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.study
@@ -190,6 +195,7 @@ class StudyResult:
             "summary": {k: _json_value(v) for k, v in self.summary.items()},
             "checks": [c.as_dict() for c in self.checks],
             "series": {k: _json_value(v) for k, v in self.series.items()},
+            **{str(k): _json_value(v) for k, v in self.setup.items()},
         }
 
 

@@ -1,30 +1,23 @@
 """``lowrank-integrators validate``: run the validation suite and write a report.
 
 Exit status: 0 when every required check passed, 1 when a check failed, 2 for a usage error
-(for instance a pattern that selects nothing).
+(a pattern that selects nothing, an output folder that cannot be written).
 
-The factor operations of the integrators are small; on machines with few cores several BLAS
-threads make them several times slower, not faster. The ``lowrank-integrators`` script
-therefore runs this command with one BLAS thread unless ``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set (see
-:func:`lowrank_integrators.cli.console_main`); ``threadpoolctl``, when installed, applies the
-same limit to in-process calls of :func:`run`.
+The suite runs with the BLAS/OpenMP thread pools limited as described in
+:mod:`lowrank_integrators.threads`: the factor operations of the integrators are small, and
+on machines with few cores several threads make them slower, not faster.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
-from typing import Any
 
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "run the validation suite (reference problems x integrators) and write a report"
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default="validation_report",
         metavar="DIR",
-        help="directory for report.json and the PNG figures (default: ./validation_report)",
+        help="folder for report.json and the PNG figures",
     )
     parser.add_argument(
         "--only",
@@ -51,18 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
 
 
-def _thread_limit() -> Any:
-    if any(v in os.environ for v in _THREAD_VARS):
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional; the console script pins the threads itself
-        return contextlib.nullcontext()
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def run(args: argparse.Namespace) -> int:
+    from .._files import check_output_dir
     from .report import format_table, write_report
     from .suite import collect_cases, run_cases
 
@@ -74,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if not cases:
         print(f"validate: no case matches --only {args.only!r} (see --list)", file=sys.stderr)
         return 2
+    try:
+        check_output_dir(args.out, "--out")
+    except ValueError as exc:
+        print(f"validate: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
-    with _thread_limit():
-        results = run_cases(cases, progress=not args.no_progress)
+    results = run_cases(cases, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     print(format_table(results))
     report = write_report(
@@ -98,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
         f"\n{summary['passed']}/{summary['studies']} studies passed, "
         f"{summary['informational']} informational (nothing asserted beyond the runs), "
         f"{summary['failed']} failed ({summary['failed_checks']} failed of "
-        f"{summary['required_checks']} required checks) in {elapsed:.1f} s; report: "
-        f"{os.path.join(args.out, 'report.json')}; figures: {report['figures_note']}"
+        f"{summary['required_checks']} required checks) in {elapsed:.1f} s"
     )
+    print(f"report: {os.path.join(args.out, 'report.json')}")
+    if report["figures"]:
+        names = ", ".join(os.path.join(args.out, f) for f in report["figures"])
+        print(f"figures: {names}")
+    else:
+        print(f"figures: none ({report['figures_note']})")
     return 1 if failed else 0

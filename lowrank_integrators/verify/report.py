@@ -3,11 +3,17 @@
 Figures need matplotlib (the optional extra ``plot``); it is imported only when figures are
 written, through its object-oriented API (no global backend is switched). Without matplotlib
 the JSON report is written all the same and says that figures were skipped.
+
+Every file is written to a temporary file in the report folder and renamed into place, so an
+interrupted run leaves the previous report or the new one. Each study records the integrator
+as constructor text and the problem with its parameters; the report records the versions of
+the library, NumPy and SciPy, so a study can be repeated.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import platform
@@ -16,13 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy
 
+from .._files import atomic_write, write_text
 from .checks import StudyResult
 
 __all__ = ["SCHEMA", "format_table", "report_dict", "write_report"]
 
 #: Identifier of the JSON layout; bump when fields change meaning.
-SCHEMA = "lowrank-integrators/validation-report/2"
+SCHEMA = "lowrank-integrators/validation-report/3"
+
+#: Font size of legends, tick labels and titles in the figures (points).
+FONT_SIZE = 9
 
 
 def report_dict(results: Sequence[StudyResult], meta: dict[str, Any] | None = None) -> dict:
@@ -44,8 +55,10 @@ def report_dict(results: Sequence[StudyResult], meta: dict[str, Any] | None = No
         "version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": {
-            "python": platform.python_version(),
+            "lowrank_integrators": __version__,
             "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "python": platform.python_version(),
             "platform": platform.platform(),
         },
         "meta": dict(meta or {}),
@@ -98,8 +111,7 @@ def write_report(
             note = "matplotlib is not installed (pip install lowrank-integrators[plot]): no figures"
     report["figures"] = files
     report["figures_note"] = note
-    with open(out / "report.json", "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, allow_nan=False)
+    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
 
 
@@ -148,17 +160,54 @@ def _join(row: Sequence[Any], widths: Sequence[int]) -> str:
 
 # --- figures ------------------------------------------------------------------------------
 
+#: Markers and line styles cycled through the curves of a panel, so that curves lying on top of
+#: each other (exact methods, equal ranks) stay distinguishable.
+_MARKERS = ("o", "s", "^", "v", "D", "<", ">", "p", "h", "*")
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _style(k: int) -> dict[str, Any]:
+    return {
+        "marker": _MARKERS[k % len(_MARKERS)],
+        "linestyle": _STYLES[(k // 2) % len(_STYLES)],
+        "markersize": 4,
+        "markerfacecolor": "none" if k % 2 else None,
+    }
+
 
 def _figure(n_panels: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cols = min(3, max(1, n_panels))
+    cols = min(2, max(1, n_panels))
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(5 * cols, 3.8 * rows), layout="constrained")
+    fig = Figure(figsize=(7.5 * cols, 3.8 * rows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
     return fig, axes
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str, *, integer_y: bool = False) -> None:
+    """Titles, labels, a legend outside the data (right of the panel), integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(title, fontsize=FONT_SIZE + 1)
+    ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
+    ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
+    ax.tick_params(labelsize=FONT_SIZE)
+    if integer_y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(
+            fontsize=FONT_SIZE, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0
+        )
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getvalue())
 
 
 def _by_problem(results: Sequence[StudyResult], keep) -> dict[str, list[StudyResult]]:
@@ -185,14 +234,14 @@ def _draw_figures(results: Sequence[StudyResult], out: Path) -> list[str]:
         fig, axes = _figure(len(conv))
         for ax, (problem, group) in zip(axes, conv.items(), strict=True):
             hmin, hmax, emax = math.inf, 0.0, 0.0
-            for r in group:
+            for k, r in enumerate(group):
                 key = (
                     "error"
                     if "error" in r.series
                     else next(k for k in r.series if k.startswith("drift_"))
                 )
                 h, e = _positive(r.series["h"]), _positive(r.series[key])
-                ax.loglog(h, e, "o-", label=f"{r.method} ({r.label})", ms=3)
+                ax.loglog(h, e, label=f"{r.method} ({r.label})", **_style(k))
                 hmin, hmax = min(hmin, np.nanmin(h)), max(hmax, np.nanmax(h))
                 if r.study != "exactness" and np.any(np.isfinite(e)):
                     emax = max(emax, float(np.nanmax(e)))
@@ -200,41 +249,45 @@ def _draw_figures(results: Sequence[StudyResult], out: Path) -> list[str]:
                 hh = np.array([hmin, hmax])
                 for p, style in ((1, "k--"), (2, "k:")):
                     ax.loglog(hh, emax * (hh / hmax) ** p, style, lw=0.8, label=f"slope {p}")
-            ax.set_title(problem)
-            ax.set_xlabel("h")
-            ax.set_ylabel("error (drift) at T")
-            ax.legend(fontsize=6)
-        fig.savefig(out / "convergence.png", dpi=110)
+            _finish(ax, problem, "h", "error (drift) at T")
+        _save(fig, out / "convergence.png")
         files.append("convergence.png")
     ranks = _by_problem(results, lambda r: "rank" in r.series and "t" in r.series)
     if ranks:
         fig, axes = _figure(len(ranks))
         for ax, (problem, group) in zip(axes, ranks.items(), strict=True):
-            for r in group:
+            for k, r in enumerate(group):
+                t = r.series["t"]
                 ax.step(
-                    r.series["t"], r.series["rank"], where="post", label=f"{r.method} ({r.label})"
+                    t,
+                    r.series["rank"],
+                    where="post",
+                    label=f"{r.method} ({r.label})",
+                    markevery=max(1, len(t) // 12),
+                    **_style(k),
                 )
-            ax.set_title(problem)
-            ax.set_xlabel("t")
-            ax.set_ylabel("rank")
-            ax.legend(fontsize=6)
-        fig.savefig(out / "ranks.png", dpi=110)
+            _finish(ax, problem, "t", "rank", integer_y=True)
+        _save(fig, out / "ranks.png")
         files.append("ranks.png")
     drift = _by_problem(results, lambda r: r.study == "conservation")
     if drift:
         fig, axes = _figure(len(drift))
         for ax, (problem, group) in zip(axes, drift.items(), strict=True):
+            k = 0
             for r in group:
                 for key, values in r.series.items():
                     if key.startswith("drift_"):
                         d = np.asarray(values, dtype=float)
+                        t = r.series["t"]
                         ax.semilogy(
-                            r.series["t"], np.maximum(d, 1e-17), label=f"{r.method}: {key[6:]}"
+                            t,
+                            np.maximum(d, 1e-17),
+                            label=f"{r.method}: {key[6:]}",
+                            markevery=max(1, len(t) // 12),
+                            **_style(k),
                         )
-            ax.set_title(problem)
-            ax.set_xlabel("t")
-            ax.set_ylabel("relative drift")
-            ax.legend(fontsize=6)
-        fig.savefig(out / "drift.png", dpi=110)
+                        k += 1
+            _finish(ax, problem, "t", "relative drift")
+        _save(fig, out / "drift.png")
         files.append("drift.png")
     return files

@@ -7,13 +7,16 @@ study runs only when :meth:`Case.run` is called.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from .._progress import ProgressBar
 from ..threads import limited
+from ._runs import recording_runs
 from .checks import StudyResult, at_least
 from .methods import MethodSpec, available_methods
 
@@ -33,12 +36,16 @@ class Case:
     study : str
         Kind of study, e.g. ``"convergence"``.
     runner : callable ``() -> StudyResult``
+    parameters : mapping
+        The reference problem's parameters (recorded in reports; filled in by
+        :func:`collect_cases` from the problem module's constants).
     """
 
     problem: str
     method: str
     study: str
     runner: Callable[[], StudyResult]
+    parameters: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def id(self) -> str:
@@ -48,8 +55,10 @@ class Case:
     def run(self) -> StudyResult:
         """Run the study; an exception becomes a failed result naming it."""
         start = time.perf_counter()
+        runs: list[dict[str, Any]] = []
         try:
-            result = self.runner()
+            with recording_runs() as runs:
+                result = self.runner()
         except Exception as exc:  # a crash is a failure of the suite, reported, not hidden
             result = StudyResult(
                 study=self.study,
@@ -60,8 +69,43 @@ class Case:
                 ],
             )
         result.problem, result.method, result.label = self.problem, self.method, self.study
+        result.setup = self._setup(runs)
         result.summary.setdefault("seconds", time.perf_counter() - start)
         return result
+
+    def _setup(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Constructor text of the methods, the problem with its parameters, the runs."""
+        methods = list(dict.fromkeys(r["method"] for r in runs))
+        first = runs[0] if runs else {}
+        return {
+            "method_constructor": methods[0] if methods else None,
+            "method_constructors": methods,
+            "problem_setup": {
+                "name": self.problem,
+                "class": first.get("problem"),
+                "shape": first.get("shape"),
+                "parameters": dict(self.parameters),
+            },
+            "runs": [
+                {k: r[k] for k in ("method", "problem", "h", "t_span", "initial_rank")}
+                for r in runs
+            ],
+        }
+
+
+def problem_parameters(module: object) -> dict[str, Any]:
+    """The upper-case constants of a reference-problem module (sizes, times, steps, tolerances)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(module).items():
+        if name.isupper() and name != "NAME" and _plain(value):
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_plain(v) for v in value)
 
 
 def matches(case: Case, pattern: str | None) -> bool:
@@ -96,7 +140,12 @@ def collect_cases(
     specs = list(available_methods() if methods is None else methods)
     out: list[Case] = []
     for module in _problem_modules():
-        out.extend(c for c in module.cases(specs, quick) if matches(c, only))
+        params = {"module": getattr(module, "__name__", ""), **problem_parameters(module)}
+        out.extend(
+            dataclasses.replace(c, parameters=params)
+            for c in module.cases(specs, quick)
+            if matches(c, only)
+        )
     return out
 
 
