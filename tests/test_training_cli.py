@@ -24,7 +24,10 @@ SMALL = [
 
 def test_train_command_prints_and_writes_the_summary(tmp_path, capsys):
     out = tmp_path / "out.json"
-    code = main(["train", *SMALL, "--epochs", "2", "--tau", "0.1", "--json", str(out)])
+    code = main(
+        ["train", *SMALL, "--epochs", "2", "--tau", "0.1", "--json", str(out),
+         "--out", str(tmp_path / "run")]
+    )  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
     for needle in ("test accuracy", "ranks per low-rank layer", "compression", "time per epoch"):
@@ -44,11 +47,11 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, optimizer):
         dataset="digits", arch="64-24-16-10", rank=6, lr=0.1, batch_size=32, n_train=256,
         n_test=64, epochs=3, optimizer=optimizer, dtype="float64",
     )  # fmt: skip
-    full = run_training(cfg, checkpoint=tmp_path / "full", progress=False)
-    run_training(cfg, checkpoint=tmp_path / "cut", progress=False, stop_after=1)
-    resumed = run_training(cfg, checkpoint=tmp_path / "cut", resume=True, progress=False)
-    a, _ = load_checkpoint(tmp_path / "full")
-    b, _ = load_checkpoint(tmp_path / "cut")
+    full = run_training(cfg, checkpoint=tmp_path / "full.npz", progress=False)
+    run_training(cfg, checkpoint=tmp_path / "cut.npz", progress=False, stop_after=1)
+    resumed = run_training(cfg, checkpoint=tmp_path / "cut.npz", resume=True, progress=False)
+    a, _ = load_checkpoint(tmp_path / "full.npz")
+    b, _ = load_checkpoint(tmp_path / "cut.npz")
     for Ya, Yb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_array_equal(Ya.to_dense(), Yb.to_dense())
     for pa, pb in zip(a.params, b.params, strict=True):
@@ -57,15 +60,25 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, optimizer):
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]]
 
 
-def test_resume_refuses_a_different_run(tmp_path):
+def test_resume_refuses_a_different_run_and_names_the_fields(tmp_path, capsys):
     cfg = RunConfig(arch="64-24-10", rank=4, n_train=64, n_test=32, epochs=1, batch_size=32)
-    run_training(cfg, checkpoint=tmp_path, progress=False)
+    ckpt = tmp_path / "model.npz"
+    run_training(cfg, checkpoint=ckpt, progress=False)
     other = RunConfig(
-        arch="64-24-10", rank=4, n_train=64, n_test=32, epochs=2, batch_size=32, lr=1.0
+        arch="64-24-10", rank=4, n_train=64, n_test=32, epochs=2, batch_size=32, lr=1.0, seed=3
     )
-    with pytest.raises(ValueError, match="different run"):
-        run_training(other, checkpoint=tmp_path, resume=True, progress=False)
-    assert main(["train", "--resume", "--no-progress"]) == 2
+    with pytest.raises(ValueError, match="different run") as err:
+        run_training(other, checkpoint=ckpt, resume=True, progress=False)
+    assert "lr: 0.05 in the checkpoint, 1.0 now" in str(err.value)
+    assert "seed: 0 in the checkpoint, 3 now" in str(err.value)
+    assert "rank" not in str(err.value).split("(")[1]  # equal fields are not named
+    args = ["train", "--arch", "64-24-10", "--rank", "4", "--n-train", "64", "--n-test", "32",
+            "--batch-size", "32", "--no-progress", "--out", str(tmp_path), "--resume"]  # fmt: skip
+    assert main([*args, "--epochs", "2", "--lr", "1.0"]) == 2
+    assert "lr: 0.05 in the checkpoint, 1.0 now" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2"]) == 0
+    assert main(["train", "--resume", "--no-progress", "--out", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
 
 
 def test_checkpoint_round_trip_keeps_every_array(tmp_path, rng):
@@ -77,8 +90,9 @@ def test_checkpoint_round_trip_keeps_every_array(tmp_path, rng):
     state = client.init(W, P)
     for _ in range(2):
         state, _ = client.step(state, (rng.standard_normal((10, 8)), rng.integers(0, 3, 10)), 0.1)
-    save_checkpoint(tmp_path, state, {"note": [1, 2]})
-    back, meta = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path / "c.npz", state, {"note": [1, 2]})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # one file, no leftovers
+    back, meta = load_checkpoint(tmp_path / "c.npz")
     assert meta == {"note": [1, 2]}
     assert back.step == state.step and back.ranks == state.ranks
     assert [s.t for s in back.layers] == [s.t for s in state.layers]
@@ -106,11 +120,11 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_checkpoint(tmp_
         return original(self, state, batch, lr)
 
     monkeypatch.setattr(LowRankTraining, "step", step)
-    s = run_training(cfg, checkpoint=tmp_path, progress=False)
+    s = run_training(cfg, checkpoint=tmp_path / "m.npz", progress=False)
     assert s["status"] == "diverged"
     assert "epoch 2" in s["message"] and "kept" in s["message"]
     assert s["epochs_completed"] == 1
-    state, meta = load_checkpoint(tmp_path)
+    state, meta = load_checkpoint(tmp_path / "m.npz")
     assert len(meta["history"]) == 1 and state.step == 2
 
 
@@ -130,10 +144,10 @@ def test_digits_split_is_fixed_and_disjoint():
     assert b.X_train.dtype == np.float32 and a.X_train.max() <= 1.0
 
 
-def test_bad_command_line_values_exit_with_status_2(capsys):
-    assert main(["train", *SMALL, "--arch", "64-x-10"]) == 2
+def test_bad_command_line_values_exit_with_status_2(capsys, tmp_path):
+    assert main(["train", *SMALL, "--arch", "64-x-10", "--out", str(tmp_path)]) == 2
     assert "arch" in capsys.readouterr().err
-    assert main(["train", *SMALL, "--arch", "32-10"]) == 2
+    assert main(["train", *SMALL, "--arch", "32-10", "--out", str(tmp_path)]) == 2
     assert "does not fit" in capsys.readouterr().err
 
 
