@@ -196,6 +196,11 @@ def _finish(ax, title: str, xlabel: str, ylabel: str, *, integer_y: bool = False
     ax.set_ylabel(ylabel, fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE)
     if integer_y:
+        lo, hi = ax.get_ylim()
+        lo, hi = math.floor(lo), math.ceil(hi)
+        if hi - lo < 2:  # a constant rank: a range around it, so the ticks are integers
+            lo, hi = lo - 1, hi + 1
+        ax.set_ylim(lo, hi)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(
