@@ -96,3 +96,78 @@ def test_every_reference_problem_module_cites_a_source_and_builds_cases(module):
     assert "Source" in doc and "Reference" in doc and "Theory" in doc
     cases = mod.cases(available_methods(), True)
     assert all(c.problem and c.method and c.study for c in cases)
+
+
+def test_each_study_records_its_method_as_constructor_text_and_its_problem(tmp_path):
+    import lowrank_integrators as lri
+
+    out = tmp_path / "report"
+    args = ["validate", "--quick", "--only", "V1-sylvester/KSL/exactness,V1-sylvester/BUG/conv*"]
+    assert main([*args, "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    env = report["environment"]
+    assert {"lowrank_integrators", "numpy", "scipy"} <= env.keys()
+    assert env["lowrank_integrators"] == lri.__version__
+    assert len(report["results"]) == 2
+    for study in report["results"]:
+        text = study["method_constructor"]
+        assert text.startswith(("ProjectorSplitting(order=1, substep=RK4(steps=", "BUG("))
+        for each in study["method_constructors"]:
+            rebuilt = eval(each, vars(lri))  # constructor text builds the same integrator
+            assert repr(rebuilt) == each
+        setup = study["problem_setup"]
+        assert setup["name"] == "V1-sylvester" and setup["shape"] == [100, 100]
+        assert setup["class"] == "SylvesterODE"
+        assert setup["parameters"]["module"] == "lowrank_integrators.validation.sylvester_rotation"
+        assert setup["parameters"]["T"] == 1.0
+        assert study["runs"] and all(r["h"] > 0 for r in study["runs"])
+
+
+def test_no_study_of_the_suite_records_an_object_address(tmp_path):
+    out = tmp_path / "report"
+    args = ["validate", "--quick", "--only", "V5-stiff-heat/*/exactness"]
+    assert main([*args, "--out", str(out), "--no-progress", "--no-figures"]) == 0
+    for study in json.loads((out / "report.json").read_text())["results"]:
+        assert study["method_constructors"]
+        assert not any(" object at 0x" in m for m in study["method_constructors"])
+
+
+def test_an_unwritable_out_is_refused_before_any_study_runs(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ran = []
+    monkeypatch.setattr(suite, "run_cases", lambda *a, **k: ran.append(1) or [])
+    assert main(["validate", "--quick", "--only", "V5-stiff-heat/KSL", "--out", str(blocker)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert not ran
+
+
+def test_the_closing_summary_names_the_figure_files(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report"
+    assert main(["validate", "--quick", "--only", "V5-stiff-heat/KSL", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["figures"]
+    for name in report["figures"]:
+        assert str(out / name) in text
+        assert (out / name).is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_an_interrupted_report_leaves_the_previous_one(tmp_path, monkeypatch):
+    from lowrank_integrators.verify import report as report_module
+
+    out = tmp_path / "report"
+    args = ["validate", "--quick", "--only", "V5-stiff-heat/KSL", "--out", str(out)]
+    assert main([*args, "--no-progress", "--no-figures"]) == 0
+    before = (out / "report.json").read_bytes()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.json, "dumps", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--no-progress", "--no-figures"])
+    assert (out / "report.json").read_bytes() == before
