@@ -76,9 +76,10 @@ _global_choice: Any = _UNSET
 _scoped_choice: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "lowrank_integrators_thread_limit", default=_UNSET
 )
-#: Whether an enclosing entry point of the library has already applied its limit.
-_active: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "lowrank_integrators_threads_active", default=False
+#: The limit an enclosing entry point (or :func:`thread_limit` block) applied, and whether it
+#: covered PyTorch; ``None`` outside any.
+_active: contextvars.ContextVar[tuple[int | None, bool] | None] = contextvars.ContextVar(
+    "lowrank_integrators_threads_active", default=None
 )
 
 _controller_lock = threading.Lock()
@@ -151,19 +152,34 @@ def _get_controller() -> Any:
 
 
 @contextlib.contextmanager
-def _apply(limit: int | None, torch: bool) -> Iterator[None]:
-    if limit is None:
+def _limit_torch(limit: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``limit`` (torch is imported), restored afterwards."""
+    torch_module = sys.modules["torch"]
+    before = torch_module.get_num_threads()
+    if before == limit:
         yield
         return
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_get_controller().limit(limits=limit))
-        torch_module = sys.modules.get("torch") if torch else None
-        if torch_module is not None:
-            before = torch_module.get_num_threads()
-            if before != limit:
-                torch_module.set_num_threads(limit)
-                stack.callback(torch_module.set_num_threads, before)
+    torch_module.set_num_threads(limit)
+    try:
         yield
+    finally:
+        torch_module.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _apply(limit: int | None, torch: bool) -> Iterator[None]:
+    """Apply ``limit`` (``None``: nothing) and mark the block as limited."""
+    torch_now = torch and limit is not None and "torch" in sys.modules
+    token = _active.set((limit, torch_now))
+    try:
+        with contextlib.ExitStack() as stack:
+            if limit is not None:
+                stack.enter_context(_get_controller().limit(limits=limit))
+            if torch_now:
+                stack.enter_context(_limit_torch(limit))
+            yield
+    finally:
+        _active.reset(token)
 
 
 @contextlib.contextmanager
@@ -185,12 +201,10 @@ def thread_limit(limit: int | None) -> Iterator[None]:
     """
     limit = _check_limit(limit)
     token = _scoped_choice.set(limit)
-    active = _active.set(True)
     try:
         with _apply(limit, torch=True):
             yield
     finally:
-        _active.reset(active)
         _scoped_choice.reset(token)
 
 
@@ -198,20 +212,26 @@ def thread_limit(limit: int | None) -> Iterator[None]:
 def limit_threads(*, torch: bool = False) -> Iterator[None]:
     """The limit of a library entry point: :func:`current_limit` threads for the block.
 
-    A no-op inside another entry point or a :func:`thread_limit` block, and when the user
-    opted out. ``torch=True`` also sets PyTorch's intra-op threads (when torch is imported)
-    and restores them afterwards.
+    A no-op inside another entry point or a :func:`thread_limit` block (which already chose),
+    and when the user opted out. ``torch=True`` also sets PyTorch's intra-op threads (when
+    torch is imported) and restores them afterwards, also inside an enclosing block that
+    did not cover PyTorch.
     """
-    if _active.get():
-        yield
-        return
-    limit = current_limit()
-    token = _active.set(True)
-    try:
-        with _apply(limit, torch=torch):
+    outer = _active.get()
+    if outer is None:
+        with _apply(current_limit(), torch=torch):
             yield
-    finally:
-        _active.reset(token)
+        return
+    limit, torch_done = outer
+    if torch and not torch_done and limit is not None and "torch" in sys.modules:
+        token = _active.set((limit, True))
+        try:
+            with _limit_torch(limit):
+                yield
+        finally:
+            _active.reset(token)
+        return
+    yield
 
 
 def limited(func: F | None = None, *, torch: bool = False) -> Any:

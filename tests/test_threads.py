@@ -124,3 +124,15 @@ def test_torch_threads_are_limited_inside_and_restored_after():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_torch_entry_point_inside_a_numpy_one_limits_torch_too():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads.limit_threads(), threads.limit_threads(torch=True):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
