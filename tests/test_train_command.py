@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -208,3 +209,31 @@ def test_evaluate_of_a_missing_model_exits_2(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_in_an_unwritable_folder_exits_2_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # the folder refuses new files, even for root
+        if dir is not None and pathlib.Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    started = []
+    monkeypatch.setattr(
+        "lowrank_integrators.training.experiment.load_dataset",
+        lambda *a, **k: started.append(1),
+    )
+    code = main(
+        ["train", *SMALL, "--out", str(tmp_path / "run"), "--checkpoint", str(locked / "m.npz")]
+    )
+    assert code == 2
+    assert "--checkpoint: cannot write into" in capsys.readouterr().err
+    assert not started
