@@ -25,6 +25,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+# The examples run in this process. Their factor operations are small, and several BLAS threads
+# spinning against each other make them many times slower on small machines: one thread, as in
+# the validation suite, unless the environment chooses (OPENBLAS_NUM_THREADS and friends).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+if not any(v in os.environ for v in _THREAD_VARIABLES):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        # a limit reaches the libraries loaded so far: load SciPy's and scikit-learn's first
+        import scipy.linalg  # noqa: F401
+
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            pass
+        threadpool_limits(limits=1)
+
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
@@ -35,7 +54,7 @@ import lowrank_integrators  # noqa: E402
 
 project = "lowrank_integrators"
 author = "The lowrank_integrators authors"
-copyright = "the lowrank_integrators authors"  # noqa: A001
+copyright = "the lowrank_integrators authors"
 release = lowrank_integrators.__version__
 version = release
 
@@ -131,8 +150,7 @@ GROUPS = [
     Group(
         "state",
         "State and factors",
-        "The factored states the integrators move: rank-r matrices ``U S V^H`` and Tucker "
-        "tensors.",
+        "The factored states the integrators move: rank-r matrices ``U S V^H`` and Tucker tensors.",
         ("lowrank_integrators.factors", "lowrank_integrators.tucker"),
     ),
     Group(
@@ -178,6 +196,11 @@ GROUPS = [
             "lowrank_integrators.diagnostics",
             "lowrank_integrators.verify",
             "lowrank_integrators.validation",
+            # the reference problems, each with its source and what theory predicts
+            *(
+                m.__name__
+                for m in importlib.import_module("lowrank_integrators.validation").PROBLEM_MODULES
+            ),
         ),
     ),
     Group(
@@ -325,13 +348,13 @@ OPTIONAL_PAGES = ("torch",)
 OPTIONAL_MARKER = "<!-- optional-pages -->"
 
 
-def _add_optional_pages(app, docname, source):  # noqa: ANN001
+def _add_optional_pages(app, docname, source):
     if docname != root_doc:
         return
     present = [p for p in OPTIONAL_PAGES if (DOCS / f"{p}.md").exists()]
     source[0] = source[0].replace(OPTIONAL_MARKER, "\n".join(present))
 
 
-def setup(app):  # noqa: ANN001, ANN201
+def setup(app):
     app.connect("source-read", _add_optional_pages)
     os.environ.setdefault("MPLBACKEND", "Agg")
