@@ -15,6 +15,7 @@ reference cannot silently fall behind ``__all__``. The torch group lists the ``_
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -144,6 +145,8 @@ class Group:
     #: ``namespace -> short names`` in the order of the namespaces' ``__all__``.
     names: dict[str, list[str]] = field(default_factory=dict)
     note: str = ""
+    #: Modules declared as link targets only (their import needs what this build lacks).
+    targets: tuple[str, ...] = ()
 
 
 GROUPS = [
@@ -223,7 +226,7 @@ GROUPS = [
 #: Public namespaces whose ``__all__`` the reference covers; a module listed in an ``__all__``
 #: is expanded into its own ``__all__``.
 NAMESPACES = ("lowrank_integrators", "lowrank_integrators.training", "lowrank_integrators.verify")
-#: Where the torch names live: the dedicated package if present, else the training adapter.
+#: Where torch names may live; every one present is documented.
 TORCH_NAMESPACES = ("lowrank_integrators.torch", "lowrank_integrators.training.torch_adapter")
 
 
@@ -250,17 +253,21 @@ def _public_names(namespace: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def _torch_namespace() -> tuple[str | None, str]:
-    """The torch namespace to document, or ``None`` and the reason it is absent."""
+def _torch_namespaces() -> list[tuple[str, bool]]:
+    """The torch namespaces of this version and whether each imports (torch installed)."""
+    found = []
     for namespace in TORCH_NAMESPACES:
+        if importlib.util.find_spec(namespace) is None:
+            continue
         try:
             importlib.import_module(namespace)
         except ModuleNotFoundError as exc:
-            if exc.name == "torch":
-                return None, "torch is not installed in this build"
-            continue
-        return namespace, ""
-    return None, "this version has no torch module"
+            if (exc.name or "").split(".")[0] != "torch":
+                raise
+            found.append((namespace, False))
+        else:
+            found.append((namespace, True))
+    return found
 
 
 def _add(group: Group, namespace: str, name: str) -> None:
@@ -279,17 +286,22 @@ def _collect() -> None:
             if hasattr(importlib.import_module(ns), name):
                 _add(group, ns, name)
     torch_group = GROUPS[-1]
-    namespace, reason = _torch_namespace()
-    if namespace is None:
+    found = _torch_namespaces()
+    if not found:
+        torch_group.note = "This version has no torch module."
+    for namespace, importable in found:
+        if importable:
+            torch_group.described += (namespace,)
+            for ns, name, _ in _public_names(namespace):
+                _add(torch_group, ns, name)
+        else:
+            torch_group.targets += (namespace,)
+            print(f"docs: torch is not installed; the API reference lists no names of {namespace}")
+    if torch_group.targets:
         torch_group.note = (
-            f"No entries in this build: {reason}. Install the extra "
-            '(``pip install ".[torch]"``) and rebuild to document these names.'
+            "Not listed here: torch was not installed where this site was built. Install the "
+            'extra (``pip install ".[torch]"``) and rebuild to document these names.'
         )
-        print(f"docs: the torch group of the API reference is empty ({reason})")
-    else:
-        torch_group.described = (namespace,)
-        for ns, name, _ in _public_names(namespace):
-            _add(torch_group, ns, name)
 
 
 def _autosummary(namespace: str, names: list[str]) -> str:
@@ -304,6 +316,8 @@ def _group_page(g: Group) -> str:
     body = f"{g.title}\n{'=' * len(g.title)}\n\n{g.intro}\n\n"
     if g.note:
         body += f".. note::\n\n   {g.note}\n\n"
+    for target in g.targets:
+        body += f".. py:module:: {target}\n\n"
     namespaces = list(dict.fromkeys([*g.names, *g.described]))
     for ns in namespaces:
         if len(namespaces) > 1 or ns in g.described:
@@ -329,6 +343,12 @@ def _write_api() -> None:
     _write_if_changed(api / "index.rst", index)
     for g in GROUPS:
         _write_if_changed(api / f"{g.slug}.rst", _group_page(g))
+    # pages of names no longer public (or of torch in an earlier build with it) would be
+    # orphans, which -W turns into errors
+    current = {f"{ns}.{name}" for g in GROUPS for ns, names in g.names.items() for name in names}
+    for stale in (api / "generated").glob("*.rst"):
+        if stale.stem not in current:
+            stale.unlink()
 
 
 def _write_if_changed(path: Path, text: str) -> None:
