@@ -22,7 +22,9 @@ FILES = [f for f in FILES if "_build" not in f.parts]
 
 PYTHON = {"python", "py", "python3", "py3", "ipython", "ipython3"}
 SESSION = {"pycon"}
-NOT_PYTHON = {"bash", "sh", "console", "shell", "text", "toml", "json", "yaml", "ini", "{toctree}"}
+NOT_PYTHON = {"bash", "sh", "console", "shell", "text", "toml", "json", "yaml", "ini"}
+# MyST directives that hold no Python
+NOT_PYTHON |= {"{toctree}", "{eval-rst}", "{note}", "{admonition}"}
 DIRECTIVES = {"{code-block}", "{code-cell}", "{code}"}
 
 # An opening fence: three or more backticks, then the info string; the block ends at the
@@ -96,3 +98,33 @@ def test_readme_has_the_two_quick_start_commands():
         assert marker in text
         block = text.split(marker, 1)[1].split("```", 2)[1]
         assert len(block.strip().splitlines()) == 2  # "bash" and one command line
+
+
+def _public_modules():
+    import pkgutil
+
+    import lowrank_integrators
+
+    names = ["lowrank_integrators"]
+    for info in pkgutil.walk_packages(lowrank_integrators.__path__, "lowrank_integrators."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("module_name", _public_modules())
+def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
+    """The ``Examples`` sections that the API reference shows give the output they show."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("torch", "cupy", "dask"):
+            pytest.skip(f"{exc.name} is not installed")
+        raise
+    monkeypatch.chdir(tmp_path)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in finder.find(module, module_name):
+        if test.examples and test.name.startswith(module_name):
+            runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
