@@ -111,7 +111,8 @@ class SubstepSolver(ABC):
 
     #: Order of the solver on smooth problems (for documentation and validation).
     order: int = 0
-    #: Whether :meth:`integrate` accepts a :class:`FactoredStart` as ``X0``.
+    #: Whether :meth:`integrate` accepts a :class:`~lowrank_integrators.substeps.FactoredStart`
+    #: as ``X0``.
     accepts_factored_start: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:

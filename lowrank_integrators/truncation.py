@@ -58,8 +58,9 @@ def tail_norms(sigma: np.ndarray, kind: str = "frobenius") -> np.ndarray:
     """Tails ``tail[j]`` of the singular values beyond the first ``j``, for ``j = 0..p``.
 
     ``kind="frobenius"`` gives ``(sum_{i>j} sigma_i^2)^(1/2)`` (the rule of CKL22);
-    ``kind="sum"`` gives ``sum_{i>j} sigma_i``, the stricter criterion found in the authors'
-    Matlab/Julia codes. ``tail[p] = 0`` and the smallest singular value is always included.
+    ``kind="sum"`` gives ``sum_{i>j} sigma_i``, the stricter tail computed in the authors'
+    Matlab/Julia codes (which also keep one more value: ``Tolerance(keep_one_more=True)``).
+    ``tail[p] = 0`` and the smallest singular value is always included.
     """
     s = np.asarray(sigma, dtype=float)
     if kind == "frobenius":
@@ -163,7 +164,17 @@ class Tolerance(TruncationRule):
 
     The new rank is the smallest ``r1 >= 0`` with ``tail(r1) <= tau``, clamped to
     ``[rmin, min(rmax, p)]``, where ``tau = theta``, times ``||sigma||_2`` if ``relative``, times
-    ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the number given).
+    ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the number given). With
+    ``keep_one_more`` it is ``min(j + 1, p)`` instead, ``j`` the smallest rank with
+    ``tail(j) < tau`` (``p`` if there is none), before the same clamps.
+
+    The rule of Ceruti, Kusch, Lubich (2022, arXiv:2104.05247) is the default (Frobenius tail,
+    smallest rank). The authors' Matlab/Julia codes (CKL22, the parallel BUG of Ceruti, Kusch,
+    Lubich 2024, arXiv:2304.05660, Kusch 2024, arXiv:2403.02834) differ in two ways: they sum
+    the discarded singular values, and their loop keeps the first value whose tail is below
+    ``tau`` as well, one more than the smallest rank that meets the criterion. Only both
+    together, ``Tolerance(theta, tail="sum", keep_one_more=True)``, reproduce their truncation;
+    ``tail="sum"`` alone does not.
 
     Parameters
     ----------
@@ -181,7 +192,20 @@ class Tolerance(TruncationRule):
         Clamps on the new rank (``rmax=None``: no upper clamp besides ``p``).
     tail : {"frobenius", "sum"}
         ``"frobenius"`` is the rule of Ceruti-Kusch-Lubich (2022); ``"sum"`` compares the sum
-        of the discarded singular values, as the authors' Matlab/Julia codes do.
+        of the discarded singular values (the tail the authors' Matlab/Julia codes compute).
+    keep_one_more : bool, default False
+        Keep one singular value beyond the smallest rank whose tail is strictly below ``tau``,
+        as the authors' codes do; with ``tail="sum"`` this is their truncation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_integrators as lri
+    >>> sigma = np.array([1.0, 0.1, 0.01, 0.001])
+    >>> lri.Tolerance(0.05).select_rank(sigma, h=1.0)  # Frobenius tail, smallest rank
+    2
+    >>> lri.Tolerance(0.05, tail="sum", keep_one_more=True).select_rank(sigma, h=1.0)
+    3
     """
 
     def __init__(
@@ -193,6 +217,7 @@ class Tolerance(TruncationRule):
         rmax: int | None = None,
         *,
         tail: str = "frobenius",
+        keep_one_more: bool = False,
     ) -> None:
         if isinstance(theta, bool) or not isinstance(theta, (int, float, np.floating)):
             raise TypeError(f"theta must be a real number, got {type(theta).__name__}")
@@ -214,6 +239,8 @@ class Tolerance(TruncationRule):
                 raise ValueError(f"rmax = {rmax} must be >= rmin = {rmin}")
         if tail not in ("frobenius", "sum"):
             raise ValueError(f"tail must be 'frobenius' or 'sum', got {tail!r}")
+        if not isinstance(keep_one_more, bool):
+            raise TypeError(f"keep_one_more must be a bool, got {type(keep_one_more).__name__}")
         self.theta = theta
         self.relative = bool(relative)
         self.scale_with_h = scale_with_h
@@ -221,6 +248,7 @@ class Tolerance(TruncationRule):
         self.rmin = int(rmin)
         self.rmax = None if rmax is None else int(rmax)
         self.tail = tail
+        self.keep_one_more = keep_one_more
 
     def tolerance(self, sigma: np.ndarray, h: float) -> float:
         tau = self.theta
@@ -235,14 +263,19 @@ class Tolerance(TruncationRule):
         tails = tail_norms(sigma, self.tail)
         tau = self.tolerance(sigma, h)
         # tails is non-increasing, so the first index at or below tau is the smallest rank.
-        r1 = int(np.argmax(tails <= tau))
+        if self.keep_one_more:
+            below = tails < tau
+            r1 = min(int(np.argmax(below)) + 1, p) if below.any() else p
+        else:
+            r1 = int(np.argmax(tails <= tau))
         upper = p if self.rmax is None else min(self.rmax, p)
         return max(min(r1, upper), min(self.rmin, upper))
 
     def __repr__(self) -> str:
         return (
             f"Tolerance({self.theta!r}, relative={self.relative}, scale_with_h="
-            f"{self.scale_with_h!r}, rmin={self.rmin}, rmax={self.rmax}, tail={self.tail!r})"
+            f"{self.scale_with_h!r}, rmin={self.rmin}, rmax={self.rmax}, tail={self.tail!r}"
+            + (", keep_one_more=True)" if self.keep_one_more else ")")
         )
 
 

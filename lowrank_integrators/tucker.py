@@ -150,7 +150,7 @@ def _check_mode(mode: Any, d: int) -> None:
 
 
 class TuckerTensor:
-    r"""A tensor in Tucker format ``Y = C x_1 U_1 ... x_d U_d``.
+    r"""A tensor in Tucker format ``Y = C x_1 U_1 x_2 ⋯ x_d U_d``.
 
     Parameters
     ----------

@@ -11,8 +11,9 @@ substep).
 
 Semantics of one training step
 ------------------------------
-The network's weights are ``W_1, ..., W_L`` (low-rank layers, each a :class:`LowRankMatrix`)
-and a list of other parameters (dense weights, biases, factors of a vanilla ``U V^T`` layer).
+The network's weights are ``W_1, ..., W_L`` (low-rank layers, each a
+:class:`~lowrank_integrators.LowRankMatrix`) and a list of other parameters (dense weights,
+biases, factors of a vanilla ``U V^T`` layer).
 One step with learning rate ``lr`` on one minibatch:
 
 1. One forward/backward pass at the current point ``(W_1, ..., W_L, params)`` gives the loss
@@ -109,7 +110,7 @@ class TrainState:
     params : tuple of arrays
         The other parameters.
     optimizer : dict
-        The optimizer's state (see :mod:`lowrank_integrators.training.optimizers`).
+        The optimizer's state (see :class:`Optimizer`).
     step : int
         Number of steps taken.
     """
@@ -327,8 +328,8 @@ class LowRankTraining:
         rmax=...), substep=Euler())`` is DLRT.
     gradient : callable
         ``gradient(weights, params, batch) -> GradientPass``: one forward/backward pass at the
-        given point (a sequence of :class:`LowRankMatrix`, one per low-rank layer, whose
-        factors need not be orthonormal, and the other parameters) on ``batch``.
+        given point (a sequence of :class:`~lowrank_integrators.LowRankMatrix`, one per low-rank
+        layer, whose factors need not be orthonormal, and the other parameters) on ``batch``.
     optimizer : Optimizer, optional
         :class:`SGD` (default, the gradient flow), :class:`HeavyBall` or :class:`Adam`.
 

@@ -68,7 +68,7 @@ def load_dataset(
     dtype : float32 or float64
         Dtype of the features.
     path : path, optional
-        Directory of the Fashion-MNIST IDX files (default :data:`FASHION_MNIST_DIR`).
+        Directory of the Fashion-MNIST IDX files (default ``FASHION_MNIST_DIR``).
 
     Raises
     ------

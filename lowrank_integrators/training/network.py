@@ -4,8 +4,8 @@ Layers compute ``z = a W^T + b`` (``W`` of shape ``(n_out, n_in)``), with ReLU b
 softmax cross-entropy (mean over the batch) at the end; backpropagation is written by hand.
 Three kinds of layers share the code, so that the baselines are trained by the same program:
 
-* ``"lowrank"``: ``W = U S V^T`` held as a :class:`LowRankMatrix` and moved by a matrix
-  integrator (dynamical low-rank training, Schotthöfer et al., NeurIPS 2022,
+* ``"lowrank"``: ``W = U S V^T`` held as a :class:`~lowrank_integrators.LowRankMatrix` and moved
+  by a matrix integrator (dynamical low-rank training, Schotthöfer et al., NeurIPS 2022,
   arXiv:2205.13571). The forward pass is ``((a V) S^T) U^T`` and the pass returns the products
   ``grad(W) V = G^T (a V)``, ``grad(W)^T U = a^T (G U)`` and ``U^T grad(W) V = (G U)^T (a V)``
   with ``G = dL/dz``: ``W`` and its gradient are never formed.

@@ -89,7 +89,7 @@ class LowRankLinear(torch.nn.Module):
 
     @property
     def factors(self) -> LowRankMatrix:
-        """The weight as a :class:`LowRankMatrix` of the buffers."""
+        """The weight as a :class:`~lowrank_integrators.LowRankMatrix` of the buffers."""
         return LowRankMatrix(self.U, self.S, self.V, check=False)
 
     def set_factors(self, W: LowRankMatrix) -> None:

@@ -2,7 +2,7 @@
 
 Every module cites its source, builds its
 problem from seeded random data (``numpy.random.default_rng``) and exposes
-``cases(methods, quick) -> list[Case]`` for :mod:`lowrank_integrators.verify.suite`.
+``cases(methods, quick) -> list[Case]`` for ``lowrank_integrators.verify.suite``.
 """
 
 from . import (

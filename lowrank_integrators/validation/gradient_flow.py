@@ -14,7 +14,7 @@ no rank-5 iterate can go below it.
 Theory: ``grad L`` is 1-Lipschitz. For ``lambda <= 1`` the rank-adaptive BUG (DLRT) does not
 increase the loss at any step up to its truncation (asserted, each step allowed
 ``tail (||grad L|| + 3/2 tail)`` from its recorded truncation tail, see
-:func:`~lowrank_integrators.verify.descent.truncation_slack`); for the other methods
+``lowrank_integrators.verify.descent.truncation_slack``); for the other methods
 descent was observed but is not proved (reported). At ``lambda = 1`` and ``0.5`` the
 iterates converge to ``A_r`` and ``L -> L*`` (asserted for all methods: at ``lambda = 1`` the
 fixed-rank BUG is block power iteration). At ``lambda = 1.5 > 1 / Lip`` nothing is asserted.

@@ -8,7 +8,7 @@ arXiv:2010.02022, warns about dissipative problems); ``A = tridiag(1, -2, 1) / d
 Reference (exact): ``e^{T A} Y0 e^{T A}``.
 
 Substeps are solved exactly: each is a Sylvester ODE ``X' = A1 X + X A2`` with
-``X(t1) = e^{h A1} X(t0) e^{h A2}`` (:class:`ExactSylvesterSubstep`), so no explicit solver has
+``X(t1) = e^{h A1} X(t0) e^{h A2}`` (``ExactSylvesterSubstep``), so no explicit solver has
 to resolve the stiffness.
 
 Theory: projector splitting is exact on this Sylvester field (checked). The constants of the robust

@@ -132,7 +132,7 @@ def asymptotic_prefix(
     ----------
     h, errors : sequences of float
         Step sizes in decreasing order and their errors.
-    min_order : float, default :data:`STAGNATION_ORDER`
+    min_order : float, default ``STAGNATION_ORDER``
         A point ends the prefix when ``log(e_prev / e) / log(h_prev / h) < min_order``
         (or its error is not finite and positive); it and all later points are dropped.
 
@@ -177,8 +177,8 @@ def convergence_study(
 
     The order is fitted on the asymptotic part of the sweep: errors at or below ``floor``
     are dropped, and so is every error from the first one that stagnates on
-    (:func:`asymptotic_prefix`, local order below :data:`STAGNATION_ORDER`). An asserted
-    order needs at least :data:`MIN_FIT_POINTS` fitted points; fewer fails the check.
+    (:func:`asymptotic_prefix`, local order below ``STAGNATION_ORDER``). An asserted
+    order needs at least ``MIN_FIT_POINTS`` fitted points; fewer fails the check.
 
     Parameters
     ----------

@@ -52,7 +52,7 @@ def descent_check(
         Round-off allowance, the same for every step.
     step_slack : sequence of float, optional
         Per-step allowance (one per step, ``len(losses) - 1`` values), e.g. the increase a
-        truncation may cause (:func:`truncation_slack`). The measured value is then
+        truncation may cause (``truncation_slack``). The measured value is then
         ``max_k (L_{k+1} - L_k - step_slack_k)``.
     """
     if not slack >= 0:
@@ -116,7 +116,7 @@ def descent_study(
         ``False`` reports the distance to the target without asserting it.
     grad_norm : callable ``Y -> float``, optional
         ``||grad L(Y)||``. With it, each step may raise the loss by the
-        :func:`truncation_slack` of its recorded truncation tail (descent holds only up to the
+        ``truncation_slack`` of its recorded truncation tail (descent holds only up to the
         truncation, Ceruti, Kusch, Lubich 2022); without it, or for steps with no truncation
         record, the allowance is 0.
     lipschitz : float, default 1
