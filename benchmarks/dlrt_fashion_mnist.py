@@ -13,9 +13,9 @@ network 784-500-500-500-500-10 with a dense last layer:
 Results go to a JSON file, rewritten after every run, and a table is printed. Needs the Debian
 package ``dataset-fashion-mnist``. Example::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study compression \
+    python benchmarks/dlrt_fashion_mnist.py --study compression \
         --epochs 5 --out benchmarks/results/dlrt_fashion_mnist_compression.json
-    OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study init \
+    python benchmarks/dlrt_fashion_mnist.py --study init \
         --epochs 5 --lr 0.2 --out benchmarks/results/dlrt_fashion_mnist_init.json
 """
 

@@ -7,7 +7,7 @@ dense training. Left: test accuracy against the compression rate ``1 - params / 
 of the network evaluated (filled) and trained (open); right: the ranks of the low-rank layers at
 the end of training. Reads the JSON files of ``benchmarks/dlrt_fashion_mnist.py``::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study compression \\
+    python benchmarks/dlrt_fashion_mnist.py --study compression \\
         --epochs 5 --rank0 100 --out benchmarks/results/dlrt_fashion_mnist_compression_rank100.json
     python paper_figures/dlrt_compression.py --report benchmarks/results \\
         --out dlrt_compression.png
@@ -25,7 +25,7 @@ from _common import DEFAULT_RESULTS, MissingInputError, load_json, new_figure, p
 
 PATTERN = "dlrt_fashion_mnist_compression*.json"
 COMMAND = (
-    "OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study compression "
+    "python benchmarks/dlrt_fashion_mnist.py --study compression "
     "--epochs 5 --rank0 100 --out {out}"
 )
 TAU_COLORS = {0.05: "tab:blue", 0.1: "tab:orange", 0.15: "tab:green"}

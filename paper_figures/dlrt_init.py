@@ -8,7 +8,7 @@ and ``V``, with the same learning rate and epochs. The panels show the test accu
 a table of the final numbers is drawn beside them and printed. Reads the JSON file of
 ``benchmarks/dlrt_fashion_mnist.py``::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study init \\
+    python benchmarks/dlrt_fashion_mnist.py --study init \\
         --epochs 5 --lr 0.2 --out benchmarks/results/dlrt_fashion_mnist_init.json
     python paper_figures/dlrt_init.py --report benchmarks/results --out dlrt_init.png
 """
@@ -25,7 +25,7 @@ from _common import DEFAULT_RESULTS, load_json, new_figure, parse_args, save
 
 FILE = "dlrt_fashion_mnist_init.json"
 COMMAND = (
-    "OPENBLAS_NUM_THREADS=1 python benchmarks/dlrt_fashion_mnist.py --study init "
+    "python benchmarks/dlrt_fashion_mnist.py --study init "
     "--epochs 5 --lr 0.2 --out {out}"
 )
 
