@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import _backend as bk
+from ._checks import check_product
 
 __all__ = [
     "RK4",
@@ -106,7 +107,8 @@ class SubstepSolver(ABC):
     """Base class of substep solvers.
 
     Subclasses implement :meth:`integrate`; ``__call__`` first uses the exact increment of a
-    state-independent right-hand side when the ODE offers one.
+    state-independent right-hand side when the ODE offers one, and checks that the result has
+    the shape of the start value and a dtype that casts safely into its dtype.
     """
 
     #: Order of the solver on smooth problems (for documentation and validation).
@@ -115,12 +117,16 @@ class SubstepSolver(ABC):
     accepts_factored_start: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
+        shape = tuple(X0.shape)
+        dtype = X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
         inc = ode.increment(t0, t1)
         if inc is not None:
+            inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
         if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
             X0 = X0.to_array()
-        return self.integrate(ode.rhs, t0, t1, X0)
+        out = self.integrate(ode.rhs, t0, t1, X0)
+        return check_product(f"the substep solver {self!r}", out, shape, dtype)
 
     @abstractmethod
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
