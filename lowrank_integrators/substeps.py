@@ -19,6 +19,7 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -172,11 +173,11 @@ class RK4(SubstepSolver):
     accepts_factored_start = True
 
     def __init__(self, steps: int = 1) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise TypeError(f"steps must be an int, got {type(steps).__name__}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = int(steps)
 
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
         dt = (t1 - t0) / self.steps

@@ -19,6 +19,7 @@ low-rank approximation. BIT 62, 1149-1174. arXiv:2104.05247 (the truncation rule
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ class FixedRank(TruncationRule):
                 raise ValueError("rank must not be an empty sequence")
             for r in ranks:
                 _check_positive_int("rank", r)
-            self.rank: int | tuple[int, ...] = ranks
+            self.rank: int | tuple[int, ...] = tuple(int(r) for r in ranks)
         else:
             _check_positive_int("rank", rank)
             self.rank = int(rank)
@@ -221,18 +222,22 @@ class Tolerance(TruncationRule):
         *,
         tail: str = "frobenius",
     ) -> None:
-        if isinstance(theta, bool) or not isinstance(theta, (int, float, np.floating)):
+        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
             raise TypeError(f"theta must be a real number, got {type(theta).__name__}")
         theta = float(theta)
         if not math.isfinite(theta) or theta < 0:
             raise ValueError(f"theta must be a finite non-negative number, got {theta}")
-        if isinstance(scale_with_h, bool):
+        if isinstance(scale_with_h, (bool, np.bool_)):
             power = 1.0 if scale_with_h else 0.0
-        elif isinstance(scale_with_h, (int, float)) and scale_with_h > 0:
+        elif (
+            isinstance(scale_with_h, numbers.Real)
+            and math.isfinite(scale_with_h)
+            and scale_with_h > 0
+        ):
             power = float(scale_with_h)
         else:
             raise ValueError(
-                f"scale_with_h must be a bool or a positive power of h, got {scale_with_h!r}"
+                f"scale_with_h must be a bool or a finite positive power of h, got {scale_with_h!r}"
             )
         _check_positive_int("rmin", rmin)
         if rmax is not None:
@@ -243,6 +248,8 @@ class Tolerance(TruncationRule):
             raise ValueError(f"tail must be 'frobenius' or 'sum', got {tail!r}")
         self.theta = theta
         self.relative = bool(relative)
+        if isinstance(scale_with_h, np.generic):
+            scale_with_h = scale_with_h.item()  # numpy scalars: the equal Python number
         self.scale_with_h = scale_with_h
         self._power = power
         self.rmin = int(rmin)
@@ -274,7 +281,7 @@ class Tolerance(TruncationRule):
 
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1 (a low-rank state has rank >= 1), got {value}")

@@ -28,7 +28,7 @@ steps = st.floats(1e-4, 10.0, allow_nan=False)
 
 
 @SETTINGS
-@given(starts, steps, st.floats(0.5, 3000.0))
+@given(starts, steps, st.one_of(st.integers(1, 50).map(float), st.floats(0.5, 3000.0)))
 def test_every_step_is_positive_and_the_last_ends_exactly_at_t1(t0, h, n_steps):
     t1 = t0 + n_steps * h
     assume(t1 > t0 and (t1 - t0) / h <= 5000)

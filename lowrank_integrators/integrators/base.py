@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import _backend as bk
-from .._checks import check_product
+from .._checks import check_matrix_start, check_product
 from ..factors import LowRankMatrix
 from ..problems import MatrixODE
 from ..substeps import FactoredStart, SubstepSolver, as_substep
-from ..truncation import TruncationRecord, TruncationRule
+from ..truncation import FixedRank, TruncationRecord, TruncationRule
 
 __all__ = [
     "AdaptiveIntegrator",
@@ -267,12 +267,8 @@ class Integrator(ABC):
         self.substep = as_substep(substep)
 
     def init(self, problem: MatrixODE, Y0: LowRankMatrix, t0: float) -> State:
-        """Initial state at ``t0``; validates ``Y0``."""
-        if not isinstance(Y0, LowRankMatrix):
-            raise TypeError(
-                f"Y0 must be a LowRankMatrix, got {type(Y0).__name__}; use "
-                "LowRankMatrix.from_dense(A, rank=r) for a dense initial value"
-            )
+        """Initial state at ``t0``; validates ``problem`` and ``Y0`` before any step."""
+        check_matrix_start(self, problem, Y0, t0)
         return State(Y=Y0, t=float(t0))
 
     @abstractmethod
@@ -322,6 +318,11 @@ class AdaptiveIntegrator(Integrator):
             raise TypeError(
                 "truncation must be a TruncationRule such as FixedRank(r) or Tolerance(theta), "
                 f"got {type(truncation).__name__}"
+            )
+        if isinstance(truncation, FixedRank) and isinstance(truncation.rank, tuple):
+            raise ValueError(
+                "truncation must give one rank for a matrix integrator, got per-mode ranks "
+                f"{truncation.rank} (those are for Tucker integrators)"
             )
         self.truncation = truncation
 

@@ -64,6 +64,7 @@ truncated. (``U_hat0`` is again a Q factor, and ``Y0`` is written in it through 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -132,15 +133,10 @@ class ParallelBUG(AdaptiveIntegrator):
             raise TypeError(f"reject must be a bool, got {type(reject).__name__}")
         if isinstance(order, bool) or order not in (1, 2):
             raise ValueError(f"order must be 1 (first order) or 2 (Kusch 2024), got {order!r}")
-        if isinstance(c_eta, bool) or not isinstance(c_eta, (int, float)):
+        if isinstance(c_eta, bool) or not isinstance(c_eta, numbers.Real):
             raise TypeError(f"c_eta must be a positive number, got {type(c_eta).__name__}")
         if not (math.isfinite(c_eta) and c_eta > 0):
             raise ValueError(f"c_eta must be a finite number > 0, got {c_eta}")
-        if isinstance(truncation, FixedRank) and isinstance(truncation.rank, tuple):
-            raise ValueError(
-                "truncation must give one rank for a matrix integrator, got per-mode ranks "
-                f"{truncation.rank}"
-            )
         self.reject = reject
         self.order = order
         self.c_eta = float(c_eta)
