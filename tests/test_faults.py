@@ -178,6 +178,46 @@ def test_a_non_finite_tensor_field_ends_the_run_as_failed(rng, name, bad):
     assert np.isfinite(sol.Y.core).all() and all(np.isfinite(U).all() for U in sol.Y.factors)
 
 
+# --- non-finite gradients in training ---------------------------------------------------------
+
+
+class PoisonedPass:
+    """A gradient pass with a finite loss whose core products hold ``bad``."""
+
+    def __init__(self, G, bad):
+        self.loss, self.param_grads, self.G, self.bad = 1.0, [], G, bad
+
+    def right(self, layer, V):
+        return self.G @ V
+
+    def left(self, layer, U):
+        return self.G.T @ U
+
+    def project(self, layer, U, V):
+        P = U.T @ self.G @ V
+        P[0, 0] = self.bad
+        return P
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", ["augmented_bug", "midpoint_bug", "parallel_bug", "bug"])
+def test_a_non_finite_gradient_in_training_is_divergence_and_keeps_the_state(rng, name, bad):
+    from lowrank_integrators.training import LowRankTraining, TrainingDiverged
+
+    method = {
+        "augmented_bug": lri.AugmentedBUG(lri.Tolerance(0.1, relative=True), substep=lri.Euler()),
+        "midpoint_bug": lri.MidpointBUG(lri.Tolerance(0.1, relative=True), substep=lri.Euler()),
+        "parallel_bug": lri.ParallelBUG(lri.Tolerance(0.1, relative=True), substep=lri.Euler()),
+        "bug": lri.BUG(substep=lri.Euler()),
+    }[name]
+    G = rng.standard_normal((10, 10))
+    client = LowRankTraining(method, lambda W, P, batch: PoisonedPass(G, bad))
+    state = client.init([start(rng)])
+    with pytest.raises(TrainingDiverged, match="step 0"), np.errstate(all="ignore"):
+        client.step(state, None, 0.1)
+    assert all(np.isfinite(a).all() for a in state.weights[0])
+
+
 # --- a problem that raises --------------------------------------------------------------------
 
 
