@@ -18,7 +18,7 @@ Examples
 ('success', 5)
 """
 
-from . import diagnostics
+from . import diagnostics, errors
 from .factors import LowRankMatrix
 from .integrators import (
     BUG,
@@ -74,5 +74,6 @@ __all__ = [
     "TuckerProjectorSplitting",
     "TuckerTensor",
     "diagnostics",
+    "errors",
     "solve",
 ]
