@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -330,15 +331,27 @@ def test_sigint_during_training_ends_the_run_with_keyboard_interrupt():
 # --- files the command line writes ------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+FILE_LIMIT = 64  # bytes: every file the command writes is larger
+
+
+def full_disk() -> None:
+    """In the child: writing past FILE_LIMIT bytes fails with an OSError (EFBIG), as on a
+    full disk (without the signal that would otherwise end the process)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+def run_cli(*args: str, cwd: Path, preexec_fn=None) -> subprocess.CompletedProcess:
+    """The command line in a fresh interpreter, in ``cwd`` (where default outputs go)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run(
         [sys.executable, "-m", "lowrank_integrators.cli", *args],
         capture_output=True,
         text=True,
         timeout=LIMIT_S - 10,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -358,42 +371,53 @@ def unwritable_dir(tmp_path: Path) -> Path:
     return blocker / "out"
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        pytest.param(lambda tmp: ["--json", "/dev/full"], id="json-on-a-full-disk"),
-        pytest.param(
-            lambda tmp: ["--json", str(unwritable_dir(tmp) / "s.json")], id="json-unwritable"
-        ),
-        pytest.param(
-            lambda tmp: ["--checkpoint", str(unwritable_dir(tmp))], id="checkpoint-unwritable"
-        ),
-    ],
-)
 @CLI_OUTPUT_ERRORS
-def test_train_reports_an_unwritable_output_as_an_error_not_a_traceback(tmp_path, where):
+def test_train_reports_a_full_disk_as_an_error_not_a_traceback(tmp_path):
     pytest.importorskip("sklearn")
-    if not Path("/dev/full").exists():
-        pytest.skip("no /dev/full on this system")
-    done = run_cli(*TRAIN, *where(tmp_path))
+    outputs = ["--json", str(tmp_path / "s.json"), "--checkpoint", str(tmp_path / "ckpt")]
+    done = run_cli(*TRAIN, *outputs, cwd=tmp_path, preexec_fn=full_disk)
     assert done.returncode not in (0, None)
     assert "Traceback" not in done.stderr, done.stderr
     assert "error" in done.stderr.lower()
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(lambda out: ["--json", str(out / "s.json")], id="json"),
+        pytest.param(lambda out: ["--checkpoint", str(out)], id="checkpoint"),
+    ],
+)
+@CLI_OUTPUT_ERRORS
+def test_train_reports_an_unwritable_output_as_an_error_not_a_traceback(tmp_path, where):
+    pytest.importorskip("sklearn")
+    out = unwritable_dir(tmp_path)
+    done = run_cli(*TRAIN, *where(out), cwd=tmp_path)
+    assert done.returncode not in (0, None)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(out.parent) in done.stderr
+
+
 @CLI_OUTPUT_ERRORS
 def test_validate_reports_an_unwritable_output_folder_as_an_error(tmp_path):
     out = unwritable_dir(tmp_path)
-    done = run_cli(
+    args = ["validate", "--out", str(out), "--quick", "--only", "V1-sylvester/KSL/exactness"]
+    done = run_cli(*args, "--no-figures", "--no-progress", cwd=tmp_path)
+    assert done.returncode not in (0, None)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(out.parent) in done.stderr
+
+
+@CLI_OUTPUT_ERRORS
+def test_validate_reports_a_full_disk_as_an_error(tmp_path):
+    args = [
         "validate",
         "--out",
-        str(out),
+        str(tmp_path / "r"),
         "--quick",
         "--only",
         "V1-sylvester/KSL/exactness",
-        "--no-figures",
-        "--no-progress",
-    )
+    ]
+    done = run_cli(*args, "--no-figures", "--no-progress", cwd=tmp_path, preexec_fn=full_disk)
     assert done.returncode not in (0, None)
     assert "Traceback" not in done.stderr, done.stderr
-    assert str(out) in done.stderr
