@@ -49,3 +49,12 @@ def test_a_label_outside_the_network_outputs_is_an_error_not_a_class(rng, label)
         net.gradient(weights, params, (X, y))
     with pytest.raises(ValueError, match="labels y"):
         net.loss_and_accuracy(weights, params, X, y)
+
+
+@pytest.mark.parametrize("flag", ["--n-train", "--n-test"])
+def test_the_command_line_refuses_a_negative_count_with_exit_status_2(capsys, flag):
+    pytest.importorskip("sklearn")
+    from lowrank_integrators.cli import main
+
+    assert main(["train", flag, "-5", "--epochs", "1", "--no-progress"]) == 2
+    assert f"{flag[2:].replace('-', '_')} must be between 1 and" in capsys.readouterr().err
