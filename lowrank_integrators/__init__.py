@@ -18,7 +18,7 @@ Examples
 ('success', 5)
 """
 
-from . import diagnostics, threads
+from . import diagnostics, errors, threads
 from .factors import LowRankMatrix
 from .integrators import (
     BUG,
@@ -75,6 +75,7 @@ __all__ = [
     "TuckerProjectorSplitting",
     "TuckerTensor",
     "diagnostics",
+    "errors",
     "set_thread_limit",
     "solve",
     "thread_limit",

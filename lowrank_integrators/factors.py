@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
 from . import _backend as bk
+from ._checks import check_factor_dtype
 
 __all__ = ["LowRankMatrix", "check_orthonormal", "orthonormality_tolerance"]
 
@@ -85,8 +87,7 @@ class LowRankMatrix:
             raise ValueError("give exactly one of rank= and tol=")
         m, n = A.shape
         xp = bk.namespace(A)
-        if not xp.isdtype(A.dtype, ("real floating", "complex floating")):
-            raise TypeError(f"A must have a floating dtype, got {A.dtype}")
+        check_factor_dtype("A", A)
         if not bk.all_finite(A):
             raise ValueError("A contains non-finite entries")
         P, sigma, Qh = bk.svd(A)
@@ -155,7 +156,7 @@ def _diag(xp: Any, v: Any) -> Any:
 
 
 def _check_rank(rank: Any, m: int, n: int) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int):
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank must be an int, got {type(rank).__name__}")
     if rank < 1 or rank > min(m, n):
         raise ValueError(f"rank must satisfy 1 <= rank <= min(m, n) = {min(m, n)}, got {rank}")
@@ -168,7 +169,7 @@ def _validate_factors(U: Any, S: Any, V: Any) -> None:
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got shape {tuple(X.shape)}")
     try:
-        xp = bk.namespace(U, S, V)
+        bk.namespace(U, S, V)
     except TypeError as exc:
         raise TypeError(f"U, S and V must come from one array library: {exc}") from None
     m, r = U.shape
@@ -183,8 +184,7 @@ def _validate_factors(U: Any, S: Any, V: Any) -> None:
     if r > min(m, n):
         raise ValueError(f"rank r = {r} exceeds min(m, n) = {min(m, n)}")
     for name, X in (("U", U), ("S", S), ("V", V)):
-        if not xp.isdtype(X.dtype, ("real floating", "complex floating")):
-            raise TypeError(f"{name} must have a floating dtype, got {X.dtype}")
+        check_factor_dtype(name, X)
     if not (U.dtype == S.dtype == V.dtype):
         raise TypeError(f"U, S and V must share one dtype, got {U.dtype}, {S.dtype}, {V.dtype}")
     for name, X in (("U", U), ("S", S), ("V", V)):

@@ -20,12 +20,14 @@ solvers then solve every substep exactly.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from . import _backend as bk
+from ._checks import check_product, check_same_library
 from .factors import LowRankMatrix
 
 __all__ = ["DataODE", "DenseODE", "MatrixODE", "SylvesterODE"]
@@ -71,6 +73,15 @@ class MatrixODE(ABC):
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
         """``(t, S) -> U^H F(t, U S V^H) V``: the Galerkin field for fixed orthonormal bases."""
         return lambda t, S: self.project(t, LowRankMatrix(U, S, V, check=False), U, V)
+
+    def check_state(self, Y: LowRankMatrix, t: float) -> None:
+        """Raise ``ValueError``/``TypeError`` when the problem cannot act on ``Y`` at ``t``.
+
+        Integrators call it once, before the first step, so that a size or array-library
+        mismatch is reported with the argument's name instead of failing inside a product.
+        The default accepts every ``Y``.
+        """
+        return None
 
     def evaluate_dense(self, t: float, Y: LowRankMatrix) -> Any:
         """``F(t, Y)`` as a dense ``m x n`` matrix (small problems and diagnostics only)."""
@@ -189,6 +200,15 @@ class SylvesterODE(MatrixODE):
             raise ValueError(
                 f"Y has shape {(m, n)}, but the SylvesterODE acts on ({self.m}, {self.n or 'n'})"
             )
+
+    def check_state(self, Y: LowRankMatrix, t: float) -> None:
+        """The sizes of ``A``, ``B``, ``C`` match ``Y``, and they come from ``Y``'s library."""
+        self._check(Y)
+        check_same_library("A", self.A, Y.S)
+        if self.B is not None:
+            check_same_library("B", self.B, Y.S)
+        if self.C is not None:
+            check_same_library("C", self.C.S if isinstance(self.C, LowRankMatrix) else self.C, Y.S)
 
     def _c_right(self, V: Any) -> Any:
         return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V
@@ -356,22 +376,52 @@ class DataODE(MatrixODE):
         self.A = A
         self.derivative = derivative
         self._cache: OrderedDict[float, Any] = OrderedDict()
+        # One lock for the cache: problems are shared by threads (training workers, user code).
+        self._lock = threading.Lock()
+        self._shape: tuple[int, int] | None = None
 
     def data(self, t: float) -> Any:
-        """``A(t)``, memoised for the few most recent times (one step asks for each twice)."""
+        """``A(t)``, memoised for the few most recent times (one step asks for each twice).
+
+        Safe to call from several threads at once. Raises ``ValueError`` when ``A(t)`` is not
+        a 2-D array or a ``LowRankMatrix``, or when its shape differs from that of the first
+        ``A(t)``.
+        """
         key = float(t)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        value = self.A(t)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        value = self.A(t)  # outside the lock: A may be slow, and two threads may race here
         if not isinstance(value, LowRankMatrix) and not (bk.is_array(value) and value.ndim == 2):
             raise ValueError(
-                f"A(t) must return a 2-D array or a LowRankMatrix, got {type(value).__name__}"
+                f"A(t) must return a 2-D array or a LowRankMatrix, got {type(value).__name__} "
+                f"at t = {t!r}"
             )
-        self._cache[key] = value
-        if len(self._cache) > 4:
-            self._cache.popitem(last=False)
+        shape = tuple(int(d) for d in value.shape)
+        with self._lock:
+            if self._shape is None:
+                self._shape = shape  # type: ignore[assignment]
+            elif shape != self._shape:
+                raise ValueError(
+                    f"A(t) returned shape {shape} at t = {t!r}, but {self._shape} before"
+                )
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+            while len(self._cache) > 4:
+                self._cache.popitem(last=False)
         return value
+
+    def check_state(self, Y: LowRankMatrix, t: float) -> None:
+        """``A(t)`` has the shape of ``Y``, its library, and a dtype that casts into ``Y``'s."""
+        value = self.data(t)
+        if tuple(int(d) for d in value.shape) != Y.shape:
+            raise ValueError(
+                f"A(t) has shape {tuple(value.shape)} at t = {t!r}, but Y0 has shape {Y.shape}"
+            )
+        arr = value.S if isinstance(value, LowRankMatrix) else value
+        check_same_library("A(t)", arr, Y.S)
+        check_product("A(t)", arr, tuple(arr.shape), Y.dtype)
 
     @staticmethod
     def _right(X: Any, V: Any) -> Any:

@@ -19,11 +19,13 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import _backend as bk
+from ._checks import check_product
 
 __all__ = [
     "RK4",
@@ -106,7 +108,8 @@ class SubstepSolver(ABC):
     """Base class of substep solvers.
 
     Subclasses implement :meth:`integrate`; ``__call__`` first uses the exact increment of a
-    state-independent right-hand side when the ODE offers one.
+    state-independent right-hand side when the ODE offers one, and checks that the result has
+    the shape of the start value and a dtype that casts safely into its dtype.
     """
 
     #: Order of the solver on smooth problems (for documentation and validation).
@@ -116,12 +119,16 @@ class SubstepSolver(ABC):
     accepts_factored_start: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
+        shape = tuple(X0.shape)
+        dtype = X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
         inc = ode.increment(t0, t1)
         if inc is not None:
+            inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
         if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
             X0 = X0.to_array()
-        return self.integrate(ode.rhs, t0, t1, X0)
+        out = self.integrate(ode.rhs, t0, t1, X0)
+        return check_product(f"the substep solver {self!r}", out, shape, dtype)
 
     @abstractmethod
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
@@ -167,11 +174,11 @@ class RK4(SubstepSolver):
     accepts_factored_start = True
 
     def __init__(self, steps: int = 1) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise TypeError(f"steps must be an int, got {type(steps).__name__}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = int(steps)
 
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
         dt = (t1 - t0) / self.steps

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _backend as bk
+from ._checks import check_product
 from .problems import square_operator_size
 from .tucker import TuckerTensor, fold, multi_mode_product, unfold
 
@@ -102,14 +103,23 @@ class TensorODE(ABC):
             factors = list(bases)
             factors[mode] = K
             Y = TuckerTensor(core, factors, check=False)
-            return unfold(self.project(t, Y, bases, skip=mode), mode) @ Q
+            shape = tuple(int(K.shape[0]) if j == mode else r for j, r in enumerate(ranks))
+            out = check_product(
+                "problem.project", self.project(t, Y, bases, skip=mode), shape, K.dtype
+            )
+            return unfold(out, mode) @ Q
 
         return field
 
     def core_field(self, bases: Sequence[Any]) -> Callable[[float, Any], Any]:
         """``(t, C) -> F(t, C x_j bases[j]) x_j bases[j]^H``: the Galerkin core field."""
         bases = list(bases)
-        return lambda t, C: self.project(t, TuckerTensor(C, bases, check=False), bases)
+
+        def field(t: float, C: Any) -> Any:
+            out = self.project(t, TuckerTensor(C, bases, check=False), bases)
+            return check_product("problem.project", out, tuple(C.shape), C.dtype)
+
+        return field
 
     def check_state(self, Y: TuckerTensor) -> None:
         """Raise ``ValueError`` when ``Y`` does not have the shape the problem acts on."""

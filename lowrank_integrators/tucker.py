@@ -34,12 +34,14 @@ decomposition. SIAM J. Matrix Anal. Appl. 21, 1253-1278 (HOSVD).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _backend as bk
+from ._checks import check_factor_dtype
 from .factors import LowRankMatrix, check_orthonormal
 from .truncation import Tolerance
 
@@ -225,9 +227,8 @@ class TuckerTensor:
             raise TypeError(f"X must be an array with at least 2 axes, got {type(X).__name__}")
         if (ranks is None) == (tol is None):
             raise ValueError("give exactly one of ranks= and tol=")
-        xp = bk.namespace(X)
-        if not xp.isdtype(X.dtype, ("real floating", "complex floating")):
-            raise TypeError(f"X must have a floating dtype, got {X.dtype}")
+        bk.namespace(X)
+        check_factor_dtype("X", X)
         if not bk.all_finite(X):
             raise ValueError("X contains non-finite entries")
         d = X.ndim
@@ -235,7 +236,7 @@ class TuckerTensor:
         if ranks is not None:
             target = _normalise_ranks(ranks, shape)
         else:
-            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
                 raise ValueError(f"tol must be a non-negative number, got {tol!r}")
         factors = []
         for i in range(d):
@@ -352,11 +353,10 @@ def _validate(core: Any, factors: tuple[Any, ...]) -> None:
         if U.ndim != 2:
             raise ValueError(f"factors[{i}] must be 2-D, got shape {tuple(U.shape)}")
     try:
-        xp = bk.namespace(core, *factors)
+        bk.namespace(core, *factors)
     except TypeError as exc:
         raise TypeError(f"core and factors must come from one array library: {exc}") from None
-    if not xp.isdtype(core.dtype, ("real floating", "complex floating")):
-        raise TypeError(f"core must have a floating dtype, got {core.dtype}")
+    check_factor_dtype("core", core)
     for i, U in enumerate(factors):
         n, r = (int(s) for s in U.shape)
         if r != int(core.shape[i]):

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import _backend as bk
+from .._checks import check_matrix_start, check_product
 from ..factors import LowRankMatrix
 from ..problems import MatrixODE
 from ..substeps import FactoredStart, SubstepSolver, as_substep
-from ..truncation import TruncationRecord, TruncationRule
+from ..truncation import FixedRank, TruncationRecord, TruncationRule
 
 __all__ = [
     "AdaptiveIntegrator",
@@ -99,7 +100,8 @@ class Ledger:
 
     Integrators call ``F`` and factorisations only through a ledger, so that cost budgets
     (which define the methods) are observable and a problem returning a wrongly shaped
-    product is caught at once with a message naming the product.
+    product, or one of a dtype that does not cast safely into the state's, is caught at once
+    with a message naming the product (see :func:`~lowrank_integrators._checks.check_product`).
     """
 
     def __init__(self, problem: MatrixODE, rank_before: int = 0) -> None:
@@ -111,22 +113,19 @@ class Ledger:
         """``F(t, Y) V``."""
         self.info.n_right += 1
         out = self.problem.apply_right(t, Y, V)
-        _check_product("apply_right", out, (Y.shape[0], V.shape[1]))
-        return out
+        return check_product("problem.apply_right", out, (Y.shape[0], V.shape[1]), Y.dtype)
 
     def left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
         """``F(t, Y)^H U``."""
         self.info.n_left += 1
         out = self.problem.apply_left(t, Y, U)
-        _check_product("apply_left", out, (Y.shape[1], U.shape[1]))
-        return out
+        return check_product("problem.apply_left", out, (Y.shape[1], U.shape[1]), Y.dtype)
 
     def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
         """``U^H F(t, Y) V``."""
         self.info.n_project += 1
         out = self.problem.project(t, Y, U, V)
-        _check_product("project", out, (U.shape[1], V.shape[1]))
-        return out
+        return check_product("problem.project", out, (U.shape[1], V.shape[1]), Y.dtype)
 
     # --- factorisations ----------------------------------------------------------------
     def qr(self, X: Any) -> tuple[Any, Any]:
@@ -177,20 +176,13 @@ class Ledger:
         return self.info
 
 
-def _check_product(name: str, out: Any, expected: tuple[int, int]) -> None:
-    shape = tuple(getattr(out, "shape", ()))
-    if shape != tuple(int(e) for e in expected):
-        raise ValueError(
-            f"problem.{name} returned an array of shape {shape}, expected {tuple(expected)}"
-        )
-
-
 # --- substep ODEs ---------------------------------------------------------------------------
 
 
 class CountedField:
-    """A substep field of the problem, counted in ``ledger.info.<counter>`` and shape-checked
-    (a substep field returns an array of the shape of its argument)."""
+    """A substep field of the problem, counted in ``ledger.info.<counter>`` and checked (a
+    substep field returns an array of the shape of its argument, in a dtype that casts
+    safely into the argument's)."""
 
     def __init__(self, ledger: Any, counter: str, name: str, field: Callable[..., Any]):
         self.ledger = ledger
@@ -201,9 +193,7 @@ class CountedField:
     def __call__(self, t: float, X: Any) -> Any:
         info = self.ledger.info
         setattr(info, self.counter, getattr(info, self.counter) + 1)
-        out = self.field(t, X)
-        _check_product(self.name, out, tuple(X.shape))
-        return out
+        return check_product(f"problem.{self.name}", self.field(t, X), tuple(X.shape), X.dtype)
 
 
 class KStep:
@@ -277,12 +267,8 @@ class Integrator(ABC):
         self.substep = as_substep(substep)
 
     def init(self, problem: MatrixODE, Y0: LowRankMatrix, t0: float) -> State:
-        """Initial state at ``t0``; validates ``Y0``."""
-        if not isinstance(Y0, LowRankMatrix):
-            raise TypeError(
-                f"Y0 must be a LowRankMatrix, got {type(Y0).__name__}; use "
-                "LowRankMatrix.from_dense(A, rank=r) for a dense initial value"
-            )
+        """Initial state at ``t0``; validates ``problem`` and ``Y0`` before any step."""
+        check_matrix_start(self, problem, Y0, t0)
         return State(Y=Y0, t=float(t0))
 
     @abstractmethod
@@ -332,6 +318,11 @@ class AdaptiveIntegrator(Integrator):
             raise TypeError(
                 "truncation must be a TruncationRule such as FixedRank(r) or Tolerance(theta), "
                 f"got {type(truncation).__name__}"
+            )
+        if isinstance(truncation, FixedRank) and isinstance(truncation.rank, tuple):
+            raise ValueError(
+                "truncation must give one rank for a matrix integrator, got per-mode ranks "
+                f"{truncation.rank} (those are for Tucker integrators)"
             )
         self.truncation = truncation
 

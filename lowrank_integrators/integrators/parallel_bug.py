@@ -16,12 +16,15 @@ One first-order step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + 
      (Galerkin in the *old* basis).
 
 2. ``U_tilde = ext(U0, K1)``, ``V_tilde = ext(V0, L1)``: the new directions, i.e. the trailing
-   columns of the Q factor of ``QR([U0, K1])``. ``U_hat = [U0, U_tilde]`` keeps ``U0`` itself
-   as its leading block (the Q factor reproduces it only up to unit-modulus column factors).
-3. Assemble the ``2r x 2r`` core with its zero block::
+   columns of the Q factor of ``QR([U0, K1]) = [U_1, U_tilde] R``. The augmented basis is that
+   Q factor, ``U_hat = [U_1, U_tilde]``; its leading block spans ``range(U0)`` with
+   ``U0 = U_1 R_U`` (``R_U`` the leading ``r x r`` block of ``R``, unitary up to round-off),
+   and likewise ``V0 = V_1 R_V``.
+3. Assemble the ``2r x 2r`` core with its zero block, the blocks computed in ``U0``, ``V0``
+   written in ``U_1``, ``V_1``::
 
-       S_hat = [[ S_bar1,          L1^H V_tilde ],
-                [ U_tilde^H K1,    0            ]]
+       S_hat = [[ R_U S_bar1 R_V^H,      R_U L1^H V_tilde ],
+                [ U_tilde^H K1 R_V^H,    0                ]]
 
 4. Truncate ``(U_hat, S_hat, V_hat)``.
 
@@ -37,9 +40,16 @@ where ``p = min(rows, cols)`` of ``S_hat`` (``2r`` in general) and ``tau`` is th
 the truncation rule. Criterion (b) measures the dropped ``(2, 2)`` block: with Euler substeps
 it is exactly ``h U_tilde^H F(t0, Y0) V_tilde``. A rejected step restarts from the **same**
 ``Y0``, written in the doubled bases ``U0 <- U_hat``, ``V0 <- V_hat`` with the core
-``[[S0, 0], [0, 0]]``; BUG-type steps accept the singular core. Without rejection the rank
-hardly grows: new directions only enter through the off-diagonal blocks, which are ``O(h)``,
-so their singular values are ``O(h^2)`` and a tolerance truncates them.
+``[[R_U S0 R_V^H, 0], [0, 0]]``; BUG-type steps accept the singular core. Each rejection
+doubles the bases (up to ``m`` and ``n`` columns), so at most about ``log2(max(m, n))``
+attempts are rejected; a step that rejects more raises
+:class:`~lowrank_integrators.errors.RejectionLimitError` instead of looping. Without
+rejection the rank hardly grows: new directions only enter through the off-diagonal blocks,
+which are ``O(h)``, so their singular values are ``O(h^2)`` and a tolerance truncates them.
+
+**Orthonormality.** The bases are always Q factors of a QR, never the old basis pasted into
+one: pasting ``U0`` would carry its round-off defect from step to step, and over ``1e5``
+steps in single precision the defect would grow far beyond that of one QR.
 
 **Second order** (``order=2``, Kusch 2024). Before the parallel substeps both bases are
 augmented by the directions of ``F`` at the initial value,
@@ -47,16 +57,19 @@ augmented by the directions of ``F`` at the initial value,
 ``Y0`` is written in them with the core ``[[S0, 0], [0, 0]]``. The first-order step above is
 then taken from this representation: the K-, L- and S-steps run in the ``2r`` bases, the new
 directions ``ext(U_hat0, K1)`` bring the bases to ``4r`` columns and the ``4r x 4r`` core is
-truncated.
+truncated. (``U_hat0`` is again a Q factor, and ``Y0`` is written in it through ``R_U``,
+``R_V`` as above.)
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 from .. import _backend as bk
+from ..errors import RejectionLimitError
 from ..factors import LowRankMatrix
 from ..problems import MatrixODE
 from ..substeps import SubstepSolver
@@ -120,15 +133,10 @@ class ParallelBUG(AdaptiveIntegrator):
             raise TypeError(f"reject must be a bool, got {type(reject).__name__}")
         if isinstance(order, bool) or order not in (1, 2):
             raise ValueError(f"order must be 1 (first order) or 2 (Kusch 2024), got {order!r}")
-        if isinstance(c_eta, bool) or not isinstance(c_eta, (int, float)):
+        if isinstance(c_eta, bool) or not isinstance(c_eta, numbers.Real):
             raise TypeError(f"c_eta must be a positive number, got {type(c_eta).__name__}")
         if not (math.isfinite(c_eta) and c_eta > 0):
             raise ValueError(f"c_eta must be a finite number > 0, got {c_eta}")
-        if isinstance(truncation, FixedRank) and isinstance(truncation.rank, tuple):
-            raise ValueError(
-                "truncation must give one rank for a matrix integrator, got per-mode ranks "
-                f"{truncation.rank}"
-            )
         self.reject = reject
         self.order = order
         self.c_eta = float(c_eta)
@@ -137,19 +145,29 @@ class ParallelBUG(AdaptiveIntegrator):
         U, S, V = state.Y
         led = Ledger(problem, rank_before=state.Y.rank)
         cap = _rank_cap(self.truncation, *state.Y.shape)
+        # Every rejection doubles the bases until they have m and n columns: more
+        # rejections than this mean the criterion can never accept.
+        max_rejections = max(state.Y.shape).bit_length() + 1
         t1 = t + h
         while True:
             if self.order == 2:
                 U, S, V = _augment_by_field(led, t, U, S, V)
-            U_hat, S_hat, V_hat, U_new, V_new = self._parallel_substeps(led, U, S, V, t, t1)
+            U_hat, S_hat, V_hat, R_U, R_V = self._parallel_substeps(led, U, S, V, t, t1)
             # The rank decision needs the core only; the new factors are formed once accepted.
             P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
             record = led.info.truncation
+            U_new, V_new = U_hat[:, int(U.shape[1]) :], V_hat[:, int(V.shape[1]) :]
             if not (self.reject and self._rejects(led, record, cap, t, h, U, S, V, U_new, V_new)):
                 break
+            if led.info.rejected >= max_rejections:
+                raise RejectionLimitError(
+                    f"ParallelBUG rejected {led.info.rejected + 1} attempts of the step from "
+                    f"t = {t:.6g} (the bases stopped growing at {int(U_hat.shape[1])} and "
+                    f"{int(V_hat.shape[1])} columns); the rejection criterion cannot accept"
+                )
             led.info.rejected += 1
             # Restart from the same Y0, now written in the doubled bases.
-            U, S, V = U_hat, _pad(S, U_hat, V_hat), V_hat
+            U, S, V = U_hat, _pad(R_U @ S @ bk.adjoint(R_V), U_hat, V_hat), V_hat
         del U_new, V_new, U, V  # views of / the bases: U_hat can go before V_hat Q is formed
         U1 = U_hat @ P
         del U_hat
@@ -159,26 +177,30 @@ class ParallelBUG(AdaptiveIntegrator):
     def _parallel_substeps(
         self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
     ) -> tuple[Any, Any, Any, Any, Any]:
+        """``(U_hat, S_hat, V_hat, R_U, R_V)`` of one attempt (see the module docstring)."""
         xp = bk.namespace(U0, S0, V0)
         r, s = int(U0.shape[1]), int(V0.shape[1])
         # The three substeps are independent (all start from Y0). Each tall result is used
         # and released before the next is computed, and the augmented bases are built in the
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
         K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
-        U_hat = _augmented_basis(led, U0, K1)
+        U_hat, R_U = _augmented_basis(led, U0, K1)
         UtK = bk.adjoint(U_hat[:, r:]) @ K1
         del K1
         L1 = self.substep(LStep(led, U0), t0, t1, self.start(V0, bk.adjoint(S0)))
-        V_hat = _augmented_basis(led, V0, L1)
+        V_hat, R_V = _augmented_basis(led, V0, L1)
         LtV = bk.adjoint(L1) @ V_hat[:, s:]
         del L1
         S_bar = self.substep(SStep(led, U0, V0), t0, t1, S0)
 
+        # The blocks were computed in the coordinates of U0 and V0; U0 = U_hat[:, :r] R_U.
+        R_V_H = bk.adjoint(R_V)
         zero = xp.zeros(
             (int(UtK.shape[0]), int(LtV.shape[1])), dtype=S0.dtype, device=bk.device(S0)
         )
-        S_hat = xp.concat([xp.concat([S_bar, LtV], axis=1), xp.concat([UtK, zero], axis=1)], axis=0)
-        return U_hat, S_hat, V_hat, U_hat[:, r:], V_hat[:, s:]
+        top = xp.concat([R_U @ S_bar @ R_V_H, R_U @ LtV], axis=1)
+        S_hat = xp.concat([top, xp.concat([UtK @ R_V_H, zero], axis=1)], axis=0)
+        return U_hat, S_hat, V_hat, R_U, R_V
 
     def _rejects(
         self,
@@ -214,25 +236,26 @@ class ParallelBUG(AdaptiveIntegrator):
         )
 
 
-def _augmented_basis(led: Ledger, U0: Any, X: Any) -> Any:
-    """``[U0, ext(U0, X)]`` in the storage of the Q factor of ``QR([U0, X])``.
+def _augmented_basis(led: Ledger, U0: Any, X: Any) -> tuple[Any, Any]:
+    """``(Q, R_U)``: the Q factor of ``QR([U0, X])`` and ``R_U`` with ``U0 = Q[:, :r] R_U``.
 
-    The leading block of that Q factor is ``U0`` up to the signs of its columns; it is
-    overwritten with ``U0`` itself, so that the augmented basis begins with the old one
-    exactly (the padded core ``[[S0, 0], [0, 0]]`` then represents ``Y0`` exactly).
+    ``Q = [U_1, ext(U0, X)]`` is orthonormal to round-off whatever the (small) defect of
+    ``U0``; ``R_U`` (unitary up to round-off) carries a core from the coordinates of ``U0``
+    into those of ``U_1``. Pasting ``U0`` itself into ``Q`` would keep ``U0``'s defect, and
+    the defects would add up over the steps.
     """
     bk.namespace(U0, X)
-    Q, _ = led.qr_blocks(U0, X)
-    Q[:, : int(U0.shape[1])] = U0
-    return Q
+    Q, R = led.qr_blocks(U0, X)
+    r = int(U0.shape[1])
+    return Q, R[:r, :r]
 
 
 def _augment_by_field(led: Ledger, t0: float, U0: Any, S0: Any, V0: Any) -> tuple[Any, Any, Any]:
     """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
     Y0 = LowRankMatrix(U0, S0, V0, check=False)
-    U_hat0 = _augmented_basis(led, U0, led.right(t0, Y0, V0))
-    V_hat0 = _augmented_basis(led, V0, led.left(t0, Y0, U0))
-    return U_hat0, _pad(S0, U_hat0, V_hat0), V_hat0
+    U_hat0, R_U = _augmented_basis(led, U0, led.right(t0, Y0, V0))
+    V_hat0, R_V = _augmented_basis(led, V0, led.left(t0, Y0, U0))
+    return U_hat0, _pad(R_U @ S0 @ bk.adjoint(R_V), U_hat0, V_hat0), V_hat0
 
 
 def _pad(S0: Any, U_hat: Any, V_hat: Any) -> Any:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _backend as bk
+from .._checks import check_factor_dtype
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
 from ..tucker import TuckerTensor, unfold
@@ -151,6 +152,9 @@ class TuckerIntegrator(Integrator):
                 f"Y0 must be a TuckerTensor, got {type(Y0).__name__}; use "
                 "TuckerTensor.from_dense(X, ranks=...) for a dense initial value"
             )
+        check_factor_dtype("Y0.core", Y0.core)
+        for i, U in enumerate(Y0.factors):
+            check_factor_dtype(f"Y0.factors[{i}]", U)
         problem.check_state(Y0)
         if self.needs_compatible_ranks:
             ranks = Y0.ranks

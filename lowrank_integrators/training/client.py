@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import _backend as bk
+from ..errors import StepFailure
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
@@ -401,6 +402,8 @@ class LowRankTraining:
         results = lock.run()
         for res in results:
             if isinstance(res, BaseException):
+                if isinstance(res, StepFailure):
+                    raise TrainingDiverged(f"step {state.step} failed: {res}") from res
                 if bk.is_linalg_error(res):
                     raise TrainingDiverged(
                         f"a factorisation failed at step {state.step}: {res}"

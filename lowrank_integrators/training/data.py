@@ -14,6 +14,7 @@ Features are scaled to ``[0, 1]`` (digits, Fashion-MNIST) or standardised (MNIST
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,33 @@ DATASETS = ("digits", "fashion-mnist", "mnist1d")
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split of a classification data set."""
+    """A train/test split of a classification data set.
+
+    Features are 2-D (one row per example), labels 1-D non-negative integers (class ``k`` is
+    label ``k``), one label per row; anything else is a ``ValueError``/``TypeError`` naming
+    the array.
+    """
 
     name: str
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+
+    def __post_init__(self) -> None:
+        for part in ("train", "test"):
+            X, y = getattr(self, f"X_{part}"), getattr(self, f"y_{part}")
+            if np.ndim(X) != 2 or np.ndim(y) != 1 or np.shape(X)[0] != np.shape(y)[0]:
+                raise ValueError(
+                    f"X_{part} must be (examples, features) and y_{part} one label per example, "
+                    f"got shapes {np.shape(X)} and {np.shape(y)}"
+                )
+            if not np.issubdtype(np.asarray(y).dtype, np.integer):
+                raise TypeError(f"y_{part} must hold integer labels, got {np.asarray(y).dtype}")
+            if np.size(y) and int(np.min(y)) < 0:
+                raise ValueError(
+                    f"y_{part} holds the label {int(np.min(y))}; labels are class indices >= 0"
+                )
 
     @property
     def n_features(self) -> int:
@@ -47,7 +68,25 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-        """The first ``n_train`` training and ``n_test`` test examples."""
+        """The first ``n_train`` training and ``n_test`` test examples (``None``: all).
+
+        Raises
+        ------
+        ValueError
+            When a count is not positive or exceeds the examples available.
+        """
+        for name, n, available in (
+            ("n_train", n_train, self.X_train.shape[0]),
+            ("n_test", n_test, self.X_test.shape[0]),
+        ):
+            if n is None:
+                continue
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise TypeError(f"{name} must be an int or None, got {type(n).__name__}")
+            if not 1 <= n <= available:
+                raise ValueError(
+                    f"{name} must be between 1 and the {available} examples of {self.name}, got {n}"
+                )
         return Dataset(
             self.name,
             self.X_train[:n_train],

@@ -411,8 +411,17 @@ def _check_batch(batch: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean softmax cross-entropy and its gradient with respect to the logits."""
-    B = logits.shape[0]
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    Labels must index the logits: ``0 <= y < logits.shape[1]`` (a label -1 would otherwise
+    be scored as the last class).
+    """
+    B, n_classes = logits.shape
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"labels y must be class indices in [0, {n_classes}) for a network with "
+            f"{n_classes} outputs, got labels from {int(y.min())} to {int(y.max())}"
+        )
     z = logits - logits.max(axis=1, keepdims=True)
     logsum = np.log(np.exp(z).sum(axis=1, keepdims=True))
     logp = z - logsum
