@@ -41,6 +41,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
+    if target.exists() and not target.is_file() and not target.is_dir():
+        # A device or a pipe (``/dev/null``, ``/dev/stdout``) is written in place: renaming a
+        # file over it would replace the device node itself.
+        with open(target, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+            yield fh
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
@@ -126,5 +132,9 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{what}: {target} is a folder; give a file name")
+    if target.exists() and not target.is_file():
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"{what}: {target} cannot be written")
+        return target  # a device or a pipe, written in place
     check_output_dir(target.parent if str(target.parent) else Path("."), what)
     return target

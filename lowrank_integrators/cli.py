@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    with limit_threads(torch=True):
-        return int(args._run(args) or 0)
+    try:
+        with limit_threads(torch=True):
+            return int(args._run(args) or 0)
+    except OSError as exc:
+        # A full disk or a folder that vanished while results are written: the files written
+        # so far are whole (each is replaced atomically), so a message is all the user needs.
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def console_main() -> int:

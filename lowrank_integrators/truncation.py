@@ -187,9 +187,9 @@ class Tolerance(TruncationRule):
     r"""Keep the fewest singular values whose discarded tail is at most a tolerance.
 
     The new rank is the smallest ``r1 >= 0`` with ``tail(r1) <= tau``, clamped to
-    ``[rmin, min(rmax, p)]`` (so never below 1), where ``tau = theta``, times ``||sigma||_2`` if ``relative``, times
-    ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the number given). With
-    ``keep_one_more`` it is ``min(j + 1, p)`` instead, ``j`` the smallest rank with
+    ``[rmin, min(rmax, p)]`` (so never below 1), where ``tau = theta``, times ``||sigma||_2``
+    if ``relative``, times ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the number
+    given). With ``keep_one_more`` it is ``min(j + 1, p)`` instead, ``j`` the smallest rank with
     ``tail(j) < tau`` (``p`` if there is none), before the same clamps.
 
     The rule of Ceruti, Kusch, Lubich (2022, arXiv:2104.05247) is the default (Frobenius tail,

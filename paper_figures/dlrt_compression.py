@@ -25,8 +25,7 @@ from _common import DEFAULT_RESULTS, MissingInputError, load_json, new_figure, p
 
 PATTERN = "dlrt_fashion_mnist_compression*.json"
 COMMAND = (
-    "python benchmarks/dlrt_fashion_mnist.py --study compression "
-    "--epochs 5 --rank0 100 --out {out}"
+    "python benchmarks/dlrt_fashion_mnist.py --study compression --epochs 5 --rank0 100 --out {out}"
 )
 TAU_COLORS = {0.05: "tab:blue", 0.1: "tab:orange", 0.15: "tab:green"}
 RANK_MARKERS = ("o", "s", "^", "D")

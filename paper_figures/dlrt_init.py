@@ -24,10 +24,7 @@ import numpy as np
 from _common import DEFAULT_RESULTS, load_json, new_figure, parse_args, save
 
 FILE = "dlrt_fashion_mnist_init.json"
-COMMAND = (
-    "python benchmarks/dlrt_fashion_mnist.py --study init "
-    "--epochs 5 --lr 0.2 --out {out}"
-)
+COMMAND = "python benchmarks/dlrt_fashion_mnist.py --study init --epochs 5 --lr 0.2 --out {out}"
 
 
 def run_name(run: dict[str, Any]) -> str:

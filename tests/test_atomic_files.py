@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 import tempfile
 
 import pytest
@@ -98,3 +99,13 @@ def test_a_folder_without_write_permission_is_refused(tmp_path):
             check_output_dir(folder, "--out")
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.skipif(not os.path.exists(os.devnull) or os.name != "posix", reason="POSIX devices")
+def test_a_device_is_written_in_place_never_replaced():
+    """``--json /dev/null`` must not turn the device node into a regular file."""
+    target = pathlib.Path(os.devnull)
+    check_output_file(target)
+    with atomic_write(target) as fh:
+        fh.write("{}\n")
+    assert target.exists() and not target.is_file()

@@ -357,11 +357,6 @@ def run_cli(*args: str, cwd: Path, preexec_fn=None) -> subprocess.CompletedProce
     )
 
 
-# Strict: once the command line reports these as messages, the marker must go.
-CLI_OUTPUT_ERRORS = pytest.mark.xfail(
-    strict=True, reason="the command line does not yet turn an OSError of an output into a message"
-)
-
 TRAIN = ["train", "--arch", "64-16-10", "--rank", "4", "--epochs", "1", "--n-train", "64"]
 TRAIN += ["--n-test", "32", "--no-progress"]
 
@@ -373,7 +368,6 @@ def unwritable_dir(tmp_path: Path) -> Path:
     return blocker / "out"
 
 
-@CLI_OUTPUT_ERRORS
 def test_train_reports_a_full_disk_as_an_error_not_a_traceback(tmp_path):
     pytest.importorskip("sklearn")
     outputs = ["--json", str(tmp_path / "s.json"), "--checkpoint", str(tmp_path / "ckpt")]
@@ -390,7 +384,6 @@ def test_train_reports_a_full_disk_as_an_error_not_a_traceback(tmp_path):
         pytest.param(lambda out: ["--checkpoint", str(out)], id="checkpoint"),
     ],
 )
-@CLI_OUTPUT_ERRORS
 def test_train_reports_an_unwritable_output_as_an_error_not_a_traceback(tmp_path, where):
     pytest.importorskip("sklearn")
     out = unwritable_dir(tmp_path)
@@ -400,7 +393,6 @@ def test_train_reports_an_unwritable_output_as_an_error_not_a_traceback(tmp_path
     assert str(out.parent) in done.stderr
 
 
-@CLI_OUTPUT_ERRORS
 def test_validate_reports_an_unwritable_output_folder_as_an_error(tmp_path):
     out = unwritable_dir(tmp_path)
     args = ["validate", "--out", str(out), "--quick", "--only", "V1-sylvester/KSL/exactness"]
@@ -410,7 +402,6 @@ def test_validate_reports_an_unwritable_output_folder_as_an_error(tmp_path):
     assert str(out.parent) in done.stderr
 
 
-@CLI_OUTPUT_ERRORS
 def test_validate_reports_a_full_disk_as_an_error(tmp_path):
     args = [
         "validate",
