@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _backend as bk
 from ._progress import ProgressBar
+from .errors import StepFailure
 from .integrators.base import StepInfo, StepMethod
 from .solution import Solution, SolveStats
 
@@ -72,9 +73,11 @@ def solve(
     Returns
     -------
     Solution
-        ``sol.status`` is ``"failed"`` when a step produced non-finite values or a
-        factorisation failed; then ``sol.Y`` is the last good state and ``sol.message``
-        names the step and its time.
+        ``sol.status`` is ``"failed"`` when a step produced non-finite values, a
+        factorisation failed or a step raised a
+        :class:`~lowrank_integrators.errors.StepFailure` (non-finite values about to be
+        factorised, endless step rejection); then ``sol.Y`` is the last good state and
+        ``sol.message`` names the step and its time.
     """
     from .integrators.bug import BUG
 
@@ -106,6 +109,8 @@ def solve(
             failure = None
             try:
                 new_state, info = method.step(problem, state, tk, hk)
+            except StepFailure as exc:
+                failure = str(exc)
             except Exception as exc:  # only factorisation failures become a status
                 if not bk.is_linalg_error(exc):
                     raise
