@@ -490,7 +490,12 @@ class StepMethod:
             "second_order_sylvester",
             "fixed_rank_order",
         )
-        out = {name: getattr(cls, name) for name in names}
+        # A property (the rank adaptivity of TuckerBUG follows from its truncation argument)
+        # depends on the configuration: None.
+        out = {
+            name: None if isinstance(getattr(cls, name), property) else getattr(cls, name)
+            for name in names
+        }
         if order is not None:
             out.update(cls.variants.get(order, {}))
         return out
