@@ -60,17 +60,32 @@ def tail_norms(sigma: np.ndarray, kind: str = "frobenius") -> np.ndarray:
     ``kind="frobenius"`` gives ``(sum_{i>j} sigma_i^2)^(1/2)`` (the rule of CKL22);
     ``kind="sum"`` gives ``sum_{i>j} sigma_i``, the stricter criterion found in the authors'
     Matlab/Julia codes. ``tail[p] = 0`` and the smallest singular value is always included.
+
+    The squares are taken of ``sigma / max(sigma)``, so the tails neither overflow (sigma
+    above ``1e154``) nor underflow to zero (sigma below ``1e-162``); multiplying ``sigma`` by a
+    power of two multiplies every tail by it exactly. A tail is never below its own leading
+    value ``sigma_{j+1}``, even where smaller squares underflow.
     """
     s = np.asarray(sigma, dtype=float)
     if kind == "frobenius":
-        # cumulative sums from the small end keep the tiny values from being swamped.
-        rev = np.cumsum(s[::-1] ** 2)[::-1]
-        tails = np.sqrt(rev)
+        scale = float(s.max()) if s.size else 0.0
+        if scale > 0 and math.isfinite(scale):
+            # cumulative sums from the small end keep the tiny values from being swamped.
+            rev = np.cumsum((s[::-1] / scale) ** 2)[::-1]
+            tails = np.maximum(scale * np.sqrt(rev), s)
+        else:
+            tails = np.sqrt(np.cumsum(s[::-1] ** 2)[::-1])
     elif kind == "sum":
         tails = np.cumsum(s[::-1])[::-1]
     else:
         raise ValueError(f"tail kind must be 'frobenius' or 'sum', got {kind!r}")
     return np.concatenate([tails, [0.0]])
+
+
+def frobenius_norm(sigma: np.ndarray) -> float:
+    """``||sigma||_2`` without overflow or underflow of the squares (``tail_norms(sigma)[0]``)."""
+    s = np.asarray(sigma, dtype=float)
+    return float(tail_norms(s)[0]) if s.size else 0.0
 
 
 class TruncationRule(ABC):
@@ -237,7 +252,7 @@ class Tolerance(TruncationRule):
     def tolerance(self, sigma: np.ndarray, h: float) -> float:
         tau = self.theta
         if self.relative:
-            tau *= float(np.linalg.norm(sigma))
+            tau *= frobenius_norm(sigma)
         if self._power:
             tau *= float(h) ** self._power
         return tau
