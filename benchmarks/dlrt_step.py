@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+import scipy.linalg
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from lowrank_integrators import AugmentedBUG, Euler, FixedRank, Tolerance
 from lowrank_integrators.training import MLP, LowRankTraining
@@ -179,11 +180,20 @@ def main(argv: list[str] | None = None) -> dict:
     data_set = load_dataset("fashion-mnist", dtype=np.float32)
     X, y = data_set.X_train, data_set.y_train
     data = batches(X, y, 256, np.random.default_rng(args.seed))
+    # Load every BLAS the steps use before limiting the threads: a library loaded later (SciPy's
+    # own OpenBLAS, on the first QR) would run with its default thread count.
+    scipy.linalg.qr(np.eye(4, dtype=np.float32), mode="economic")
+    np.linalg.svd(np.eye(4, dtype=np.float32))
     out: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(),
         "quick": args.quick,
     }
     with threadpool_limits(limits=1):
+        out["blas"] = [
+            {"library": d["filepath"].rsplit("/", 1)[-1], "threads": d["num_threads"]}
+            for d in threadpool_info()
+        ]
+        assert all(b["threads"] == 1 for b in out["blas"]), out["blas"]
         for width, arch in ARCHS.items():
             res = compare(arch, args.rank, data, args.lr, reps, args.seed)
             out[f"width_{width}"] = res
