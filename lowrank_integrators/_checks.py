@@ -93,7 +93,8 @@ def check_factor_dtype(name: str, x: Any) -> None:
 
 def check_matrix_start(method: Any, problem: Any, Y0: Any, t0: float) -> None:
     """What a matrix integrator checks before its first step: the problem kind, ``Y0``'s type
-    and dtype, and whatever the problem checks of ``Y0`` (its ``check_state``)."""
+    and dtype, and whatever the problem checks of ``Y0`` (its ``check_state``). ``problem`` is
+    ``None`` when the requests are answered by a driver without a problem object (training)."""
     from .factors import LowRankMatrix
     from .tensor_problems import TensorODE
 
@@ -104,7 +105,12 @@ def check_matrix_start(method: Any, problem: Any, Y0: Any, t0: float) -> None:
             f"DataODE), got the tensor problem {type(problem).__name__}; use TuckerBUG or "
             "TuckerProjectorSplitting"
         )
-    missing = [m for m in ("apply_right", "apply_left", "project") if not hasattr(problem, m)]
+    # No problem: the step's requests are answered by a driver of its own (training).
+    missing = [
+        m
+        for m in ("apply_right", "apply_left", "project")
+        if problem is not None and not hasattr(problem, m)
+    ]
     if missing:
         raise TypeError(
             f"problem must be a MatrixODE (with apply_right, apply_left and project), got "

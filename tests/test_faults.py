@@ -200,7 +200,7 @@ class PoisonedPass:
         return P
 
 
-# the layers step in worker threads, which np.errstate of the test does not reach
+# the factorisations warn before the finiteness check refuses their input
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
 @pytest.mark.parametrize("name", ["augmented_bug", "midpoint_bug", "parallel_bug", "bug"])

@@ -415,6 +415,7 @@ class _NeverAccepts(lri.ParallelBUG):
 
     def _rejects(self, *args):
         return True
+        yield  # a part of the step, written as requests like the method it replaces
 
 
 def test_a_step_that_never_stops_rejecting_fails_instead_of_looping(rng):

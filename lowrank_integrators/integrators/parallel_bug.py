@@ -66,15 +66,24 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..errors import RejectionLimitError
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
 from ..substeps import SubstepSolver
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .augmentation import AugmentedBases
+from .base import (
+    AdaptiveIntegrator,
+    KStep,
+    Ledger,
+    LStep,
+    Parallel,
+    SStep,
+    State,
+    StepGenerator,
+)
 
 __all__ = ["ParallelBUG"]
 
@@ -88,7 +97,8 @@ class ParallelBUG(AdaptiveIntegrator):
     ``U_tilde^H F(t0, Y0) V_tilde`` when it is evaluated (only if test (a) did not already
     reject). ``order=2`` adds ``F(t0, Y0) V0``, ``F(t0, Y0)^H U0`` and two QRs per attempt,
     and its core is ``4r x 4r``. A rejected attempt costs as much as an accepted one, and
-    ``StepInfo`` counts both.
+    ``StepInfo`` counts both. With Euler substeps every product of every attempt is taken at
+    ``Y0``: one forward/backward pass per training step, rejections included.
 
     Parameters
     ----------
@@ -113,6 +123,11 @@ class ParallelBUG(AdaptiveIntegrator):
     """
 
     order = 1
+    max_rank_growth = math.inf  # rejected steps restart in doubled bases, repeatedly
+    passes_per_step = 1
+    fixed_rank_order = False
+    #: The second-order variant (``order=2``) differs in these attributes.
+    variants: ClassVar[dict[int, dict[str, Any]]] = {2: {"order": 2, "fixed_rank_order": True}}
     references = (
         "Ceruti, Kusch, Lubich 2024, A parallel rank-adaptive integrator for dynamical low-rank "
         "approximation, SIAM J. Sci. Comput., arXiv:2304.05660",
@@ -138,61 +153,81 @@ class ParallelBUG(AdaptiveIntegrator):
         if not (math.isfinite(c_eta) and c_eta > 0):
             raise ValueError(f"c_eta must be a finite number > 0, got {c_eta}")
         self.reject = reject
-        self.order = order
+        self._select_variant(order)
         self.c_eta = float(c_eta)
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U, S, V = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
-        cap = _rank_cap(self.truncation, *state.Y.shape)
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U, S, V = Y0
+        led = Ledger(rank_before=Y0.rank)
+        cap = _rank_cap(self.truncation, *Y0.shape)
         # Every rejection doubles the bases until they have m and n columns: more
         # rejections than this mean the criterion can never accept.
-        max_rejections = max(state.Y.shape).bit_length() + 1
+        max_rejections = max(Y0.shape).bit_length() + 1
         t1 = t + h
         while True:
+            # Every attempt starts from Y0, written in the current bases U, V.
             if self.order == 2:
-                U, S, V = _augment_by_field(led, t, U, S, V)
-            U_hat, S_hat, V_hat, R_U, R_V = self._parallel_substeps(led, U, S, V, t, t1)
+                U, S, V = yield from _augment_by_field(led, t, U, S, V, Y0)
+            hat = AugmentedBases()
+            S_hat, R_U, R_V = yield from self._parallel_substeps(led, hat, U, S, V, Y0, t, t1)
             # The rank decision needs the core only; the new factors are formed once accepted.
             P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
             record = led.info.truncation
-            U_new, V_new = U_hat[:, int(U.shape[1]) :], V_hat[:, int(V.shape[1]) :]
-            if not (self.reject and self._rejects(led, record, cap, t, h, U, S, V, U_new, V_new)):
+            if not self.reject:
+                break
+            rejects = yield from self._rejects(led, record, cap, t, h, U, S, V, hat, Y0)
+            if not rejects:
                 break
             if led.info.rejected >= max_rejections:
                 raise RejectionLimitError(
                     f"ParallelBUG rejected {led.info.rejected + 1} attempts of the step from "
-                    f"t = {t:.6g} (the bases stopped growing at {int(U_hat.shape[1])} and "
-                    f"{int(V_hat.shape[1])} columns); the rejection criterion cannot accept"
+                    f"t = {t:.6g} (the bases stopped growing at {int(hat.U.shape[1])} and "
+                    f"{int(hat.V.shape[1])} columns); the rejection criterion cannot accept"
                 )
             led.info.rejected += 1
             # Restart from the same Y0, now written in the doubled bases.
-            U, S, V = U_hat, _pad(R_U @ S @ bk.adjoint(R_V), U_hat, V_hat), V_hat
-        del U_new, V_new, U, V  # views of / the bases: U_hat can go before V_hat Q is formed
-        U1 = U_hat @ P
-        del U_hat
-        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
+            U, S, V = hat.U, _pad(R_U @ S @ bk.adjoint(R_V), hat.U, hat.V), hat.V
+        del U, V  # the bases of the attempt: U_hat can go before V_hat Q is formed
+        Y1 = hat.form(P, S1, Q)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
 
     def _parallel_substeps(
-        self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
-    ) -> tuple[Any, Any, Any, Any, Any]:
-        """``(U_hat, S_hat, V_hat, R_U, R_V)`` of one attempt (see the module docstring)."""
+        self,
+        led: Ledger,
+        hat: AugmentedBases,
+        U0: Any,
+        S0: Any,
+        V0: Any,
+        Y0: LowRankMatrix,
+        t0: float,
+        t1: float,
+    ) -> StepGenerator:
+        """The K-, L- and S-steps from ``Y0 = U0 S0 V0^H``; sets ``hat``.
+
+        Returns ``(S_hat, R_U, R_V)`` (see the module docstring).
+        """
         xp = bk.namespace(U0, S0, V0)
         r, s = int(U0.shape[1]), int(V0.shape[1])
+
         # The three substeps are independent (all start from Y0). Each tall result is used
         # and released before the next is computed, and the augmented bases are built in the
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
-        K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
-        U_hat, R_U = _augmented_basis(led, U0, K1)
-        UtK = bk.adjoint(U_hat[:, r:]) @ K1
-        del K1
-        L1 = self.substep(LStep(led, U0), t0, t1, self.start(V0, bk.adjoint(S0)))
-        V_hat, R_V = _augmented_basis(led, V0, L1)
-        LtV = bk.adjoint(L1) @ V_hat[:, s:]
-        del L1
-        S_bar = self.substep(SStep(led, U0, V0), t0, t1, S0)
+        def k_step() -> StepGenerator:
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
+            hat.U, R_U = _augmented_basis(led, U0, K1)
+            return bk.adjoint(hat.U[:, r:]) @ K1, R_U
 
+        def l_step() -> StepGenerator:
+            L0 = self.start(V0, bk.adjoint(S0))
+            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            hat.V, R_V = _augmented_basis(led, V0, L1)
+            return bk.adjoint(L1) @ hat.V[:, s:], R_V
+
+        def s_step() -> StepGenerator:
+            return (yield from self.substep.solve(SStep(led, U0, V0, at=Y0), t0, t1, S0))
+
+        (UtK, R_U), (LtV, R_V), S_bar = yield Parallel(k_step(), l_step(), s_step())
         # The blocks were computed in the coordinates of U0 and V0; U0 = U_hat[:, :r] R_U.
         R_V_H = bk.adjoint(R_V)
         zero = xp.zeros(
@@ -200,7 +235,7 @@ class ParallelBUG(AdaptiveIntegrator):
         )
         top = xp.concat([R_U @ S_bar @ R_V_H, R_U @ LtV], axis=1)
         S_hat = xp.concat([top, xp.concat([UtK @ R_V_H, zero], axis=1)], axis=0)
-        return U_hat, S_hat, V_hat, R_U, R_V
+        return S_hat, R_U, R_V
 
     def _rejects(
         self,
@@ -212,21 +247,24 @@ class ParallelBUG(AdaptiveIntegrator):
         U0: Any,
         S0: Any,
         V0: Any,
-        U_tilde: Any,
-        V_tilde: Any,
-    ) -> bool:
+        hat: AugmentedBases,
+        Y0: LowRankMatrix,
+    ) -> StepGenerator:
         p = record.rank_before
         if p >= cap:
             return False
         if record.rank_after == p:  # criterion (a)
             return True
         tau = record.tolerance
+        r, s = int(U0.shape[1]), int(V0.shape[1])
+        U_tilde, V_tilde = hat.U[:, r:], hat.V[:, s:]
         if math.isnan(tau) or U_tilde.shape[1] == 0 or V_tilde.shape[1] == 0:
             return False
-        # criterion (b): the weight of the dropped (2, 2) block.
+        # criterion (b): the weight of the dropped (2, 2) block, at Y0 written in (U0, V0).
         xp = bk.namespace(U0, S0, V0)
-        Y0 = LowRankMatrix(U0, S0, V0, check=False)
-        eta = float(xp.linalg.matrix_norm(led.project(t0, Y0, U_tilde, V_tilde)))
+        Y = LowRankMatrix(U0, S0, V0, check=False)
+        block = yield led.project(t0, Y, U_tilde, V_tilde, at=Y0)
+        eta = float(xp.linalg.matrix_norm(block))
         return h * eta > self.c_eta * tau
 
     def __repr__(self) -> str:
@@ -234,6 +272,16 @@ class ParallelBUG(AdaptiveIntegrator):
             f"ParallelBUG(truncation={self.truncation!r}, reject={self.reject}, "
             f"order={self.order}, c_eta={self.c_eta}, substep={self.substep!r})"
         )
+
+
+def _augment_by_field(
+    led: Ledger, t0: float, U0: Any, S0: Any, V0: Any, Y0: LowRankMatrix
+) -> StepGenerator:
+    """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
+    Y = LowRankMatrix(U0, S0, V0, check=False)
+    U_hat0, R_U = _augmented_basis(led, U0, (yield led.right(t0, Y, V0, at=Y0)))
+    V_hat0, R_V = _augmented_basis(led, V0, (yield led.left(t0, Y, U0, at=Y0)))
+    return U_hat0, _pad(R_U @ S0 @ bk.adjoint(R_V), U_hat0, V_hat0), V_hat0
 
 
 def _augmented_basis(led: Ledger, U0: Any, X: Any) -> tuple[Any, Any]:
@@ -248,14 +296,6 @@ def _augmented_basis(led: Ledger, U0: Any, X: Any) -> tuple[Any, Any]:
     Q, R = led.qr_blocks(U0, X)
     r = int(U0.shape[1])
     return Q, R[:r, :r]
-
-
-def _augment_by_field(led: Ledger, t0: float, U0: Any, S0: Any, V0: Any) -> tuple[Any, Any, Any]:
-    """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
-    Y0 = LowRankMatrix(U0, S0, V0, check=False)
-    U_hat0, R_U = _augmented_basis(led, U0, led.right(t0, Y0, V0))
-    V_hat0, R_V = _augmented_basis(led, V0, led.left(t0, Y0, U0))
-    return U_hat0, _pad(R_U @ S0 @ bk.adjoint(R_V), U_hat0, V_hat0), V_hat0
 
 
 def _pad(S0: Any, U_hat: Any, V_hat: Any) -> Any:
