@@ -49,6 +49,20 @@ def _pair(name: str, value: Any) -> _PAIR:
     return int(value[0]), int(value[1])
 
 
+def replace_data(p: torch.nn.Parameter, new: torch.Tensor) -> None:
+    """Give ``p`` the values ``new`` (any shape), keeping the parameter object.
+
+    Autograd keeps the shape a leaf had when its gradient accumulator was made (as long as an
+    old graph, such as the previous loss, holds it) and renews the accumulator only when the
+    dtype or device changes; passing through another dtype renews it for the new shape.
+    """
+    if tuple(new.shape) != tuple(p.shape):
+        other = torch.float32 if p.dtype != torch.float32 else torch.float64
+        p.data = torch.empty(0, dtype=other, device=p.device)
+        p.grad = None
+    p.data = new
+
+
 def _check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -141,9 +155,7 @@ class FactoredLayer(torch.nn.Module):
             )
         ref = self.S
         for p, new in ((self.U, U), (self.S, S), (self.V, V)):
-            p.data = new.detach().to(device=ref.device, dtype=ref.dtype).contiguous()
-            if p.grad is not None and p.grad.shape != p.shape:
-                p.grad = None
+            replace_data(p, new.detach().to(device=ref.device, dtype=ref.dtype).contiguous())
         self._tag()
 
     def clear_records(self) -> None:
@@ -175,8 +187,7 @@ class FactoredLayer(torch.nn.Module):
                         (self.V, (self.V.shape[0], r)),
                     ):
                         if tuple(p.shape) != shape:
-                            p.data = torch.empty(shape, dtype=p.dtype, device=p.device)
-                            p.grad = None
+                            replace_data(p, torch.empty(shape, dtype=p.dtype, device=p.device))
                 self.clear_records()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
