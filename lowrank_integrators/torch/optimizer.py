@@ -283,6 +283,13 @@ class DLRTOptimizer(torch.optim.Optimizer):
     def _roles(self) -> dict[int, Any]:
         return {id(p): layer for layer in self._layers for p in _factor_params(layer)}
 
+    _EXTRA = ("_layers", "method", "tucker_method", "direction", "_direction_arg", "last_infos")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._EXTRA})
+        return state
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients and forget the low-rank layers' recorded passes."""
         super().zero_grad(set_to_none)
