@@ -150,8 +150,8 @@ def _linear(module: torch.nn.Linear, rank: int | float) -> LowRankLinear:
         bias=module.bias is not None,
         device=W.device,
         dtype=W.dtype,
+        factors=_truncated_svd(W.detach(), r),
     )
-    new.set_factors(*_truncated_svd(W.detach(), r))
     if module.bias is not None:
         new.bias.copy_(module.bias)
     new.train(module.training)
@@ -174,8 +174,8 @@ def _conv_matrix(module: torch.nn.Conv2d, rank: int | float) -> LowRankConv2d:
         bias=module.bias is not None,
         device=W.device,
         dtype=W.dtype,
+        factors=_truncated_svd(M, r),
     )
-    new.set_factors(*_truncated_svd(M, r))
     if module.bias is not None:
         new.bias.copy_(module.bias)
     new.train(module.training)

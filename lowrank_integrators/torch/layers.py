@@ -274,6 +274,23 @@ def _initial_factors(
     return P[:, :rank], torch.diag(sig[:rank]), Qh[:rank].mT
 
 
+def _checked(
+    factors: Any, m: int, n: int, rank: int, dtype: Any, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(factors, (tuple, list)) or len(factors) != 3:
+        raise TypeError("factors must be a tuple (U, S, V) of tensors")
+    U, S, V = (torch.as_tensor(a).detach().to(device=device, dtype=dtype) for a in factors)
+    if tuple(U.shape) != (m, rank) or tuple(S.shape) != (rank, rank) or tuple(V.shape) != (
+        n,
+        rank,
+    ):
+        raise ValueError(
+            f"factors must have shapes ({m}, {rank}), ({rank}, {rank}), ({n}, {rank}), got "
+            f"{tuple(U.shape)}, {tuple(S.shape)}, {tuple(V.shape)}"
+        )
+    return U, S, V
+
+
 class LowRankLinear(FactoredLayer):
     """``y = x (U S V^T)^T + b``: a linear layer of rank ``r``.
 
@@ -288,6 +305,9 @@ class LowRankLinear(FactoredLayer):
     generator : torch.Generator, optional
         For the initial draw: the best rank-``r`` approximation of the draw of
         :class:`torch.nn.Linear`.
+    factors : (U, S, V), optional
+        Initial factors instead of the draw (``U`` orthonormal ``out x r``, ``V`` orthonormal
+        ``in x r``).
 
     Examples
     --------
@@ -306,6 +326,7 @@ class LowRankLinear(FactoredLayer):
         device: Any = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.in_features = _check_positive("in_features", in_features)
@@ -317,9 +338,11 @@ class LowRankLinear(FactoredLayer):
                 f"{limit}, got {rank!r}"
             )
         dtype = dtype or torch.get_default_dtype()
-        self._init_factors(
-            *_initial_factors(out_features, in_features, rank, in_features, dtype, device, generator)
-        )
+        if factors is None:
+            factors = _initial_factors(
+                out_features, in_features, rank, in_features, dtype, device, generator
+            )
+        self._init_factors(*_checked(factors, out_features, in_features, rank, dtype, device))
         self.bias = (
             torch.nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
             if bias
@@ -373,6 +396,9 @@ class LowRankConv2d(FactoredLayer):
     bias : bool, default True
     device, dtype : optional
     generator : torch.Generator, optional
+        For the initial draw (as for :class:`LowRankLinear`).
+    factors : (U, S, V), optional
+        Initial factors of the matricised kernel instead of the draw.
 
     Examples
     --------
@@ -395,6 +421,7 @@ class LowRankConv2d(FactoredLayer):
         device: Any = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = _check_positive("in_channels", in_channels)
@@ -418,7 +445,9 @@ class LowRankConv2d(FactoredLayer):
                 f" = {limit}, got {rank!r}"
             )
         dtype = dtype or torch.get_default_dtype()
-        self._init_factors(*_initial_factors(out_channels, n, rank, n, dtype, device, generator))
+        if factors is None:
+            factors = _initial_factors(out_channels, n, rank, n, dtype, device, generator)
+        self._init_factors(*_checked(factors, out_channels, n, rank, dtype, device))
         self.bias = (
             torch.nn.Parameter(torch.zeros(out_channels, dtype=dtype, device=device))
             if bias
@@ -457,10 +486,10 @@ class LowRankConv2d(FactoredLayer):
         return w.reshape(k, -1).mT
 
     def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nrhw,or->nohw", a, K)
+        return tf.conv2d(a, K[:, :, None, None])  # the 1 x 1 convolution with K
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nohw,ok->nkhw", G, U)
+        return tf.conv2d(G, U.mT[:, :, None, None])
 
     def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nohw,nkhw->ok", G, a)
+        return torch.tensordot(G, a, dims=([0, 2, 3], [0, 2, 3]))

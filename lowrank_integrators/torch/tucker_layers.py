@@ -49,6 +49,8 @@ class TuckerConv2d(torch.nn.Module):
     device, dtype : optional
     generator : torch.Generator, optional
         For the initial draw: the truncated HOSVD of the draw of :class:`torch.nn.Conv2d`.
+    tucker : TuckerTensor, optional
+        The initial kernel instead of the draw (its ranks replace ``ranks``).
 
     Examples
     --------
@@ -77,6 +79,7 @@ class TuckerConv2d(torch.nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
+        tucker: TuckerTensor | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = _check_positive("in_channels", in_channels)
@@ -93,8 +96,17 @@ class TuckerConv2d(torch.nn.Module):
         target = self._ranks_for(ranks, shape)
         dtype = dtype or torch.get_default_dtype()
         bound = 1.0 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
-        W = torch.rand(shape, generator=generator, dtype=dtype, device=device) * (2 * bound) - bound
-        T = TuckerTensor.from_dense(W, target)
+        if tucker is None:
+            W = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+            T = TuckerTensor.from_dense(W * (2 * bound) - bound, target)
+        else:
+            if not isinstance(tucker, TuckerTensor) or tuple(tucker.shape) != shape:
+                raise ValueError(f"tucker must be a TuckerTensor of shape {shape}")
+            T = TuckerTensor(
+                tucker.core.to(device=device, dtype=dtype),
+                [U.to(device=device, dtype=dtype) for U in tucker.factors],
+                check=False,
+            )
         self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.core = torch.nn.Parameter(T.core.contiguous())
         for i, U in enumerate(T.factors, start=1):
@@ -150,8 +162,8 @@ class TuckerConv2d(torch.nn.Module):
             bias=module.bias is not None,
             device=W.device,
             dtype=W.dtype,
+            tucker=TuckerTensor.from_dense(W, ranks),
         )
-        new.set_tucker(TuckerTensor.from_dense(W, ranks))
         if module.bias is not None:
             new.bias.copy_(module.bias)
         new.train(module.training)
@@ -205,9 +217,9 @@ class TuckerConv2d(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of ``x`` (``(N, in, H, W)``) without forming the kernel."""
         spatial = torch.einsum("abcd,hc,wd->abhw", self.core, self.U3, self.U4)
-        b = torch.einsum("nchw,ck->nkhw", x, self.U2)
+        b = tf.conv2d(x, self.U2.mT[:, :, None, None])
         a = tf.conv2d(b, spatial, None, self.stride, self.padding, self.dilation)
-        z = torch.einsum("nrhw,or->nohw", a, self.U1)
+        z = tf.conv2d(a, self.U1[:, :, None, None])
         if z.requires_grad:
             xd = x.detach()
             z.register_hook(lambda G: self._records.append((xd, G.detach())))

@@ -65,11 +65,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backend",
+        default="numpy",
+        choices=("numpy", "torch"),
+        help="numpy: the reference MLP; torch: a converted PyTorch model (needs the torch extra)",
+    )
+    parser.add_argument("--model", default="mlp", choices=("mlp", "lenet5"), help="torch model")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument(
+        "--conv", default="matrix", choices=("matrix", "tucker"), help="torch convolutions"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
+
+    if args.backend == "torch":
+        try:
+            from ..torch import command as torch_command
+        except ImportError as exc:
+            print(f"error: --backend torch needs PyTorch ({exc})", file=sys.stderr)
+            return 2
+        return torch_command.run(args)
 
     from .experiment import RunConfig, run_training
 
