@@ -8,7 +8,6 @@ torch = pytest.importorskip("torch")
 
 from lowrank_integrators.torch import (  # noqa: E402
     LowRankConv2d,
-    LowRankLinear,
     TuckerConv2d,
     convert,
     lenet5,

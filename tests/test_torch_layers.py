@@ -12,9 +12,7 @@ F64 = torch.float64
 
 
 def dense_conv(layer, W, x):
-    return torch.nn.functional.conv2d(
-        x, W, layer.bias, layer.stride, layer.padding, layer.dilation
-    )
+    return torch.nn.functional.conv2d(x, W, layer.bias, layer.stride, layer.padding, layer.dilation)
 
 
 def matrix_kernel(layer):
@@ -45,8 +43,15 @@ def test_low_rank_convolution_is_the_convolution_with_the_matricised_kernel(kwar
 def test_tucker_convolution_is_the_convolution_with_the_tucker_kernel(stride, padding, dilation):
     g = torch.Generator().manual_seed(1)
     layer = TuckerConv2d(
-        4, 6, 3, ranks=(3, 2, 2, 3), stride=stride, padding=padding, dilation=dilation,
-        dtype=F64, generator=g,
+        4,
+        6,
+        3,
+        ranks=(3, 2, 2, 3),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        dtype=F64,
+        generator=g,
     )
     x = torch.randn(2, 4, 10, 10, dtype=F64, generator=g)
     W = layer.tucker.to_dense()
@@ -70,7 +75,7 @@ def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_e
     c = torch.randn(dense.shape, dtype=F64, generator=g)
     (gW,) = torch.autograd.grad((dense * c).sum(), W)
     (layer(x) * c).sum().backward()
-    U, S, V = (p.detach() for p in (layer.U, layer.S, layer.V))
+    U, V = layer.U.detach(), layer.V.detach()
     torch.testing.assert_close(layer.U.grad, gW @ V)
     torch.testing.assert_close(layer.V.grad, gW.T @ U)
     torch.testing.assert_close(layer.S.grad, U.T @ gW @ V)

@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 
 from lowrank_integrators import BUG, AugmentedBUG, Euler, ProjectorSplitting, Tolerance  # noqa: E402
 from lowrank_integrators.integrators import ParallelBUG  # noqa: E402
-from lowrank_integrators.training import MLP, Adam, HeavyBall, Layer, LowRankTraining  # noqa: E402
 from lowrank_integrators.torch import (  # noqa: E402
     DLRTOptimizer,
     LowRankLinear,
@@ -19,6 +18,7 @@ from lowrank_integrators.torch import (  # noqa: E402
     convert,
     lenet5,
 )
+from lowrank_integrators.training import MLP, Adam, HeavyBall, Layer, LowRankTraining  # noqa: E402
 
 F64 = torch.float64
 CE = torch.nn.functional.cross_entropy
@@ -28,7 +28,9 @@ def twin_models(rng, kinds=("lowrank", "lowrank")):
     """A NumPy MLP and a torch model with identical float64 weights."""
     widths = [9, 8, 6]
     ranks = [3, 2]
-    layers = [Layer(a, b, k, r) for a, b, k, r in zip(widths, widths[1:], kinds, ranks)]
+    layers = [
+        Layer(a, b, k, r) for a, b, k, r in zip(widths, widths[1:], kinds, ranks, strict=True)
+    ]
     net = MLP([*layers, Layer(widths[-1], 4, "dense")])
     W, P = net.init(rng)
     mods: list = []
@@ -180,7 +182,7 @@ def test_state_dict_across_rank_changes_restores_adam_moments(rng):
     model_state = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(opt.state_dict())
     # a fresh model built with other ranks, and a fresh optimizer
-    *_, other, other_lowrank, _ = twin_models(np.random.default_rng(99))
+    *_, other, _, _ = twin_models(np.random.default_rng(99))
     other_opt = DLRTOptimizer(other.parameters(), lr=0.05, method=method, direction=Adam())
     other.load_state_dict(model_state)
     other_opt.load_state_dict(opt_state)
@@ -192,7 +194,7 @@ def test_state_dict_across_rank_changes_restores_adam_moments(rng):
 
 
 def test_deepcopy_gives_an_independent_optimizer(rng):
-    *_, model, lowrank, _ = twin_models(rng)
+    *_, model, _, _ = twin_models(rng)
     opt = DLRTOptimizer(model.parameters(), lr=0.1, direction=HeavyBall(0.5))
     x, y = torch.randn(8, 9, dtype=F64), torch.randint(0, 4, (8,))
     train_step(model, opt, x, y)

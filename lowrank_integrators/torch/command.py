@@ -214,7 +214,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.integrator == "vanilla":
         raise ValueError("--backend torch trains the integrators and 'dense', not 'vanilla'")
     if args.resume or args.checkpoint:
-        raise ValueError("--checkpoint is for the NumPy backend; use torch.save with --backend torch")
+        raise ValueError(
+            "--checkpoint is for the NumPy backend; use torch.save with --backend torch"
+        )
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     torch.manual_seed(args.seed)
     ds = load_dataset(args.dataset, dtype=np.dtype(args.dtype)).subset(args.n_train, args.n_test)
@@ -244,9 +246,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         # the one-pass methods take the standard loop; the others a closure
         multi_pass = args.integrator not in ("augmented-bug", "parallel-bug")
     model = model.to(args.device)
-    direction = {"sgd": SGD(), "momentum": HeavyBall(args.momentum), "adam": Adam()}[
-        args.optimizer
-    ]
+    direction = {"sgd": SGD(), "momentum": HeavyBall(args.momentum), "adam": Adam()}[args.optimizer]
     opt = DLRTOptimizer(
         model.parameters(), lr=args.lr, method=method, direction=direction, tau=max(args.tau, 1e-12)
     )

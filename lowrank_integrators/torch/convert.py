@@ -81,7 +81,9 @@ def convert(
     Examples
     --------
     >>> import torch
-    >>> model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    >>> model = torch.nn.Sequential(
+    ...     torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5)
+    ... )
     >>> model = convert(model, 0.5, exclude=("2",))
     >>> type(model[0]).__name__, model[0].rank, type(model[2]).__name__
     ('LowRankLinear', 10, 'Linear')

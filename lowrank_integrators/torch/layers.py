@@ -280,10 +280,8 @@ def _checked(
     if not isinstance(factors, (tuple, list)) or len(factors) != 3:
         raise TypeError("factors must be a tuple (U, S, V) of tensors")
     U, S, V = (torch.as_tensor(a).detach().to(device=device, dtype=dtype) for a in factors)
-    if tuple(U.shape) != (m, rank) or tuple(S.shape) != (rank, rank) or tuple(V.shape) != (
-        n,
-        rank,
-    ):
+    shapes = (tuple(U.shape), tuple(S.shape), tuple(V.shape))
+    if shapes != ((m, rank), (rank, rank), (n, rank)):
         raise ValueError(
             f"factors must have shapes ({m}, {rank}), ({rank}, {rank}), ({n}, {rank}), got "
             f"{tuple(U.shape)}, {tuple(S.shape)}, {tuple(V.shape)}"
@@ -470,9 +468,7 @@ class LowRankConv2d(FactoredLayer):
         return V.mT.reshape(V.shape[1], self.in_channels, *self.kernel_size)
 
     def _apply_in(self, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        return tf.conv2d(
-            x, self._filters(V), None, self.stride, self.padding, self.dilation
-        )
+        return tf.conv2d(x, self._filters(V), None, self.stride, self.padding, self.dilation)
 
     def _apply_in_grad(self, x: torch.Tensor, V: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
         return torch.nn.grad.conv2d_input(

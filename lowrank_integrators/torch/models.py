@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -28,7 +29,7 @@ def mlp(widths: Sequence[int], *, dtype: torch.dtype | None = None) -> torch.nn.
     if len(widths) < 2 or not all(isinstance(w, int) and w >= 1 for w in widths):
         raise ValueError(f"widths must be at least two ints >= 1, got {widths!r}")
     layers: list[tuple[str, torch.nn.Module]] = [("flatten", torch.nn.Flatten())]
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True), start=1):
+    for i, (a, b) in enumerate(itertools.pairwise(widths), start=1):
         layers.append((f"fc{i}", torch.nn.Linear(a, b, dtype=dtype)))
         if i < len(widths) - 1:
             layers.append((f"relu{i}", torch.nn.ReLU()))

@@ -30,13 +30,13 @@ import torch
 from ..factors import LowRankMatrix
 from ..integrators.augmented_bug import AugmentedBUG
 from ..integrators.base import Integrator, State, StepInfo
-from ..problems import MatrixODE
-from ..substeps import Euler
-from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
-from ..truncation import Tolerance
 from ..integrators.tucker_bug import TuckerBUG
 from ..integrators.tucker_steps import TuckerIntegrator
+from ..problems import MatrixODE
+from ..substeps import Euler
 from ..tensor_problems import TensorODE
+from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
+from ..truncation import Tolerance
 from ..tucker import TuckerTensor, multi_mode_product
 from .layers import FactoredLayer, replace_data
 from .tucker_layers import TuckerConv2d
@@ -339,9 +339,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
                     tucker_steps.append((layer, lr))
                 else:
                     steps.append(self._prepare(layer, lr, closure))
-        results = []
-        for layer, state, field, st in steps:
-            results.append(self.method.step(field, st, st.t, field.lr))
+        results = [self.method.step(field, st, st.t, field.lr) for _, _, field, st in steps]
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
         self.last_infos = []
         for (layer, state, field, st), (new, info) in zip(steps, results, strict=True):
@@ -407,9 +405,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
     ) -> _RecordedPass:
         """The gradient of ``layer`` with its weight moved to ``Y`` (other layers unchanged)."""
         saved = (layer.U.data, layer.S.data, layer.V.data)
-        saved_grads = {
-            id(p): p.grad for group in self.param_groups for p in group["params"]
-        }
+        saved_grads = {id(p): p.grad for group in self.param_groups for p in group["params"]}
         records = {id(m): m._records for m in self._layers}
         try:
             for m in self._layers:
