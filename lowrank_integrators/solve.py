@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _backend as bk
 from ._progress import ProgressBar
-from .integrators.base import Integrator, StepInfo
+from .integrators.base import StepInfo, StepMethod
 from .solution import Solution, SolveStats
 
 __all__ = ["solve", "step_times"]
@@ -37,7 +37,7 @@ def solve(
     Y0: Any,
     t_span: tuple[float, float],
     h: float,
-    method: Integrator | None = None,
+    method: StepMethod | None = None,
     *,
     progress: bool = False,
     callback: Callable[[float, Any, StepInfo], Any] | None = None,
@@ -79,7 +79,7 @@ def solve(
     from .integrators.bug import BUG
 
     method = BUG() if method is None else method
-    if not isinstance(method, Integrator):
+    if not isinstance(method, StepMethod):
         raise TypeError(
             f"method must be an integrator instance such as BUG(), got {type(method).__name__}"
         )

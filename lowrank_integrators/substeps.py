@@ -19,11 +19,12 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any, Protocol
 
 from . import _backend as bk
+from .protocol import Increment, SubstepCall, received, run_to_end
 
 __all__ = [
     "RK4",
@@ -33,6 +34,7 @@ __all__ = [
     "SubstepODE",
     "SubstepSolver",
     "as_substep",
+    "evaluate",
 ]
 
 
@@ -93,7 +95,8 @@ def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
 
 
 class SubstepODE(Protocol):
-    """What a substep solver receives: the right-hand side and, optionally, its exact integral."""
+    """What a substep solver's synchronous call receives: the right-hand side and, optionally,
+    its exact integral."""
 
     def rhs(self, t: float, X: Any) -> Any:
         """``f(t, X)``."""
@@ -102,17 +105,66 @@ class SubstepODE(Protocol):
         """``int_{t0}^{t1} f dt`` when ``f`` does not depend on ``X``; otherwise ``None``."""
 
 
-class SubstepSolver(ABC):
+#: ``evaluate(t, X, start) -> generator returning f(t, X)``: how a solver written as requests
+#: evaluates its field (``start`` marks an evaluation at the substep's start value).
+Evaluate = Callable[[float, Any, bool], Generator[Any, Any, Any]]
+
+
+def evaluate(ode: Any, t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
+    """``f(t, X)`` of a substep ODE, as a request when the ODE makes requests.
+
+    An ODE of the integrators (:class:`~lowrank_integrators.integrators.base.KStep` and
+    friends) turns the evaluation into a :class:`~lowrank_integrators.protocol.Field` request
+    and applies its sign to the answer; a plain ODE object with ``rhs(t, X)`` is called
+    directly.
+    """
+    make = getattr(ode, "request", None)
+    if make is None:
+        return ode.rhs(t, X)
+    out = received((yield make(t, X, start)))
+    return ode.finish(out)
+
+
+def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
+    """The exact integral of the ODE's field over ``[t0, t1]``, or ``None``."""
+    if getattr(ode, "request", None) is None:
+        return ode.increment(t0, t1)
+    return (yield Increment(ode, t0, t1))
+
+
+def _synchronous(f: Callable[[float, Any], Any]) -> Evaluate:
+    def ev(t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
+        return f(t, X)
+        yield  # pragma: no cover - makes this function a generator
+
+    return ev
+
+
+class SubstepSolver:
     """Base class of substep solvers.
 
-    Subclasses implement :meth:`integrate`; ``__call__`` first uses the exact increment of a
-    state-independent right-hand side when the ODE offers one.
+    A solver has two faces:
+
+    * :meth:`solve` ``(ode, t0, t1, X0)`` is a generator (the step protocol, see
+      :mod:`lowrank_integrators.protocol`): integrators call
+      ``X1 = yield from self.substep.solve(ode, t0, t1, X0)``. Its field evaluations are
+      requests, so one solver serves ``solve`` and training alike.
+    * ``solver(ode, t0, t1, X0)`` calls a plain ODE object (``rhs``, ``increment``)
+      synchronously.
+
+    Subclasses written as requests implement :meth:`stages` (``k = yield from f(t, X)`` for
+    every evaluation) and set ``yields_requests = True``; subclasses written synchronously
+    implement :meth:`integrate` only, and a step using them can be answered by a problem, not
+    by the training client. Both first use the exact increment of a state-independent
+    right-hand side when the ODE offers one.
     """
 
     #: Order of the solver on smooth problems (for documentation and validation).
     order: int = 0
     #: Whether :meth:`integrate` accepts a :class:`FactoredStart` as ``X0``.
     accepts_factored_start: bool = False
+    #: Whether :meth:`solve` evaluates the field through requests (:meth:`stages`).
+    yields_requests: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
         inc = ode.increment(t0, t1)
@@ -122,13 +174,33 @@ class SubstepSolver(ABC):
             X0 = X0.to_array()
         return self.integrate(ode.rhs, t0, t1, X0)
 
-    @abstractmethod
+    def solve(self, ode: Any, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
+        """Solve the substep ODE ``ode`` over ``[t0, t1]`` from ``X0``, as requests."""
+        if not self.yields_requests:
+            if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
+                X0 = X0.to_array()
+            return (yield SubstepCall(self, ode, t0, t1, X0))
+        inc = yield from exact_increment(ode, t0, t1)
+        if inc is not None:
+            return bk.add_scaled(owned_start(X0), 1.0, inc)
+        return (yield from self.stages(partial(evaluate, ode), t0, t1, X0))
+
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
         """Approximate ``X(t1)`` for ``X' = f(t, X)``, ``X(t0) = X0``.
 
         ``f`` must not modify its argument; the solver never modifies ``X0`` or an array
-        returned by ``f``.
+        returned by ``f``. Solvers written as requests get this from :meth:`stages`.
         """
+        if not self.yields_requests:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither integrate nor stages"
+            )
+        return run_to_end(self.stages(_synchronous(f), t0, t1, X0))
+
+    def stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
+        """The solver written as requests: ``k = yield from f(t, X, start)`` per evaluation."""
+        raise NotImplementedError(f"{type(self).__name__} is not written as requests")
+        yield  # pragma: no cover - makes this method a generator
 
 
 class Euler(SubstepSolver):
@@ -140,9 +212,10 @@ class Euler(SubstepSolver):
 
     order = 1
     accepts_factored_start = True
+    yields_requests = True
 
-    def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
-        k = f(t0, start_array(X0))
+    def stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
+        k = yield from f(t0, start_array(X0), True)
         return assign_stage(bk.empty(k), X0, t1 - t0, k)
 
     def __repr__(self) -> str:
@@ -164,6 +237,7 @@ class RK4(SubstepSolver):
 
     order = 4
     accepts_factored_start = True
+    yields_requests = True
 
     def __init__(self, steps: int = 1) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int):
@@ -172,41 +246,41 @@ class RK4(SubstepSolver):
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps = steps
 
-    def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
+    def stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
         dt = (t1 - t0) / self.steps
         X = X0
         for i in range(self.steps):
             # t from the start point, not accumulated, so the last stage hits t1 exactly.
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
-            X = self._step(f, t, t + 0.5 * dt, t_end, dt, X)
+            X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0)
         return X
 
     @staticmethod
     def _step(
-        f: Callable[[float, Any], Any], t: float, t_mid: float, t_end: float, dt: float, X: Any
-    ) -> Any:
+        f: Evaluate, t: float, t_mid: float, t_end: float, dt: float, X: Any, first: bool
+    ) -> Generator[Any, Any, Any]:
         # Three arrays of the size of X are alive at a time: the accumulator, one stage and its
         # derivative. Each is released before the next of its size is allocated, the start
         # value is re-read from X (re-formed block by block when it is a FactoredStart)
         # instead of kept in a fourth array, and the sums are formed block by block (these
         # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
-        # keep what it was given (a cache of evaluated points does).
-        k = f(t, start_array(X))
+        # keep what it was given.
+        k = yield from f(t, start_array(X), first)
         acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
         stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None
-        k = f(t_mid, stage)
+        k = yield from f(t_mid, stage, False)
         stage = None
         bk.add_scaled(acc, dt / 3.0, k)
         stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None
-        k = f(t_mid, stage)
+        k = yield from f(t_mid, stage, False)
         stage = None
         bk.add_scaled(acc, dt / 3.0, k)
         stage = assign_stage(bk.empty(k), X, dt, k)
         k = None
-        k = f(t_end, stage)
+        k = yield from f(t_end, stage, False)
         stage = None
         return bk.add_scaled(acc, dt / 6.0, k)
 

@@ -89,13 +89,13 @@ def test_flipped_backward_step_is_caught_by_the_exactness_test(rng):
     from lowrank_integrators.integrators.base import KStep, Ledger, LStep, SStep
 
     class ForwardS(lri.ProjectorSplitting):
-        def step(self, problem, state, t, h):
+        def step_requests(self, state, t, h):
             U0, S0, V0 = state.Y
-            led = Ledger(problem, state.Y.rank)
-            K1 = self.substep(KStep(led, V0), t, t + h, U0 @ S0)
+            led = Ledger(state.Y.rank)
+            K1 = yield from self.substep.solve(KStep(led, V0), t, t + h, U0 @ S0)
             U1, S_hat = led.qr(K1)
-            S_t = self.substep(SStep(led, U1, V0, sign=+1), t, t + h, S_hat)
-            L1 = self.substep(LStep(led, U1), t, t + h, V0 @ bk.adjoint(S_t))
+            S_t = yield from self.substep.solve(SStep(led, U1, V0, sign=+1), t, t + h, S_hat)
+            L1 = yield from self.substep.solve(LStep(led, U1), t, t + h, V0 @ bk.adjoint(S_t))
             V1, R = led.qr(L1)
             Y1 = lri.LowRankMatrix(U1, bk.adjoint(R), V1, check=False)
             return state.with_Y(Y1, t + h), led.finish(Y1.rank)

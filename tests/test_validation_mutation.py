@@ -21,23 +21,25 @@ from lowrank_integrators.verify.suite import collect_cases, run_cases
 class ForwardSStepKSL(lri.ProjectorSplitting):
     """KSL whose 'backward' S-step runs forward (sign +1): the classic sign bug."""
 
-    def _k_then_backward_s(self, led, U0, S0, V0, t0, t1):
-        K1 = self.substep(KStep(led, V0), t0, t1, U0 @ S0)
+    def _k_then_backward_s(self, led, Y0, t0, t1):
+        U0, S0, V0 = Y0
+        K1 = yield from self.substep.solve(KStep(led, V0), t0, t1, U0 @ S0)
         U1, S_hat = led.qr(K1)
-        return U1, self.substep(SStep(led, U1, V0, sign=+1), t0, t1, S_hat)
+        S_tilde = yield from self.substep.solve(SStep(led, U1, V0, sign=+1), t0, t1, S_hat)
+        return U1, S_tilde
 
 
 class PlainTransposeBUG(lri.BUG):
     """BUG with ``M = U1^T U0`` and ``N = V1^T V0``: conjugation forgotten in the basis change."""
 
-    def step(self, problem, state, t, h):
+    def step_requests(self, state, t, h):
         U0, S0, V0 = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
+        led = Ledger(rank_before=state.Y.rank)
         t1 = t + h
-        U1 = led.orth(self.substep(KStep(led, V0), t, t1, U0 @ S0))
-        V1 = led.orth(self.substep(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0)))
+        U1 = led.orth((yield from self.substep.solve(KStep(led, V0), t, t1, U0 @ S0)))
+        V1 = led.orth((yield from self.substep.solve(LStep(led, U0), t, t1, V0 @ bk.adjoint(S0))))
         M, N = U1.T @ U0, V1.T @ V0  # the mutation: ^T where ^H belongs
-        S1 = self.substep(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
+        S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
         Y1 = lri.LowRankMatrix(U1, S1, V1, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
 

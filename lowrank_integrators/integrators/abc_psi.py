@@ -27,9 +27,8 @@ Sylvester type, truncated back to fixed rank, it behaves like a second-order met
 from __future__ import annotations
 
 from .. import _backend as bk
-from ..factors import LowRankMatrix
-from ..problems import MatrixODE
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, State, StepInfo
+from .augmentation import AugmentedBases, augment
+from .base import AdaptiveIntegrator, KStep, Ledger, LStep, State, StepGenerator
 
 __all__ = ["AugmentedBackwardCorrectedPSI"]
 
@@ -40,8 +39,8 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
     Costs per step with ``RK4(steps=s)`` substeps: ``4s`` applications each of ``F V`` and
     ``F^H U``, none of ``U^H F V``; two QRs (``[K1, U0]`` and ``L1``, ``2r`` columns each);
     one SVD of the ``2r x 2r`` core. With Euler substeps both products are taken at ``Y0``
-    (one evaluation point), but the L-step needs the K-step's basis, so they run one after
-    the other.
+    (the L-step starts from ``U_hat S_tilde V0^H = Y0``): one forward/backward pass per
+    training step, although the L-step needs the K-step's basis and runs after it.
 
     Parameters
     ----------
@@ -52,29 +51,32 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
     """
 
     order = 1
+    descent = True
+    max_rank_growth = 2.0
+    passes_per_step = 1
+    second_order_sylvester = True
     references = (
         "Kusch, Schotthöfer, Walter 2025, An augmented backward-corrected projector splitting "
         "integrator for dynamical low-rank training, arXiv:2502.03006",
     )
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U0, S0, V0 = state.Y
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U0, S0, V0 = Y0
         bk.namespace(U0, S0, V0)
-        led = Ledger(problem, rank_before=state.Y.rank)
+        led = Ledger(rank_before=Y0.rank)
         t1 = t + h
 
-        K1 = self.substep(KStep(led, V0), t, t1, self.start(U0, S0))
-        U_hat = led.orth_blocks(K1, U0)
+        K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
+        hat = AugmentedBases(augment(led, K1, U0))
         del K1  # m x r: not kept through the L-step
 
-        S_tilde = (bk.adjoint(U_hat) @ U0) @ S0
+        S_tilde = (bk.adjoint(hat.U) @ U0) @ S0
 
-        L1 = self.substep(LStep(led, U_hat), t, t1, self.start(V0, bk.adjoint(S_tilde)))
-        V_hat, R = led.qr(L1)
+        L0 = self.start(V0, bk.adjoint(S_tilde))
+        L1 = yield from self.substep.solve(LStep(led, hat.U, at=Y0), t, t1, L0)
+        hat.V, R = led.qr(L1)
         del L1
 
-        P, S1, Q = led.truncate_core(self.truncation, bk.adjoint(R), h)
-        U1 = U_hat @ P
-        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
-        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
+        Y1 = hat.truncate(led, self.truncation, bk.adjoint(R), h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

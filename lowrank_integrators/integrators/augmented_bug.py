@@ -24,9 +24,8 @@ gradient flows decreasing.
 from __future__ import annotations
 
 from .. import _backend as bk
-from ..factors import LowRankMatrix
-from ..problems import MatrixODE
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .augmentation import AugmentedBases, augment
+from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
 
 __all__ = ["AugmentedBUG"]
 
@@ -36,7 +35,9 @@ class AugmentedBUG(AdaptiveIntegrator):
 
     Costs per step with ``RK4(steps=s)`` substeps: ``4s`` applications each of ``F V``,
     ``F^H U`` and ``U^H F V``; two thin QRs of ``2r`` columns; one SVD of the
-    ``2r x 2r`` core.
+    ``2r x 2r`` core. With Euler substeps every product is taken at ``Y0`` (the Galerkin step
+    starts from ``U_hat^H Y0 V_hat``, which represents ``Y0``): one forward/backward pass per
+    training step (DLRT).
 
     Parameters
     ----------
@@ -47,32 +48,40 @@ class AugmentedBUG(AdaptiveIntegrator):
     """
 
     order = 1
+    exact_data = True
+    norm = "truncation"
+    descent = True
+    max_rank_growth = 2.0
+    passes_per_step = 1
+    second_order_sylvester = True
     references = (
         "Ceruti, Kusch, Lubich 2022, A rank-adaptive robust integrator for dynamical low-rank "
         "approximation, BIT 62:1149-1174, arXiv:2104.05247",
     )
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U0, S0, V0 = state.Y
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U0, S0, V0 = Y0
         bk.namespace(U0, S0, V0)
-        led = Ledger(problem, rank_before=state.Y.rank)
+        led = Ledger(rank_before=Y0.rank)
         t1 = t + h
+        hat = AugmentedBases()
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
-        K1 = self.substep(KStep(led, V0), t, t1, self.start(U0, S0))
-        U_hat = led.orth_blocks(K1, U0)
-        M_hat = bk.adjoint(U_hat) @ U0
-        del K1
+        def k_step() -> StepGenerator:
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
+            hat.U = augment(led, K1, U0)
 
-        L1 = self.substep(LStep(led, U0), t, t1, self.start(V0, bk.adjoint(S0)))
-        V_hat = led.orth_blocks(L1, V0)
-        N_hat = bk.adjoint(V_hat) @ V0
-        del L1
+        def l_step() -> StepGenerator:
+            L0 = self.start(V0, bk.adjoint(S0))
+            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
+            hat.V = augment(led, L1, V0)
 
-        S_hat = self.substep(SStep(led, U_hat, V_hat), t, t1, M_hat @ S0 @ bk.adjoint(N_hat))
-
-        P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
-        U1 = U_hat @ P
-        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
-        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
+        yield Parallel(k_step(), l_step())
+        M_hat = bk.adjoint(hat.U) @ U0
+        N_hat = bk.adjoint(hat.V) @ V0
+        S_hat = yield from hat.galerkin(
+            self.substep, led, t, t1, M_hat @ S0 @ bk.adjoint(N_hat), at=Y0
+        )
+        Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

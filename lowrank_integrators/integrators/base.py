@@ -1,46 +1,120 @@
-r"""What every integrator shares: the step contract, the per-step ledger, the substep ODEs.
+r"""What every integrator shares: the step protocol, the per-step ledger, the substep ODEs.
+
+The step protocol
+-----------------
+An integrator step is written once, as a generator, and serves :func:`~lowrank_integrators.solve`,
+the verification suite and dynamical low-rank training alike. It never calls the problem: it
+``yield``\ s *requests* (values, see :mod:`lowrank_integrators.protocol`) and a driver sends
+back the answers:
+
+* ``yield led.right(t, Y, V)`` -> ``F(t, Y) V``; ``led.left(t, Y, U)`` -> ``F(t, Y)^H U``;
+  ``led.project(t, Y, U, V)`` -> ``U^H F(t, Y) V`` (the :class:`Ledger` counts them);
+* ``X1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, X0)`` solves a substep:
+  the solver yields one :class:`~lowrank_integrators.protocol.Field` request per evaluation;
+* ``a, b = yield Parallel(branch_a(), branch_b())`` runs independent parts of a step (the K-
+  and L-steps of BUG): a problem driver runs them one after the other, the training client
+  answers their requests together;
+* ``at=Y0`` on a request or substep ODE declares that its point is the same matrix as ``Y0``
+  (the start of a K-step is ``K0 V0^H = Y0``); the training client answers all requests
+  declared at one point from one forward/backward pass. This is how the passes per step follow
+  from the structure: with Euler substeps DLRT (:class:`~lowrank_integrators.AugmentedBUG`),
+  the parallel BUG and abc-PSI need 1 pass, the midpoint BUG 2, BUG 2, projector splitting
+  3 (Strang 5). Each class states it as ``passes_per_step``.
+
+``Integrator.step(problem, state, t, h)`` runs ``step_requests`` with
+:func:`~lowrank_integrators.protocol.answer_from_problem`; the training client drives the same
+generator with :class:`~lowrank_integrators.protocol.StepTask`.
 
 Contract for writing an integrator
 ----------------------------------
-1. Subclass :class:`Integrator`; set the class attributes ``order``, ``rank_adaptive`` and
-   ``references`` (author, year, arXiv id).
-2. Implement ``step(problem, state, t, h) -> (State, StepInfo)``. Integrators are
-   immutable configuration: a step never mutates ``self``, the problem or the input state.
-3. Obtain ``F``-products, QR and SVD only through a :class:`Ledger`; it counts them, checks
-   the shapes the problem returns and builds :class:`StepInfo`.
-4. Solve substeps with ``self.substep(ode, t0, t1, X0)`` using the :class:`KStep`,
-   :class:`LStep` and :class:`SStep` ODEs below; all substeps of one step run over the same
-   ``[t, t + h]`` unless the method itself splits the interval. Pass the start value of a
-   K- or L-step as ``self.start(U0, S0)`` rather than ``U0 @ S0``: the solver may then avoid
-   holding it as a tall array.
-5. Rank-adaptive methods truncate through ``self.truncation`` with ``ledger.truncate`` (the
-   factors in, the truncated matrix out) or ``ledger.truncate_core`` (the core in, small
-   factors out, so that ``U_hat`` can be released before ``V_hat Q`` is formed); both count
-   the SVD and record the decision.
+1. Subclass :class:`Integrator` (or :class:`AdaptiveIntegrator` when the step ends in a
+   truncation rule); declare the theory as class attributes: ``order``, ``rank_adaptive``,
+   ``exact_tangent``, ``exact_data``, ``norm``, ``descent``, ``max_rank_growth``,
+   ``passes_per_step`` and ``references`` (author, year, arXiv id).
+2. Implement ``step_requests(state, t, h)``, a generator returning ``(State, StepInfo)``.
+   Integrators are immutable configuration: a step never mutates ``self`` or the input state.
+3. Make every field request through a :class:`Ledger` (``led.right`` ...) or a substep ODE
+   built on it (:class:`KStep`, :class:`LStep`, :class:`SStep`), and every QR and SVD
+   through the ledger; it counts them and builds :class:`StepInfo`.
+4. Solve substeps with ``yield from self.substep.solve(ode, t0, t1, X0)``; all substeps of
+   one step run over the same ``[t, t + h]`` unless the method itself splits the interval.
+   Pass the start value of a K- or L-step as ``self.start(U0, S0)`` rather than ``U0 @ S0``:
+   the solver may then avoid holding it as a tall array. Declare ``at=Y0`` where the start
+   point is the step's initial value (or another point already requested).
+5. Rank-adaptive methods truncate through ``self.truncation`` with ``ledger.truncate`` or,
+   after an augmentation, through
+   :class:`~lowrank_integrators.integrators.augmentation.AugmentedBases` (augment ->
+   Galerkin -> truncate -> release, with its memory invariant).
+
+Worked example: the fixed-rank BUG step (Ceruti, Lubich 2022, arXiv:2010.02022)::
+
+    class MyBUG(Integrator):
+        order, passes_per_step = 1, 2
+
+        def step_requests(self, state, t, h):
+            Y0 = state.Y
+            U0, S0, V0 = Y0
+            led = Ledger(rank_before=Y0.rank)
+
+            def k_step():
+                K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t + h,
+                                                   self.start(U0, S0))
+                return led.orth(K1)
+
+            def l_step():
+                L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t + h,
+                                                   self.start(V0, adjoint(S0)))
+                return led.orth(L1)
+
+            U1, V1 = yield Parallel(k_step(), l_step())
+            S_start = (adjoint(U1) @ U0) @ S0 @ (adjoint(V0) @ V1)
+            S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t + h, S_start)
+            Y1 = LowRankMatrix(U1, S1, V1, check=False)
+            return state.with_Y(Y1, t + h), led.finish(Y1.rank)
+
+``solve(problem, Y0, span, h, method=MyBUG(substep=Euler()))`` and
+``LowRankTraining(MyBUG(substep=Euler()), net.gradient)`` both run it unchanged.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
+from ..protocol import (
+    Field,
+    Left,
+    Parallel,
+    Project,
+    Request,
+    Right,
+    StepGenerator,
+    answer_from_problem,
+    check_product,
+)
 from ..substeps import FactoredStart, SubstepSolver, as_substep
 from ..truncation import TruncationRecord, TruncationRule
 
 __all__ = [
     "AdaptiveIntegrator",
+    "Field",
     "Integrator",
     "KStep",
     "LStep",
     "Ledger",
+    "Left",
+    "Parallel",
+    "Project",
+    "Request",
+    "Right",
     "SStep",
     "State",
+    "StepGenerator",
     "StepInfo",
+    "StepMethod",
 ]
 
 
@@ -49,7 +123,7 @@ class State:
     """The integrator state at time ``t``: the low-rank approximation ``Y`` and method data.
 
     ``data`` holds what a method carries from step to step (nothing for the methods of this
-    module); it is replaced, never mutated.
+    package); it is replaced, never mutated.
     """
 
     Y: Any
@@ -61,8 +135,8 @@ class State:
 
 
 @dataclass
-class StepInfo:
-    """Cost and rank bookkeeping of one step.
+class StepCounts:
+    """The cost of one step: field products, factorisations and rejected attempts.
 
     Attributes
     ----------
@@ -70,10 +144,6 @@ class StepInfo:
         Applications of ``F V``, ``F^H U`` and ``U^H F V``.
     n_qr, n_svd : int
         QR and SVD factorisations (of any size).
-    rank_before, rank_after : int
-        Rank of the input and output states.
-    truncation : TruncationRecord or None
-        The last rank decision of the step.
     rejected : int
         Rejected attempts (methods with step rejection).
     """
@@ -83,9 +153,6 @@ class StepInfo:
     n_project: int = 0
     n_qr: int = 0
     n_svd: int = 0
-    rank_before: int = 0
-    rank_after: int = 0
-    truncation: TruncationRecord | None = None
     rejected: int = 0
 
     @property
@@ -94,41 +161,28 @@ class StepInfo:
         return self.n_right + self.n_left + self.n_project
 
 
-class Ledger:
-    """Counts and checks every interaction of one step with the problem and with LAPACK.
+@dataclass
+class StepInfo(StepCounts):
+    """Cost and rank bookkeeping of one matrix step.
 
-    Integrators call ``F`` and factorisations only through a ledger, so that cost budgets
-    (which define the methods) are observable and a problem returning a wrongly shaped
-    product is caught at once with a message naming the product.
+    Attributes
+    ----------
+    rank_before, rank_after : int
+        Rank of the input and output states.
+    truncation : TruncationRecord or None
+        The last rank decision of the step.
     """
 
-    def __init__(self, problem: MatrixODE, rank_before: int = 0) -> None:
-        self.problem = problem
-        self.info = StepInfo(rank_before=rank_before)
+    rank_before: int = 0
+    rank_after: int = 0
+    truncation: TruncationRecord | None = None
 
-    # --- F products --------------------------------------------------------------------
-    def right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
-        """``F(t, Y) V``."""
-        self.info.n_right += 1
-        out = self.problem.apply_right(t, Y, V)
-        _check_product("apply_right", out, (Y.shape[0], V.shape[1]))
-        return out
 
-    def left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
-        """``F(t, Y)^H U``."""
-        self.info.n_left += 1
-        out = self.problem.apply_left(t, Y, U)
-        _check_product("apply_left", out, (Y.shape[1], U.shape[1]))
-        return out
+class FactorisationLedger:
+    """Counts the QR and SVD factorisations of one step (shared by matrix and Tucker steps)."""
 
-    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
-        """``U^H F(t, Y) V``."""
-        self.info.n_project += 1
-        out = self.problem.project(t, Y, U, V)
-        _check_product("project", out, (U.shape[1], V.shape[1]))
-        return out
+    info: StepCounts
 
-    # --- factorisations ----------------------------------------------------------------
     def qr(self, X: Any) -> tuple[Any, Any]:
         """Thin QR ``X = Q R``."""
         self.info.n_qr += 1
@@ -152,6 +206,41 @@ class Ledger:
         self.info.n_svd += 1
         return bk.svd(X)
 
+
+class Ledger(FactorisationLedger):
+    """Counts every request and factorisation of one matrix step and builds its :class:`StepInfo`.
+
+    The ledger makes the step's requests (it never sees the problem): cost budgets, which
+    define the methods, are observable whatever driver answers the step.
+
+    Parameters
+    ----------
+    rank_before : int
+        Rank of the step's input.
+    """
+
+    def __init__(self, rank_before: int = 0) -> None:
+        self.info = StepInfo(rank_before=int(rank_before))
+
+    # --- F products --------------------------------------------------------------------
+    def right(self, t: float, Y: LowRankMatrix, V: Any, at: LowRankMatrix | None = None) -> Right:
+        """The request ``F(t, Y) V``."""
+        self.info.n_right += 1
+        return Right(t, Y, V, at)
+
+    def left(self, t: float, Y: LowRankMatrix, U: Any, at: LowRankMatrix | None = None) -> Left:
+        """The request ``F(t, Y)^H U``."""
+        self.info.n_left += 1
+        return Left(t, Y, U, at)
+
+    def project(
+        self, t: float, Y: LowRankMatrix, U: Any, V: Any, at: LowRankMatrix | None = None
+    ) -> Project:
+        """The request ``U^H F(t, Y) V``."""
+        self.info.n_project += 1
+        return Project(t, Y, U, V, at)
+
+    # --- rank decisions ----------------------------------------------------------------
     def truncate(
         self, rule: TruncationRule, U: Any, S: Any, V: Any, h: float, **kw: Any
     ) -> LowRankMatrix:
@@ -173,121 +262,260 @@ class Ledger:
         return P, S1, Q
 
     def finish(self, rank_after: int) -> StepInfo:
-        self.info.rank_after = rank_after
+        self.info.rank_after = int(rank_after)
         return self.info
-
-
-def _check_product(name: str, out: Any, expected: tuple[int, int]) -> None:
-    shape = tuple(getattr(out, "shape", ()))
-    if shape != tuple(int(e) for e in expected):
-        raise ValueError(
-            f"problem.{name} returned an array of shape {shape}, expected {tuple(expected)}"
-        )
 
 
 # --- substep ODEs ---------------------------------------------------------------------------
 
 
-class CountedField:
-    """A substep field of the problem, counted in ``ledger.info.<counter>`` and shape-checked
-    (a substep field returns an array of the shape of its argument)."""
+class SubstepField:
+    """Base of the substep ODEs: the requests of one substep and how a problem answers them.
 
-    def __init__(self, ledger: Any, counter: str, name: str, field: Callable[..., Any]):
-        self.ledger = ledger
-        self.counter = counter
-        self.name = name
-        self.field = field
+    A subclass sets ``kind`` (the product its field is), ``counter`` (the :class:`StepCounts`
+    field it counts in), ``field_name`` (for error messages) and implements ``field(problem)``
+    (the problem's substep field), ``increment_of``, ``point(X)`` and ``bases``.
 
-    def __call__(self, t: float, X: Any) -> Any:
-        info = self.ledger.info
-        setattr(info, self.counter, getattr(info, self.counter) + 1)
-        out = self.field(t, X)
-        _check_product(self.name, out, tuple(X.shape))
-        return out
+    Parameters
+    ----------
+    ledger : Ledger
+        Counts the evaluations.
+    at : LowRankMatrix, optional
+        The point that the substep's start value represents (see the module docstring).
+    sign : {1, -1}
+        ``-1`` for a backward substep: its field is minus the product.
+    """
 
+    kind: ClassVar[str] = ""
+    counter: ClassVar[str] = ""
+    field_name: ClassVar[str] = ""
 
-class KStep:
-    r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed orthonormal right basis ``V0``)."""
-
-    def __init__(self, ledger: Ledger, V0: Any) -> None:
-        self.ledger = ledger
-        self.V0 = V0
-        self.rhs = CountedField(ledger, "n_right", "k_field", ledger.problem.k_field(V0))
-
-    def increment(self, t0: float, t1: float) -> Any | None:
-        return self.ledger.problem.increment_right(t0, t1, self.V0)
-
-
-class LStep:
-    r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed orthonormal left basis ``U0``)."""
-
-    def __init__(self, ledger: Ledger, U0: Any) -> None:
-        self.ledger = ledger
-        self.U0 = U0
-        self.rhs = CountedField(ledger, "n_left", "l_field", ledger.problem.l_field(U0))
-
-    def increment(self, t0: float, t1: float) -> Any | None:
-        return self.ledger.problem.increment_left(t0, t1, self.U0)
-
-
-class SStep:
-    r"""``S' = sign * U^H F(t, U S V^H) V``: Galerkin (``sign=+1``) or backward (``sign=-1``)."""
-
-    def __init__(self, ledger: Ledger, U: Any, V: Any, sign: int = 1) -> None:
+    def __init__(self, ledger: Any, at: LowRankMatrix | None = None, sign: int = 1) -> None:
         if sign not in (1, -1):
             raise ValueError("sign must be +1 or -1")
         self.ledger = ledger
-        self.U = U
-        self.V = V
+        self.at = at
         self.sign = sign
-        self._field = CountedField(ledger, "n_project", "s_field", ledger.problem.s_field(U, V))
+        self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
+        self._problem: Any = None
 
-    def rhs(self, t: float, S: Any) -> Any:
-        out = self._field(t, S)
+    # --- the protocol --------------------------------------------------------------------
+    def request(self, t: float, X: Any, start: bool = False) -> Field:
+        """The request for the field at ``(t, X)``; ``start`` marks the substep's start value."""
+        info = self.ledger.info
+        setattr(info, self.counter, getattr(info, self.counter) + 1)
+        return Field(self, t, X, self.at if start else None)
+
+    def finish(self, out: Any) -> Any:
+        """The substep's right-hand side from the answer (applies the sign)."""
         return out if self.sign == 1 else -out
 
-    def increment(self, t0: float, t1: float) -> Any | None:
-        inc = self.ledger.problem.increment_project(t0, t1, self.U, self.V)
+    def field(self, problem: Any) -> Callable[[float, Any], Any]:
+        """The problem's field of this substep (built once per substep)."""
+        if self._bound is None or self._bound[0] is not problem:
+            self._bound = (problem, self.make_field(problem))
+        return self._bound[1]
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        raise NotImplementedError
+
+    def increment_of(self, problem: Any, t0: float, t1: float) -> Any | None:
+        """The exact increment over ``[t0, t1]`` from the problem, with the sign, or ``None``."""
+        inc = self.make_increment(problem, t0, t1)
         if inc is None or self.sign == 1:
             return inc
         return -inc
 
+    def make_increment(self, problem: Any, t0: float, t1: float) -> Any | None:
+        return None
 
-# --- the integrator base --------------------------------------------------------------------
+    # --- synchronous use by solvers that call their field ----------------------------------
+    def bind(self, problem: Any) -> SubstepField:
+        """This ODE with ``rhs`` and ``increment`` answered from ``problem`` (returns ``self``)."""
+        self._problem = problem
+        return self
+
+    def rhs(self, t: float, X: Any) -> Any:
+        if self._problem is None:
+            raise RuntimeError("rhs needs a problem: call bind(problem) first")
+        req = self.request(t, X)
+        out = self.field(self._problem)(req.t, req.X)
+        check_product(self.field_name, out, X.shape)
+        return self.finish(out)
+
+    def increment(self, t0: float, t1: float) -> Any | None:
+        if self._problem is None:
+            raise RuntimeError("increment needs a problem: call bind(problem) first")
+        return self.increment_of(self._problem, t0, t1)
 
 
-class Integrator(ABC):
-    """Base class of the matrix integrators.
+class KStep(SubstepField):
+    r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed orthonormal right basis ``V0``)."""
+
+    kind = "right"
+    counter = "n_right"
+    field_name = "k_field"
+
+    def __init__(self, ledger: Ledger, V0: Any, at: LowRankMatrix | None = None) -> None:
+        super().__init__(ledger, at)
+        self.V0 = V0
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.V0,)
+
+    def point(self, K: Any) -> LowRankMatrix:
+        return LowRankMatrix(K, bk.eye_like(self.V0, int(self.V0.shape[1])), self.V0, check=False)
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        return problem.k_field(self.V0)
+
+    def make_increment(self, problem: Any, t0: float, t1: float) -> Any | None:
+        return problem.increment_right(t0, t1, self.V0)
+
+
+class LStep(SubstepField):
+    r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed orthonormal left basis ``U0``)."""
+
+    kind = "left"
+    counter = "n_left"
+    field_name = "l_field"
+
+    def __init__(self, ledger: Ledger, U0: Any, at: LowRankMatrix | None = None) -> None:
+        super().__init__(ledger, at)
+        self.U0 = U0
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.U0,)
+
+    def point(self, L: Any) -> LowRankMatrix:
+        return LowRankMatrix(self.U0, bk.eye_like(self.U0, int(self.U0.shape[1])), L, check=False)
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        return problem.l_field(self.U0)
+
+    def make_increment(self, problem: Any, t0: float, t1: float) -> Any | None:
+        return problem.increment_left(t0, t1, self.U0)
+
+
+class SStep(SubstepField):
+    r"""``S' = sign * U^H F(t, U S V^H) V``: Galerkin (``sign=+1``) or backward (``sign=-1``)."""
+
+    kind = "project"
+    counter = "n_project"
+    field_name = "s_field"
+
+    def __init__(
+        self, ledger: Ledger, U: Any, V: Any, sign: int = 1, at: LowRankMatrix | None = None
+    ) -> None:
+        super().__init__(ledger, at, sign)
+        self.U = U
+        self.V = V
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.U, self.V)
+
+    def point(self, S: Any) -> LowRankMatrix:
+        return LowRankMatrix(self.U, S, self.V, check=False)
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        return problem.s_field(self.U, self.V)
+
+    def make_increment(self, problem: Any, t0: float, t1: float) -> Any | None:
+        return problem.increment_project(t0, t1, self.U, self.V)
+
+
+# --- the integrator bases -------------------------------------------------------------------
+
+
+class StepMethod:
+    """What matrix and Tucker integrators share: substep solver, protocol, declared theory.
+
+    Theory is declared as class attributes (read by the registry
+    :mod:`lowrank_integrators.methods`, the CLI, the verification suite, the paper figures and
+    training); a class whose constructor selects a variant (``order=2``) declares the
+    variant's values in ``variants`` and :meth:`theory` returns the right ones.
 
     Parameters
     ----------
     substep : SubstepSolver or callable, optional
-        Solver for the K-, L- and S-substeps (default ``RK4(steps=1)``); a callable
-        ``(f, t0, t1, X0) -> X1`` is accepted too.
+        Solver for the substeps (default ``RK4(steps=1)``); a callable
+        ``(f, t0, t1, X0) -> X1`` is accepted too (it can be answered by a problem, not by the
+        training client, which needs a solver written as requests such as ``Euler()``).
     """
 
     #: Classical order of the method with exact substeps.
     order: int = 1
     #: Whether the method changes the rank by itself.
     rank_adaptive: bool = False
+    #: Exact for every ``h`` on tangent fields ``F(Y) = A Y + Y B`` (projector splitting).
+    exact_tangent: bool = False
+    #: Reproduces rank-r explicit data ``A(t)`` to round-off.
+    exact_data: bool = False
+    #: Norm conservation on Schrodinger-type problems: "exact", "truncation", "drift", "unknown".
+    norm: str = "unknown"
+    #: Guaranteed descent of gradient flows for ``h <= 1/Lip``.
+    descent: bool = False
+    #: Largest factor by which the rank can grow in one step (``inf``: unbounded).
+    max_rank_growth: float = 1.0
+    #: Forward/backward passes per training step with Euler substeps (evaluation points).
+    passes_per_step: int = 1
+    #: Observed order 2 on Sylvester fields when truncated back to a fixed rank.
+    second_order_sylvester: bool = False
+    #: Whether the declared order also holds truncated to a fixed rank.
+    fixed_rank_order: bool = True
     #: Papers the method implements: "Authors Year, Title, arXiv:id".
     references: tuple[str, ...] = ()
+    #: Theory of the variants selected by the constructor's ``order`` (where it has one): the
+    #: attributes that differ from the class's, by order.
+    variants: ClassVar[dict[int, dict[str, Any]]] = {}
 
     def __init__(self, substep: SubstepSolver | Callable[..., Any] | None = None) -> None:
         self.substep = as_substep(substep)
 
-    def init(self, problem: MatrixODE, Y0: LowRankMatrix, t0: float) -> State:
-        """Initial state at ``t0``; validates ``Y0``."""
-        if not isinstance(Y0, LowRankMatrix):
-            raise TypeError(
-                f"Y0 must be a LowRankMatrix, got {type(Y0).__name__}; use "
-                "LowRankMatrix.from_dense(A, rank=r) for a dense initial value"
-            )
-        return State(Y=Y0, t=float(t0))
+    @classmethod
+    def theory(cls, order: int | None = None) -> dict[str, Any]:
+        """The declared theory of the method (of its variant ``order``), as a dict."""
+        names = (
+            "order",
+            "rank_adaptive",
+            "exact_tangent",
+            "exact_data",
+            "norm",
+            "descent",
+            "max_rank_growth",
+            "passes_per_step",
+            "second_order_sylvester",
+            "fixed_rank_order",
+        )
+        out = {name: getattr(cls, name) for name in names}
+        if order is not None:
+            out.update(cls.variants.get(order, {}))
+        return out
 
-    @abstractmethod
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        """Advance ``state`` from ``t`` to ``t + h``."""
+    def _select_variant(self, order: int) -> None:
+        """Set the declared theory of the variant ``order`` on this instance."""
+        for name, value in self.variants.get(order, {}).items():
+            setattr(self, name, value)
+
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        """The step from ``t`` to ``t + h``: a generator of requests returning ``(state, info)``.
+
+        Every integrator of the package implements it. A subclass that overrides only
+        :meth:`step` (the synchronous form, answered by a problem) still runs in ``solve``
+        but cannot be driven by requests, e.g. in training.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not write its step as requests (step_requests); it can "
+            "be run by solve through its step method only"
+        )
+        yield  # pragma: no cover - makes this method a generator
+
+    def step(self, problem: Any, state: State, t: float, h: float) -> tuple[State, Any]:
+        """Advance ``state`` from ``t`` to ``t + h``, answering the requests from ``problem``."""
+        return answer_from_problem(problem, self.step_requests(state, t, h))
 
     def start(self, left: Any, right: Any) -> Any:
         """The start value ``left @ right`` of a K- or L-substep (``K0 = U0 S0``).
@@ -307,6 +535,19 @@ class Integrator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(substep={self.substep!r})"
+
+
+class Integrator(StepMethod):
+    """Base class of the matrix integrators (state ``Y`` a :class:`LowRankMatrix`)."""
+
+    def init(self, problem: Any, Y0: LowRankMatrix, t0: float) -> State:
+        """Initial state at ``t0``; validates ``Y0``."""
+        if not isinstance(Y0, LowRankMatrix):
+            raise TypeError(
+                f"Y0 must be a LowRankMatrix, got {type(Y0).__name__}; use "
+                "LowRankMatrix.from_dense(A, rank=r) for a dense initial value"
+            )
+        return State(Y=Y0, t=float(t0))
 
 
 class AdaptiveIntegrator(Integrator):

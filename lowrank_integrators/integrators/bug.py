@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
-from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .base import Integrator, KStep, Ledger, LStep, Parallel, SStep, State, StepGenerator
 
 __all__ = ["BUG"]
 
@@ -29,7 +28,9 @@ class BUG(Integrator):
     """Fixed-rank basis-update & Galerkin integrator (Ceruti-Lubich 2022).
 
     Costs per step with ``RK4(steps=s)`` substeps: ``4s`` applications each of ``F V``,
-    ``F^H U`` and ``U^H F V``; two thin QRs of r columns; no SVD.
+    ``F^H U`` and ``U^H F V``; two thin QRs of r columns; no SVD. With Euler substeps two
+    evaluation points (``Y0`` for the K- and L-steps, ``U1 M S0 N^H V1^H`` for the S-step):
+    two forward/backward passes per training step.
 
     Parameters
     ----------
@@ -39,25 +40,35 @@ class BUG(Integrator):
 
     order = 1
     rank_adaptive = False
+    exact_data = True
+    norm = "drift"
+    passes_per_step = 2
     references = (
         "Ceruti, Lubich 2022, An unconventional robust integrator for dynamical low-rank "
         "approximation, BIT 62:23-44, arXiv:2010.02022",
     )
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U0, S0, V0 = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U0, S0, V0 = Y0
+        led = Ledger(rank_before=Y0.rank)
         t1 = t + h
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
-        U1 = led.orth(self.substep(KStep(led, V0), t, t1, self.start(U0, S0)))  # orth(K1)
-        M = bk.adjoint(U1) @ U0
+        def k_step() -> StepGenerator:
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
+            return led.orth(K1)
 
-        L0 = self.start(V0, bk.adjoint(S0))
-        V1 = led.orth(self.substep(LStep(led, U0), t, t1, L0))  # orth(L1)
+        def l_step() -> StepGenerator:
+            L0 = self.start(V0, bk.adjoint(S0))
+            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
+            return led.orth(L1)
+
+        U1, V1 = yield Parallel(k_step(), l_step())
+        M = bk.adjoint(U1) @ U0
         N = bk.adjoint(V1) @ V0
 
-        S1 = self.substep(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
+        S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
 
         Y1 = LowRankMatrix(U1, S1, V1, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .augmentation import AugmentedBases, augment
+from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
 
 __all__ = ["MidpointBUG"]
 
@@ -45,8 +45,9 @@ class MidpointBUG(AdaptiveIntegrator):
     Costs per step with ``RK4(steps=s)`` substeps: ``4s + 1`` applications each of ``F V``
     and ``F^H U`` (the half step's K- and L-steps and the two products at ``Y_half``) and
     ``8s`` of ``U^H F V`` (two Galerkin steps); four QRs (``2r``, ``2r``, ``4r``, ``4r``
-    columns); one SVD of the ``4r x 4r`` core. Three sequential evaluation points with Euler
-    substeps.
+    columns); one SVD of the ``4r x 4r`` core. With Euler substeps two evaluation points
+    (``Y0``, ``Y_half``; both Galerkin steps start from a representation of ``Y0``): two
+    forward/backward passes per training step.
 
     Parameters
     ----------
@@ -57,45 +58,51 @@ class MidpointBUG(AdaptiveIntegrator):
     """
 
     order = 2
+    max_rank_growth = 4.0
+    passes_per_step = 2
     references = (
         "Ceruti, Einkemmer, Kusch, Lubich 2024, A robust second-order low-rank BUG integrator "
         "based on the midpoint rule, BIT 64, arXiv:2402.08607",
     )
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U0, S0, V0 = state.Y
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U0, S0, V0 = Y0
         bk.namespace(U0, S0, V0)
-        led = Ledger(problem, rank_before=state.Y.rank)
+        led = Ledger(rank_before=Y0.rank)
         t_half, t1 = t + 0.5 * h, t + h
 
         # 1. untruncated augmented BUG half step
         # Tall intermediates are released as soon as they are used (n can be ~1e6).
-        K_half = self.substep(KStep(led, V0), t, t_half, self.start(U0, S0))
-        U_half = led.orth_blocks(K_half, U0)
-        del K_half
-        L_half = self.substep(LStep(led, U0), t, t_half, self.start(V0, bk.adjoint(S0)))
-        V_half = led.orth_blocks(L_half, V0)
-        del L_half
-        S_start = (bk.adjoint(U_half) @ U0) @ S0 @ (bk.adjoint(V0) @ V_half)
-        S_half = self.substep(SStep(led, U_half, V_half), t, t_half, S_start)
-        Y_half = LowRankMatrix(U_half, S_half, V_half, check=False)
+        half = AugmentedBases()
+
+        def k_step() -> StepGenerator:
+            K0 = self.start(U0, S0)
+            K_half = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t_half, K0)
+            half.U = augment(led, K_half, U0)
+
+        def l_step() -> StepGenerator:
+            L0 = self.start(V0, bk.adjoint(S0))
+            L_half = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t_half, L0)
+            half.V = augment(led, L_half, V0)
+
+        yield Parallel(k_step(), l_step())
+        S_start = (bk.adjoint(half.U) @ U0) @ S0 @ (bk.adjoint(V0) @ half.V)
+        S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
+        Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
 
         # 2. bases enriched by the field at the midpoint (both products first, so that each
         # half-step basis is released as soon as its enriched basis exists)
-        FV = led.right(t_half, Y_half, V_half)
-        FhU = led.left(t_half, Y_half, U_half)
+        FV = yield led.right(t_half, Y_half, half.V)
+        FhU = yield led.left(t_half, Y_half, half.U)
         del Y_half
-        U_hat = led.orth_blocks(U_half, FV)
-        del U_half, FV
-        V_hat = led.orth_blocks(V_half, FhU)
-        del V_half, FhU
+        hat = AugmentedBases(led.orth_blocks(half.U, FV))
+        half.U = FV = None
+        hat.V = led.orth_blocks(half.V, FhU)
+        half.V = FhU = None
 
         # 3. full-step Galerkin from Y0 itself
-        S_start = (bk.adjoint(U_hat) @ U0) @ S0 @ (bk.adjoint(V0) @ V_hat)
-        S_hat = self.substep(SStep(led, U_hat, V_hat), t, t1, S_start)
-
-        P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
-        U1 = U_hat @ P
-        del U_hat  # before V_hat Q exists: one tall array fewer at the end of the step
-        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
+        S_start = (bk.adjoint(hat.U) @ U0) @ S0 @ (bk.adjoint(V0) @ hat.V)
+        S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
+        Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

@@ -54,14 +54,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
 from ..substeps import SubstepSolver
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .augmentation import AugmentedBases, extend
+from .base import (
+    AdaptiveIntegrator,
+    KStep,
+    Ledger,
+    LStep,
+    Parallel,
+    SStep,
+    State,
+    StepGenerator,
+)
 
 __all__ = ["ParallelBUG"]
 
@@ -75,7 +84,8 @@ class ParallelBUG(AdaptiveIntegrator):
     ``U_tilde^H F(t0, Y0) V_tilde`` when it is evaluated (only if test (a) did not already
     reject). ``order=2`` adds ``F(t0, Y0) V0``, ``F(t0, Y0)^H U0`` and two QRs per attempt,
     and its core is ``4r x 4r``. A rejected attempt costs as much as an accepted one, and
-    ``StepInfo`` counts both.
+    ``StepInfo`` counts both. With Euler substeps every product of every attempt is taken at
+    ``Y0``: one forward/backward pass per training step, rejections included.
 
     Parameters
     ----------
@@ -100,6 +110,11 @@ class ParallelBUG(AdaptiveIntegrator):
     """
 
     order = 1
+    max_rank_growth = math.inf  # rejected steps restart in doubled bases, repeatedly
+    passes_per_step = 1
+    fixed_rank_order = False
+    #: The second-order variant (``order=2``) differs in these attributes.
+    variants: ClassVar[dict[int, dict[str, Any]]] = {2: {"order": 2, "fixed_rank_order": True}}
     references = (
         "Ceruti, Kusch, Lubich 2024, A parallel rank-adaptive integrator for dynamical low-rank "
         "approximation, SIAM J. Sci. Comput., arXiv:2304.05660",
@@ -130,55 +145,73 @@ class ParallelBUG(AdaptiveIntegrator):
                 f"{truncation.rank}"
             )
         self.reject = reject
-        self.order = order
+        self._select_variant(order)
         self.c_eta = float(c_eta)
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U, S, V = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
-        cap = _rank_cap(self.truncation, *state.Y.shape)
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        U, S, V = Y0
+        led = Ledger(rank_before=Y0.rank)
+        cap = _rank_cap(self.truncation, *Y0.shape)
         t1 = t + h
         while True:
+            # Every attempt starts from Y0, written in the current bases U, V.
             if self.order == 2:
-                U, S, V = _augment_by_field(led, t, U, S, V)
-            U_hat, S_hat, V_hat, U_new, V_new = self._parallel_substeps(led, U, S, V, t, t1)
+                U, S, V = yield from _augment_by_field(led, t, U, S, V, Y0)
+            hat = AugmentedBases()
+            S_hat = yield from self._parallel_substeps(led, hat, U, S, V, Y0, t, t1)
             # The rank decision needs the core only; the new factors are formed once accepted.
             P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
             record = led.info.truncation
-            if not (self.reject and self._rejects(led, record, cap, t, h, U, S, V, U_new, V_new)):
+            if not self.reject:
+                break
+            rejects = yield from self._rejects(led, record, cap, t, h, U, S, V, hat, Y0)
+            if not rejects:
                 break
             led.info.rejected += 1
             # Restart from the same Y0, now written in the doubled bases.
-            U, S, V = U_hat, _pad(S, U_hat, V_hat), V_hat
-        del U_new, V_new, U, V  # views of / the bases: U_hat can go before V_hat Q is formed
-        U1 = U_hat @ P
-        del U_hat
-        Y1 = LowRankMatrix(U1, S1, V_hat @ Q, check=False)
+            U, S, V = hat.U, _pad(S, hat.U, hat.V), hat.V
+        del U, V  # the bases of the attempt: U_hat can go before V_hat Q is formed
+        Y1 = hat.form(P, S1, Q)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
 
     def _parallel_substeps(
-        self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
-    ) -> tuple[Any, Any, Any, Any, Any]:
+        self,
+        led: Ledger,
+        hat: AugmentedBases,
+        U0: Any,
+        S0: Any,
+        V0: Any,
+        Y0: LowRankMatrix,
+        t0: float,
+        t1: float,
+    ) -> StepGenerator:
+        """The K-, L- and S-steps from ``Y0 = U0 S0 V0^H``; sets ``hat`` and returns ``S_hat``."""
         xp = bk.namespace(U0, S0, V0)
         r, s = int(U0.shape[1]), int(V0.shape[1])
+
         # The three substeps are independent (all start from Y0). Each tall result is used
         # and released before the next is computed, and the augmented bases are built in the
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
-        K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
-        U_hat = _augmented_basis(led, U0, K1)
-        UtK = bk.adjoint(U_hat[:, r:]) @ K1
-        del K1
-        L1 = self.substep(LStep(led, U0), t0, t1, self.start(V0, bk.adjoint(S0)))
-        V_hat = _augmented_basis(led, V0, L1)
-        LtV = bk.adjoint(L1) @ V_hat[:, s:]
-        del L1
-        S_bar = self.substep(SStep(led, U0, V0), t0, t1, S0)
+        def k_step() -> StepGenerator:
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
+            hat.U = extend(led, U0, K1)
+            return bk.adjoint(hat.U[:, r:]) @ K1
 
+        def l_step() -> StepGenerator:
+            L0 = self.start(V0, bk.adjoint(S0))
+            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            hat.V = extend(led, V0, L1)
+            return bk.adjoint(L1) @ hat.V[:, s:]
+
+        def s_step() -> StepGenerator:
+            return (yield from self.substep.solve(SStep(led, U0, V0, at=Y0), t0, t1, S0))
+
+        UtK, LtV, S_bar = yield Parallel(k_step(), l_step(), s_step())
         zero = xp.zeros(
             (int(UtK.shape[0]), int(LtV.shape[1])), dtype=S0.dtype, device=bk.device(S0)
         )
-        S_hat = xp.concat([xp.concat([S_bar, LtV], axis=1), xp.concat([UtK, zero], axis=1)], axis=0)
-        return U_hat, S_hat, V_hat, U_hat[:, r:], V_hat[:, s:]
+        return xp.concat([xp.concat([S_bar, LtV], axis=1), xp.concat([UtK, zero], axis=1)], axis=0)
 
     def _rejects(
         self,
@@ -190,21 +223,24 @@ class ParallelBUG(AdaptiveIntegrator):
         U0: Any,
         S0: Any,
         V0: Any,
-        U_tilde: Any,
-        V_tilde: Any,
-    ) -> bool:
+        hat: AugmentedBases,
+        Y0: LowRankMatrix,
+    ) -> StepGenerator:
         p = record.rank_before
         if p >= cap:
             return False
         if record.rank_after == p:  # criterion (a)
             return True
         tau = record.tolerance
+        r, s = int(U0.shape[1]), int(V0.shape[1])
+        U_tilde, V_tilde = hat.U[:, r:], hat.V[:, s:]
         if math.isnan(tau) or U_tilde.shape[1] == 0 or V_tilde.shape[1] == 0:
             return False
-        # criterion (b): the weight of the dropped (2, 2) block.
+        # criterion (b): the weight of the dropped (2, 2) block, at Y0 written in (U0, V0).
         xp = bk.namespace(U0, S0, V0)
-        Y0 = LowRankMatrix(U0, S0, V0, check=False)
-        eta = float(xp.linalg.matrix_norm(led.project(t0, Y0, U_tilde, V_tilde)))
+        Y = LowRankMatrix(U0, S0, V0, check=False)
+        block = yield led.project(t0, Y, U_tilde, V_tilde, at=Y0)
+        eta = float(xp.linalg.matrix_norm(block))
         return h * eta > self.c_eta * tau
 
     def __repr__(self) -> str:
@@ -214,24 +250,13 @@ class ParallelBUG(AdaptiveIntegrator):
         )
 
 
-def _augmented_basis(led: Ledger, U0: Any, X: Any) -> Any:
-    """``[U0, ext(U0, X)]`` in the storage of the Q factor of ``QR([U0, X])``.
-
-    The leading block of that Q factor is ``U0`` up to the signs of its columns; it is
-    overwritten with ``U0`` itself, so that the augmented basis begins with the old one
-    exactly (the padded core ``[[S0, 0], [0, 0]]`` then represents ``Y0`` exactly).
-    """
-    bk.namespace(U0, X)
-    Q, _ = led.qr_blocks(U0, X)
-    Q[:, : int(U0.shape[1])] = U0
-    return Q
-
-
-def _augment_by_field(led: Ledger, t0: float, U0: Any, S0: Any, V0: Any) -> tuple[Any, Any, Any]:
+def _augment_by_field(
+    led: Ledger, t0: float, U0: Any, S0: Any, V0: Any, Y0: LowRankMatrix
+) -> StepGenerator:
     """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
-    Y0 = LowRankMatrix(U0, S0, V0, check=False)
-    U_hat0 = _augmented_basis(led, U0, led.right(t0, Y0, V0))
-    V_hat0 = _augmented_basis(led, V0, led.left(t0, Y0, U0))
+    Y = LowRankMatrix(U0, S0, V0, check=False)
+    U_hat0 = extend(led, U0, (yield led.right(t0, Y, V0, at=Y0)))
+    V_hat0 = extend(led, V0, (yield led.left(t0, Y, U0, at=Y0)))
     return U_hat0, _pad(S0, U_hat0, V_hat0), V_hat0
 
 

@@ -21,13 +21,12 @@ sharp test of the sign of the S-step) and for rank-r explicit data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..problems import MatrixODE
 from ..substeps import SubstepSolver
-from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepInfo
+from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepGenerator
 
 __all__ = ["ProjectorSplitting"]
 
@@ -37,7 +36,9 @@ class ProjectorSplitting(Integrator):
 
     Fixed rank. Robust to small singular values (error bounds independent of them, Kieri,
     Lubich, Walach 2016). Costs per step with ``RK4(steps=s)`` substeps: ``4s`` evaluations
-    for each of the three (Strang: five) sequential substeps; 2 thin QRs (Strang: 3).
+    for each of the three (Strang: five) sequential substeps; 2 thin QRs (Strang: 3). With
+    Euler substeps every substep starts at a new point: three forward/backward passes per
+    training step (Strang: five).
 
     Parameters
     ----------
@@ -48,6 +49,12 @@ class ProjectorSplitting(Integrator):
     """
 
     rank_adaptive = False
+    exact_tangent = True
+    exact_data = True
+    norm = "exact"
+    passes_per_step = 3
+    #: The Strang composition (``order=2``) differs in these attributes.
+    variants: ClassVar[dict[int, dict[str, Any]]] = {2: {"order": 2, "passes_per_step": 5}}
     references = (
         "Lubich, Oseledets 2014, A projector-splitting integrator for dynamical low-rank "
         "approximation, BIT 54:171-188, arXiv:1301.1058",
@@ -61,45 +68,48 @@ class ProjectorSplitting(Integrator):
         super().__init__(substep)
         if order not in (1, 2) or isinstance(order, bool):
             raise ValueError(f"order must be 1 (Lie-Trotter) or 2 (Strang), got {order!r}")
-        self.order = order
+        self._select_variant(order)
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
-        U0, S0, V0 = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
+        Y0 = state.Y
+        led = Ledger(rank_before=Y0.rank)
         if self.order == 1:
-            U1, S1, V1 = self._ksl(led, U0, S0, V0, t, t + h)
+            U1, S1, V1 = yield from self._ksl(led, Y0, t, t + h)
         else:
-            U1, S1, V1 = self._strang(led, U0, S0, V0, t, h)
+            U1, S1, V1 = yield from self._strang(led, Y0, t, h)
         Y1 = LowRankMatrix(U1, S1, V1, check=False)
         return state.with_Y(Y1, t + h), led.finish(Y1.rank)
 
     def _k_then_backward_s(
-        self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
-    ) -> tuple[Any, Any]:
-        K1 = self.substep(KStep(led, V0), t0, t1, self.start(U0, S0))
+        self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float
+    ) -> StepGenerator:
+        U0, S0, V0 = Y0
+        K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
         U1, S_hat = led.qr(K1)
-        S_tilde = self.substep(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
+        S_tilde = yield from self.substep.solve(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
         return U1, S_tilde
 
-    def _ksl(
-        self, led: Ledger, U0: Any, S0: Any, V0: Any, t0: float, t1: float
-    ) -> tuple[Any, Any, Any]:
-        U1, S_tilde = self._k_then_backward_s(led, U0, S0, V0, t0, t1)
-        L1 = self.substep(LStep(led, U1), t0, t1, self.start(V0, bk.adjoint(S_tilde)))
+    def _ksl(self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float) -> StepGenerator:
+        V0 = Y0.V
+        U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t0, t1)
+        L0 = self.start(V0, bk.adjoint(S_tilde))
+        L1 = yield from self.substep.solve(LStep(led, U1), t0, t1, L0)
         V1, R = led.qr(L1)
         return U1, bk.adjoint(R), V1
 
-    def _strang(
-        self, led: Ledger, U0: Any, S0: Any, V0: Any, t: float, h: float
-    ) -> tuple[Any, Any, Any]:
+    def _strang(self, led: Ledger, Y0: LowRankMatrix, t: float, h: float) -> StepGenerator:
+        V0 = Y0.V
         t_half, t1 = t + 0.5 * h, t + h
         # KSL over [t, t + h/2] up to its L-step ...
-        U1, S_tilde = self._k_then_backward_s(led, U0, S0, V0, t, t_half)
+        U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t, t_half)
         # ... whose L-step merges with the L-step of LSK over [t + h/2, t1].
-        V1, R = led.qr(self.substep(LStep(led, U1), t, t1, self.start(V0, bk.adjoint(S_tilde))))
+        L0 = self.start(V0, bk.adjoint(S_tilde))
+        V1, R = led.qr((yield from self.substep.solve(LStep(led, U1), t, t1, L0)))
         # LSK continues: backward S-step with (U1, V1), then the K-step with V1.
-        S_tilde2 = self.substep(SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R))
-        K1 = self.substep(KStep(led, V1), t_half, t1, self.start(U1, S_tilde2))
+        S_tilde2 = yield from self.substep.solve(
+            SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R)
+        )
+        K1 = yield from self.substep.solve(KStep(led, V1), t_half, t1, self.start(U1, S_tilde2))
         U2, S1 = led.qr(K1)
         return U2, S1, V1
 

@@ -35,17 +35,17 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _backend as bk
+from ..protocol import StepGenerator
 from ..substeps import SubstepSolver
 from ..tensor_problems import TensorODE
 from ..truncation import FixedRank, TruncationRecord, TruncationRule, tail_norms
 from ..tucker import TuckerTensor, multi_mode_product, unfold
-from .base import State
 from .tucker_steps import (
     CoreStep,
     ModeKStep,
     TuckerIntegrator,
     TuckerLedger,
-    TuckerStepInfo,
+    TuckerState,
     mode_matrix_form,
 )
 
@@ -73,6 +73,9 @@ class TuckerBUG(TuckerIntegrator):
     """
 
     order = 1
+    exact_data = True
+    norm = "drift"
+    max_rank_growth = 2.0
     references = (
         "Ceruti, Lubich 2022, An unconventional robust integrator for dynamical low-rank "
         "approximation, BIT 62:23-44, arXiv:2010.02022",
@@ -94,10 +97,13 @@ class TuckerBUG(TuckerIntegrator):
                 f"FixedRank(ranks) or Tolerance(theta), got {type(truncation).__name__}"
             )
         self.truncation = truncation
-        self.rank_adaptive = truncation is not None
-        self.needs_compatible_ranks = truncation is None
 
-    def init(self, problem: TensorODE, Y0: TuckerTensor, t0: float) -> State:
+    @property
+    def rank_adaptive(self) -> bool:  # type: ignore[override]
+        """Whether a truncation rule was given (augmented bases, per-mode truncation)."""
+        return self.truncation is not None
+
+    def init(self, problem: TensorODE, Y0: TuckerTensor, t0: float) -> TuckerState:
         state = super().init(problem, Y0, t0)
         rule = self.truncation
         if isinstance(rule, FixedRank) and isinstance(rule.rank, tuple):
@@ -108,18 +114,17 @@ class TuckerBUG(TuckerIntegrator):
                 )
         return state
 
-    def step(
-        self, problem: TensorODE, state: State, t: float, h: float
-    ) -> tuple[State, TuckerStepInfo]:
+    def step_requests(self, state: TuckerState, t: float, h: float) -> StepGenerator:
         C0, U0 = state.Y
         bk.namespace(C0, *U0)
-        led = TuckerLedger(problem, state.Y.ranks)
+        led = TuckerLedger(state.Y.ranks)
         t1 = t + h
 
         bases, M = [], []
         for i in range(len(U0)):
             S_i, Q_i = mode_matrix_form(led, C0, i)
-            K1 = self.substep(ModeKStep(led, list(U0), Q_i, i), t, t1, self.start(U0[i], S_i))
+            K0 = self.start(U0[i], S_i)
+            K1 = yield from self.substep.solve(ModeKStep(led, list(U0), Q_i, i), t, t1, K0)
             if self.truncation is None:
                 U1 = led.orth(K1)
             else:
@@ -127,7 +132,8 @@ class TuckerBUG(TuckerIntegrator):
             bases.append(U1)
             M.append(bk.adjoint(U1) @ U0[i])
 
-        C_hat = self.substep(CoreStep(led, bases), t, t1, multi_mode_product(C0, M))
+        C_start = multi_mode_product(C0, M)
+        C_hat = yield from self.substep.solve(CoreStep(led, bases), t, t1, C_start)
 
         if self.truncation is None:
             Y1 = TuckerTensor(C_hat, bases, check=False)

@@ -30,16 +30,15 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _backend as bk
-from ..tensor_problems import TensorODE
+from ..protocol import StepGenerator
 from ..tucker import TuckerTensor, fold
-from .base import State
 from .tucker_steps import (
     CoreStep,
     ModeKStep,
     ModeSStep,
     TuckerIntegrator,
     TuckerLedger,
-    TuckerStepInfo,
+    TuckerState,
     mode_matrix_form,
 )
 
@@ -62,6 +61,9 @@ class TuckerProjectorSplitting(TuckerIntegrator):
 
     order = 1
     rank_adaptive = False
+    exact_tangent = True
+    exact_data = True
+    norm = "exact"
     references = (
         "Lubich 2015, Time integration in the multiconfiguration time-dependent Hartree method "
         "of molecular quantum dynamics, Appl. Math. Res. eXpress 2015:311-328",
@@ -69,23 +71,21 @@ class TuckerProjectorSplitting(TuckerIntegrator):
         "tensors, SIAM J. Numer. Anal. 56:1273-1290",
     )
 
-    def step(
-        self, problem: TensorODE, state: State, t: float, h: float
-    ) -> tuple[State, TuckerStepInfo]:
+    def step_requests(self, state: TuckerState, t: float, h: float) -> StepGenerator:
         C, factors0 = state.Y
         factors: list[Any] = list(factors0)
-        led = TuckerLedger(problem, state.Y.ranks)
+        led = TuckerLedger(state.Y.ranks)
         t1 = t + h
 
         for i in range(len(factors)):
             S_i, Q_i = mode_matrix_form(led, C, i)
             K0 = self.start(factors[i], S_i)
-            K1 = self.substep(ModeKStep(led, factors, Q_i, i), t, t1, K0)
+            K1 = yield from self.substep.solve(ModeKStep(led, factors, Q_i, i), t, t1, K0)
             U1, S_hat = led.qr(K1)
             factors[i] = U1
-            S_tilde = self.substep(ModeSStep(led, factors, Q_i, i), t, t1, S_hat)
+            S_tilde = yield from self.substep.solve(ModeSStep(led, factors, Q_i, i), t, t1, S_hat)
             C = fold(S_tilde @ bk.adjoint(Q_i), i, [int(U.shape[1]) for U in factors])
 
-        C1 = self.substep(CoreStep(led, factors), t, t1, C)
+        C1 = yield from self.substep.solve(CoreStep(led, factors), t, t1, C)
         Y1 = TuckerTensor(C1, factors, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.ranks)

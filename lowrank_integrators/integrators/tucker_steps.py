@@ -21,14 +21,15 @@ projected in every mode (core step, mode S-step) counts as one ``n_project``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import _backend as bk
+from ..protocol import check_product
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
 from ..tucker import TuckerTensor, unfold
-from .base import CountedField, Integrator, Ledger, State, StepInfo
+from .base import FactorisationLedger, StepCounts, StepMethod, SubstepField
 
 __all__ = [
     "CoreStep",
@@ -36,48 +37,52 @@ __all__ = [
     "ModeSStep",
     "TuckerIntegrator",
     "TuckerLedger",
+    "TuckerState",
     "TuckerStepInfo",
     "mode_matrix_form",
 ]
 
 
+@dataclass(frozen=True)
+class TuckerState:
+    """The state of a Tucker integrator at time ``t``: the Tucker tensor ``Y`` and method data."""
+
+    Y: TuckerTensor
+    t: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def with_Y(self, Y: TuckerTensor, t: float) -> TuckerState:
+        return replace(self, Y=Y, t=t)
+
+
 @dataclass
-class TuckerStepInfo(StepInfo):
-    """:class:`StepInfo` of a Tucker step: ranks are tuples, one rank decision per mode.
+class TuckerStepInfo(StepCounts):
+    """Cost and rank bookkeeping of one Tucker step: multilinear ranks, per-mode decisions.
 
     Attributes
     ----------
     rank_before, rank_after : tuple of int
         Multilinear ranks of the input and output states.
     truncations : tuple of TruncationRecord
-        The per-mode rank decisions of a rank-adaptive step (empty otherwise); ``truncation``
-        holds the last of them.
+        The per-mode rank decisions of a rank-adaptive step (empty otherwise).
+    truncation : TruncationRecord or None
+        The last of them.
     """
 
     rank_before: tuple[int, ...] = ()
     rank_after: tuple[int, ...] = ()
     truncations: tuple[TruncationRecord, ...] = ()
+    truncation: TruncationRecord | None = None
 
 
-class TuckerLedger(Ledger):
-    """The :class:`Ledger` of a Tucker step: tuple ranks and mode/core fields."""
+class TuckerLedger(FactorisationLedger):
+    """Counts the requests and factorisations of one Tucker step and builds its info."""
 
-    def __init__(self, problem: TensorODE, ranks_before: tuple[int, ...]) -> None:
-        self.problem = problem
-        self.info = TuckerStepInfo(rank_before=tuple(ranks_before))
+    def __init__(self, ranks_before: tuple[int, ...]) -> None:
+        self.info = TuckerStepInfo(rank_before=tuple(int(r) for r in ranks_before))
 
-    def mode_field(
-        self, bases: list[Any], Q: Any, mode: int, counter: str = "n_right"
-    ) -> Callable[[float, Any], Any]:
-        """The problem's mode-``mode`` field, counted in ``counter`` and shape-checked."""
-        return CountedField(self, counter, "mode_field", self.problem.mode_field(bases, Q, mode))
-
-    def core_field(self, bases: list[Any]) -> Callable[[float, Any], Any]:
-        """The problem's Galerkin core field, counted in ``n_project`` and shape-checked."""
-        return CountedField(self, "n_project", "core_field", self.problem.core_field(bases))
-
-    def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:  # type: ignore[override]
-        self.info.rank_after = tuple(ranks_after)
+    def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
+        self.info.rank_after = tuple(int(r) for r in ranks_after)
         return self.info
 
 
@@ -90,56 +95,77 @@ def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]
 # --- substep ODEs ----------------------------------------------------------------------------
 
 
-class ModeKStep:
+class ModeKStep(SubstepField):
     r"""``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``V_i`` built from ``factors`` and ``Q``."""
 
+    counter = "n_right"
+    field_name = "mode_field"
+
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
-        self.rhs = ledger.mode_field(list(factors), Q, mode)
+        super().__init__(ledger)
+        self.factors, self.Q, self.mode = list(factors), Q, mode
 
-    def increment(self, t0: float, t1: float) -> Any | None:
-        return None
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        return problem.mode_field(self.factors, self.Q, self.mode)
 
 
-class ModeSStep:
+class ModeSStep(SubstepField):
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
+    counter = "n_project"
+    field_name = "mode_field"
+
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
+        super().__init__(ledger)
+        self.factors, self.Q, self.mode = list(factors), Q, mode
         self.U = factors[mode]
         self.U_H = bk.adjoint(self.U)
-        self._field = ledger.mode_field(list(factors), Q, mode, counter="n_project")
 
-    def rhs(self, t: float, S: Any) -> Any:
-        return -(self.U_H @ self._field(t, self.U @ S))
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        mode_field = problem.mode_field(self.factors, self.Q, self.mode)
+        U, U_H = self.U, self.U_H
 
-    def increment(self, t0: float, t1: float) -> Any | None:
-        return None
+        def field(t: float, S: Any) -> Any:
+            out = mode_field(t, U @ S)
+            check_product("mode_field", out, (U.shape[0], S.shape[1]))
+            return U_H @ out
+
+        return field
+
+    def finish(self, out: Any) -> Any:
+        return -out
 
 
-class CoreStep:
+class CoreStep(SubstepField):
     r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases."""
 
-    def __init__(self, ledger: TuckerLedger, factors: list[Any]) -> None:
-        self.rhs = ledger.core_field(list(factors))
+    counter = "n_project"
+    field_name = "core_field"
 
-    def increment(self, t0: float, t1: float) -> Any | None:
-        return None
+    def __init__(self, ledger: TuckerLedger, factors: list[Any]) -> None:
+        super().__init__(ledger)
+        self.factors = list(factors)
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        return problem.core_field(self.factors)
 
 
 # --- the base class --------------------------------------------------------------------------
 
 
-class TuckerIntegrator(Integrator):
-    """Base class of the Tucker integrators: validates a :class:`TuckerTensor` start.
+class TuckerIntegrator(StepMethod):
+    """Base class of the Tucker integrators, a sibling of the matrix :class:`Integrator`.
 
-    Subclasses implement ``step(problem, state, t, h)`` with ``problem`` a
-    :class:`~lowrank_integrators.tensor_problems.TensorODE` and ``state.Y`` a
-    :class:`TuckerTensor`.
+    Subclasses implement ``step_requests(state, t, h)`` with ``state`` a
+    :class:`TuckerState`, returning ``(TuckerState, TuckerStepInfo)``; their steps are
+    answered by a :class:`~lowrank_integrators.tensor_problems.TensorODE`.
     """
 
-    #: Fixed-rank methods need every mode rank to be attainable: ``r_i <= prod_{j != i} r_j``.
-    needs_compatible_ranks: bool = True
+    def needs_compatible_ranks(self) -> bool:
+        """Whether every mode rank must be attainable: ``r_i <= prod_{j != i} r_j``."""
+        return not self.rank_adaptive
 
-    def init(self, problem: TensorODE, Y0: TuckerTensor, t0: float) -> State:
+    def init(self, problem: TensorODE, Y0: TuckerTensor, t0: float) -> TuckerState:
         """Initial state at ``t0``; validates ``problem`` and ``Y0``."""
         if not isinstance(problem, TensorODE):
             raise TypeError(
@@ -152,7 +178,7 @@ class TuckerIntegrator(Integrator):
                 "TuckerTensor.from_dense(X, ranks=...) for a dense initial value"
             )
         problem.check_state(Y0)
-        if self.needs_compatible_ranks:
+        if self.needs_compatible_ranks():
             ranks = Y0.ranks
             for i, r in enumerate(ranks):
                 others = 1
@@ -165,4 +191,4 @@ class TuckerIntegrator(Integrator):
                         f"{others} of the other ranks, so the mode-{i} unfolding of the core "
                         f"cannot have rank {r} and {type(self).__name__} cannot keep it"
                     )
-        return State(Y=Y0, t=float(t0))
+        return TuckerState(Y=Y0, t=float(t0))

@@ -17,22 +17,28 @@ One step with learning rate ``lr`` on one minibatch:
 
 1. One forward/backward pass at the current point ``(W_1, ..., W_L, params)`` gives the loss
    and the gradients of the other parameters, which the optimizer updates once.
-2. Every low-rank layer runs ``method.step(problem_i, state_i, t, lr)`` of the *same*
-   integrator, unmodified, on the problem ``F_i = -d_i`` where ``d_i`` is the optimizer's
-   direction (the gradient for SGD). The steps run **in lockstep**: each request of a layer
-   for an ``F``-product (``F V``, ``F^H U`` or ``U^H F V`` at a point ``Y_i``) waits until every
-   layer still stepping has posted its next request; then *one* forward/backward pass at the
-   combined point ``(Y_1, ..., Y_L)`` on the *same minibatch* serves all of them. This is the
-   integrator applied to the product manifold of the layers: a K-substep of layer 1 sees
-   layer 2 at the point of layer 2's K-substep.
-3. A layer whose step has already finished (for example because another layer's step was
-   rejected and is being repeated) contributes the point at which it *started* the step. The
-   network's weights therefore change only when every layer has finished: a step is a map of
-   the old weights and the minibatch alone, whatever the order in which layers finish.
-4. A pass is reused when the combined point equals one already evaluated in this step (to
-   round-off; see :func:`same_point`). With one Euler substep the augmented BUG (DLRT) and the
-   parallel BUG evaluate every product at the start point, so a step costs one pass; the
-   fixed-rank BUG needs two and the projector-splitting integrator three.
+2. Every low-rank layer runs the step of the *same* integrator object on the field
+   ``F_i = -d_i``, where ``d_i`` is the optimizer's direction (the gradient for SGD). The
+   steps are generators of requests (see :mod:`lowrank_integrators.protocol`) and advance
+   **in rounds**: each round collects the open requests of every layer (the K- and L-steps of
+   BUG are open together) and answers them from forward/backward passes at the *combined*
+   point, on the *same minibatch*. This is the integrator applied to the product manifold of
+   the layers: a K-substep of layer 1 sees layer 2 at the point of layer 2's K-substep.
+3. The point of a request is the point it declares (``at``: a K-step of DLRT starts at
+   ``K0 V0^H = Y0`` and says so) or else its own. Requests of a round at one declared point
+   per layer are answered from one pass, and a pass already evaluated at the same combined
+   point in this step is reused: passes are decided by the structure of the step, never by
+   comparing numbers. If a layer has several distinct points in one round, the round takes
+   one pass per point, the layer's ``j``-th point in the ``j``-th pass (its last one when it has
+   fewer).
+4. A layer whose step has finished (for example because another layer's step was rejected and
+   is being repeated) contributes the point at which it *started* the step. The network's
+   weights change only when every layer has finished: a step is a map of the old weights and
+   the minibatch alone.
+
+Passes per step with Euler substeps (``passes_per_step`` of each integrator class): the
+augmented BUG (DLRT), the parallel BUG (rejections included) and abc-PSI 1; the fixed-rank BUG
+and the midpoint BUG 2; projector splitting 3 (Strang 5).
 
 The weight matrix of a low-rank layer is never formed: the pass returns the products
 ``grad(W) V``, ``grad(W)^H U`` and ``U^H grad(W) V`` (for a dense layer ``y = x W^T`` with input
@@ -42,7 +48,6 @@ activations ``X`` and output gradients ``G``: ``grad(W) V = G^T (X V)``).
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -53,6 +58,7 @@ from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
+from ..protocol import Request, StepTask, check_product, expected_shape
 from .optimizers import SGD, Optimizer
 
 __all__ = [
@@ -61,7 +67,6 @@ __all__ = [
     "StepReport",
     "TrainState",
     "TrainingDiverged",
-    "same_point",
 ]
 
 
@@ -137,9 +142,9 @@ class StepReport:
     loss : float
         Loss at the start point on the step's minibatch.
     n_passes : int
-        Forward/backward passes evaluated (cache hits not counted).
+        Forward/backward passes evaluated.
     n_requests : int
-        Product requests served, over all layers.
+        Product requests answered, over all layers.
     layer_info : list of StepInfo
         The integrator's bookkeeping for each low-rank layer.
     ranks : tuple of int
@@ -153,58 +158,8 @@ class StepReport:
     ranks: tuple[int, ...] = ()
 
 
-def same_point(A: LowRankMatrix, B: LowRankMatrix, probe: Any) -> bool:
-    """Whether two factorisations represent the same matrix, to round-off.
-
-    Compares ``A @ probe`` with ``B @ probe`` for a fixed random ``probe`` (a few columns):
-    the matrix is never formed. Two factorisations of one matrix agree to a few ``eps`` times
-    ``sqrt(rank)`` relative to their size; a difference above ``16 sqrt(k) eps`` counts as a
-    different point. (A random probe misses a nonzero difference with probability zero.)
-    """
-    if A is B or (A.U is B.U and A.S is B.S and A.V is B.V):
-        return True
-    if A.shape != B.shape:
-        return False
-    xp = bk.namespace(A.S, B.S)
-    a = A.matmul(probe)
-    b = B.matmul(probe)
-    diff = float(xp.linalg.matrix_norm(a - b))
-    scale = float(xp.linalg.matrix_norm(a)) + float(xp.linalg.matrix_norm(b))
-    eps = float(xp.finfo(bk.real_dtype(xp, A.dtype)).eps)
-    k = max(A.rank, B.rank)
-    return diff <= 16.0 * math.sqrt(k) * eps * scale
-
-
-@dataclass
-class _Request:
-    kind: str  # "right", "left" or "project"
-    Y: LowRankMatrix
-    bases: tuple[Any, ...]
-
-
-class _LayerProblem(MatrixODE):
-    """``F = -d(W_i)``: the problem one layer's integrator sees; every product goes to the round."""
-
-    def __init__(self, rounds: _Lockstep, layer: int) -> None:
-        self._rounds = rounds
-        self._layer = layer
-
-    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
-        return self._rounds.request(self._layer, _Request("right", Y, (V,)))
-
-    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
-        return self._rounds.request(self._layer, _Request("left", Y, (U,)))
-
-    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
-        return self._rounds.request(self._layer, _Request("project", Y, (U, V)))
-
-
-class _Lockstep:
-    """Runs the layers' integrator steps in worker threads and serves their requests in rounds.
-
-    The calling thread is the coordinator: it waits until every layer still stepping has posted
-    a request, evaluates (or reuses) one pass at the combined point and answers all of them.
-    """
+class _Rounds:
+    """Advances the steps of all layers in rounds and answers each round from passes."""
 
     def __init__(
         self,
@@ -221,98 +176,77 @@ class _Lockstep:
         self.lr = lr
         self.views = views
         self.starts = list(state.weights)
-        self.n = len(self.starts)
-        self.passes: list[tuple[list[LowRankMatrix], GradientPass]] = [
-            (list(self.starts), start_pass)
-        ]
+        # Passes of this step by combined point (the identities of the layers' points; the
+        # points are kept alive with the pass so that identities stay unique).
+        self.passes: dict[tuple[int, ...], tuple[list[LowRankMatrix], GradientPass]] = {
+            _key(self.starts): (self.starts, start_pass)
+        }
         self.n_passes = 1
         self.n_requests = 0
-        self._cond = threading.Condition()
-        self._posted: dict[int, _Request] = {}
-        self._answers: dict[int, Any] = {}
-        self._finished: set[int] = set()
-        self._aborted: BaseException | None = None
-        self.results: list[Any] = [None] * self.n
 
-    # --- worker side -----------------------------------------------------------------------
-    def request(self, layer: int, req: _Request) -> Any:
-        with self._cond:
-            self._posted[layer] = req
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: layer in self._answers or self._aborted is not None)
-            if layer not in self._answers:
-                raise RuntimeError("the training step was aborted") from self._aborted
-            answer = self._answers.pop(layer)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+    def run(self) -> list[tuple[State, StepInfo]]:
+        method = self.client.method
+        tasks = [StepTask(method.step_requests(st, st.t, self.lr)) for st in self.state.layers]
+        while True:
+            rounds = [task.open_requests() if not task.done else [] for task in tasks]
+            if not any(rounds):
+                break
+            answers = self._serve(rounds)
+            for task, reqs, ans in zip(tasks, rounds, answers, strict=True):
+                if reqs:
+                    task.answer(ans)
+        return [task.value for task in tasks]
 
-    def _work(self, layer: int) -> None:
-        try:
-            problem = _LayerProblem(self, layer)
-            st = self.state.layers[layer]
-            self.results[layer] = self.client.method.step(problem, st, st.t, self.lr)
-        except BaseException as exc:  # handed to the coordinator, re-raised there
-            self.results[layer] = exc
-        finally:
-            with self._cond:
-                self._finished.add(layer)
-                self._cond.notify_all()
-
-    # --- coordinator side ------------------------------------------------------------------
-    def run(self) -> list[Any]:
-        threads = [
-            threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(self.n)
-        ]
-        for th in threads:
-            th.start()
-        try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: len(self._posted) + len(self._finished) == self.n)
-                    if len(self._finished) == self.n:
-                        break
-                    requests = dict(self._posted)
-                    self._posted.clear()
-                answers = self._serve(requests)
-                with self._cond:
-                    self._answers.update(answers)
-                    self._cond.notify_all()
-        except BaseException as exc:
-            # e.g. KeyboardInterrupt while waiting: release the workers before joining them
-            with self._cond:
-                self._aborted = exc
-                self._cond.notify_all()
-            raise
-        finally:
-            for th in threads:
-                th.join()
-        return self.results
-
-    def _serve(self, requests: dict[int, _Request]) -> dict[int, Any]:
-        try:
-            points = [requests[i].Y if i in requests else self.starts[i] for i in range(self.n)]
-            gp = self._pass_at(points)
-            answers: dict[int, Any] = {}
-            for i in sorted(requests):  # a fixed order, whatever order the layers posted in
-                req = requests[i]
+    def _serve(self, rounds: list[list[Request]]) -> list[list[Any]]:
+        points: list[list[LowRankMatrix]] = []
+        where: list[list[tuple[int, LowRankMatrix]]] = []
+        for reqs in rounds:
+            pts: list[LowRankMatrix] = []
+            idx: list[tuple[int, LowRankMatrix]] = []
+            for req in reqs:
+                p = req.point  # type: ignore[attr-defined]
+                j = next((j for j, q in enumerate(pts) if q is p), None)
+                if j is None:
+                    pts.append(p)
+                    j = len(pts) - 1
+                idx.append((j, p))
+            points.append(pts)
+            where.append(idx)
+        n = max(len(pts) for pts in points)
+        gps = []
+        for j in range(n):
+            combined = [
+                pts[min(j, len(pts) - 1)] if pts else start
+                for pts, start in zip(points, self.starts, strict=True)
+            ]
+            gps.append(self._pass_at(combined))
+        answers: list[list[Any]] = []
+        for i, (reqs, idx) in enumerate(zip(rounds, where, strict=True)):
+            out = []
+            for req, (j, p) in zip(reqs, idx, strict=True):
+                kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
+                ans = self.views[i].product(kind, gps[j], i, p, bases, self.lr)
+                check_product(
+                    f"gradient pass product {kind!r} of layer {i}", ans, expected_shape(req)
+                )
+                out.append(ans)
                 self.n_requests += 1
-                answers[i] = self.views[i].product(req.kind, gp, i, req.Y, req.bases, self.lr)
-            return answers
-        except BaseException as exc:
-            return dict.fromkeys(requests, exc)
+            answers.append(out)
+        return answers
 
     def _pass_at(self, points: list[LowRankMatrix]) -> GradientPass:
-        for cached_points, gp in self.passes:
-            if all(
-                same_point(p, q, self.client._probe(p))
-                for p, q in zip(points, cached_points, strict=True)
-            ):
-                return gp
+        key = _key(points)
+        hit = self.passes.get(key)
+        if hit is not None:
+            return hit[1]
         gp = self.client.gradient(points, self.state.params, self.batch)
         self.n_passes += 1
-        self.passes.append((list(points), gp))
+        self.passes[key] = (points, gp)
         return gp
+
+
+def _key(points: Sequence[LowRankMatrix]) -> tuple[int, ...]:
+    return tuple(id(p) for p in points)
 
 
 class LowRankTraining:
@@ -344,6 +278,11 @@ class LowRankTraining:
                 f"method must be an Integrator such as AugmentedBUG(...), got "
                 f"{type(method).__name__}"
             )
+        if not getattr(method.substep, "yields_requests", False):
+            raise TypeError(
+                f"method.substep must be a solver written as requests, such as Euler() or RK4(), "
+                f"got {method.substep!r}: training answers the field from forward/backward passes"
+            )
         if not callable(gradient):
             raise TypeError(f"gradient must be callable, got {type(gradient).__name__}")
         optimizer = SGD() if optimizer is None else optimizer
@@ -355,8 +294,6 @@ class LowRankTraining:
         self.method = method
         self.gradient = gradient
         self.optimizer = optimizer
-        self._probes: dict[tuple[Any, ...], Any] = {}
-        self._probe_lock = threading.Lock()
 
     def init(self, weights: Sequence[LowRankMatrix], params: Sequence[Any] = ()) -> TrainState:
         """The training state at step 0 (integrator time 0)."""
@@ -394,15 +331,15 @@ class LowRankTraining:
             self.optimizer.layer_view(state.optimizer, i, state.step, st.Y)
             for i, st in enumerate(state.layers)
         ]
-        lock = _Lockstep(self, state, batch, lr, start_pass, views)
-        results = lock.run()
-        for res in results:
-            if isinstance(res, BaseException):
-                if bk.is_linalg_error(res):
-                    raise TrainingDiverged(
-                        f"a factorisation failed at step {state.step}: {res}"
-                    ) from res
-                raise res
+        rounds = _Rounds(self, state, batch, lr, start_pass, views)
+        try:
+            results = rounds.run()
+        except Exception as exc:
+            if bk.is_linalg_error(exc):
+                raise TrainingDiverged(
+                    f"a factorisation failed at step {state.step}: {exc}"
+                ) from exc
+            raise
         new_layers = tuple(res[0] for res in results)
         infos = [res[1] for res in results]
         for i, st in enumerate(new_layers):
@@ -426,24 +363,12 @@ class LowRankTraining:
         )
         report = StepReport(
             loss=loss,
-            n_passes=lock.n_passes,
-            n_requests=lock.n_requests,
+            n_passes=rounds.n_passes,
+            n_requests=rounds.n_requests,
             layer_info=infos,
             ranks=new_state.ranks,
         )
         return new_state, report
-
-    def _probe(self, Y: LowRankMatrix) -> Any:
-        n = Y.shape[1]
-        key = (n, str(Y.dtype), type(Y.S).__module__, str(bk.device(Y.S)))
-        with self._probe_lock:
-            probe = self._probes.get(key)
-            if probe is None:
-                xp = bk.namespace(Y.S)
-                host = np.random.default_rng(0x5EED).standard_normal((n, 4))
-                probe = xp.asarray(host, dtype=Y.dtype, device=bk.device(Y.S))
-                self._probes[key] = probe
-        return probe
 
 
 class _NoProblem(MatrixODE):

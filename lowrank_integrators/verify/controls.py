@@ -16,8 +16,7 @@ from typing import Any
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..integrators.base import Integrator, Ledger, State, StepInfo
-from ..problems import MatrixODE
+from ..integrators.base import Integrator, Ledger, State, StepGenerator
 
 __all__ = ["FactorODERK4"]
 
@@ -31,6 +30,7 @@ class FactorODERK4(Integrator):
     """
 
     order = 4
+    passes_per_step = 4
     rank_adaptive = False
     references = (
         "Koch, Lubich 2007, Dynamical low-rank approximation, SIAM J. Matrix Anal. Appl. "
@@ -40,11 +40,11 @@ class FactorODERK4(Integrator):
     def __init__(self) -> None:
         super().__init__(None)
 
-    def _rhs(self, led: Ledger, t: float, U: Any, S: Any, V: Any) -> tuple[Any, Any, Any]:
+    def _rhs(self, led: Ledger, t: float, U: Any, S: Any, V: Any) -> StepGenerator:
         xp = bk.namespace(U, S, V)
         Y = LowRankMatrix(U, S, V, check=False)
-        FV = led.right(t, Y, V)
-        FhU = led.left(t, Y, U)
+        FV = yield led.right(t, Y, V)
+        FhU = yield led.left(t, Y, U, at=Y)
         dS = bk.adjoint(U) @ FV
         X = FV - U @ dS
         dU = bk.adjoint(xp.linalg.solve(bk.adjoint(S), bk.adjoint(X)))
@@ -52,14 +52,14 @@ class FactorODERK4(Integrator):
         dV = bk.adjoint(xp.linalg.solve(S, bk.adjoint(Z)))
         return dU, dS, dV
 
-    def step(self, problem: MatrixODE, state: State, t: float, h: float) -> tuple[State, StepInfo]:
+    def step_requests(self, state: State, t: float, h: float) -> StepGenerator:
         U, S, V = state.Y
-        led = Ledger(problem, rank_before=state.Y.rank)
+        led = Ledger(rank_before=state.Y.rank)
         X = (U, S, V)
-        k1 = self._rhs(led, t, *X)
-        k2 = self._rhs(led, t + h / 2, *_axpy(X, h / 2, k1))
-        k3 = self._rhs(led, t + h / 2, *_axpy(X, h / 2, k2))
-        k4 = self._rhs(led, t + h, *_axpy(X, h, k3))
+        k1 = yield from self._rhs(led, t, *X)
+        k2 = yield from self._rhs(led, t + h / 2, *_axpy(X, h / 2, k1))
+        k3 = yield from self._rhs(led, t + h / 2, *_axpy(X, h / 2, k2))
+        k4 = yield from self._rhs(led, t + h, *_axpy(X, h, k3))
         new = [
             x + (h / 6) * (a + 2 * b + 2 * c + d)
             for x, a, b, c, d in zip(X, k1, k2, k3, k4, strict=True)

@@ -1,0 +1,423 @@
+r"""The step protocol: an integrator step asks for field products as values; a driver answers.
+
+A step is a generator. It ``yield``\ s a request, the driver sends back the answer, and the
+generator finally returns ``(state, info)``::
+
+    FV = yield led.right(t, Y, V)            # F(t, Y) V
+    U1, V1 = yield Parallel(k_branch(), l_branch())
+
+The integrator never sees the problem. Two drivers answer the same requests:
+
+* :func:`answer_from_problem` (used by ``Integrator.step`` and :func:`~lowrank_integrators.solve`)
+  answers every request from a :class:`~lowrank_integrators.MatrixODE` (or a tensor problem),
+  in order, one at a time; the branches of a :class:`Parallel` run one after the other.
+* :class:`StepTask` lets an outside driver advance a step in rounds: it hands out every open
+  request of the step at once (all branches of a :class:`Parallel`), takes the answers and
+  resumes. The training client drives the steps of all layers this way and answers each round
+  from forward/backward passes of the network.
+
+Requests
+--------
+``Right(t, Y, V)``, ``Left(t, Y, U)``, ``Project(t, Y, U, V)``
+    ``F(t, Y) V``, ``F(t, Y)^H U``, ``U^H F(t, Y) V`` at the factored point ``Y``.
+``Field(ode, t, X)``
+    The right-hand side of a substep ODE (K-, L- or S-step; a mode or core step of a Tucker
+    method) at ``(t, X)``, *before* the substep's sign: one of the three products above at the
+    point ``ode.point(X)``, in the substep's own coordinates, so that a problem driver may use
+    the problem's precomputed substep fields (``k_field`` and friends).
+``Increment(ode, t0, t1)``
+    The exact integral of a state-independent substep field over ``[t0, t1]``, or ``None``.
+``Parallel(*branches)``
+    Independent sub-generators (for example the K- and L-steps of BUG); the answer is the
+    tuple of their return values.
+``SubstepCall(solver, ode, t0, t1, X0)``
+    A substep solved by a solver that calls its field synchronously (a user callable); only a
+    problem driver can answer it.
+
+The ``at`` attribute of a product or field request declares the point: when it is a
+:class:`~lowrank_integrators.LowRankMatrix`, the request's point represents the *same matrix*
+(for example the start ``K0 V0^H = Y0`` of a K-step). A driver may answer all requests declared
+at one point from one evaluation there: this is what makes a DLRT step cost one
+forward/backward pass. The declaration is part of the step's structure, never a run-time test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .factors import LowRankMatrix
+
+__all__ = [
+    "Field",
+    "Handover",
+    "Increment",
+    "Left",
+    "Parallel",
+    "Project",
+    "Request",
+    "Right",
+    "StepGenerator",
+    "StepTask",
+    "SubstepCall",
+    "answer_from_problem",
+    "check_product",
+    "received",
+    "run_to_end",
+]
+
+#: A step (or any part of one) written against the protocol.
+StepGenerator = Generator["Request", Any, Any]
+
+
+class Request:
+    """Base class of everything a step may yield."""
+
+    __slots__ = ()
+
+
+@dataclass(eq=False)
+class Right(Request):
+    """``F(t, Y) V``."""
+
+    t: float
+    Y: LowRankMatrix
+    V: Any
+    at: LowRankMatrix | None = None
+
+    kind = "right"
+
+    @property
+    def point(self) -> LowRankMatrix:
+        return self.Y if self.at is None else self.at
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.V,)
+
+
+@dataclass(eq=False)
+class Left(Request):
+    """``F(t, Y)^H U``."""
+
+    t: float
+    Y: LowRankMatrix
+    U: Any
+    at: LowRankMatrix | None = None
+
+    kind = "left"
+
+    @property
+    def point(self) -> LowRankMatrix:
+        return self.Y if self.at is None else self.at
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.U,)
+
+
+@dataclass(eq=False)
+class Project(Request):
+    """``U^H F(t, Y) V``."""
+
+    t: float
+    Y: LowRankMatrix
+    U: Any
+    V: Any
+    at: LowRankMatrix | None = None
+
+    kind = "project"
+
+    @property
+    def point(self) -> LowRankMatrix:
+        return self.Y if self.at is None else self.at
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return (self.U, self.V)
+
+
+@dataclass(eq=False)
+class Field(Request):
+    """The field of the substep ODE ``ode`` at ``(t, X)`` (before the substep's sign).
+
+    ``ode.kind`` names the product (``"right"``, ``"left"``, ``"project"``),
+    ``ode.point(X)`` the point and ``ode.bases`` the bases, for drivers that answer from
+    products; ``ode.field(problem)`` is the problem's substep field for drivers that answer
+    from a problem.
+    """
+
+    ode: Any
+    t: float
+    X: Any
+    at: LowRankMatrix | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.ode.kind)
+
+    @property
+    def point(self) -> LowRankMatrix:
+        return self.ode.point(self.X) if self.at is None else self.at
+
+    @property
+    def bases(self) -> tuple[Any, ...]:
+        return tuple(self.ode.bases)
+
+
+@dataclass(eq=False)
+class Increment(Request):
+    """``int_{t0}^{t1} f dt`` of the substep ODE ``ode`` when its field ignores the state."""
+
+    ode: Any
+    t0: float
+    t1: float
+
+
+class Parallel(Request):
+    """Independent branches of a step; the answer is the tuple of their return values."""
+
+    __slots__ = ("branches",)
+
+    def __init__(self, *branches: StepGenerator) -> None:
+        self.branches = branches
+
+
+@dataclass(eq=False)
+class SubstepCall(Request):
+    """A substep solved synchronously by ``solver(ode, t0, t1, X0)`` (problem drivers only)."""
+
+    solver: Any
+    ode: Any
+    t0: float
+    t1: float
+    X0: Any
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def check_product(name: str, out: Any, expected: Sequence[int]) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``out`` does not have the shape ``expected``."""
+    shape = tuple(int(s) for s in getattr(out, "shape", ()))
+    want = tuple(int(e) for e in expected)
+    if shape != want:
+        raise ValueError(f"problem.{name} returned an array of shape {shape}, expected {want}")
+
+
+# --- the problem driver -----------------------------------------------------------------------
+
+
+def answer_from_problem(problem: Any, gen: StepGenerator) -> Any:
+    """Run a step generator to its end, answering every request from ``problem``.
+
+    Parameters
+    ----------
+    problem : MatrixODE or TensorODE
+        Supplies the products and the substep fields.
+    gen : generator
+        A step (or a part of one) written against the protocol.
+
+    Returns
+    -------
+    object
+        The generator's return value (``(state, info)`` for a step).
+    """
+    answer: Any = None
+    while True:
+        try:
+            req = gen.send(answer)
+        except StopIteration as stop:
+            return stop.value
+        # Drop the previous answer before computing the next one, and the request before
+        # resuming the step: a substep solver releases its tall stages in between, and a
+        # reference held here would keep one more tall array alive at the peak of a step.
+        answer = None
+        answer = _answer(problem, req)
+        req = None
+
+
+class Handover:
+    """An answer handed over so that the driver keeps no reference to it.
+
+    A driver necessarily holds what it sends while the step runs on; a tall substep
+    derivative kept that way would outlive its substep. The problem driver therefore sends
+    field answers in a handover that the receiver empties (see :func:`received`).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def take(self) -> Any:
+        value, self.value = self.value, None
+        return value
+
+
+def received(answer: Any) -> Any:
+    """The value of an answer, taken out of a :class:`Handover` when it is one."""
+    return answer.take() if type(answer) is Handover else answer
+
+
+def _answer(problem: Any, req: Request) -> Any:
+    if isinstance(req, Field):
+        out = req.ode.field(problem)(req.t, req.X)
+        check_product(req.ode.field_name, out, req.X.shape)
+        return Handover(out)
+    if isinstance(req, Right):
+        out = problem.apply_right(req.t, req.Y, req.V)
+        check_product("apply_right", out, (req.Y.shape[0], req.V.shape[1]))
+        return out
+    if isinstance(req, Left):
+        out = problem.apply_left(req.t, req.Y, req.U)
+        check_product("apply_left", out, (req.Y.shape[1], req.U.shape[1]))
+        return out
+    if isinstance(req, Project):
+        out = problem.project(req.t, req.Y, req.U, req.V)
+        check_product("project", out, (req.U.shape[1], req.V.shape[1]))
+        return out
+    if isinstance(req, Increment):
+        return req.ode.increment_of(problem, req.t0, req.t1)
+    if isinstance(req, Parallel):
+        return tuple(answer_from_problem(problem, branch) for branch in req.branches)
+    if isinstance(req, SubstepCall):
+        return req.solver(req.ode.bind(problem), req.t0, req.t1, req.X0)
+    raise TypeError(f"a step yielded {type(req).__name__}, which is not a request")
+
+
+def run_to_end(gen: StepGenerator) -> Any:
+    """The return value of a generator that must not yield (a computation without requests)."""
+    try:
+        req = gen.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError(f"{type(req).__name__} yielded where no driver answers requests")
+
+
+# --- stepping from outside, in rounds ---------------------------------------------------------
+
+
+class _Node:
+    """One generator of a step and, while it waits for a :class:`Parallel`, its branches."""
+
+    __slots__ = ("children", "done", "gen", "request", "value")
+
+    def __init__(self, gen: StepGenerator) -> None:
+        self.gen = gen
+        self.children: list[_Node] | None = None
+        self.request: Request | None = None
+        self.done = False
+        self.value: Any = None
+
+    def resume(self, answer: Any) -> None:
+        """Send ``answer`` and run until the generator needs a field product or ends."""
+        self.request = None
+        while True:
+            try:
+                req = self.gen.send(answer)
+            except StopIteration as stop:
+                self.done, self.value = True, stop.value
+                return
+            if isinstance(req, Parallel):
+                self.children = [_Node(b) for b in req.branches]
+                for child in self.children:
+                    child.resume(None)
+                if not all(c.done for c in self.children):
+                    return
+                answer = tuple(c.value for c in self.children)
+                self.children = None
+            elif isinstance(req, Increment):
+                answer = None  # a field given by products has no exact increments
+            elif isinstance(req, SubstepCall):
+                raise TypeError(
+                    f"the substep solver {req.solver!r} calls its field synchronously; a step "
+                    "driven by requests needs a solver written as requests, such as Euler() or "
+                    "RK4()"
+                )
+            elif isinstance(req, (Right, Left, Project, Field)):
+                self.request = req
+                return
+            else:
+                raise TypeError(f"a step yielded {type(req).__name__}, which is not a request")
+
+    def leaves(self) -> list[_Node]:
+        if self.done:
+            return []
+        if self.children is not None:
+            return [leaf for c in self.children for leaf in c.leaves()]
+        return [self]
+
+    def settle(self) -> None:
+        """Resume every generator whose branches have all returned."""
+        if self.children is None:
+            return
+        for c in self.children:
+            c.settle()
+        if all(c.done for c in self.children):
+            values = tuple(c.value for c in self.children)
+            self.children = None
+            self.resume(values)
+            self.settle()
+
+
+class StepTask:
+    """A step advanced from outside, in rounds of requests.
+
+    Each round, :meth:`open_requests` lists the product requests the step waits for (one per
+    branch still running: the K- and L-steps of BUG are open together); :meth:`answer` takes
+    their answers in the same order and runs the step to its next round. :class:`Increment`
+    requests are answered with ``None`` (fields given by products have no exact increments).
+
+    Parameters
+    ----------
+    gen : generator
+        The step, e.g. ``method.step_requests(state, t, h)``.
+    """
+
+    def __init__(self, gen: StepGenerator) -> None:
+        self._root = _Node(gen)
+        self._root.resume(None)
+
+    @property
+    def done(self) -> bool:
+        """Whether the step has returned."""
+        return self._root.done
+
+    @property
+    def value(self) -> Any:
+        """The step's return value (``(state, info)``) once :attr:`done`."""
+        if not self._root.done:
+            raise RuntimeError("the step has not finished")
+        return self._root.value
+
+    def open_requests(self) -> list[Request]:
+        """The product requests of this round (``Right``, ``Left``, ``Project`` or ``Field``)."""
+        return [leaf.request for leaf in self._root.leaves() if leaf.request is not None]
+
+    def answer(self, answers: Sequence[Any]) -> None:
+        """Answer this round's requests (in the order of :meth:`open_requests`)."""
+        leaves = [leaf for leaf in self._root.leaves() if leaf.request is not None]
+        if len(answers) != len(leaves):
+            raise ValueError(f"expected {len(leaves)} answers, got {len(answers)}")
+        for leaf, ans in zip(leaves, answers, strict=True):
+            leaf.resume(ans)
+        self._root.settle()
+
+
+def product_of(req: Request) -> tuple[str, LowRankMatrix, tuple[Any, ...]]:
+    """``(kind, point, bases)`` of a product or field request: what a pass must answer."""
+    return req.kind, req.point, req.bases  # type: ignore[attr-defined]
+
+
+def expected_shape(req: Request) -> tuple[int, int]:
+    """The shape of the answer to a product or field request."""
+    if isinstance(req, Field):
+        return tuple(int(s) for s in req.X.shape)  # type: ignore[return-value]
+    kind, Y, bases = product_of(req)
+    if kind == "right":
+        return int(Y.shape[0]), int(bases[0].shape[1])
+    if kind == "left":
+        return int(Y.shape[1]), int(bases[0].shape[1])
+    return int(bases[0].shape[1]), int(bases[1].shape[1])

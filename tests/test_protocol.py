@@ -1,0 +1,238 @@
+"""The step protocol: one integrator step, written as requests, serves solve and training."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import lowrank_integrators as lri
+from lowrank_integrators import _backend as bk
+from lowrank_integrators.integrators import (
+    AugmentedBackwardCorrectedPSI,
+    MidpointBUG,
+    ParallelBUG,
+)
+from lowrank_integrators.integrators.base import (
+    Integrator,
+    KStep,
+    Ledger,
+    LStep,
+    Parallel,
+    SStep,
+)
+from lowrank_integrators.protocol import Field, StepTask, answer_from_problem
+from lowrank_integrators.training import MLP, Layer, LowRankTraining
+
+
+def euler_methods():
+    keep = lri.Tolerance(0.0)
+    return [
+        lri.BUG(substep=lri.Euler()),
+        lri.ProjectorSplitting(substep=lri.Euler()),
+        lri.ProjectorSplitting(order=2, substep=lri.Euler()),
+        lri.AugmentedBUG(keep, substep=lri.Euler()),
+        ParallelBUG(keep, reject=False, substep=lri.Euler()),
+        ParallelBUG(lri.Tolerance(1e-3, relative=True), substep=lri.Euler()),
+        ParallelBUG(keep, reject=False, order=2, substep=lri.Euler()),
+        MidpointBUG(keep, substep=lri.Euler()),
+        AugmentedBackwardCorrectedPSI(keep, substep=lri.Euler()),
+    ]
+
+
+IDS = [
+    "bug",
+    "ksl",
+    "strang",
+    "augmented-bug",
+    "parallel-bug",
+    "parallel-bug-reject",
+    "parallel-bug-2",
+    "midpoint-bug",
+    "abc-psi",
+]
+
+
+class ConstantField(lri.MatrixODE):
+    """``F(t, Y) = A`` for every ``Y``: products that do not depend on the point's factors."""
+
+    def __init__(self, A):
+        self.A = A
+
+    def apply_right(self, t, Y, V):
+        return self.A @ V
+
+    def apply_left(self, t, Y, U):
+        return self.A.T @ U
+
+    def project(self, t, Y, U, V):
+        return U.T @ (self.A @ V)
+
+
+class ConstantGradient:
+    """The training side of the same field: the loss ``-<A, W>``, whose gradient is ``-A``."""
+
+    def __init__(self, A):
+        self.A = A
+        self.points = []
+
+    def __call__(self, weights, params, batch):
+        self.points.append(list(weights))
+        return _ConstantPass(self.A)
+
+
+class _ConstantPass:
+    loss = 0.0
+    param_grads = ()
+
+    def __init__(self, A):
+        self.A = A
+
+    def right(self, layer, V):
+        return -(self.A @ V)
+
+    def left(self, layer, U):
+        return -(self.A.T @ U)
+
+    def project(self, layer, U, V):
+        return -(U.T @ (self.A @ V))
+
+
+@pytest.mark.parametrize("method", euler_methods(), ids=IDS)
+def test_one_integrator_object_gives_bit_identical_steps_through_solve_and_training(rng, method):
+    m, n, r, lr = 14, 11, 3, 0.3
+    A = rng.standard_normal((m, n))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((m, n)), rank=r)
+    sol = lri.solve(ConstantField(A), Y0, (0.0, lr), lr, method=method)
+    client = LowRankTraining(method, ConstantGradient(A))
+    state, report = client.step(client.init([Y0]), None, lr)
+    (W1,) = state.weights
+    for a, b in zip(sol.Y, W1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert report.layer_info[0].n_f == sol.stats.n_right + sol.stats.n_left + sol.stats.n_project
+
+
+@pytest.mark.parametrize("method", euler_methods(), ids=IDS)
+def test_passes_per_step_follow_from_the_declared_structure(rng, method):
+    net = MLP([Layer(12, 9, "lowrank", 3), Layer(9, 7, "lowrank", 2), Layer(7, 4, "dense")])
+    client = LowRankTraining(method, net.gradient)
+    state = client.init(*net.init(rng))
+    for _ in range(2):
+        b = (rng.standard_normal((40, 12)), rng.integers(0, 4, 40))
+        state, report = client.step(state, b, 0.1)
+        assert report.n_passes == method.passes_per_step
+
+
+def test_the_declared_passes_are_the_documented_ones():
+    assert lri.AugmentedBUG.passes_per_step == 1
+    assert ParallelBUG.passes_per_step == 1
+    assert AugmentedBackwardCorrectedPSI.passes_per_step == 1
+    assert lri.BUG.passes_per_step == 2
+    assert MidpointBUG.passes_per_step == 2
+    assert lri.ProjectorSplitting.passes_per_step == 3
+    assert lri.ProjectorSplitting(order=2).passes_per_step == 5
+
+
+def test_training_starts_no_thread(rng, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the training client started a thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    net = MLP([Layer(12, 9, "lowrank", 3), Layer(9, 4, "dense")])
+    client = LowRankTraining(lri.BUG(substep=lri.Euler()), net.gradient)
+    b = (rng.standard_normal((20, 12)), rng.integers(0, 4, 20))
+    _, report = client.step(client.init(*net.init(rng)), b, 0.1)
+    assert report.n_passes == 2
+
+
+def test_the_k_and_l_steps_of_bug_are_open_together(rng):
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    method = lri.BUG(substep=lri.Euler())
+    task = StepTask(method.step_requests(method.init(None, Y0, 0.0), 0.0, 0.1))
+    first = task.open_requests()
+    assert [type(req) for req in first] == [Field, Field]
+    assert [req.kind for req in first] == ["right", "left"]
+    assert all(req.point is Y0 for req in first)  # declared at the start point
+
+
+def test_a_synchronous_substep_solver_serves_solve_but_not_training(rng):
+    def euler(f, t0, t1, X0):
+        return X0 + (t1 - t0) * f(t0, X0)
+
+    problem = lri.SylvesterODE(np.eye(9), np.eye(8))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    by_callable = lri.solve(problem, Y0, (0.0, 0.2), 0.1, method=lri.BUG(substep=euler))
+    by_requests = lri.solve(problem, Y0, (0.0, 0.2), 0.1, method=lri.BUG(substep=lri.Euler()))
+    np.testing.assert_allclose(by_callable.Y.to_dense(), by_requests.Y.to_dense(), atol=1e-14)
+    with pytest.raises(TypeError, match="substep"):
+        LowRankTraining(lri.BUG(substep=euler), ConstantGradient(np.eye(9, 8)))
+
+
+class WorkedExampleBUG(Integrator):
+    """The worked example of ``integrators/base.py``, as a user would write it."""
+
+    order, passes_per_step = 1, 2
+
+    def step_requests(self, state, t, h):
+        Y0 = state.Y
+        U0, S0, V0 = Y0
+        led = Ledger(rank_before=Y0.rank)
+
+        def k_step():
+            K0 = self.start(U0, S0)
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t + h, K0)
+            return led.orth(K1)
+
+        def l_step():
+            L0 = self.start(V0, bk.adjoint(S0))
+            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t + h, L0)
+            return led.orth(L1)
+
+        U1, V1 = yield Parallel(k_step(), l_step())
+        S_start = (bk.adjoint(U1) @ U0) @ S0 @ (bk.adjoint(V0) @ V1)
+        S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t + h, S_start)
+        Y1 = lri.LowRankMatrix(U1, S1, V1, check=False)
+        return state.with_Y(Y1, t + h), led.finish(Y1.rank)
+
+
+def test_the_worked_example_runs_in_solve_and_in_training(rng):
+    problem = lri.SylvesterODE(rng.standard_normal((9, 9)) / 3, rng.standard_normal((8, 8)) / 3)
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    mine = lri.solve(problem, Y0, (0.0, 0.5), 0.1, method=WorkedExampleBUG(substep=lri.RK4()))
+    ref = lri.solve(problem, Y0, (0.0, 0.5), 0.1, method=lri.BUG(substep=lri.RK4()))
+    np.testing.assert_allclose(mine.Y.to_dense(), ref.Y.to_dense(), atol=1e-13)
+    assert mine.stats.n_f == ref.stats.n_f
+
+    net = MLP([Layer(12, 9, "lowrank", 3), Layer(9, 4, "dense")])
+    W, P = net.init(rng)
+    b = (rng.standard_normal((20, 12)), rng.integers(0, 4, 20))
+    results = []
+    for method in (WorkedExampleBUG(substep=lri.Euler()), lri.BUG(substep=lri.Euler())):
+        client = LowRankTraining(method, net.gradient)
+        state, report = client.step(client.init(W, P), b, 0.1)
+        results.append((state.weights[0].to_dense(), report.n_passes))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-14)
+    assert results[0][1] == results[1][1] == 2
+
+
+def test_a_step_driven_by_the_problem_equals_integrator_step(rng):
+    problem = lri.SylvesterODE(rng.standard_normal((9, 9)), rng.standard_normal((8, 8)))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    method = lri.AugmentedBUG(lri.Tolerance(1e-8))
+    state = method.init(problem, Y0, 0.0)
+    a, info_a = method.step(problem, state, 0.0, 0.1)
+    b, info_b = answer_from_problem(problem, method.step_requests(state, 0.0, 0.1))
+    for x, y in zip(a.Y, b.Y, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert info_a == info_b
+
+
+def test_a_wrongly_shaped_product_is_named(rng):
+    class Broken(ConstantField):
+        def project(self, t, Y, U, V):
+            return np.zeros((1, 1))
+
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    with pytest.raises(ValueError, match="s_field"):
+        lri.solve(Broken(np.ones((9, 8))), Y0, (0.0, 0.1), 0.1, method=lri.BUG())
