@@ -12,7 +12,8 @@ time per epoch (wall and CPU), and per epoch the loss, accuracy and ranks (for t
 Needs the Debian package ``dataset-fashion-mnist`` and the ``torch`` extra. A quick run on a
 subset (the committed results say which)::
 
-    python benchmarks/lenet5_fashion_mnist.py --n-train 6000 --n-test 2000 --epochs 3 \\
+    OPENBLAS_NUM_THREADS=1 python benchmarks/lenet5_fashion_mnist.py --threads 1 \\
+        --n-train 6000 --n-test 2000 --epochs 3 --batch-size 64 --lr 0.1 \\
         --out benchmarks/results/lenet5_fashion_mnist.json
 """
 
@@ -71,11 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rmax", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (all runs alike)"
+    )
     p.add_argument("--quick", action="store_true", help="600 / 200 examples, 1 epoch")
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.epochs = 600, 200, 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     ds = load_dataset("fashion-mnist", dtype=np.float32).subset(args.n_train, args.n_test)
 
     def tensor(a: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:

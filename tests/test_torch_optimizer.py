@@ -29,12 +29,12 @@ def twin_models(rng, kinds=("lowrank", "lowrank")):
     widths = [9, 8, 6]
     ranks = [3, 2]
     layers = [
-        Layer(a, b, k, r) for a, b, k, r in zip(widths, widths[1:], kinds, ranks, strict=True)
+        Layer(a, b, k, r) for a, b, k, r in zip(widths[:-1], widths[1:], kinds, ranks, strict=True)
     ]
     net = MLP([*layers, Layer(widths[-1], 4, "dense")])
     W, P = net.init(rng)
     mods: list = []
-    for a, b, r in zip(widths, widths[1:], ranks, strict=False):
+    for a, b, r in zip(widths[:-1], widths[1:], ranks, strict=True):
         mods += [LowRankLinear(a, b, r, dtype=F64), torch.nn.ReLU()]
     mods.append(torch.nn.Linear(widths[-1], 4, dtype=F64))
     model = torch.nn.Sequential(*mods)
@@ -84,36 +84,28 @@ def test_the_standard_loop_takes_the_numpy_clients_steps(rng, method, direction)
 
 
 @pytest.mark.parametrize("method", [BUG(substep=Euler()), ProjectorSplitting(substep=Euler())])
-def test_multi_pass_methods_take_a_closure_and_match_the_client(rng, method):
-    # with one low-rank layer the client's lockstep and the optimizer's passes coincide
-    net = MLP([Layer(9, 8, "lowrank", 3), Layer(8, 4, "dense")])
-    W, P = net.init(rng)
-    layer = LowRankLinear(9, 8, 3, dtype=F64)
-    layer.set_factors(*(torch.from_numpy(a.copy()) for a in W[0]))
-    model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(8, 4, dtype=F64))
-    params = [layer.bias, model[2].weight, model[2].bias]
-    with torch.no_grad():
-        for p, a in zip(params, P, strict=True):
-            p.copy_(torch.from_numpy(a))
-    client = LowRankTraining(method, net.gradient)
+@pytest.mark.parametrize("direction", [None, Adam()], ids=["sgd", "adam"])
+def test_multi_pass_methods_take_a_closure_and_match_the_client(rng, method, direction):
+    net, W, P, model, lowrank, params = twin_models(rng)
+    client = LowRankTraining(method, net.gradient, direction)
     state = client.init(W, P)
-    opt = DLRTOptimizer(model.parameters(), lr=0.1, method=method)
-    X, y = torch.from_numpy(rng.standard_normal((16, 9))), torch.from_numpy(rng.integers(0, 4, 16))
-
-    def closure():
-        opt.zero_grad()
-        loss = CE(model(X), y)
-        loss.backward()
-        return loss
-
+    opt = DLRTOptimizer(model.parameters(), lr=0.1, method=method, direction=direction)
     for _ in range(2):
-        state, report = client.step(state, (X.numpy(), y.numpy()), 0.1)
+        X, y = rng.standard_normal((16, 9)), rng.integers(0, 4, 16)
+        x_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
+
+        def closure(x_t=x_t, y_t=y_t):
+            opt.zero_grad()
+            loss = CE(model(x_t), y_t)
+            loss.backward()
+            return loss
+
+        state, report = client.step(state, (X, y), 0.1)
         loss = opt.step(closure)
         assert float(loss.detach()) == pytest.approx(report.loss, rel=1e-12)
-    (Y,) = state.weights
-    np.testing.assert_allclose(
-        (layer.U @ layer.S @ layer.V.T).detach().numpy(), Y.to_dense(), rtol=1e-10, atol=1e-12
-    )
+    for layer, Y in zip(lowrank, state.weights, strict=True):
+        dense = (layer.U @ layer.S @ layer.V.T).detach().numpy()
+        np.testing.assert_allclose(dense, Y.to_dense(), rtol=1e-10, atol=1e-12)
     for p, a in zip(params, state.params, strict=True):
         np.testing.assert_allclose(p.detach().numpy(), a, rtol=1e-10, atol=1e-12)
 

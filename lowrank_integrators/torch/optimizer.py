@@ -6,13 +6,18 @@ applied to the gradient flow ``W' = -d(W)`` over one step of length ``lr`` (``d`
 gradient for SGD, see :mod:`lowrank_integrators.training.optimizers`); every other parameter
 takes a step of SGD, heavy ball or Adam. The default integrator is DLRT: the rank-adaptive
 augmented BUG step with one explicit Euler step per substep and a relative truncation
-tolerance ``tau`` (Schotthöfer et al. 2022, arXiv:2205.13571). It evaluates every product at
-the start point, so the standard loop ``opt.zero_grad(); loss.backward(); opt.step()`` gives
-it all it needs. A method that evaluates the gradient elsewhere (the fixed-rank BUG, the
-projector-splitting integrator) takes ``opt.step(closure)``: the closure re-evaluates the
-model (``opt.zero_grad(); loss = ...; loss.backward(); return loss``, as for
-:class:`torch.optim.LBFGS`), once per point requested, with the layer being stepped at that
-point and every other layer at its start point.
+tolerance ``tau`` (Schotthöfer et al. 2022, arXiv:2205.13571).
+
+The steps of all layers are driven through the step protocol
+(:mod:`lowrank_integrators.protocol`) in rounds, as the NumPy client
+:class:`~lowrank_integrators.training.LowRankTraining` drives them: every request declared at
+a layer's start point is answered from the backward pass(es) of the standard loop
+``opt.zero_grad(); loss.backward(); opt.step()``, which is all that the one-pass methods (DLRT,
+the parallel BUG, abc-PSI with Euler substeps) need. A method that evaluates the gradient
+elsewhere (the fixed-rank BUG: 2 passes, the projector-splitting integrator: 3) takes
+``opt.step(closure)``: the closure re-evaluates the model (``opt.zero_grad(); loss = ...;
+loss.backward(); return loss``, as for :class:`torch.optim.LBFGS`), once per round whose
+requests lie away from the start, with every layer at the point it requested.
 
 Schotthöfer, Zangrando, Kusch, Ceruti, Tudisco (2022), Low-rank lottery tickets: finding
 efficient low-rank neural networks via matrix differential equations, NeurIPS 35,
@@ -31,8 +36,8 @@ from ..factors import LowRankMatrix
 from ..integrators.augmented_bug import AugmentedBUG
 from ..integrators.base import Integrator, State, StepInfo
 from ..integrators.tucker_bug import TuckerBUG
-from ..integrators.tucker_steps import TuckerIntegrator
-from ..problems import MatrixODE
+from ..integrators.tucker_steps import TuckerIntegrator, TuckerState
+from ..protocol import Request, StepTask, check_product, expected_shape
 from ..substeps import Euler
 from ..tensor_problems import TensorODE
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
@@ -80,66 +85,106 @@ class _RecordedPass:
         return self._with_records(lambda: self.layer.grad_project(U, V))
 
 
-class _LayerField(MatrixODE):
-    """``F = -d(W)`` of one layer: products at the start point from its recorded passes,
-    elsewhere by re-evaluating the closure with the layer moved to the requested point."""
+class _LayerStep:
+    """One low-rank layer's step: its start, its optimizer view and its protocol task."""
 
     def __init__(
         self,
-        opt: DLRTOptimizer,
         layer: FactoredLayer,
-        start: LowRankMatrix,
+        state: dict[str, Any],
+        method: Integrator,
         view: Any,
+        start: LowRankMatrix,
         lr: float,
-        closure: Callable[[], Any] | None,
+    ) -> None:
+        self.layer = layer
+        self.state = state
+        self.view = view
+        self.start = start
+        self.lr = lr
+        self.start_pass = _RecordedPass(layer, start)
+        t = float(state["t"])
+        self.task = StepTask(method.step_requests(State(Y=start, t=t), t, lr))
+
+
+class _Rounds:
+    """Advances the steps of all layers in rounds and answers each round from passes.
+
+    A request declared at a layer's start point is answered from the backward pass(es) of the
+    standard loop. A round whose requests lie elsewhere is answered from one evaluation of the
+    closure with every layer at its requested point (a layer without a request at its start),
+    as the NumPy client does.
+    """
+
+    def __init__(
+        self, opt: DLRTOptimizer, steps: list[_LayerStep], closure: Callable[[], Any] | None
     ) -> None:
         self.opt = opt
-        self.layer = layer
-        self.start = start
-        self.view = view
-        self.lr = lr
+        self.steps = steps
         self.closure = closure
-        self.passes: list[tuple[LowRankMatrix, _RecordedPass]] = [
-            (start, _RecordedPass(layer, start))
-        ]
+        self.passes: dict[tuple[int, ...], tuple[list[LowRankMatrix], list[_RecordedPass]]] = {}
         self.n_passes = 0
-        self._probe: torch.Tensor | None = None
 
-    def _pass_at(self, Y: LowRankMatrix) -> _RecordedPass:
-        for point, gp in self.passes:
-            if self._same(Y, point):
-                return gp
+    def run(self) -> None:
+        while True:
+            rounds = [st.task.open_requests() if not st.task.done else [] for st in self.steps]
+            if not any(rounds):
+                return
+            answers = self._serve(rounds)
+            for st, reqs, ans in zip(self.steps, rounds, answers, strict=True):
+                if reqs:
+                    st.task.answer(ans)
+
+    def _serve(self, rounds: list[list[Request]]) -> list[list[Any]]:
+        points: list[list[LowRankMatrix]] = []
+        where: list[list[int]] = []
+        for reqs in rounds:
+            pts: list[LowRankMatrix] = []
+            idx: list[int] = []
+            for req in reqs:
+                p = req.point  # type: ignore[attr-defined]
+                j = next((j for j, q in enumerate(pts) if q is p), None)
+                if j is None:
+                    pts.append(p)
+                    j = len(pts) - 1
+                idx.append(j)
+            points.append(pts)
+            where.append(idx)
+        n = max(len(pts) for pts in points)
+        passes = []
+        for j in range(n):
+            combined = [
+                pts[min(j, len(pts) - 1)] if pts else st.start
+                for pts, st in zip(points, self.steps, strict=True)
+            ]
+            passes.append(self._pass_at(combined))
+        answers: list[list[Any]] = []
+        for i, (st, reqs, idx) in enumerate(zip(self.steps, rounds, where, strict=True)):
+            out = []
+            for req, j in zip(reqs, idx, strict=True):
+                kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
+                ans = st.view.product(kind, passes[j][i], i, points[i][j], bases, st.lr)
+                check_product(f"gradient product {kind!r} of layer {i}", ans, expected_shape(req))
+                out.append(ans)
+            answers.append(out)
+        return answers
+
+    def _pass_at(self, points: list[LowRankMatrix]) -> list[_RecordedPass]:
+        if all(p is st.start for p, st in zip(points, self.steps, strict=True)):
+            return [st.start_pass for st in self.steps]
+        key = tuple(id(p) for p in points)
+        hit = self.passes.get(key)
+        if hit is not None:
+            return hit[1]
         if self.closure is None:
             raise RuntimeError(
                 f"{self.opt.method!r} evaluates the gradient away from the start point of the "
                 "step: pass a closure that re-evaluates the model, opt.step(closure)"
             )
-        gp = self.opt._evaluate_at(self.layer, Y, self.closure)
+        gps = self.opt._evaluate_at([st.layer for st in self.steps], points, self.closure)
         self.n_passes += 1
-        self.passes.append((Y, gp))
-        return gp
-
-    def _same(self, A: LowRankMatrix, B: LowRankMatrix) -> bool:
-        if A is B or (A.U is B.U and A.S is B.S and A.V is B.V):
-            return True
-        if self._probe is None:
-            g = torch.Generator(device="cpu").manual_seed(0x5EED)
-            host = torch.randn(A.shape[1], 4, generator=g, dtype=torch.float64)
-            self._probe = host.to(device=A.S.device, dtype=A.S.dtype)
-        a, b = A.matmul(self._probe), B.matmul(self._probe)
-        eps = torch.finfo(A.S.dtype).eps
-        scale = float(torch.linalg.matrix_norm(a)) + float(torch.linalg.matrix_norm(b))
-        k = max(A.rank, B.rank)
-        return float(torch.linalg.matrix_norm(a - b)) <= 16.0 * math.sqrt(k) * eps * scale
-
-    def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
-        return self.view.product("right", self._pass_at(Y), 0, Y, (V,), self.lr)
-
-    def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
-        return self.view.product("left", self._pass_at(Y), 0, Y, (U,), self.lr)
-
-    def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
-        return self.view.product("project", self._pass_at(Y), 0, Y, (U, V), self.lr)
+        self.passes[key] = (points, gps)  # the points stay alive, so their ids stay unique
+        return gps
 
 
 class _KernelGradientField(TensorODE):
@@ -318,7 +363,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
                 loss = closure()
         roles = self._roles()
         dense: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
-        steps: list[tuple[FactoredLayer, dict[str, Any], _LayerField, State]] = []
+        steps: list[_LayerStep] = []
         tucker_steps: list[tuple[TuckerConv2d, float]] = []
         for group in self.param_groups:
             lr = float(group["lr"])
@@ -338,11 +383,13 @@ class DLRTOptimizer(torch.optim.Optimizer):
                 if isinstance(layer, TuckerConv2d):
                     tucker_steps.append((layer, lr))
                 else:
-                    steps.append(self._prepare(layer, lr, closure))
-        results = [self.method.step(field, st, st.t, field.lr) for _, _, field, st in steps]
+                    steps.append(self._prepare(layer, lr))
+        _Rounds(self, steps, closure).run()
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
         self.last_infos = []
-        for (layer, state, field, st), (new, info) in zip(steps, results, strict=True):
+        for ls in steps:
+            layer, state = ls.layer, ls.state
+            new, info = ls.task.value
             Y1 = new.Y
             for name, a in (("U", Y1.U), ("S", Y1.S), ("V", Y1.V)):
                 if not bool(torch.isfinite(a).all()):
@@ -351,7 +398,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
                         "step"
                     )
             slot = self.direction.commit_layers(
-                {"layers": [state["slot"]], "params": []}, [field.view], [st.Y], [Y1]
+                {"layers": [state["slot"]], "params": []}, [ls.view], [ls.start], [Y1]
             )["layers"][0]
             state["slot"] = slot
             state["t"] = float(new.t)
@@ -373,12 +420,14 @@ class DLRTOptimizer(torch.optim.Optimizer):
             self._dense_update(p, g, float(group["lr"]))
         return loss
 
-    def _tucker_step(self, layer: TuckerConv2d, lr: float) -> tuple[dict[str, Any], State, Any]:
+    def _tucker_step(
+        self, layer: TuckerConv2d, lr: float
+    ) -> tuple[dict[str, Any], TuckerState, Any]:
         state = self.state[layer.core]
         if not state:
             state.update({"step": 0, "t": 0.0})
         field = _KernelGradientField(-layer.kernel_gradient())
-        st = State(Y=layer.tucker, t=float(state["t"]))
+        st = TuckerState(Y=layer.tucker, t=float(state["t"]))
         new, info = self.tucker_method.step(field, st, st.t, lr)
         for i, a in enumerate((new.Y.core, *new.Y.factors)):
             if not bool(torch.isfinite(a).all()):
@@ -387,9 +436,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
                 )
         return state, new, info
 
-    def _prepare(
-        self, layer: FactoredLayer, lr: float, closure: Callable[[], Any] | None
-    ) -> tuple[FactoredLayer, dict[str, Any], _LayerField, State]:
+    def _prepare(self, layer: FactoredLayer, lr: float) -> _LayerStep:
         state = self.state[layer.U]
         if not state:
             state.update({"step": 0, "t": 0.0, "slot": {}})
@@ -397,32 +444,38 @@ class DLRTOptimizer(torch.optim.Optimizer):
         view = self.direction.layer_view(
             {"layers": [state["slot"]], "params": []}, 0, int(state["step"]), W0
         )
-        field = _LayerField(self, layer, W0, view, lr, closure)
-        return layer, state, field, State(Y=W0, t=float(state["t"]))
+        return _LayerStep(layer, state, self.method, view, W0, lr)
 
     def _evaluate_at(
-        self, layer: FactoredLayer, Y: LowRankMatrix, closure: Callable[[], Any]
-    ) -> _RecordedPass:
-        """The gradient of ``layer`` with its weight moved to ``Y`` (other layers unchanged)."""
-        saved = (layer.U.data, layer.S.data, layer.V.data)
+        self,
+        layers: list[FactoredLayer],
+        points: list[LowRankMatrix],
+        closure: Callable[[], Any],
+    ) -> list[_RecordedPass]:
+        """The gradients of ``layers`` with their weights moved to ``points``."""
+        saved = [(m.U.data, m.S.data, m.V.data) for m in layers]
         saved_grads = {id(p): p.grad for group in self.param_groups for p in group["params"]}
         records = {id(m): m._records for m in self._layers}
         try:
             for m in self._layers:
                 m._records = []
-            for p, a in ((layer.U, Y.U), (layer.S, Y.S), (layer.V, Y.V)):
-                replace_data(p, a)
-            for p in (layer.U, layer.S, layer.V):
-                p.grad = None
+            for m, Y in zip(layers, points, strict=True):
+                for p, a in ((m.U, Y.U), (m.S, Y.S), (m.V, Y.V)):
+                    replace_data(p, a)
+                    p.grad = None
             with torch.enable_grad():
                 closure()
-            point = LowRankMatrix(layer.U.detach(), layer.S.detach(), layer.V.detach(), check=False)
-            gp = _RecordedPass(layer, point)
-            gp.gK = gp.gL = gp.gS = None  # at a non-orthonormal point these are not the products
-            return gp
+            gps = []
+            for m in layers:
+                point = LowRankMatrix(m.U.detach(), m.S.detach(), m.V.detach(), check=False)
+                gp = _RecordedPass(m, point)
+                gp.gK = gp.gL = gp.gS = None  # answered from the records, in any bases
+                gps.append(gp)
+            return gps
         finally:
-            for p, a in zip((layer.U, layer.S, layer.V), saved, strict=True):
-                replace_data(p, a)
+            for m, data in zip(layers, saved, strict=True):
+                for p, a in zip((m.U, m.S, m.V), data, strict=True):
+                    replace_data(p, a)
             for group in self.param_groups:
                 for p in group["params"]:
                     p.grad = saved_grads[id(p)]
