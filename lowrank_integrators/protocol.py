@@ -47,6 +47,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import check_product
 from .factors import LowRankMatrix
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "StepTask",
     "SubstepCall",
     "answer_from_problem",
-    "check_product",
     "received",
     "run_to_end",
 ]
@@ -195,17 +195,6 @@ class SubstepCall(Request):
     X0: Any
 
 
-# --- checks -------------------------------------------------------------------------------------
-
-
-def check_product(name: str, out: Any, expected: Sequence[int]) -> None:
-    """Raise ``ValueError`` naming ``name`` when ``out`` does not have the shape ``expected``."""
-    shape = tuple(int(s) for s in getattr(out, "shape", ()))
-    want = tuple(int(e) for e in expected)
-    if shape != want:
-        raise ValueError(f"problem.{name} returned an array of shape {shape}, expected {want}")
-
-
 # --- the problem driver -----------------------------------------------------------------------
 
 
@@ -264,20 +253,17 @@ def received(answer: Any) -> Any:
 def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, Field):
         out = req.ode.field(problem)(req.t, req.X)
-        check_product(req.ode.field_name, out, req.X.shape)
-        return Handover(out)
+        name = f"problem.{req.ode.field_name}"
+        return Handover(check_product(name, out, req.X.shape, req.X.dtype))
     if isinstance(req, Right):
         out = problem.apply_right(req.t, req.Y, req.V)
-        check_product("apply_right", out, (req.Y.shape[0], req.V.shape[1]))
-        return out
+        return check_product("problem.apply_right", out, expected_shape(req), req.Y.dtype)
     if isinstance(req, Left):
         out = problem.apply_left(req.t, req.Y, req.U)
-        check_product("apply_left", out, (req.Y.shape[1], req.U.shape[1]))
-        return out
+        return check_product("problem.apply_left", out, expected_shape(req), req.Y.dtype)
     if isinstance(req, Project):
         out = problem.project(req.t, req.Y, req.U, req.V)
-        check_product("project", out, (req.U.shape[1], req.V.shape[1]))
-        return out
+        return check_product("problem.project", out, expected_shape(req), req.Y.dtype)
     if isinstance(req, Increment):
         return req.ode.increment_of(problem, req.t0, req.t1)
     if isinstance(req, Parallel):
@@ -409,6 +395,13 @@ class StepTask:
 def product_of(req: Request) -> tuple[str, LowRankMatrix, tuple[Any, ...]]:
     """``(kind, point, bases)`` of a product or field request: what a pass must answer."""
     return req.kind, req.point, req.bases  # type: ignore[attr-defined]
+
+
+def expected_dtype(req: Request) -> Any:
+    """The dtype of the state an answer enters (answers are checked and cast to it)."""
+    if isinstance(req, Field):
+        return req.X.dtype
+    return req.point.dtype  # type: ignore[attr-defined]
 
 
 def expected_shape(req: Request) -> tuple[int, int]:

@@ -11,24 +11,52 @@ import numpy as np
 
 from . import _backend as bk
 from ._progress import ProgressBar
+from .errors import StepFailure
 from .integrators.base import StepInfo, StepMethod
 from .solution import Solution, SolveStats
 
-__all__ = ["solve", "step_times"]
+__all__ = ["MAX_STEPS", "solve", "step_times"]
+
+
+#: The most steps one :func:`solve` call takes. A smaller ``h`` (``1e-13`` on a unit span would
+#: need a time grid of 80 TB) is refused before any work; split a longer run into several calls.
+MAX_STEPS = 10_000_000
 
 
 def step_times(t0: float, t1: float, h: float) -> np.ndarray:
-    """Grid ``t0, t0 + h, ..., t1`` whose last point is exactly ``t1``.
+    """Grid ``t0, t0 + h, ..., t1`` whose last point is exactly ``t1``; every step is ``> 0``.
 
-    The last step is shortened when ``(t1 - t0) / h`` is not an integer; a ratio within
-    round-off of an integer is rounded, so no sliver step is taken.
+    The grid is built from an integer step count ``n``: ``t_k = t0 + k h`` for ``k < n`` and
+    ``t_n = t1``. When the span is ``n h`` up to the round-off of the times themselves (a few
+    units in the last place of ``max(|t0|, |t1|)``; ``t0 = 2**19`` with ``h = 1e-3`` leaves a
+    span of ``1.0000000475 h``), the ``n``-th step absorbs it; otherwise the last step is
+    shortened.
+
+    Raises
+    ------
+    ValueError
+        When the grid would have more than :data:`MAX_STEPS` steps, or when ``h`` is below
+        the resolution of the floating-point times (``t0 + h == t0``).
     """
-    ratio = (t1 - t0) / h
-    n = round(ratio)
-    if n < 1 or abs(ratio - n) > 1e-9 * max(1.0, ratio):
-        n = math.ceil(ratio)
+    span = t1 - t0
+    ratio = span / h
+    if not ratio <= MAX_STEPS:  # also catches ratio = inf (h = 5e-324)
+        raise ValueError(
+            f"h = {h!r} over the span ({t0!r}, {t1!r}) needs {ratio:.3g} steps, more than the "
+            f"limit of {MAX_STEPS:,} steps of one solve call (lowrank_integrators.solve."
+            "MAX_STEPS); take a larger h or split the span into several calls"
+        )
+    n = max(1, round(ratio))
+    resolution = 8.0 * np.finfo(float).eps * max(abs(t0), abs(t1), span)
+    if abs(span - n * h) > resolution:
+        n = max(1, math.ceil(ratio))
     times = t0 + h * np.arange(n + 1, dtype=float)
     times[-1] = t1
+    if n > 1 and not bool(np.all(np.diff(times) > 0)):
+        raise ValueError(
+            f"h = {h!r} is below the resolution of the times near t = {max(abs(t0), abs(t1))!r}: "
+            "t + h rounds to t, so steps would have length 0; take a larger h"
+        )
     return times
 
 
@@ -55,7 +83,7 @@ def solve(
     t_span : (float, float)
         ``(t0, t1)`` with ``t1 > t0``. The last step is shortened to land exactly on ``t1``.
     h : float
-        Step size, ``> 0``.
+        Step size, ``> 0``; at most :data:`MAX_STEPS` steps per call (see :func:`step_times`).
     method : Integrator, optional
         Default ``BUG()``.
     progress : bool, default False
@@ -72,9 +100,11 @@ def solve(
     Returns
     -------
     Solution
-        ``sol.status`` is ``"failed"`` when a step produced non-finite values or a
-        factorisation failed; then ``sol.Y`` is the last good state and ``sol.message``
-        names the step and its time.
+        ``sol.status`` is ``"failed"`` when a step produced non-finite values, a
+        factorisation failed or a step raised a
+        :class:`~lowrank_integrators.errors.StepFailure` (non-finite values about to be
+        factorised, endless step rejection); then ``sol.Y`` is the last good state and
+        ``sol.message`` names the step and its time.
     """
     from .integrators.bug import BUG
 
@@ -85,9 +115,9 @@ def solve(
         )
     t0, t1 = _check_span(t_span)
     h = _check_step(h)
+    times = step_times(t0, t1, h)
 
     state = method.init(problem, Y0, t0)
-    times = step_times(t0, t1, h)
     n_steps = len(times) - 1
 
     stats = SolveStats()
@@ -106,6 +136,8 @@ def solve(
             failure = None
             try:
                 new_state, info = method.step(problem, state, tk, hk)
+            except StepFailure as exc:
+                failure = str(exc)
             except Exception as exc:  # only factorisation failures become a status
                 if not bk.is_linalg_error(exc):
                     raise

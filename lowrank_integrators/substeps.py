@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from . import _backend as bk
+from ._checks import check_product
 from .protocol import Increment, SubstepCall, received, run_to_end
 
 __all__ = [
@@ -132,6 +133,10 @@ def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
     return (yield Increment(ode, t0, t1))
 
 
+def _dtype_of(X0: Any) -> Any:
+    return X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
+
+
 def _synchronous(f: Callable[[float, Any], Any]) -> Evaluate:
     def ev(t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
         return f(t, X)
@@ -167,12 +172,15 @@ class SubstepSolver:
     yields_requests: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
+        shape, dtype = tuple(X0.shape), _dtype_of(X0)
         inc = ode.increment(t0, t1)
         if inc is not None:
+            inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
         if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
             X0 = X0.to_array()
-        return self.integrate(ode.rhs, t0, t1, X0)
+        out = self.integrate(ode.rhs, t0, t1, X0)
+        return check_product(f"the substep solver {self!r}", out, shape, dtype)
 
     def solve(self, ode: Any, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
         """Solve the substep ODE ``ode`` over ``[t0, t1]`` from ``X0``, as requests."""
@@ -180,10 +188,13 @@ class SubstepSolver:
             if isinstance(X0, FactoredStart) and not self.accepts_factored_start:
                 X0 = X0.to_array()
             return (yield SubstepCall(self, ode, t0, t1, X0))
+        shape, dtype = tuple(X0.shape), _dtype_of(X0)
         inc = yield from exact_increment(ode, t0, t1)
         if inc is not None:
+            inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
-        return (yield from self.stages(partial(evaluate, ode), t0, t1, X0))
+        out = yield from self.stages(partial(evaluate, ode), t0, t1, X0)
+        return check_product(f"the substep solver {self!r}", out, shape, dtype)
 
     def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
         """Approximate ``X(t1)`` for ``X' = f(t, X)``, ``X(t0) = X0``.

@@ -60,17 +60,32 @@ def tail_norms(sigma: np.ndarray, kind: str = "frobenius") -> np.ndarray:
     ``kind="frobenius"`` gives ``(sum_{i>j} sigma_i^2)^(1/2)`` (the rule of CKL22);
     ``kind="sum"`` gives ``sum_{i>j} sigma_i``, the stricter criterion found in the authors'
     Matlab/Julia codes. ``tail[p] = 0`` and the smallest singular value is always included.
+
+    The squares are taken of ``sigma / max(sigma)``, so the tails neither overflow (sigma
+    above ``1e154``) nor underflow to zero (sigma below ``1e-162``); multiplying ``sigma`` by a
+    power of two multiplies every tail by it exactly. A tail is never below its own leading
+    value ``sigma_{j+1}``, even where smaller squares underflow.
     """
     s = np.asarray(sigma, dtype=float)
     if kind == "frobenius":
-        # cumulative sums from the small end keep the tiny values from being swamped.
-        rev = np.cumsum(s[::-1] ** 2)[::-1]
-        tails = np.sqrt(rev)
+        scale = float(s.max()) if s.size else 0.0
+        if scale > 0 and math.isfinite(scale):
+            # cumulative sums from the small end keep the tiny values from being swamped.
+            rev = np.cumsum((s[::-1] / scale) ** 2)[::-1]
+            tails = np.maximum(scale * np.sqrt(rev), s)
+        else:
+            tails = np.sqrt(np.cumsum(s[::-1] ** 2)[::-1])
     elif kind == "sum":
         tails = np.cumsum(s[::-1])[::-1]
     else:
         raise ValueError(f"tail kind must be 'frobenius' or 'sum', got {kind!r}")
     return np.concatenate([tails, [0.0]])
+
+
+def frobenius_norm(sigma: np.ndarray) -> float:
+    """``||sigma||_2`` without overflow or underflow of the squares (``tail_norms(sigma)[0]``)."""
+    s = np.asarray(sigma, dtype=float)
+    return float(tail_norms(s)[0]) if s.size else 0.0
 
 
 class TruncationRule(ABC):
@@ -82,7 +97,10 @@ class TruncationRule(ABC):
 
     @abstractmethod
     def select_rank(self, sigma: np.ndarray, h: float, mode: int | None = None) -> int:
-        """Number of leading singular values of ``sigma`` (descending, on the host) to keep."""
+        """Number of leading singular values of ``sigma`` (descending, on the host) to keep.
+
+        At least 1 and at most ``sigma.size``: low-rank states have rank >= 1.
+        """
 
     def tolerance(self, sigma: np.ndarray, h: float) -> float:
         """The threshold ``tau`` (``nan`` for rules without one)."""
@@ -100,7 +118,12 @@ class TruncationRule(ABC):
         xp = bk.namespace(S_hat)
         P, sigma, Qh = bk.svd(S_hat)
         sig_host = bk.to_host(sigma)
-        r1 = self.select_rank(sig_host, h, mode)
+        r1 = int(self.select_rank(sig_host, h, mode))
+        if not 1 <= r1 <= int(sig_host.shape[0]):
+            raise ValueError(
+                f"{type(self).__name__}.select_rank chose rank {r1}; a rule must keep between "
+                f"1 and the {int(sig_host.shape[0])} available singular values"
+            )
         tail = float(tail_norms(sig_host)[r1])
         eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
         S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
@@ -162,8 +185,9 @@ class Tolerance(TruncationRule):
     r"""Keep the fewest singular values whose discarded tail is at most a tolerance.
 
     The new rank is the smallest ``r1 >= 0`` with ``tail(r1) <= tau``, clamped to
-    ``[rmin, min(rmax, p)]``, where ``tau = theta``, times ``||sigma||_2`` if ``relative``, times
-    ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the number given).
+    ``[rmin, min(rmax, p)]`` (so never below 1), where ``tau = theta``, times ``||sigma||_2``
+    if ``relative``, times ``h**q`` if ``scale_with_h`` (``q = 1`` for ``True``, or the
+    number given).
 
     Parameters
     ----------
@@ -178,7 +202,10 @@ class Tolerance(TruncationRule):
         shrinks; ``theta h^2`` keeps first-order methods first order, ``theta h^3``
         second-order ones.
     rmin, rmax : int
-        Clamps on the new rank (``rmax=None``: no upper clamp besides ``p``).
+        Clamps on the new rank (``rmax=None``: no upper clamp besides ``p``). ``rmin >= 1``:
+        a state never drops to rank 0. A rank-0 state has no basis into which new directions
+        could enter (every K-step starts from ``U0 S0 = 0`` in an empty basis), so a method
+        would stay at rank 0 for good, even after a source switches on.
     tail : {"frobenius", "sum"}
         ``"frobenius"`` is the rule of Ceruti-Kusch-Lubich (2022); ``"sum"`` compares the sum
         of the discarded singular values, as the authors' Matlab/Julia codes do.
@@ -207,7 +234,7 @@ class Tolerance(TruncationRule):
             raise ValueError(
                 f"scale_with_h must be a bool or a positive power of h, got {scale_with_h!r}"
             )
-        _check_positive_int("rmin", rmin, allow_zero=True)
+        _check_positive_int("rmin", rmin)
         if rmax is not None:
             _check_positive_int("rmax", rmax)
             if rmax < rmin:
@@ -225,7 +252,7 @@ class Tolerance(TruncationRule):
     def tolerance(self, sigma: np.ndarray, h: float) -> float:
         tau = self.theta
         if self.relative:
-            tau *= float(np.linalg.norm(sigma))
+            tau *= frobenius_norm(sigma)
         if self._power:
             tau *= float(h) ** self._power
         return tau
@@ -246,9 +273,8 @@ class Tolerance(TruncationRule):
         )
 
 
-def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    lo = 0 if allow_zero else 1
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 (a low-rank state has rank >= 1), got {value}")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lowrank_integrators.methods import METHODS
+
 #: Prefix of the ``schema`` field of a validation report.
 REPORT_SCHEMA = "lowrank-integrators/validation-report/"
 
@@ -40,18 +42,9 @@ _STYLES: dict[str, tuple[str, str]] = {
     "FactorODERK4-control": ("black", "x"),
 }
 
-#: Longer names for the legends.
-_NAMES: dict[str, str] = {
-    "KSL": "projector splitting (Lie-Trotter)",
-    "Strang": "projector splitting (Strang)",
-    "BUG": "BUG",
-    "AugmentedBUG": "augmented BUG",
-    "ParallelBUG": "parallel BUG",
-    "ParallelBUG2": "parallel BUG, 2nd order",
-    "MidpointBUG": "midpoint BUG",
-    "abcPSI": "augmented backward-corrected PSI",
-    "FactorODERK4-control": "factor ODEs + RK4 (control)",
-}
+#: Longer names for the legends, from the method registry.
+_NAMES: dict[str, str] = {m.name: m.label for m in METHODS}
+_NAMES["FactorODERK4-control"] = "factor ODEs + RK4 (control)"
 
 
 class MissingInputError(SystemExit):

@@ -64,6 +64,25 @@ def test_products_are_the_dense_gradient_applied_to_bases(rng):
     np.testing.assert_allclose(gp.project(0, U, V), U.T @ G @ V, rtol=1e-12, atol=1e-14)
 
 
+def test_products_in_the_weights_own_bases_reuse_what_the_pass_formed(rng):
+    """X V0 (forward) and G U0 (backward) are not recomputed for the K- and L-steps of DLRT."""
+    net = mixed_net()
+    W, P = net.init(rng)
+    gp = net.gradient(W, P, (rng.standard_normal((9, 7)), rng.integers(0, 4, 9)))
+    U0, _, V0 = W[0]
+    G = gp.dense_gradient(0)
+    expected = gp.right(0, V0), gp.left(0, U0), gp.project(0, U0, V0)
+    X, Gz = gp._acts[0]
+    formed = gp._formed[0]
+    assert formed["V"] is V0 and formed["U"] is U0
+    np.testing.assert_array_equal(formed["XV"], X @ V0)
+    np.testing.assert_array_equal(formed["GU"], Gz @ U0)
+    for got, dense in zip(expected, (G @ V0, G.T @ U0, U0.T @ G @ V0), strict=True):
+        np.testing.assert_allclose(got, dense, rtol=1e-12, atol=1e-14)
+    # a copy of the basis is another basis: computed, same values
+    np.testing.assert_array_equal(gp.right(0, V0.copy()), expected[0])
+
+
 def test_a_factored_point_gives_the_same_forward_pass_as_its_dense_matrix(rng):
     net = MLP([Layer(5, 4, "lowrank", 2), Layer(4, 3, "dense")])
     W, P = net.init(rng)

@@ -40,9 +40,9 @@ def test_rank_is_monotone_in_the_tolerance(sigma, a, b):
 
 
 @SETTINGS
-@given(spectra, thetas, st.integers(0, 6), st.integers(0, 8))
+@given(spectra, thetas, st.integers(1, 6), st.integers(0, 8))
 def test_rank_is_clamped_to_rmin_rmax(sigma, theta, rmin, extra):
-    rule = lri.Tolerance(theta, rmin=rmin, rmax=max(rmin, 1) + extra)
+    rule = lri.Tolerance(theta, rmin=rmin, rmax=rmin + extra)
     r1 = rule.select_rank(sigma, 1.0)
     p = sigma.size
     assert min(rule.rmin, p) <= r1 <= min(rule.rmax, p)
@@ -123,6 +123,7 @@ def test_truncate_returns_leading_singular_triplets_with_conjugated_right_factor
         ({"theta": float("nan")}, ValueError, "theta"),
         ({"theta": "1"}, TypeError, "theta"),
         ({"theta": 1.0, "rmin": -1}, ValueError, "rmin"),
+        ({"theta": 1.0, "rmin": 0}, ValueError, "rmin"),
         ({"theta": 1.0, "rmax": 0}, ValueError, "rmax"),
         ({"theta": 1.0, "rmin": 5, "rmax": 3}, ValueError, "rmax"),
         ({"theta": 1.0, "scale_with_h": -2}, ValueError, "scale_with_h"),

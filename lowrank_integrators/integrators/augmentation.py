@@ -25,24 +25,12 @@ from ..substeps import SubstepSolver
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, Ledger, SStep
 
-__all__ = ["AugmentedBases", "augment", "extend"]
+__all__ = ["AugmentedBases", "augment"]
 
 
 def augment(led: FactorisationLedger, X: Any, U0: Any) -> Any:
     """``orth([X, U0])``: ``min(rows, cols)`` orthonormal columns whose range contains ``U0``'s."""
     return led.orth_blocks(X, U0)
-
-
-def extend(led: FactorisationLedger, U0: Any, X: Any) -> Any:
-    """``[U0, ext(U0, X)]``: ``U0`` itself as the leading block, then the new directions of ``X``.
-
-    Built in the storage of the Q factor of ``QR([U0, X])``, whose leading block equals ``U0``
-    up to the signs of its columns; it is overwritten with ``U0`` itself, so that a core padded
-    with zeros (``[[S0, 0], [0, 0]]``) represents ``Y0`` exactly.
-    """
-    Q, _ = led.qr_blocks(U0, X)
-    Q[:, : int(U0.shape[1])] = U0
-    return Q
 
 
 class AugmentedBases:

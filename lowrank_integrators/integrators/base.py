@@ -83,6 +83,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from .. import _backend as bk
+from .._checks import check_product
 from ..factors import LowRankMatrix
 from ..protocol import (
     Field,
@@ -93,7 +94,6 @@ from ..protocol import (
     Right,
     StepGenerator,
     answer_from_problem,
-    check_product,
 )
 from ..substeps import FactoredStart, SubstepSolver, as_substep
 from ..truncation import TruncationRecord, TruncationRule
@@ -340,8 +340,7 @@ class SubstepField:
             raise RuntimeError("rhs needs a problem: call bind(problem) first")
         req = self.request(t, X)
         out = self.field(self._problem)(req.t, req.X)
-        check_product(self.field_name, out, X.shape)
-        return self.finish(out)
+        return self.finish(check_product(f"problem.{self.field_name}", out, X.shape, X.dtype))
 
     def increment(self, t0: float, t1: float) -> Any | None:
         if self._problem is None:
@@ -490,7 +489,12 @@ class StepMethod:
             "second_order_sylvester",
             "fixed_rank_order",
         )
-        out = {name: getattr(cls, name) for name in names}
+        # A property (the rank adaptivity of TuckerBUG follows from its truncation argument)
+        # depends on the configuration: None.
+        out = {
+            name: None if isinstance(getattr(cls, name), property) else getattr(cls, name)
+            for name in names
+        }
         if order is not None:
             out.update(cls.variants.get(order, {}))
         return out

@@ -16,12 +16,15 @@ One first-order step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + 
      (Galerkin in the *old* basis).
 
 2. ``U_tilde = ext(U0, K1)``, ``V_tilde = ext(V0, L1)``: the new directions, i.e. the trailing
-   columns of the Q factor of ``QR([U0, K1])``. ``U_hat = [U0, U_tilde]`` keeps ``U0`` itself
-   as its leading block (the Q factor reproduces it only up to unit-modulus column factors).
-3. Assemble the ``2r x 2r`` core with its zero block::
+   columns of the Q factor of ``QR([U0, K1]) = [U_1, U_tilde] R``. The augmented basis is that
+   Q factor, ``U_hat = [U_1, U_tilde]``; its leading block spans ``range(U0)`` with
+   ``U0 = U_1 R_U`` (``R_U`` the leading ``r x r`` block of ``R``, unitary up to round-off),
+   and likewise ``V0 = V_1 R_V``.
+3. Assemble the ``2r x 2r`` core with its zero block, the blocks computed in ``U0``, ``V0``
+   written in ``U_1``, ``V_1``::
 
-       S_hat = [[ S_bar1,          L1^H V_tilde ],
-                [ U_tilde^H K1,    0            ]]
+       S_hat = [[ R_U S_bar1 R_V^H,      R_U L1^H V_tilde ],
+                [ U_tilde^H K1 R_V^H,    0                ]]
 
 4. Truncate ``(U_hat, S_hat, V_hat)``.
 
@@ -37,9 +40,16 @@ where ``p = min(rows, cols)`` of ``S_hat`` (``2r`` in general) and ``tau`` is th
 the truncation rule. Criterion (b) measures the dropped ``(2, 2)`` block: with Euler substeps
 it is exactly ``h U_tilde^H F(t0, Y0) V_tilde``. A rejected step restarts from the **same**
 ``Y0``, written in the doubled bases ``U0 <- U_hat``, ``V0 <- V_hat`` with the core
-``[[S0, 0], [0, 0]]``; BUG-type steps accept the singular core. Without rejection the rank
-hardly grows: new directions only enter through the off-diagonal blocks, which are ``O(h)``,
-so their singular values are ``O(h^2)`` and a tolerance truncates them.
+``[[R_U S0 R_V^H, 0], [0, 0]]``; BUG-type steps accept the singular core. Each rejection
+doubles the bases (up to ``m`` and ``n`` columns), so at most about ``log2(max(m, n))``
+attempts are rejected; a step that rejects more raises
+:class:`~lowrank_integrators.errors.RejectionLimitError` instead of looping. Without
+rejection the rank hardly grows: new directions only enter through the off-diagonal blocks,
+which are ``O(h)``, so their singular values are ``O(h^2)`` and a tolerance truncates them.
+
+**Orthonormality.** The bases are always Q factors of a QR, never the old basis pasted into
+one: pasting ``U0`` would carry its round-off defect from step to step, and over ``1e5``
+steps in single precision the defect would grow far beyond that of one QR.
 
 **Second order** (``order=2``, Kusch 2024). Before the parallel substeps both bases are
 augmented by the directions of ``F`` at the initial value,
@@ -47,7 +57,8 @@ augmented by the directions of ``F`` at the initial value,
 ``Y0`` is written in them with the core ``[[S0, 0], [0, 0]]``. The first-order step above is
 then taken from this representation: the K-, L- and S-steps run in the ``2r`` bases, the new
 directions ``ext(U_hat0, K1)`` bring the bases to ``4r`` columns and the ``4r x 4r`` core is
-truncated.
+truncated. (``U_hat0`` is again a Q factor, and ``Y0`` is written in it through ``R_U``,
+``R_V`` as above.)
 """
 
 from __future__ import annotations
@@ -57,10 +68,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import _backend as bk
+from ..errors import RejectionLimitError
 from ..factors import LowRankMatrix
 from ..substeps import SubstepSolver
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
-from .augmentation import AugmentedBases, extend
+from .augmentation import AugmentedBases
 from .base import (
     AdaptiveIntegrator,
     KStep,
@@ -153,13 +165,16 @@ class ParallelBUG(AdaptiveIntegrator):
         U, S, V = Y0
         led = Ledger(rank_before=Y0.rank)
         cap = _rank_cap(self.truncation, *Y0.shape)
+        # Every rejection doubles the bases until they have m and n columns: more
+        # rejections than this mean the criterion can never accept.
+        max_rejections = max(Y0.shape).bit_length() + 1
         t1 = t + h
         while True:
             # Every attempt starts from Y0, written in the current bases U, V.
             if self.order == 2:
                 U, S, V = yield from _augment_by_field(led, t, U, S, V, Y0)
             hat = AugmentedBases()
-            S_hat = yield from self._parallel_substeps(led, hat, U, S, V, Y0, t, t1)
+            S_hat, R_U, R_V = yield from self._parallel_substeps(led, hat, U, S, V, Y0, t, t1)
             # The rank decision needs the core only; the new factors are formed once accepted.
             P, S1, Q = led.truncate_core(self.truncation, S_hat, h)
             record = led.info.truncation
@@ -168,9 +183,15 @@ class ParallelBUG(AdaptiveIntegrator):
             rejects = yield from self._rejects(led, record, cap, t, h, U, S, V, hat, Y0)
             if not rejects:
                 break
+            if led.info.rejected >= max_rejections:
+                raise RejectionLimitError(
+                    f"ParallelBUG rejected {led.info.rejected + 1} attempts of the step from "
+                    f"t = {t:.6g} (the bases stopped growing at {int(hat.U.shape[1])} and "
+                    f"{int(hat.V.shape[1])} columns); the rejection criterion cannot accept"
+                )
             led.info.rejected += 1
             # Restart from the same Y0, now written in the doubled bases.
-            U, S, V = hat.U, _pad(S, hat.U, hat.V), hat.V
+            U, S, V = hat.U, _pad(R_U @ S @ bk.adjoint(R_V), hat.U, hat.V), hat.V
         del U, V  # the bases of the attempt: U_hat can go before V_hat Q is formed
         Y1 = hat.form(P, S1, Q)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
@@ -186,7 +207,10 @@ class ParallelBUG(AdaptiveIntegrator):
         t0: float,
         t1: float,
     ) -> StepGenerator:
-        """The K-, L- and S-steps from ``Y0 = U0 S0 V0^H``; sets ``hat`` and returns ``S_hat``."""
+        """The K-, L- and S-steps from ``Y0 = U0 S0 V0^H``; sets ``hat``.
+
+        Returns ``(S_hat, R_U, R_V)`` (see the module docstring).
+        """
         xp = bk.namespace(U0, S0, V0)
         r, s = int(U0.shape[1]), int(V0.shape[1])
 
@@ -195,23 +219,27 @@ class ParallelBUG(AdaptiveIntegrator):
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
         def k_step() -> StepGenerator:
             K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
-            hat.U = extend(led, U0, K1)
-            return bk.adjoint(hat.U[:, r:]) @ K1
+            hat.U, R_U = _augmented_basis(led, U0, K1)
+            return bk.adjoint(hat.U[:, r:]) @ K1, R_U
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
-            hat.V = extend(led, V0, L1)
-            return bk.adjoint(L1) @ hat.V[:, s:]
+            hat.V, R_V = _augmented_basis(led, V0, L1)
+            return bk.adjoint(L1) @ hat.V[:, s:], R_V
 
         def s_step() -> StepGenerator:
             return (yield from self.substep.solve(SStep(led, U0, V0, at=Y0), t0, t1, S0))
 
-        UtK, LtV, S_bar = yield Parallel(k_step(), l_step(), s_step())
+        (UtK, R_U), (LtV, R_V), S_bar = yield Parallel(k_step(), l_step(), s_step())
+        # The blocks were computed in the coordinates of U0 and V0; U0 = U_hat[:, :r] R_U.
+        R_V_H = bk.adjoint(R_V)
         zero = xp.zeros(
             (int(UtK.shape[0]), int(LtV.shape[1])), dtype=S0.dtype, device=bk.device(S0)
         )
-        return xp.concat([xp.concat([S_bar, LtV], axis=1), xp.concat([UtK, zero], axis=1)], axis=0)
+        top = xp.concat([R_U @ S_bar @ R_V_H, R_U @ LtV], axis=1)
+        S_hat = xp.concat([top, xp.concat([UtK @ R_V_H, zero], axis=1)], axis=0)
+        return S_hat, R_U, R_V
 
     def _rejects(
         self,
@@ -255,9 +283,23 @@ def _augment_by_field(
 ) -> StepGenerator:
     """Kusch's preparatory step: ``Y0`` in the bases augmented by ``F(t0, Y0) V0``, ``F^H U0``."""
     Y = LowRankMatrix(U0, S0, V0, check=False)
-    U_hat0 = extend(led, U0, (yield led.right(t0, Y, V0, at=Y0)))
-    V_hat0 = extend(led, V0, (yield led.left(t0, Y, U0, at=Y0)))
-    return U_hat0, _pad(S0, U_hat0, V_hat0), V_hat0
+    U_hat0, R_U = _augmented_basis(led, U0, (yield led.right(t0, Y, V0, at=Y0)))
+    V_hat0, R_V = _augmented_basis(led, V0, (yield led.left(t0, Y, U0, at=Y0)))
+    return U_hat0, _pad(R_U @ S0 @ bk.adjoint(R_V), U_hat0, V_hat0), V_hat0
+
+
+def _augmented_basis(led: Ledger, U0: Any, X: Any) -> tuple[Any, Any]:
+    """``(Q, R_U)``: the Q factor of ``QR([U0, X])`` and ``R_U`` with ``U0 = Q[:, :r] R_U``.
+
+    ``Q = [U_1, ext(U0, X)]`` is orthonormal to round-off whatever the (small) defect of
+    ``U0``; ``R_U`` (unitary up to round-off) carries a core from the coordinates of ``U0``
+    into those of ``U_1``. Pasting ``U0`` itself into ``Q`` would keep ``U0``'s defect, and
+    the defects would add up over the steps.
+    """
+    bk.namespace(U0, X)
+    Q, R = led.qr_blocks(U0, X)
+    r = int(U0.shape[1])
+    return Q, R[:r, :r]
 
 
 def _pad(S0: Any, U_hat: Any, V_hat: Any) -> Any:

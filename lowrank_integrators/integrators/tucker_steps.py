@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import _backend as bk
-from ..protocol import check_product
+from .._checks import check_product
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
 from ..tucker import TuckerTensor, unfold
@@ -127,7 +127,7 @@ class ModeSStep(SubstepField):
 
         def field(t: float, S: Any) -> Any:
             out = mode_field(t, U @ S)
-            check_product("mode_field", out, (U.shape[0], S.shape[1]))
+            out = check_product("problem.mode_field", out, (U.shape[0], S.shape[1]), S.dtype)
             return U_H @ out
 
         return field

@@ -55,10 +55,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import _backend as bk
+from .._checks import check_product
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
-from ..protocol import Request, StepTask, check_product, expected_shape
+from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from .optimizers import SGD, Optimizer
 
 __all__ = [
@@ -226,10 +227,8 @@ class _Rounds:
             for req, (j, p) in zip(reqs, idx, strict=True):
                 kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
                 ans = self.views[i].product(kind, gps[j], i, p, bases, self.lr)
-                check_product(
-                    f"gradient pass product {kind!r} of layer {i}", ans, expected_shape(req)
-                )
-                out.append(ans)
+                name = f"the {kind} product of layer {i} of the gradient pass"
+                out.append(check_product(name, ans, expected_shape(req), expected_dtype(req)))
                 self.n_requests += 1
             answers.append(out)
         return answers

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import integrators as _integrators
 from ..integrators.base import Integrator
+from ..methods import Method, training_methods
 from ..substeps import Euler
 from ..truncation import FixedRank, Tolerance, TruncationRule
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -30,15 +30,9 @@ from .optimizers import SGD, Adam, HeavyBall, Optimizer
 
 __all__ = ["BASELINES", "INTEGRATORS", "RunConfig", "make_integrator", "run_training"]
 
-#: Integrator names of the command line and the classes they build (all with Euler substeps).
-INTEGRATORS: dict[str, str] = {
-    "augmented-bug": "AugmentedBUG",
-    "bug": "BUG",
-    "parallel-bug": "ParallelBUG",
-    "abc-psi": "AugmentedBackwardCorrectedPSI",
-    "midpoint-bug": "MidpointBUG",
-    "psi": "ProjectorSplitting",
-}
+#: Integrator names of the command line and the methods they build (all with Euler
+#: substeps), from the registry :mod:`lowrank_integrators.methods`.
+INTEGRATORS: dict[str, Method] = training_methods()
 #: Baselines trained by the same loop: every layer dense, or vanilla ``W = U V^T`` factors.
 BASELINES = ("dense", "vanilla")
 
@@ -100,17 +94,15 @@ def make_integrator(
     """
     if name not in INTEGRATORS:
         raise ValueError(f"integrator must be one of {sorted(INTEGRATORS)}, got {name!r}")
-    cls = getattr(_integrators, INTEGRATORS[name], None)
-    if cls is None:
-        raise ValueError(f"integrator {name!r} is not available in this build")
-    if not cls.rank_adaptive:
-        return cls(substep=Euler())
+    method = INTEGRATORS[name]
+    if not method.rank_adaptive:
+        return method.build(Euler())  # type: ignore[return-value]
     rule: TruncationRule
     if tau is None:
         rule = FixedRank(rank)
     else:
         rule = Tolerance(tau, relative=True, rmin=min(rmin, rmax or rmin), rmax=rmax)
-    return cls(rule, substep=Euler())
+    return method.build(Euler(), rule)  # type: ignore[return-value]
 
 
 def make_optimizer(cfg: RunConfig) -> Optimizer:

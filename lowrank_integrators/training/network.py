@@ -94,23 +94,42 @@ class NetworkPass:
     """
 
     def __init__(
-        self, loss: float, param_grads: list[np.ndarray], acts: list[tuple[np.ndarray, np.ndarray]]
+        self,
+        loss: float,
+        param_grads: list[np.ndarray],
+        acts: list[tuple[np.ndarray, np.ndarray]],
+        formed: list[dict[str, Any]] | None = None,
     ) -> None:
         self.loss = loss
         self.param_grads = param_grads
         self._acts = acts
+        # Products the pass formed anyway, by layer: X V and G U at the layer's own bases
+        # (the forward pass computes X V, the backward pass G U). A request in those very
+        # bases (the K- and L-steps of DLRT start there) reuses them.
+        self._formed = formed if formed is not None else [{} for _ in acts]
+
+    def _XV(self, layer: int, V: np.ndarray) -> np.ndarray:
+        got = self._formed[layer]
+        if got.get("V") is V:
+            return got["XV"]
+        return self._acts[layer][0] @ V
+
+    def _GU(self, layer: int, U: np.ndarray) -> np.ndarray:
+        got = self._formed[layer]
+        if got.get("U") is U:
+            return got["GU"]
+        return self._acts[layer][1] @ U
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
-        X, G = self._acts[layer]
-        return G.T @ (X @ V)
+        G = self._acts[layer][1]
+        return G.T @ self._XV(layer, V)
 
     def left(self, layer: int, U: np.ndarray) -> np.ndarray:
-        X, G = self._acts[layer]
-        return X.T @ (G @ U)
+        X = self._acts[layer][0]
+        return X.T @ self._GU(layer, U)
 
     def project(self, layer: int, U: np.ndarray, V: np.ndarray) -> np.ndarray:
-        X, G = self._acts[layer]
-        return (G @ U).T @ (X @ V)
+        return self._GU(layer, U).T @ self._XV(layer, V)
 
     def dense_gradient(self, layer: int) -> np.ndarray:
         """``grad(W)`` of a low-rank layer as a dense matrix (tests and diagnostics only)."""
@@ -316,11 +335,22 @@ class MLP:
                 a = np.maximum(a, 0)
         return a
 
-    def _affine(self, li: int, lay: Layer, weights: Any, params: Any, a: np.ndarray) -> np.ndarray:
+    def _affine(
+        self,
+        li: int,
+        lay: Layer,
+        weights: Any,
+        params: Any,
+        a: np.ndarray,
+        formed: list[dict[str, Any]] | None = None,
+    ) -> np.ndarray:
         idx = self._index[li]
         if lay.kind == "lowrank":
             U, S, V = weights[idx["W"]]
-            z = ((a @ V) @ S.T) @ U.T
+            aV = a @ V
+            if formed is not None:
+                formed[idx["W"]].update(V=V, XV=aV)
+            z = (aV @ S.T) @ U.T
         elif lay.kind == "dense":
             z = a @ params[idx["W"]].T
         else:
@@ -335,10 +365,11 @@ class MLP:
         self._check_point(weights, params)
         X = X.astype(self._dtype(weights, params), copy=False)
         acts: list[np.ndarray] = []
+        formed: list[dict[str, Any]] = [{} for _ in range(self.n_lowrank)]
         a = X
         for li, lay in enumerate(self.layers):
             acts.append(a)
-            a = self._affine(li, lay, weights, params, a)
+            a = self._affine(li, lay, weights, params, a, formed)
             if li < len(self.layers) - 1:
                 a = np.maximum(a, 0)
         loss, G = _cross_entropy(a, y)
@@ -350,7 +381,9 @@ class MLP:
             if lay.kind == "lowrank":
                 U, S, V = weights[idx["W"]]
                 lowrank_acts[idx["W"]] = (a_in, G)
-                da = ((G @ U) @ S) @ V.T if li > 0 else None
+                GU = G @ U
+                formed[idx["W"]].update(U=U, GU=GU)
+                da = (GU @ S) @ V.T if li > 0 else None
             elif lay.kind == "dense":
                 W = params[idx["W"]]
                 grads[idx["W"]] = G.T @ a_in
@@ -363,7 +396,7 @@ class MLP:
                 da = GU @ V.T if li > 0 else None
             if da is not None:
                 G = da * (a_in > 0)
-        return NetworkPass(loss, grads, lowrank_acts)
+        return NetworkPass(loss, grads, lowrank_acts, formed)
 
     def loss_and_accuracy(
         self,

@@ -80,7 +80,7 @@ class LowRankLinear(torch.nn.Module):
         self.register_buffer("S", torch.diag(sig[:rank]))
         self.register_buffer("V", Qh[:rank].mT.contiguous())
         self.bias = torch.nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
-        self._capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._capture: list[tuple[Any, ...]] | None = None
 
     @property
     def rank(self) -> int:
@@ -97,12 +97,13 @@ class LowRankLinear(torch.nn.Module):
         self.U, self.S, self.V = U, S, V
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = ((x @ self.V) @ self.S.mT) @ self.U.mT
+        xV = x @ self.V
+        z = (xV @ self.S.mT) @ self.U.mT
         if self._capture is not None:
             if not z.requires_grad:
                 # no trainable input upstream: make z a leaf so that dL/dz is still computed
                 z.requires_grad_(True)
-            self._capture.append((x.detach(), z))
+            self._capture.append((x.detach(), z, self.V, xV.detach()))
         return z if self.bias is None else z + self.bias
 
     def extra_repr(self) -> str:
@@ -120,22 +121,30 @@ class TorchPass:
         loss: float,
         param_grads: list[torch.Tensor],
         acts: list[tuple[torch.Tensor, torch.Tensor]],
+        formed: list[tuple[Any, Any]] | None = None,
     ) -> None:
         self.loss = loss
         self.param_grads = param_grads
         self._acts = acts
+        # (V, X V) of every layer: the forward pass formed X V at the layer's own basis, which
+        # a request in that very basis (the K-step of DLRT) reuses.
+        self._formed = formed if formed is not None else [(None, None) for _ in acts]
+
+    def _XV(self, layer: int, V: torch.Tensor) -> torch.Tensor:
+        V_formed, XV = self._formed[layer]
+        return XV if V_formed is V else self._acts[layer][0] @ V
 
     def right(self, layer: int, V: torch.Tensor) -> torch.Tensor:
-        X, G = self._acts[layer]
-        return bk.adjoint(G) @ (X @ V)
+        G = self._acts[layer][1]
+        return bk.adjoint(G) @ self._XV(layer, V)
 
     def left(self, layer: int, U: torch.Tensor) -> torch.Tensor:
         X, G = self._acts[layer]
         return bk.adjoint(X) @ (G @ U)
 
     def project(self, layer: int, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        X, G = self._acts[layer]
-        return bk.adjoint(G @ U) @ (X @ V)
+        G = self._acts[layer][1]
+        return bk.adjoint(G @ U) @ self._XV(layer, V)
 
 
 class TorchGradient:
@@ -181,7 +190,7 @@ class TorchGradient:
         for name, W in zip(self.layer_names, weights, strict=True):
             prefix = f"{name}." if name else ""
             mapping[prefix + "U"], mapping[prefix + "S"], mapping[prefix + "V"] = W.U, W.S, W.V
-        captures: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.layers]
+        captures: list[list[tuple[Any, ...]]] = [[] for _ in self.layers]
         for layer, cap in zip(self.layers, captures, strict=True):
             layer._capture = cap
         try:
@@ -207,7 +216,8 @@ class TorchGradient:
         acts = []
         for cap, g, z in zip(captures, grads[n:], zs, strict=True):
             acts.append((cap[0][0], g if g is not None else torch.zeros_like(z)))
-        return TorchPass(float(loss.detach()), [g.detach() for g in param_grads], acts)
+        formed = [(cap[0][2], cap[0][3]) for cap in captures]
+        return TorchPass(float(loss.detach()), [g.detach() for g in param_grads], acts, formed)
 
 
 class DLRTOptimizer:

@@ -85,58 +85,54 @@ def _rank_kept(setup: TuckerRotation, quick: bool) -> StudyResult:
 
 
 def cases(methods, quick: bool) -> list[Case]:
-    if not (hasattr(lri, "TuckerTensor") and hasattr(lri, "TensorSylvesterODE")):
-        return []  # Tucker support is not part of this build
     setup = TuckerRotation()
     steps = STEPS_QUICK if quick else STEPS_FULL
     r = 4
     span = (0.0, T)
     Y0, ref = setup.initial_value(r), setup.reference(r)
     out: list[Case] = []
-    if hasattr(lri, "TuckerProjectorSplitting"):
-        make = _builder(lambda s: lri.TuckerProjectorSplitting(substep=s), "TuckerPSI")
-        out.append(
-            Case(
-                NAME,
-                "TuckerPSI",
-                "exactness",
-                lambda: exactness_study(
-                    setup.problem,
-                    Y0,
-                    make,
-                    ref,
-                    span,
-                    steps,
-                    tolerance=EXACT_TOL,
-                    problem_name=NAME,
-                    note="Tucker projector splitting is exact on this field",
-                ),
-            )
+    make = _builder(lambda s: lri.TuckerProjectorSplitting(substep=s), "TuckerPSI")
+    out.append(
+        Case(
+            NAME,
+            "TuckerPSI",
+            "exactness",
+            lambda: exactness_study(
+                setup.problem,
+                Y0,
+                make,
+                ref,
+                span,
+                steps,
+                tolerance=EXACT_TOL,
+                problem_name=NAME,
+                note="Tucker projector splitting is exact on this field",
+            ),
         )
-    if hasattr(lri, "TuckerBUG"):
-        fixed = _builder(lambda s: lri.TuckerBUG(substep=s), "TuckerBUG")
-        out.append(
-            Case(
-                NAME,
-                "TuckerBUG",
-                "convergence",
-                lambda: convergence_study(
-                    setup.problem, Y0, fixed, ref, span, steps, expected_order=1, problem_name=NAME
-                ),
-            )
+    )
+    fixed = _builder(lambda s: lri.TuckerBUG(substep=s), "TuckerBUG")
+    out.append(
+        Case(
+            NAME,
+            "TuckerBUG",
+            "convergence",
+            lambda: convergence_study(
+                setup.problem, Y0, fixed, ref, span, steps, expected_order=1, problem_name=NAME
+            ),
         )
-        aug = _builder(
-            lambda s: lri.TuckerBUG(lri.FixedRank((r, r, r)), substep=s), "TuckerBUG-augmented"
+    )
+    aug = _builder(
+        lambda s: lri.TuckerBUG(lri.FixedRank((r, r, r)), substep=s), "TuckerBUG-augmented"
+    )
+    out.append(
+        Case(
+            NAME,
+            "TuckerBUG-augmented",
+            "convergence",
+            lambda: convergence_study(
+                setup.problem, Y0, aug, ref, span, steps, expected_order=1, problem_name=NAME
+            ),
         )
-        out.append(
-            Case(
-                NAME,
-                "TuckerBUG-augmented",
-                "convergence",
-                lambda: convergence_study(
-                    setup.problem, Y0, aug, ref, span, steps, expected_order=1, problem_name=NAME
-                ),
-            )
-        )
-        out.append(Case(NAME, "TuckerBUG-adaptive", "rank_kept", lambda: _rank_kept(setup, quick)))
+    )
+    out.append(Case(NAME, "TuckerBUG-adaptive", "rank_kept", lambda: _rank_kept(setup, quick)))
     return out

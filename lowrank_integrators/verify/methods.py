@@ -3,8 +3,8 @@ r"""The methods the validation suite covers, with the behaviour theory expects o
 Expectations are taken from the papers (see ``references`` of each integrator) and the
 summary table of the algorithm reference: declared order, exactness on tangent
 (Sylvester-type) fields, norm conservation, guaranteed descent of gradient flows and the
-factor by which the rank can grow per step. Methods that are not part of this build are
-skipped, so the suite picks up new integrators as they are added to the package.
+factor by which the rank can grow per step. Each integrator class declares them; the suite
+reads them from the registry :mod:`lowrank_integrators.methods`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..methods import matrix_methods
 from ..substeps import RK4, SubstepSolver
 from ..truncation import TruncationRule
 
@@ -89,85 +90,20 @@ class MethodSpec:
 
 
 def available_methods() -> list[MethodSpec]:
-    """The matrix methods of this build, in a fixed order."""
-    import lowrank_integrators as lri
-
-    specs = [
+    """The matrix methods of the package, in registry order, with their declared theory."""
+    return [
         MethodSpec(
-            "KSL",
-            lambda s, tr: lri.ProjectorSplitting(order=1, substep=s),
-            order=1,
-            exact_tangent=True,
-            exact_data=True,
-            norm="exact",
-        ),
-        MethodSpec(
-            "Strang",
-            lambda s, tr: lri.ProjectorSplitting(order=2, substep=s),
-            order=2,
-            exact_tangent=True,
-            exact_data=True,
-            norm="exact",
-        ),
-        MethodSpec("BUG", lambda s, tr: lri.BUG(substep=s), order=1, exact_data=True, norm="drift"),
-        MethodSpec(
-            "AugmentedBUG",
-            lambda s, tr: lri.AugmentedBUG(tr, substep=s),
-            order=1,
-            rank_adaptive=True,
-            exact_data=True,
-            norm="truncation",
-            descent=True,
-            max_growth=2.0,
-            second_order_sylvester=True,
-        ),
+            m.name,
+            m.build_for_suite,
+            order=m.order,
+            rank_adaptive=bool(m.rank_adaptive),
+            exact_tangent=m.exact_tangent,
+            exact_data=m.exact_data,
+            norm=m.norm,
+            descent=m.descent,
+            max_growth=m.max_rank_growth,
+            second_order_sylvester=m.second_order_sylvester,
+            fixed_rank_order=m.fixed_rank_order,
+        )
+        for m in matrix_methods()
     ]
-    optional = [
-        (
-            "ParallelBUG",
-            lambda: MethodSpec(
-                "ParallelBUG",
-                lambda s, tr: lri.ParallelBUG(tr, substep=s),
-                order=1,
-                rank_adaptive=True,
-                max_growth=math.inf,  # rejected steps restart in doubled bases, repeatedly
-                fixed_rank_order=False,
-            ),
-        ),
-        (
-            "ParallelBUG",
-            lambda: MethodSpec(
-                "ParallelBUG2",
-                lambda s, tr: lri.ParallelBUG(tr, order=2, substep=s),
-                order=2,
-                rank_adaptive=True,
-                max_growth=math.inf,
-                # second order also truncated to a fixed rank (Kusch 2024): asserted
-            ),
-        ),
-        (
-            "MidpointBUG",
-            lambda: MethodSpec(
-                "MidpointBUG",
-                lambda s, tr: lri.MidpointBUG(tr, substep=s),
-                order=2,
-                rank_adaptive=True,
-                max_growth=4.0,
-            ),
-        ),
-        (
-            "AugmentedBackwardCorrectedPSI",
-            lambda: MethodSpec(
-                "abcPSI",
-                lambda s, tr: lri.AugmentedBackwardCorrectedPSI(tr, substep=s),
-                order=1,
-                rank_adaptive=True,
-                descent=True,
-                max_growth=2.0,
-                second_order_sylvester=True,
-            ),
-        ),
-    ]
-    # Integrators added to the package later are picked up here by name.
-    specs += [make() for name, make in optional if hasattr(lri, name)]
-    return specs

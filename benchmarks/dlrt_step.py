@@ -1,0 +1,212 @@
+"""One training step, dense against DLRT, side by side in one process (CPU time, 1 BLAS thread).
+
+Networks of Schotthöfer et al. (NeurIPS 2022, arXiv:2205.13571) on Fashion-MNIST, float32,
+batch 256, dense last layer:
+
+* width 2048: 784-2048-2048-10; width 500: 784-500-500-500-500-10. DLRT is the augmented BUG
+  with Euler substeps truncated to a fixed rank (32 by default); dense is the same network
+  with dense layers, trained by the same client. Printed: the median CPU time of a step of
+  each and the ratio dense / DLRT.
+* The fixed cost of a step at width 16, rank 4 (784-16-16-10): the DLRT step, the
+  forward/backward pass alone, and their difference (what the integrator adds).
+* The rank a relative tolerance ``tau`` (0.1) settles at after a number of steps, and the
+  ratio dense / DLRT at that rank.
+* The break-even rank per width: the smallest rank of a sweep at which a DLRT step is no
+  faster than a dense one (interpolated between the sweep's ranks).
+
+Every timing is CPU time (``time.process_time``) of whole steps, the median over repeats,
+measured with one BLAS thread (threadpoolctl), dense and DLRT alternating in one process.
+Needs the Debian package ``dataset-fashion-mnist``. Example::
+
+    python benchmarks/dlrt_step.py --quick
+    python benchmarks/dlrt_step.py --out benchmarks/results/dlrt_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from lowrank_integrators import AugmentedBUG, Euler, FixedRank, Tolerance
+from lowrank_integrators.training import MLP, LowRankTraining
+from lowrank_integrators.training.data import load_dataset
+
+ARCHS = {2048: "784-2048-2048-10", 500: "784-500-500-500-500-10"}
+SMALL_ARCH = "784-16-16-10"
+
+
+def batches(X: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator):
+    """An endless stream of minibatches drawn without replacement, epoch by epoch."""
+    while True:
+        order = rng.permutation(X.shape[0])
+        for s in range(0, X.shape[0] - size + 1, size):
+            idx = order[s : s + size]
+            yield X[idx], y[idx]
+
+
+def trainer(arch: str, kind: str, rule: Any, seed: int) -> tuple[LowRankTraining, Any, MLP]:
+    """A client and its initial state: ``kind`` "dense" or "lowrank" (rank from ``rule``)."""
+    rank = rule.rank if isinstance(rule, FixedRank) else 32
+    net = MLP.from_arch(arch, kind=kind, rank=rank, last_dense=True)
+    weights, params = net.init(np.random.default_rng(seed), dtype=np.float32)
+    client = LowRankTraining(AugmentedBUG(rule, substep=Euler()), net.gradient)
+    return client, client.init(weights, params), net
+
+
+def step_times(client: LowRankTraining, state: Any, data, lr: float, reps: int) -> list[float]:
+    """CPU seconds of ``reps`` steps (after one warm-up step); the state is carried along."""
+    state, _ = client.step(state, next(data), lr)
+    out = []
+    for _ in range(reps):
+        b = next(data)
+        t = time.process_time()
+        state, _ = client.step(state, b, lr)
+        out.append(time.process_time() - t)
+    return out
+
+
+def side_by_side(make: dict[str, Callable[[], tuple[Any, Any]]], data, lr, reps) -> dict:
+    """Median step times of several clients, their steps interleaved one by one."""
+    runs = {name: m() for name, m in make.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, (client, state) in runs.items():
+        runs[name] = (client, client.step(state, next(data), lr)[0])  # warm-up
+    for _ in range(reps):
+        for name, (client, state) in runs.items():
+            b = next(data)
+            t = time.process_time()
+            state, _ = client.step(state, b, lr)
+            times[name].append(time.process_time() - t)
+            runs[name] = (client, state)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def compare(arch: str, rank: int, data, lr: float, reps: int, seed: int) -> dict[str, float]:
+    def dense():
+        client, state, _ = trainer(arch, "dense", FixedRank(rank), seed)
+        return client, state
+
+    def dlrt():
+        client, state, _ = trainer(arch, "lowrank", FixedRank(rank), seed)
+        return client, state
+
+    med = side_by_side({"dense": dense, "dlrt": dlrt}, data, lr, reps)
+    return {
+        "dense_ms": 1e3 * med["dense"],
+        "dlrt_ms": 1e3 * med["dlrt"],
+        "ratio": med["dense"] / med["dlrt"],
+    }
+
+
+def fixed_cost(data, lr: float, reps: int, seed: int) -> dict[str, float]:
+    client, state, net = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
+    steps = step_times(client, state, data, lr, reps)
+    passes = []
+    for _ in range(reps):
+        b = next(data)
+        t = time.process_time()
+        net.gradient(state.weights, state.params, b)
+        passes.append(time.process_time() - t)
+    step, grad = statistics.median(steps), statistics.median(passes)
+    return {"step_ms": 1e3 * step, "pass_ms": 1e3 * grad, "integrator_ms": 1e3 * (step - grad)}
+
+
+def settled_rank(arch: str, tau: float, rmax: int, n_steps: int, data, lr, reps, seed) -> dict:
+    rule = Tolerance(tau, relative=True, rmin=2, rmax=rmax)
+    client, state, _ = trainer(arch, "lowrank", rule, seed)
+    for _ in range(n_steps):
+        state, _ = client.step(state, next(data), lr)
+    ranks = list(state.ranks)
+    dlrt = statistics.median(step_times(client, state, data, lr, reps))
+    dense_client, dense_state, _ = trainer(arch, "dense", FixedRank(2), seed)
+    dense = statistics.median(step_times(dense_client, dense_state, data, lr, reps))
+    return {
+        "steps": n_steps,
+        "ranks": ranks,
+        "dlrt_ms": 1e3 * dlrt,
+        "dense_ms": 1e3 * dense,
+        "ratio": dense / dlrt,
+    }
+
+
+def break_even(arch: str, ranks: list[int], data, lr, reps, seed) -> dict:
+    rows = [dict(rank=r, **compare(arch, r, data, lr, reps, seed)) for r in ranks]
+    even = None
+    for a, b in itertools.pairwise(rows):
+        if a["ratio"] > 1.0 >= b["ratio"]:
+            # log-linear interpolation of the ratio in the rank
+            la, lb = np.log(a["ratio"]), np.log(b["ratio"])
+            even = float(a["rank"] + (b["rank"] - a["rank"]) * la / (la - lb))
+            break
+    if even is None and rows and rows[0]["ratio"] <= 1.0:
+        even = float(rows[0]["rank"])
+    return {"sweep": rows, "break_even_rank": even}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few repeats, short sweeps")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--tau", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = p.parse_args(argv)
+    reps = 3 if args.quick else 9
+    settle = 30 if args.quick else 235  # one epoch of Fashion-MNIST at batch 256
+    sweeps = {
+        2048: [32, 256] if args.quick else [32, 128, 256, 512, 768],
+        500: [32, 128] if args.quick else [32, 64, 96, 128, 192],
+    }
+    data_set = load_dataset("fashion-mnist", dtype=np.float32)
+    X, y = data_set.X_train, data_set.y_train
+    data = batches(X, y, 256, np.random.default_rng(args.seed))
+    out: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "quick": args.quick,
+    }
+    with threadpool_limits(limits=1):
+        for width, arch in ARCHS.items():
+            res = compare(arch, args.rank, data, args.lr, reps, args.seed)
+            out[f"width_{width}"] = res
+            print(
+                f"width {width:5d} ({arch}), rank {args.rank}: dense {res['dense_ms']:.1f} ms, "
+                f"DLRT {res['dlrt_ms']:.1f} ms, dense/DLRT {res['ratio']:.2f}"
+            )
+        fc = fixed_cost(data, args.lr, reps, args.seed)
+        out["fixed_cost_width_16_rank_4"] = fc
+        print(
+            f"width 16, rank 4: step {fc['step_ms']:.2f} ms, pass {fc['pass_ms']:.2f} ms, "
+            f"integrator {fc['integrator_ms']:.2f} ms"
+        )
+        for width, arch in ARCHS.items():
+            st = settled_rank(arch, args.tau, width // 2, settle, data, args.lr, reps, args.seed)
+            out[f"tau_{args.tau}_width_{width}"] = st
+            print(
+                f"width {width}: tau = {args.tau} after {settle} steps: ranks {st['ranks']}, "
+                f"dense/DLRT {st['ratio']:.2f}"
+            )
+        for width, arch in ARCHS.items():
+            be = break_even(arch, sweeps[width], data, args.lr, reps, args.seed)
+            out[f"break_even_width_{width}"] = be
+            table = ", ".join(f"r={r['rank']}: {r['ratio']:.2f}" for r in be["sweep"])
+            even = be["break_even_rank"]
+            print(f"width {width}: dense/DLRT by rank {table}; break-even rank {even}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
