@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         tau = None if args.tau < 0 else args.tau
         method = make_integrator(args.integrator, tau, args.rank, args.rmin, args.rmax)
         # the one-pass methods take the standard loop; the others a closure
-        multi_pass = args.integrator not in ("augmented-bug", "parallel-bug")
+        multi_pass = int(getattr(method, "passes_per_step", 1)) > 1
     model = model.to(args.device)
     direction = {"sgd": SGD(), "momentum": HeavyBall(args.momentum), "adam": Adam()}[args.optimizer]
     opt = DLRTOptimizer(

@@ -32,12 +32,13 @@ from typing import Any
 
 import torch
 
+from .._checks import check_product
 from ..factors import LowRankMatrix
 from ..integrators.augmented_bug import AugmentedBUG
 from ..integrators.base import Integrator, State, StepInfo
 from ..integrators.tucker_bug import TuckerBUG
 from ..integrators.tucker_steps import TuckerIntegrator, TuckerState
-from ..protocol import Request, StepTask, check_product, expected_shape
+from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from ..substeps import Euler
 from ..tensor_problems import TensorODE
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
@@ -164,8 +165,8 @@ class _Rounds:
             for req, j in zip(reqs, idx, strict=True):
                 kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
                 ans = st.view.product(kind, passes[j][i], i, points[i][j], bases, st.lr)
-                check_product(f"gradient product {kind!r} of layer {i}", ans, expected_shape(req))
-                out.append(ans)
+                name = f"the {kind} product of low-rank layer {i}"
+                out.append(check_product(name, ans, expected_shape(req), expected_dtype(req)))
             answers.append(out)
         return answers
 
@@ -357,6 +358,12 @@ class DLRTOptimizer(torch.optim.Optimizer):
         -------
         The loss returned by the first call of ``closure``, or None.
         """
+        passes = int(getattr(self.method, "passes_per_step", 1))
+        if closure is None and passes > 1 and self._layers:
+            raise RuntimeError(
+                f"{self.method!r} takes {passes} forward/backward passes per step: pass a "
+                "closure that re-evaluates the model, opt.step(closure)"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
