@@ -31,7 +31,7 @@ import torch
 
 from lowrank_integrators import AugmentedBUG, Euler, Tolerance, TuckerBUG
 from lowrank_integrators.torch import DLRTOptimizer, convert, lenet5
-from lowrank_integrators.torch.command import train_model
+from lowrank_integrators.torch.command import layer_ranks, train_model
 from lowrank_integrators.training.data import load_dataset
 
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs(args):
         model, opt = build(run, args)
         model.to(args.device)
+        initial = layer_ranks(model)
         print(f"== {run['name']}", flush=True)
         summary = train_model(
             model,
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["cpu_seconds_per_epoch"] = float(
             np.mean([h["cpu_seconds"] for h in summary["history"]])
         )
-        results["runs"].append({**run, **summary})
+        results["runs"].append({**run, "initial_ranks": initial, **summary})
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(results, indent=1))
