@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import load_json, new_figure, parse_args, save
+from _common import DEFAULT_RESULTS, load_json, new_figure, parse_args, save
 
 COMMAND = (
     "OPENBLAS_NUM_THREADS=1 python benchmarks/lenet5_fashion_mnist.py --threads 1 "
@@ -53,11 +53,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(
         argv,
         __doc__.splitlines()[0],
-        default_report="benchmarks/results/lenet5_fashion_mnist.json",
+        default_report=DEFAULT_RESULTS,
         default_out="lenet5_fashion_mnist.png",
-        report_help="the JSON file of benchmarks/lenet5_fashion_mnist.py",
+        report_help="the JSON file of benchmarks/lenet5_fashion_mnist.py, or its folder",
     )
     path = Path(args.report)
+    if path.is_dir():
+        path = path / "lenet5_fashion_mnist.json"
     results = load_json(path, COMMAND.format(out=path))
     runs = results["runs"]
     if not runs:
@@ -98,14 +100,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"LeNet5 on Fashion-MNIST ({cfg['n_train']} training / {cfg['n_test']} test images), "
         f"SGD lr {cfg['lr']:g}, batch {cfg['batch_size']}"
     )
-    for run in runs:
-        ranks = ", ".join(f"{k} {v}" for k, v in run["ranks"].items()) or "dense"
-        print(
-            f"{run['name']}: test accuracy {100 * run['test_accuracy']:.2f}%, ranks {ranks}, "
-            f"compression eval. {100 * run['compression_evaluation']:.1f}% / train. "
-            f"{100 * run['compression_training']:.1f}%, {run['seconds_per_epoch']:.1f} s / epoch"
-        )
+    print(table(runs))
     return save(fig, args.out)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """A Markdown table of the runs: accuracy, compression, ranks, time per epoch."""
+    lines = [
+        "| run | test accuracy | eval. c.r. | train. c.r. | ranks | s / epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ranks = ", ".join(f"{k} {v}" for k, v in r["ranks"].items()) or "full"
+        lines.append(
+            f"| {r['name']} | {100 * r['test_accuracy']:.2f}% "
+            f"| {100 * r['compression_evaluation']:.1f}% | {100 * r['compression_training']:.1f}% "
+            f"| {ranks} | {r['seconds_per_epoch']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
