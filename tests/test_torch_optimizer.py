@@ -76,6 +76,7 @@ def test_the_standard_loop_takes_the_numpy_clients_steps(rng, method, direction)
         loss = train_step(model, opt, torch.from_numpy(X), torch.from_numpy(y))
         assert loss == pytest.approx(report.loss, rel=1e-12)
         assert tuple(m.rank for m in lowrank) == report.ranks
+        assert opt.last_passes == report.n_passes == 1
     for layer, Y in zip(lowrank, state.weights, strict=True):
         dense = (layer.U @ layer.S @ layer.V.T).detach().numpy()
         np.testing.assert_allclose(dense, Y.to_dense(), rtol=1e-10, atol=1e-12)
@@ -103,6 +104,7 @@ def test_multi_pass_methods_take_a_closure_and_match_the_client(rng, method, dir
         state, report = client.step(state, (X, y), 0.1)
         loss = opt.step(closure)
         assert float(loss.detach()) == pytest.approx(report.loss, rel=1e-12)
+        assert opt.last_passes == report.n_passes == method.passes_per_step
     for layer, Y in zip(lowrank, state.weights, strict=True):
         dense = (layer.U @ layer.S @ layer.V.T).detach().numpy()
         np.testing.assert_allclose(dense, Y.to_dense(), rtol=1e-10, atol=1e-12)

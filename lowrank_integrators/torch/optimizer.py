@@ -242,6 +242,9 @@ class DLRTOptimizer(torch.optim.Optimizer):
     ----------
     last_infos : list of StepInfo
         The integrator's bookkeeping of the last step, one per low-rank layer.
+    last_passes : int
+        Forward/backward passes the last step used: the standard loop's own, plus one per
+        round of requests away from the start point (closure calls).
 
     Examples
     --------
@@ -304,6 +307,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
         self.method = method
         self.direction = direction
         self.last_infos: list[StepInfo] = []
+        self.last_passes = 0
 
     # --- groups and layers ---------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -329,7 +333,15 @@ class DLRTOptimizer(torch.optim.Optimizer):
     def _roles(self) -> dict[int, Any]:
         return {id(p): layer for layer in self._layers for p in _factor_params(layer)}
 
-    _EXTRA = ("_layers", "method", "tucker_method", "direction", "_direction_arg", "last_infos")
+    _EXTRA = (
+        "_layers",
+        "method",
+        "tucker_method",
+        "direction",
+        "_direction_arg",
+        "last_infos",
+        "last_passes",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -391,19 +403,22 @@ class DLRTOptimizer(torch.optim.Optimizer):
                     tucker_steps.append((layer, lr))
                 else:
                     steps.append(self._prepare(layer, lr))
-        _Rounds(self, steps, closure).run()
+        rounds = _Rounds(self, steps, closure)
+        rounds.run()
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
+        for ls in steps:  # nothing changes unless every layer's step is finite
+            Y1 = ls.task.value[0].Y
+            if not all(bool(torch.isfinite(a).all()) for a in (Y1.U, Y1.S, Y1.V)):
+                raise FloatingPointError(
+                    f"a {type(ls.layer).__name__} has non-finite factors after the step; the "
+                    "model is left unchanged (lower the learning rate)"
+                )
         self.last_infos = []
+        self.last_passes = (1 if steps or tucker_steps else 0) + rounds.n_passes
         for ls in steps:
             layer, state = ls.layer, ls.state
             new, info = ls.task.value
             Y1 = new.Y
-            for name, a in (("U", Y1.U), ("S", Y1.S), ("V", Y1.V)):
-                if not bool(torch.isfinite(a).all()):
-                    raise FloatingPointError(
-                        f"the {name} factor of a {type(layer).__name__} is not finite after the "
-                        "step"
-                    )
             slot = self.direction.commit_layers(
                 {"layers": [state["slot"]], "params": []}, [ls.view], [ls.start], [Y1]
             )["layers"][0]
