@@ -406,13 +406,13 @@ class DLRTOptimizer(torch.optim.Optimizer):
         rounds = _Rounds(self, steps, closure)
         rounds.run()
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
-        for ls in steps:  # nothing changes unless every layer's step is finite
-            Y1 = ls.task.value[0].Y
-            if not all(bool(torch.isfinite(a).all()) for a in (Y1.U, Y1.S, Y1.V)):
-                raise FloatingPointError(
-                    f"a {type(ls.layer).__name__} has non-finite factors after the step; the "
-                    "model is left unchanged (lower the learning rate)"
-                )
+        # nothing changes unless every layer's step is finite (one device-to-host read)
+        flags = [torch.isfinite(a).all() for ls in steps for a in ls.task.value[0].Y]
+        if flags and not bool(torch.stack(flags).all()):
+            raise FloatingPointError(
+                "a low-rank layer has non-finite factors after the step; the model is left "
+                "unchanged (lower the learning rate)"
+            )
         self.last_infos = []
         self.last_passes = (1 if steps or tucker_steps else 0) + rounds.n_passes
         for ls in steps:
