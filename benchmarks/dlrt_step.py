@@ -15,7 +15,8 @@ batch 256, dense last layer:
   faster than a dense one (interpolated between the sweep's ranks).
 
 Every timing is CPU time (``time.process_time``) of whole steps, the median over repeats,
-measured with one BLAS thread (threadpoolctl), dense and DLRT alternating in one process.
+measured with one BLAS thread (threadpoolctl), dense and DLRT in alternating blocks of steps in
+one process.
 Needs the Debian package ``dataset-fashion-mnist``. Example::
 
     python benchmarks/dlrt_step.py --quick
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+import scipy.linalg
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from lowrank_integrators import AugmentedBUG, Euler, FixedRank, Tolerance
 from lowrank_integrators.training import MLP, LowRankTraining
@@ -43,6 +45,7 @@ from lowrank_integrators.training.data import load_dataset
 
 ARCHS = {2048: "784-2048-2048-10", 500: "784-500-500-500-500-10"}
 SMALL_ARCH = "784-16-16-10"
+WARMUP = 3  # steps before timing (first allocations, caches)
 
 
 def batches(X: np.ndarray, y: np.ndarray, size: int, rng: np.random.Generator):
@@ -64,8 +67,9 @@ def trainer(arch: str, kind: str, rule: Any, seed: int) -> tuple[LowRankTraining
 
 
 def step_times(client: LowRankTraining, state: Any, data, lr: float, reps: int) -> list[float]:
-    """CPU seconds of ``reps`` steps (after one warm-up step); the state is carried along."""
-    state, _ = client.step(state, next(data), lr)
+    """CPU seconds of ``reps`` steps (after warm-up steps); the state is carried along."""
+    for _ in range(WARMUP):
+        state, _ = client.step(state, next(data), lr)
     out = []
     for _ in range(reps):
         b = next(data)
@@ -76,17 +80,22 @@ def step_times(client: LowRankTraining, state: Any, data, lr: float, reps: int) 
 
 
 def side_by_side(make: dict[str, Callable[[], tuple[Any, Any]]], data, lr, reps) -> dict:
-    """Median step times of several clients, their steps interleaved one by one."""
+    """Median step times of several clients, in alternating blocks of consecutive steps.
+
+    Blocks rather than single steps: a step right after another client's step pays for memory
+    the allocator returned to the system in between, which is not the cost of the method.
+    """
     runs = {name: m() for name, m in make.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, (client, state) in runs.items():
-        runs[name] = (client, client.step(state, next(data), lr)[0])  # warm-up
-    for _ in range(reps):
+    for _ in range(2):
         for name, (client, state) in runs.items():
-            b = next(data)
-            t = time.process_time()
-            state, _ = client.step(state, b, lr)
-            times[name].append(time.process_time() - t)
+            for _ in range(WARMUP):
+                state = client.step(state, next(data), lr)[0]
+            for _ in range(reps):
+                b = next(data)
+                t = time.process_time()
+                state, _ = client.step(state, b, lr)
+                times[name].append(time.process_time() - t)
             runs[name] = (client, state)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -171,11 +180,20 @@ def main(argv: list[str] | None = None) -> dict:
     data_set = load_dataset("fashion-mnist", dtype=np.float32)
     X, y = data_set.X_train, data_set.y_train
     data = batches(X, y, 256, np.random.default_rng(args.seed))
+    # Load every BLAS the steps use before limiting the threads: a library loaded later (SciPy's
+    # own OpenBLAS, on the first QR) would run with its default thread count.
+    scipy.linalg.qr(np.eye(4, dtype=np.float32), mode="economic")
+    np.linalg.svd(np.eye(4, dtype=np.float32))
     out: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(),
         "quick": args.quick,
     }
     with threadpool_limits(limits=1):
+        out["blas"] = [
+            {"library": d["filepath"].rsplit("/", 1)[-1], "threads": d["num_threads"]}
+            for d in threadpool_info()
+        ]
+        assert all(b["threads"] == 1 for b in out["blas"]), out["blas"]
         for width, arch in ARCHS.items():
             res = compare(arch, args.rank, data, args.lr, reps, args.seed)
             out[f"width_{width}"] = res

@@ -16,6 +16,8 @@ import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as _array_device
 
+from .errors import NonFiniteError
+
 __all__ = [
     "add_product",
     "add_scaled",
@@ -35,6 +37,7 @@ __all__ = [
     "qr",
     "qr_blocks",
     "real_dtype",
+    "require_finite",
     "row_blocks",
     "sandwich",
     "svd",
@@ -90,7 +93,11 @@ def qr(x: Any) -> tuple[Any, Any]:
     NumPy arrays go through SciPy's LAPACK wrapper on one Fortran-ordered copy that LAPACK
     may overwrite: for the tall-skinny factors of these integrators this is several times
     faster than ``numpy.linalg.qr``, which makes further internal copies.
+
+    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before LAPACK is called when
+    ``x`` holds NaN or infinity.
     """
+    require_finite(x, "a matrix to be factorised by QR")
     if type(x) is np.ndarray:
         import scipy.linalg as sla
 
@@ -109,7 +116,12 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
     overwrites with the factorisation and with Q itself: no separate concatenation, no
     further copy (for the augmented bases of the rank-adaptive integrators at n ~ 1e6 this
     saves two tall arrays per factorisation).
+
+    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before LAPACK is called when
+    a block holds NaN or infinity.
     """
+    for b in blocks:
+        require_finite(b, "a block of a matrix to be factorised by QR")
     if blocks and all(type(b) is np.ndarray for b in blocks):
         import scipy.linalg as sla
 
@@ -131,7 +143,12 @@ def orth(x: Any) -> Any:
 
 
 def svd(x: Any) -> tuple[Any, Any, Any]:
-    """Reduced SVD ``x = P diag(sigma) Q^H``; returns ``(P, sigma, Q^H)`` as LAPACK does."""
+    """Reduced SVD ``x = P diag(sigma) Q^H``; returns ``(P, sigma, Q^H)`` as LAPACK does.
+
+    Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``x`` holds NaN or
+    infinity: LAPACK's SVD of such a matrix may never return.
+    """
+    require_finite(x, "a matrix to be factorised by SVD")
     xp = array_namespace(x)
     return xp.linalg.svd(x, full_matrices=False)
 
@@ -166,6 +183,20 @@ def all_finite(*arrays: Any) -> bool:
         if not bool(xp.all(xp.isfinite(a))):
             return False
     return True
+
+
+def require_finite(x: Any, what: str) -> None:
+    """Raise :class:`~lowrank_integrators.errors.NonFiniteError` unless ``x`` is finite.
+
+    ``what`` names the array in the message (its shape is added). NumPy arrays are checked
+    row block by row block, so that no boolean array of the size of a tall ``x`` is formed.
+    """
+    if isinstance(x, np.ndarray) and x.ndim == 2:
+        finite = all(np.isfinite(x[b, :]).all() for b in row_blocks(x))
+    else:
+        finite = all_finite(x)
+    if not finite:
+        raise NonFiniteError(f"{what} (shape {tuple(int(d) for d in x.shape)})")
 
 
 def is_linalg_error(exc: BaseException) -> bool:

@@ -145,7 +145,8 @@ class Field(Request):
     ``ode.kind`` names the product (``"right"``, ``"left"``, ``"project"``),
     ``ode.point(X)`` the point and ``ode.bases`` the bases, for drivers that answer from
     products; ``ode.field(problem)`` is the problem's substep field for drivers that answer
-    from a problem.
+    from a problem. ``X`` may be a factored start value (``U0 S0`` kept as its factors, with
+    ``to_array()``): a driver answering from the declared point ``at`` never forms it.
     """
 
     ode: Any
@@ -159,7 +160,7 @@ class Field(Request):
 
     @property
     def point(self) -> LowRankMatrix:
-        return self.ode.point(self.X) if self.at is None else self.at
+        return self.ode.point(as_array(self.X)) if self.at is None else self.at
 
     @property
     def bases(self) -> tuple[Any, ...]:
@@ -252,7 +253,7 @@ def received(answer: Any) -> Any:
 
 def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, Field):
-        out = req.ode.field(problem)(req.t, req.X)
+        out = req.ode.field(problem)(req.t, as_array(req.X))
         name = f"problem.{req.ode.field_name}"
         return Handover(check_product(name, out, req.X.shape, req.X.dtype))
     if isinstance(req, Right):
@@ -271,6 +272,12 @@ def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, SubstepCall):
         return req.solver(req.ode.bind(problem), req.t0, req.t1, req.X0)
     raise TypeError(f"a step yielded {type(req).__name__}, which is not a request")
+
+
+def as_array(X: Any) -> Any:
+    """``X`` as an array: a factored start value (``to_array``) is formed, an array kept."""
+    to_array = getattr(X, "to_array", None)
+    return X if to_array is None else to_array()
 
 
 def run_to_end(gen: StepGenerator) -> Any:

@@ -62,6 +62,10 @@ class FactoredStart:
     def shape(self) -> tuple[int, int]:
         return (int(self.left.shape[0]), int(self.right.shape[1]))
 
+    @property
+    def dtype(self) -> Any:
+        return self.left.dtype
+
     def to_array(self) -> Any:
         """``left @ right`` as a new array."""
         return self.left @ self.right
@@ -121,7 +125,7 @@ def evaluate(ode: Any, t: float, X: Any, start: bool = False) -> Generator[Any, 
     """
     make = getattr(ode, "request", None)
     if make is None:
-        return ode.rhs(t, X)
+        return ode.rhs(t, start_array(X))
     out = received((yield make(t, X, start)))
     return ode.finish(out)
 
@@ -139,7 +143,7 @@ def _dtype_of(X0: Any) -> Any:
 
 def _synchronous(f: Callable[[float, Any], Any]) -> Evaluate:
     def ev(t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
-        return f(t, X)
+        return f(t, start_array(X))
         yield  # pragma: no cover - makes this function a generator
 
     return ev
@@ -226,7 +230,9 @@ class Euler(SubstepSolver):
     yields_requests = True
 
     def stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
-        k = yield from f(t0, start_array(X0), True)
+        # The start is handed over as it is (possibly factored): a driver that answers from
+        # the point it was declared at never forms it.
+        k = yield from f(t0, X0, True)
         return assign_stage(bk.empty(k), X0, t1 - t0, k)
 
     def __repr__(self) -> str:
@@ -277,7 +283,7 @@ class RK4(SubstepSolver):
         # instead of kept in a fourth array, and the sums are formed block by block (these
         # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
         # keep what it was given.
-        k = yield from f(t, start_array(X), first)
+        k = yield from f(t, X, first)
         acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
         stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None

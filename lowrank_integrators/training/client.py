@@ -56,6 +56,7 @@ import numpy as np
 
 from .. import _backend as bk
 from .._checks import check_product
+from ..errors import StepFailure
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
@@ -333,6 +334,8 @@ class LowRankTraining:
         rounds = _Rounds(self, state, batch, lr, start_pass, views)
         try:
             results = rounds.run()
+        except StepFailure as exc:
+            raise TrainingDiverged(f"step {state.step} failed: {exc}") from exc
         except Exception as exc:
             if bk.is_linalg_error(exc):
                 raise TrainingDiverged(
