@@ -248,3 +248,17 @@ def test_a_step_on_cuda_stays_on_the_device():
     y = torch.randint(0, 10, (8,), device="cuda")
     train_step(model, opt, x, y)
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_a_non_finite_gradient_raises_and_leaves_the_model_unchanged(rng):
+    *_, model, _, _ = twin_models(rng)
+    opt = DLRTOptimizer(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(8, 9, dtype=F64)
+    x[0, 0] = float("nan")
+    opt.zero_grad()
+    CE(model(x), torch.randint(0, 4, (8,))).backward()
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), q)

@@ -406,13 +406,8 @@ class DLRTOptimizer(torch.optim.Optimizer):
         rounds = _Rounds(self, steps, closure)
         rounds.run()
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
-        # nothing changes unless every layer's step is finite (one device-to-host read)
-        flags = [torch.isfinite(a).all() for ls in steps for a in ls.task.value[0].Y]
-        if flags and not bool(torch.stack(flags).all()):
-            raise FloatingPointError(
-                "a low-rank layer has non-finite factors after the step; the model is left "
-                "unchanged (lower the learning rate)"
-            )
+        # The integrators refuse non-finite bases and cores (NonFiniteError) while the rounds
+        # run, before any layer below is changed: a failing step leaves the model as it was.
         self.last_infos = []
         self.last_passes = (1 if steps or tucker_steps else 0) + rounds.n_passes
         for ls in steps:
