@@ -63,6 +63,8 @@ def _skip_without(code):
 @pytest.mark.parametrize("code", blocks(PYTHON))
 def test_example_runs(code, tmp_path, monkeypatch):
     _skip_without(code)
+    if re.search(r"^(import torch|from lowrank_integrators\.torch)", code, flags=re.M):
+        pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
 

@@ -23,7 +23,7 @@ FIGURES = ROOT / "paper_figures"
 RESULTS = ROOT / "benchmarks" / "results"
 
 REPORT_SCRIPTS = ("sylvester_convergence", "robustness", "rank_adaptive", "schrodinger_drift")
-RESULT_SCRIPTS = ("dlrt_compression", "dlrt_init")
+RESULT_SCRIPTS = ("dlrt_compression", "dlrt_init", "lenet5_fashion_mnist")
 
 #: The smallest selection that gives every report figure its data.
 SELECTION = ",".join(

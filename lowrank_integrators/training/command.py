@@ -121,6 +121,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", default=None, metavar="FILE", help="also write the summary to this file"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--backend",
+        default="numpy",
+        choices=("numpy", "torch"),
+        help="numpy: the reference MLP; torch: a converted PyTorch model (needs the torch extra)",
+    )
+    parser.add_argument("--model", default="mlp", choices=("mlp", "lenet5"), help="torch model")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument(
+        "--conv", default="matrix", choices=("matrix", "tucker"), help="torch convolutions"
+    )
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -165,6 +176,14 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backend == "torch":
+        try:
+            from ..torch import command as torch_command
+        except ImportError as exc:
+            print(f"error: --backend torch needs PyTorch ({exc})", file=sys.stderr)
+            return 2
+        return torch_command.run(args)
+
     from .._files import write_json
     from .checkpoint import CheckpointError
     from .outputs import plot_curves, write_history

@@ -1,0 +1,152 @@
+"""LeNet5 on Fashion-MNIST: dense training against DLRT and TDLRT (PyTorch).
+
+In the style of the LeNet5 table of Schotthöfer et al. (2022, arXiv:2205.13571): LeNet5
+(conv 20, conv 50, fc 500, fc 10) trained dense, by DLRT (the model converted by
+``lowrank_integrators.torch.convert``, rank-adaptive augmented BUG with Euler substeps and
+relative tolerance tau, for each tau), and by TDLRT (Tucker convolutions, Zangrando et al.
+2023, arXiv:2305.19059). The classifier ``fc2`` stays dense. Reported per run: test
+accuracy, evaluation and training compression (``1 - params / dense params``), ranks per layer,
+time per epoch (wall and CPU), and per epoch the loss, accuracy and ranks (for the figures of
+``paper_figures/lenet5_fashion_mnist.py``). All runs take the same batches in the same order.
+
+Needs the Debian package ``dataset-fashion-mnist`` and the ``torch`` extra. A quick run on a
+subset (the committed results say which)::
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/lenet5_fashion_mnist.py --threads 1 \\
+        --n-train 6000 --n-test 2000 --epochs 3 --batch-size 64 --lr 0.1 \\
+        --out benchmarks/results/lenet5_fashion_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowrank_integrators import AugmentedBUG, Euler, Tolerance, TuckerBUG
+from lowrank_integrators.torch import DLRTOptimizer, convert, lenet5
+from lowrank_integrators.torch.command import layer_ranks, train_model
+from lowrank_integrators.training.data import load_dataset
+
+
+def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"name": "dense", "kind": "dense"}]
+    out += [{"name": f"DLRT tau={t:g}", "kind": "matrix", "tau": t} for t in args.taus]
+    out.append({"name": f"TDLRT tau={args.tucker_tau:g}", "kind": "tucker", "tau": args.tucker_tau})
+    return out
+
+
+def build(run: dict[str, Any], args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
+    torch.manual_seed(args.seed)
+    model = lenet5()
+    if run["kind"] == "dense":
+        return model, DLRTOptimizer(model.parameters(), lr=args.lr)  # plain SGD
+    conv = "tucker" if run["kind"] == "tucker" else "matrix"
+    model = convert(model, args.rank0, conv=conv, exclude=("fc2",))
+    rule = Tolerance(run["tau"], relative=True, rmin=2, rmax=args.rmax)
+    opt = DLRTOptimizer(
+        model.parameters(),
+        lr=args.lr,
+        method=AugmentedBUG(rule, substep=Euler()),
+        tucker_method=TuckerBUG(Tolerance(run["tau"], relative=True, rmin=1), substep=Euler()),
+    )
+    return model, opt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.1, 0.15])
+    p.add_argument("--tucker-tau", type=float, default=0.1)
+    p.add_argument("--rank0", type=int, default=32, help="initial rank, clipped per layer")
+    p.add_argument("--rmax", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (all runs alike)"
+    )
+    p.add_argument("--quick", action="store_true", help="600 / 200 examples, 1 epoch")
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_test, args.epochs = 600, 200, 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset("fashion-mnist", dtype=np.float32).subset(args.n_train, args.n_test)
+
+    def tensor(a: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.reshape(shape) if shape else t).to(args.device)
+
+    data = (
+        tensor(ds.X_train, (-1, 1, 28, 28)),
+        tensor(ds.y_train.astype(np.int64)),
+        tensor(ds.X_test, (-1, 1, 28, 28)),
+        tensor(ds.y_test.astype(np.int64)),
+    )
+    results: dict[str, Any] = {
+        "command": "python benchmarks/lenet5_fashion_mnist.py "
+        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "config": {k: v for k, v in vars(args).items()},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": [],
+    }
+    for run in runs(args):
+        model, opt = build(run, args)
+        model.to(args.device)
+        initial = layer_ranks(model)
+        print(f"== {run['name']}", flush=True)
+        summary = train_model(
+            model,
+            opt,
+            data,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            log=lambda s: print("  " + s, flush=True),
+        )
+        summary["cpu_seconds_per_epoch"] = float(
+            np.mean([h["cpu_seconds"] for h in summary["history"]])
+        )
+        results["runs"].append({**run, "initial_ranks": initial, **summary})
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    print(table(results))
+    return 0
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| run | test acc. | eval. compr. | train. compr. | ranks (conv1, conv2, fc1) "
+        "| s / epoch (wall) | CPU s / epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        ranks = ", ".join(str(v) for v in r["ranks"].values()) or "-"
+        lines.append(
+            f"| {r['name']} | {r['test_accuracy']:.4f} | "
+            f"{100 * r['compression_evaluation']:.1f}% | {100 * r['compression_training']:.1f}% | "
+            f"{ranks} | {r['seconds_per_epoch']:.1f} | {r['cpu_seconds_per_epoch']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

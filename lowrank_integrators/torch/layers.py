@@ -1,0 +1,491 @@
+r"""Low-rank linear and convolution layers whose factors the integrators move.
+
+A layer holds its weight as ``W = U S V^T`` with ``U`` (``n_out x r``), ``S`` (``r x r``) and
+``V`` (``n_in x r``) as :class:`torch.nn.Parameter`\ s, and never forms ``W``. For a
+convolution the kernel ``(out, in, kh, kw)`` is matricised as ``out x (in kh kw)`` (as in
+Schotthöfer et al. 2022, arXiv:2205.13571): the layer is a convolution with the ``r`` filters
+``V^T`` followed by the ``1 x 1`` convolution with ``U S``.
+
+After ``loss.backward()`` the gradients of the factors hold the gradients in the coordinates of
+dynamical low-rank training at ``W = U S V^T`` (not the plain derivatives of ``U`` and ``V``):
+
+* ``U.grad = grad(W) V``: the gradient of the loss with respect to ``K`` in ``W = K V^T``;
+* ``V.grad = grad(W)^T U``: with respect to ``L`` in ``W = U L^T``;
+* ``S.grad = U^T grad(W) V``: with respect to ``S``.
+
+The layer also records, for the backward passes since the last optimizer step, its input and
+the gradient of its output, so that :class:`~lowrank_integrators.torch.DLRTOptimizer` can form
+``grad(W) V``, ``grad(W)^T U`` and ``U^T grad(W) V`` for the new bases of a step without
+forming ``grad(W)``. A layer used several times in one forward pass, or several backward
+passes before a step (gradient accumulation), add up as autograd does.
+
+Schotthöfer, Zangrando, Kusch, Ceruti, Tudisco (2022), Low-rank lottery tickets: finding
+efficient low-rank neural networks via matrix differential equations, NeurIPS 35,
+arXiv:2205.13571.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as tf
+
+__all__ = ["FactoredLayer", "LowRankConv2d", "LowRankLinear"]
+
+_PAIR = tuple[int, int]
+
+
+def _pair(name: str, value: Any) -> _PAIR:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def replace_data(p: torch.nn.Parameter, new: torch.Tensor) -> None:
+    """Give ``p`` the values ``new`` (any shape), keeping the parameter object.
+
+    Autograd keeps the shape a leaf had when its gradient accumulator was made (as long as an
+    old graph, such as the previous loss, holds it) and renews the accumulator only when the
+    dtype or device changes; passing through another dtype renews it for the new shape.
+    """
+    if tuple(new.shape) != tuple(p.shape):
+        other = torch.float32 if p.dtype != torch.float32 else torch.float64
+        p.data = torch.empty(0, dtype=other, device=p.device)
+        p.grad = None
+    p.data = new
+
+
+def _check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+class _FactoredProduct(torch.autograd.Function):
+    """``z = out(in(x, V), U S)`` with DLRT-coordinate gradients and a record of ``(x, G)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, U: Any, S: Any, V: Any, layer: Any) -> torch.Tensor:
+        a = layer._apply_in(x, V)
+        z = layer._apply_out(a, U @ S)
+        ctx.save_for_backward(x, a, U, S, V)
+        ctx.layer = layer
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[Any, ...]:
+        x, a, U, S, V = ctx.saved_tensors
+        layer = ctx.layer
+        gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
+        layer._records.append((x.detach(), G.detach()))
+        gK = layer._contract(G, a)  # grad(W) V
+        gL = layer._apply_in_adjoint(x, gu)  # grad(W)^T U
+        gS = layer._contract_core(gu, a)  # U^T grad(W) V
+        return grad_x, gK, gS, gL, None
+
+
+class FactoredLayer(torch.nn.Module):
+    """Base class of the layers ``W = U S V^T`` (parameters ``U``, ``S``, ``V``).
+
+    Subclasses say how ``V`` acts on the input (``_apply_in``) and ``U S`` on the result
+    (``_apply_out``), with the adjoints. The rank is ``S.shape[0]``; it changes when the
+    optimizer or :meth:`load_state_dict` gives the layer factors of another rank.
+    """
+
+    U: torch.nn.Parameter
+    S: torch.nn.Parameter
+    V: torch.nn.Parameter
+
+    def _init_factors(self, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
+        self.U = torch.nn.Parameter(U.contiguous())
+        self.S = torch.nn.Parameter(S.contiguous())
+        self.V = torch.nn.Parameter(V.contiguous())
+        self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._tag()
+
+    def _tag(self) -> None:
+        # lets DLRTOptimizer(model.parameters()) find the layer of a factor
+        for role in ("U", "S", "V"):
+            p = self._parameters[role]
+            if p is not None:
+                p._lowrank_layer = self  # type: ignore[attr-defined]
+                p._lowrank_role = role  # type: ignore[attr-defined]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._tag()
+
+    @property
+    def rank(self) -> int:
+        """The current rank ``r``."""
+        return int(self.S.shape[0])
+
+    @property
+    def max_rank(self) -> int:
+        """The largest rank the weight matrix can have."""
+        return min(int(self.U.shape[0]), int(self.V.shape[0]))
+
+    @torch.no_grad()
+    def set_factors(self, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
+        """Replace the weight by ``U S V^T`` (any rank; the parameters keep their identity).
+
+        Parameters
+        ----------
+        U : torch.Tensor, shape (n_out, r)
+        S : torch.Tensor, shape (r, r)
+        V : torch.Tensor, shape (n_in, r)
+        """
+        m, n = int(self.U.shape[0]), int(self.V.shape[0])
+        r = int(S.shape[0])
+        if tuple(U.shape) != (m, r) or tuple(S.shape) != (r, r) or tuple(V.shape) != (n, r):
+            raise ValueError(
+                f"factors must have shapes ({m}, r), (r, r), ({n}, r), got {tuple(U.shape)}, "
+                f"{tuple(S.shape)}, {tuple(V.shape)}"
+            )
+        ref = self.S
+        for p, new in ((self.U, U), (self.S, S), (self.V, V)):
+            replace_data(p, new.detach().to(device=ref.device, dtype=ref.dtype).contiguous())
+        self._tag()
+
+    def clear_records(self) -> None:
+        """Forget the recorded inputs and output gradients of the backward passes."""
+        self._records = []
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        keys = [prefix + k for k in ("U", "S", "V")]
+        if all(k in state_dict for k in keys):
+            U, S, V = (state_dict[k] for k in keys)
+            if tuple(U.shape[:1]) == tuple(self.U.shape[:1]) and tuple(V.shape[:1]) == tuple(
+                self.V.shape[:1]
+            ):
+                r = int(S.shape[0])
+                # resize to the stored rank; the values are copied by the default loader
+                with torch.no_grad():
+                    for p, shape in (
+                        (self.U, (self.U.shape[0], r)),
+                        (self.S, (r, r)),
+                        (self.V, (self.V.shape[0], r)),
+                    ):
+                        if tuple(p.shape) != shape:
+                            replace_data(p, torch.empty(shape, dtype=p.dtype, device=p.device))
+                self.clear_records()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _factored(self, x: torch.Tensor) -> torch.Tensor:
+        U, S, V = self.U, self.S, self.V
+        if torch.is_grad_enabled() and (U.requires_grad or S.requires_grad or V.requires_grad):
+            return _FactoredProduct.apply(x, U, S, V, self)
+        return self._apply_out(self._apply_in(x, V), U @ S)
+
+    # --- what a subclass provides -----------------------------------------------------------
+    def _apply_in(self, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply_in_grad(self, x: torch.Tensor, V: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply_in_adjoint(self, x: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        """``sum over samples`` of the input map's adjoint: an ``n_in x k`` matrix."""
+        raise NotImplementedError
+
+    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply_out_adjoint_core(self, gu: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+        return self._apply_out_adjoint(gu, S)
+
+    def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``G^T a`` summed over samples (and positions): ``n_out x k``."""
+        raise NotImplementedError
+
+    def _contract_core(self, gu: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self._contract(gu, a)
+
+    # --- products of the recorded gradient ----------------------------------------------------
+    def grad_right(self, V: torch.Tensor) -> torch.Tensor:
+        """``grad(W) V`` from the recorded backward passes.
+
+        Parameters
+        ----------
+        V : torch.Tensor, shape (n_in, k)
+
+        Returns
+        -------
+        torch.Tensor, shape (n_out, k)
+        """
+        self._require_records()
+        return sum(self._contract(G, self._apply_in(x, V)) for x, G in self._records)
+
+    def grad_left(self, U: torch.Tensor) -> torch.Tensor:
+        """``grad(W)^T U`` from the recorded backward passes (shape ``(n_in, k)``)."""
+        self._require_records()
+        return sum(
+            self._apply_in_adjoint(x, self._apply_out_adjoint(G, U)) for x, G in self._records
+        )
+
+    def grad_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``U^T grad(W) V`` from the recorded backward passes (shape ``(k_U, k_V)``)."""
+        self._require_records()
+        return sum(
+            self._contract_core(self._apply_out_adjoint(G, U), self._apply_in(x, V))
+            for x, G in self._records
+        )
+
+    def _require_records(self) -> None:
+        if not self._records:
+            raise RuntimeError(
+                f"{type(self).__name__} has no recorded backward pass: call loss.backward() "
+                "after a forward pass with gradients enabled"
+            )
+
+
+def _initial_factors(
+    m: int, n: int, rank: int, fan_in: int, dtype: Any, device: Any, generator: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the best rank-r approximation of nn.Linear's default draw U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    bound = 1.0 / math.sqrt(fan_in)
+    W = torch.rand(m, n, generator=generator, dtype=dtype, device=device) * (2 * bound) - bound
+    P, sig, Qh = torch.linalg.svd(W, full_matrices=False)
+    return P[:, :rank], torch.diag(sig[:rank]), Qh[:rank].mT
+
+
+def _checked(
+    factors: Any, m: int, n: int, rank: int, dtype: Any, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(factors, (tuple, list)) or len(factors) != 3:
+        raise TypeError("factors must be a tuple (U, S, V) of tensors")
+    U, S, V = (torch.as_tensor(a).detach().to(device=device, dtype=dtype) for a in factors)
+    shapes = (tuple(U.shape), tuple(S.shape), tuple(V.shape))
+    if shapes != ((m, rank), (rank, rank), (n, rank)):
+        raise ValueError(
+            f"factors must have shapes ({m}, {rank}), ({rank}, {rank}), ({n}, {rank}), got "
+            f"{tuple(U.shape)}, {tuple(S.shape)}, {tuple(V.shape)}"
+        )
+    return U, S, V
+
+
+class LowRankLinear(FactoredLayer):
+    """``y = x (U S V^T)^T + b``: a linear layer of rank ``r``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        As for :class:`torch.nn.Linear`.
+    rank : int
+        ``1 <= rank <= min(in_features, out_features)``.
+    bias : bool, default True
+    device, dtype : optional
+    generator : torch.Generator, optional
+        For the initial draw: the best rank-``r`` approximation of the draw of
+        :class:`torch.nn.Linear`.
+    factors : (U, S, V), optional
+        Initial factors instead of the draw (``U`` orthonormal ``out x r``, ``V`` orthonormal
+        ``in x r``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = LowRankLinear(20, 10, rank=4)
+    >>> layer(torch.randn(3, 20)).shape, layer.rank
+    (torch.Size([3, 10]), 4)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_positive("in_features", in_features)
+        self.out_features = _check_positive("out_features", out_features)
+        limit = min(in_features, out_features)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+            raise ValueError(
+                f"rank must be an int with 1 <= rank <= min(in_features, out_features) = "
+                f"{limit}, got {rank!r}"
+            )
+        dtype = dtype or torch.get_default_dtype()
+        if factors is None:
+            factors = _initial_factors(
+                out_features, in_features, rank, in_features, dtype, device, generator
+            )
+        self._init_factors(*_checked(factors, out_features, in_features, rank, dtype, device))
+        self.bias = (
+            torch.nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
+            if bias
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` without forming ``W``."""
+        z = self._factored(x)
+        return z if self.bias is None else z + self.bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, bias={self.bias is not None}"
+        )
+
+    def _apply_in(self, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        return x @ V
+
+    def _apply_in_grad(self, x: torch.Tensor, V: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        return ga @ V.mT
+
+    def _apply_in_adjoint(self, x: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]).mT @ ga.reshape(-1, ga.shape[-1])
+
+    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        return a @ K.mT
+
+    def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        return G @ U
+
+    def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return G.reshape(-1, G.shape[-1]).mT @ a.reshape(-1, a.shape[-1])
+
+
+class LowRankConv2d(FactoredLayer):
+    """A 2-D convolution whose kernel, matricised as ``out x (in kh kw)``, is ``U S V^T``.
+
+    The layer is the convolution with the ``r`` filters ``V^T`` (reshaped to
+    ``(r, in, kh, kw)``) followed by the ``1 x 1`` convolution with ``U S`` and the bias.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    rank : int
+        ``1 <= rank <= min(out_channels, in_channels * kh * kw)``.
+    stride, padding, dilation : int or (int, int)
+        As for :class:`torch.nn.Conv2d` (zero padding; ``groups=1``).
+    bias : bool, default True
+    device, dtype : optional
+    generator : torch.Generator, optional
+        For the initial draw (as for :class:`LowRankLinear`).
+    factors : (U, S, V), optional
+        Initial factors of the matricised kernel instead of the draw.
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = LowRankConv2d(3, 8, 3, rank=2, padding=1)
+    >>> conv(torch.randn(1, 3, 5, 5)).shape
+    torch.Size([1, 8, 5, 5])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | _PAIR,
+        rank: int,
+        stride: int | _PAIR = 1,
+        padding: int | _PAIR = 0,
+        dilation: int | _PAIR = 1,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+        factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _check_positive("in_channels", in_channels)
+        self.out_channels = _check_positive("out_channels", out_channels)
+        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.stride = _pair("stride", stride)
+        self.padding = _pair("padding", padding)
+        self.dilation = _pair("dilation", dilation)
+        for name, v in (("kernel_size", self.kernel_size), ("stride", self.stride)):
+            if min(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if min(self.padding) < 0 or min(self.dilation) < 1:
+            raise ValueError(
+                f"padding must be >= 0 and dilation >= 1, got {self.padding} and {self.dilation}"
+            )
+        n = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        limit = min(out_channels, n)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+            raise ValueError(
+                f"rank must be an int with 1 <= rank <= min(out_channels, in_channels * kh * kw)"
+                f" = {limit}, got {rank!r}"
+            )
+        dtype = dtype or torch.get_default_dtype()
+        if factors is None:
+            factors = _initial_factors(out_channels, n, rank, n, dtype, device, generator)
+        self._init_factors(*_checked(factors, out_channels, n, rank, dtype, device))
+        self.bias = (
+            torch.nn.Parameter(torch.zeros(out_channels, dtype=dtype, device=device))
+            if bias
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of ``x`` (``(N, in, H, W)``) without forming the kernel."""
+        z = self._factored(x)
+        return z if self.bias is None else z + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"rank={self.rank}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, bias={self.bias is not None}"
+        )
+
+    def _filters(self, V: torch.Tensor) -> torch.Tensor:
+        return V.mT.reshape(V.shape[1], self.in_channels, *self.kernel_size)
+
+    def _apply_in(self, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        return tf.conv2d(x, self._filters(V), None, self.stride, self.padding, self.dilation)
+
+    def _apply_in_grad(self, x: torch.Tensor, V: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(
+            x.shape, self._filters(V), ga, self.stride, self.padding, self.dilation
+        )
+
+    def _apply_in_adjoint(self, x: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
+        k = ga.shape[1]
+        shape = (k, self.in_channels, *self.kernel_size)
+        w = torch.nn.grad.conv2d_weight(x, shape, ga, self.stride, self.padding, self.dilation)
+        return w.reshape(k, -1).mT
+
+    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        return tf.conv2d(a, K[:, :, None, None])  # the 1 x 1 convolution with K
+
+    def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        return tf.conv2d(G, U.mT[:, :, None, None])
+
+    def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(G, a, dims=([0, 2, 3], [0, 2, 3]))
