@@ -55,19 +55,22 @@ _MAX_KAPPA2_U = 1e-2
 _NEAR_ORTHONORMAL = 0.5
 #: Cholesky passes tried before Householder is used instead.
 _MAX_PASSES = 4
-#: Elements per row block of the in-place products (NumPy).
-_BLOCK_ELEMENTS = 1 << 18
 #: Seed of the random directions that fill a rank-deficient basis extension.
 _FILL_SEED = 0x5EED
 
 
-def tall_qr(x: Any) -> tuple[Any, Any]:
+def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     """Thin QR ``x = Q R`` of a 2-D array, CholeskyQR2 with robust fallbacks.
 
     Parameters
     ----------
     x : array, shape (m, k)
-        Any array of the array API; not modified.
+        Any array of the array API; not modified unless ``overwrite_x``.
+    overwrite_x : bool, default False
+        Whether ``x`` (an array the caller owns and no longer needs) may be overwritten by
+        ``Q``: on NumPy this saves one tall array. Should the Cholesky passes then fail, the
+        Householder fallback factors the partially orthogonalised array ``x R_1^{-1}`` and
+        returns the product of the triangular factors.
 
     Returns
     -------
@@ -76,7 +79,7 @@ def tall_qr(x: Any) -> tuple[Any, Any]:
     R : array, shape (min(m, k), k)
         Upper triangular with a real non-negative diagonal.
     """
-    q, r, _, _ = _factor(x, None)
+    q, r, _, _ = _factor(x, None, overwrite=overwrite_x)
     return q, r
 
 
@@ -166,7 +169,7 @@ def extend_basis(U0: Any, X: Any) -> Any:
 # --- the Cholesky QR driver --------------------------------------------------------------------
 
 
-def _factor(x: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
+def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any, Any, str]:
     """``(Q, R, Q^H w or None, name of the method that produced them)``."""
     if len(x.shape) != 2:
         raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
@@ -185,7 +188,7 @@ def _factor(x: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
         shift = 0.0
         if not last and (Ri is None or _kappa2(G, Ri) * eps > _MAX_KAPPA2_U):
             if passes > 0:
-                return _householder(x, w)
+                return _householder_after(x, Q, R, w)
             # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
             trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))
             shift = 11.0 * (m * k + k * (k + 1)) * eps * trace
@@ -193,14 +196,23 @@ def _factor(x: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
             if Ri is None:
                 return _householder(x, w)
         Ri_inv = _inverse_upper(Ri)
-        Q, M = _times_inverse(Q, Ri_inv, owned=passes > 0, w=w if last else None)
+        owned = passes > 0 or (overwrite and _is_numpy(x) and x.flags.c_contiguous)
+        Q, M = _times_inverse(Q, Ri_inv, owned=owned, w=w if last else None)
         R = Ri if R is None else Ri @ R
         shifted = shifted or shift > 0
         if last:
             name = "shifted CholeskyQR" if shifted else "CholeskyQR"
             return Q, R, M, f"{name}{passes + 1}"
         G = _gram(Q)
-    return _householder(x, w)
+    return _householder_after(x, Q, R, w)
+
+
+def _householder_after(x: Any, Q: Any, R: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
+    """The Householder fallback after Cholesky passes ``x = Q R`` (``x`` itself if intact)."""
+    if R is None or Q is not x:
+        return _householder(x, w)
+    Qh, Rh, M, name = _householder(Q, w)
+    return Qh, Rh @ R, M, name
 
 
 def _distance_to_identity(G: Any) -> float:
@@ -309,12 +321,10 @@ def _times_inverse(Q: Any, Ri_inv: Any, *, owned: bool, w: Any | None) -> tuple[
     owned = owned and cols == k
     out = Q if owned else np.empty((m, cols), dtype=np.result_type(Q, Ri_inv))
     Ri_inv = np.asarray(Ri_inv, dtype=out.dtype)
-    step = max(1, _BLOCK_ELEMENTS // max(1, k, cols))
     M = None
     if w is not None:
         M = np.zeros((cols, int(w.shape[1])), dtype=np.result_type(out, w))
-    for i in range(0, m, step):
-        b = slice(i, min(i + step, m))
+    for b in bk.row_blocks(Q if k >= cols else out):
         if owned:
             out[b] = Q[b] @ Ri_inv
         else:
@@ -343,10 +353,11 @@ def _tsqr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small ``Q``. Unconditionally stable, also for rank-deficient ``x``.
     """
     m, k = x.shape
-    if m <= 2 * max(k, 1) or m * k <= _BLOCK_ELEMENTS:
+    blocks = bk.row_blocks(x)
+    if m <= 2 * max(k, 1) or len(blocks) == 1:
         q, r = np.linalg.qr(x, mode="reduced")
         return np.ascontiguousarray(q), r
-    rows = max(2 * k, _BLOCK_ELEMENTS // max(1, k))
+    rows = max(2 * k, blocks[0].stop - blocks[0].start)
     starts = list(range(0, m, rows))
     if m - starts[-1] < k:  # keep every block at least k rows tall
         starts.pop()
@@ -383,14 +394,11 @@ def _project_out(basis: list[Any], X: Any, *, copy: bool) -> Any:
     """``X - sum_j B_j (B_j^H X)`` for orthonormal blocks ``B_j`` (in place on own NumPy arrays)."""
     if _is_numpy(X):
         out = np.array(X, order="C", copy=True) if copy else X
-        k = out.shape[1]
-        step = max(1, _BLOCK_ELEMENTS // max(1, k))
         for B in basis:
             if B.shape[1] == 0:
                 continue
             C = _inner(B, out)
-            for i in range(0, out.shape[0], step):
-                b = slice(i, min(i + step, out.shape[0]))
+            for b in bk.row_blocks(out):
                 out[b] -= B[b] @ C
         return out
     for B in basis:

@@ -204,3 +204,27 @@ def test_extension_rejects_mismatched_shapes(rng):
         extend_basis(np.eye(5)[:, :2], np.zeros((4, 2)))
     with pytest.raises(ValueError, match="2-D"):
         extend_basis(np.eye(5)[:, :2], np.zeros(5))
+
+
+@pytest.mark.parametrize("ratio", [1e-4, 1e-10, 0.0], ids=lambda r: f"ratio={r:g}")
+def test_overwriting_the_input_gives_the_same_factorisation(rng, ratio):
+    X = graded(rng, 3000, 6, ratio, np.float64)
+    Q = tall_qr(X)[0]
+    work = X.copy()
+    Qo, Ro = tall_qr(work, overwrite_x=True)
+    check_qr(X, Qo, Ro, 1e-13)
+    if ratio > 0:
+        np.testing.assert_allclose(Qo, Q, atol=1e-10)
+
+
+def test_small_row_blocks_change_nothing(rng, monkeypatch):
+    X = graded(rng, 500, 5, 1e-6, np.complex128)
+    W = graded(rng, 500, 2, 1.0, np.complex128)
+    Q, R, M = tall_qr_project(X, W)
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    Qb, Rb, Mb = tall_qr_project(X, W)
+    for a, b in ((Q, Qb), (R, Rb), (M, Mb)):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+    check_qr(X, Qb, Rb, 1e-13)
+    U0 = np.linalg.qr(W)[0]
+    check_extension(U0, X, extend_basis(U0, X), 1e-13)
