@@ -23,9 +23,10 @@ condition estimate from the Gram diagonal against the Cholesky pivots,
 ``max_i G_ii / min_i R_ii^2`` (a lower bound of ``kappa(X)^2``). Every pass after the first
 starts by checking ``||Q^H Q - I||_F <= 1/2``: once that holds, one more pass makes ``Q``
 orthonormal to working precision whatever the history, so no result is returned unchecked.
-The factor ``R`` always has a real non-negative diagonal, so that every path returns the same
-``Q`` and ``R`` for a matrix of full rank (the QR factorisation with that normalisation is
-unique).
+The columns of ``Q`` are normalised so that the diagonal entries ``Q_jj`` of its leading
+block are real and non-positive (as LAPACK's Householder QR makes ``Q_11``): ``Q`` then does not
+depend on the signs (phases) of the columns of the input, every path returns the same ``Q`` and
+``R`` for a matrix of full rank, and a basis computed from sign-flipped data is the same basis.
 
 :func:`extend_basis` completes an orthonormal ``U0`` by directions that span the part of
 ``X`` outside ``span(U0)`` (block classical Gram-Schmidt twice, the robust QR above, and one
@@ -77,7 +78,7 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     Q : array, shape (m, min(m, k))
         Orthonormal columns (row-major for NumPy).
     R : array, shape (min(m, k), k)
-        Upper triangular with a real non-negative diagonal.
+        Upper triangular. ``Q_jj`` is real and <= 0 for every column ``j`` of ``Q``.
     """
     q, r, _, _ = _factor(x, None, overwrite=overwrite_x)
     return q, r
@@ -188,6 +189,8 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
         shift = 0.0
         if not last and (Ri is None or _kappa2(G, Ri) * eps > _MAX_KAPPA2_U):
             if passes > 0:
+                if Q is not x:
+                    Q = None  # not alive next to the fallback's own result
                 return _householder_after(x, Q, R, w)
             # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
             trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))
@@ -196,6 +199,10 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
             if Ri is None:
                 return _householder(x, w)
         Ri_inv = _inverse_upper(Ri)
+        if last:  # the sign normalisation, folded into the last product
+            d = _canonical_phases(_diagonal(Q[:k, :] @ Ri_inv))
+            Ri_inv = Ri_inv * d[None, :]
+            Ri = _conj(d)[:, None] * Ri
         owned = passes > 0 or (overwrite and _is_numpy(x) and x.flags.c_contiguous)
         Q, M = _times_inverse(Q, Ri_inv, owned=owned, w=w if last else None)
         R = Ri if R is None else Ri @ R
@@ -204,14 +211,16 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
             name = "shifted CholeskyQR" if shifted else "CholeskyQR"
             return Q, R, M, f"{name}{passes + 1}"
         G = _gram(Q)
+    if Q is not x:
+        Q = None
     return _householder_after(x, Q, R, w)
 
 
 def _householder_after(x: Any, Q: Any, R: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
     """The Householder fallback after Cholesky passes ``x = Q R`` (``x`` itself if intact)."""
-    if R is None or Q is not x:
+    if Q is not x:
         return _householder(x, w)
-    Qh, Rh, M, name = _householder(Q, w)
+    Qh, Rh, M, name = _householder(Q, w, owned=True)
     return Qh, Rh @ R, M, name
 
 
@@ -223,12 +232,18 @@ def _distance_to_identity(G: Any) -> float:
 
 
 def _kappa2(G: Any, R: Any) -> float:
-    """``max_i G_ii / min_i R_ii^2``: a cheap lower estimate of ``kappa(X)^2``."""
+    """``max_i G_ii / R_ii^2``: a cheap, column-scaling invariant estimate of ``kappa(X)^2``.
+
+    ``R_ii^2`` is the squared norm of column ``i`` of ``X`` outside the span of the columns
+    before it, ``G_ii`` its squared norm: a large ratio means a nearly dependent column.
+    Cholesky factorisation, and with it Cholesky QR, is insensitive to a scaling of the
+    columns, so the estimate is taken for the columns scaled to unit norm.
+    """
     d = np.real(bk.to_host(_diagonal(G)))
     p = np.abs(bk.to_host(_diagonal(R))) ** 2
     if not (np.all(np.isfinite(d)) and np.all(np.isfinite(p))) or np.min(p) <= 0:
         return np.inf
-    return float(np.max(d) / np.min(p))
+    return float(np.max(d / p))
 
 
 def _diagonal(a: Any) -> Any:
@@ -334,23 +349,32 @@ def _times_inverse(Q: Any, Ri_inv: Any, *, owned: bool, w: Any | None) -> tuple[
     return out, M
 
 
-def _householder(x: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
-    """Householder QR (TSQR over row blocks for NumPy), normalised to ``diag(R) >= 0``."""
+def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, Any, str]:
+    """Householder QR (TSQR over row blocks for NumPy), normalised to ``diag(R) >= 0``.
+
+    On NumPy an ``owned`` ``x`` is overwritten by ``Q``.
+    """
     if _is_numpy(x):
-        Q, R = _tsqr(x)
+        Q, R = _tsqr(x, owned=owned)
     else:
         xp = bk.namespace(x)
         Q, R = xp.linalg.qr(x, mode="reduced")
-    Q, R = _normalise_signs(Q, R)
+    d = _canonical_phases(_diagonal(Q))
+    if _is_numpy(Q) and Q.flags.writeable:
+        Q *= d[None, :]  # Q is the factorisation's own array
+    else:
+        Q = Q * d[None, :]
+    R = _conj(d)[:, None] * R
     return Q, R, (None if w is None else _inner(Q, w)), "Householder"
 
 
-def _tsqr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Thin QR by TSQR (Demmel, Grigori, Hoemmen, Langou 2012, arXiv:0808.2664), one level.
 
     Each block of rows is factored by LAPACK (a small copy), the stacked triangular factors
     once more, and the block ``Q`` factors are then multiplied in place by their part of the
-    small ``Q``. Unconditionally stable, also for rank-deficient ``x``.
+    small ``Q``. Unconditionally stable, also for rank-deficient ``x``. An ``owned``
+    C-ordered ``x`` is overwritten by ``Q``.
     """
     m, k = x.shape
     blocks = bk.row_blocks(x)
@@ -362,7 +386,7 @@ def _tsqr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if m - starts[-1] < k:  # keep every block at least k rows tall
         starts.pop()
     bounds = [*starts, m]
-    out = np.empty((m, k), dtype=x.dtype)
+    out = x if owned and x.flags.c_contiguous else np.empty((m, k), dtype=x.dtype)
     rs = []
     for lo, hi in itertools.pairwise(bounds):
         q, r = np.linalg.qr(x[lo:hi], mode="reduced")
@@ -374,17 +398,20 @@ def _tsqr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, R
 
 
-def _normalise_signs(Q: Any, R: Any) -> tuple[Any, Any]:
-    """``Q D``, ``D^H R`` with the unit diagonal ``D`` that makes ``diag(R)`` real and >= 0."""
-    xp = bk.namespace(Q, R)
-    d = _diagonal(R)
-    mag = xp.abs(d)
+def _canonical_phases(diag: Any) -> Any:
+    """Unit factors ``d`` with ``diag * d`` real and <= 0 (1 where ``diag`` is 0)."""
+    xp = bk.namespace(diag)
+    mag = xp.abs(diag)
     one = xp.ones_like(mag)
-    safe = xp.where(mag > 0, mag, one)
-    phase = xp.where(mag > 0, d / xp.astype(safe, d.dtype), xp.astype(one, d.dtype))
-    Q = Q * phase[None, :]
-    R = (xp.conj(phase) if xp.isdtype(R.dtype, "complex floating") else phase)[:, None] * R
-    return Q, R
+    if xp.isdtype(diag.dtype, "complex floating"):
+        safe = xp.astype(xp.where(mag > 0, mag, one), diag.dtype)
+        return xp.where(mag > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
+    return xp.where(diag > 0, -one, one)
+
+
+def _conj(d: Any) -> Any:
+    xp = bk.namespace(d)
+    return xp.conj(d) if xp.isdtype(d.dtype, "complex floating") else d
 
 
 # --- basis extension helpers -------------------------------------------------------------------
