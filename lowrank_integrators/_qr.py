@@ -195,7 +195,8 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
             # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
             trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))
             shift = 11.0 * (m * k + k * (k + 1)) * eps * trace
-            Ri = _cholesky_upper(G + shift * bk.eye_like(G, k)) if shift > 0 else None
+            usable = np.isfinite(shift) and shift > 0
+            Ri = _cholesky_upper(G + shift * bk.eye_like(G, k)) if usable else None
             if Ri is None:
                 return _householder(x, w)
         Ri_inv = _inverse_upper(Ri)
