@@ -140,3 +140,34 @@ def test_in_place_updates_are_a_capability_of_the_array_library(xp):
     frozen = np.zeros(3)
     frozen.flags.writeable = False
     assert not bk.allows_inplace(frozen)
+
+
+def test_tucker_fields_with_shared_projected_operators_equal_their_own(rng):
+    """Projected operators formed once per set of bases give the same fields."""
+    n, ranks = 9, (3, 2, 4)
+    ops = [rng.standard_normal((n, n)) for _ in range(3)]
+    ops[1] = None
+    bases = [np.linalg.qr(rng.standard_normal((n, r)))[0] for r in ranks]
+    Cg = rng.standard_normal((2, 2, 2))
+    C = lri.TuckerTensor(Cg, [np.linalg.qr(rng.standard_normal((n, 2)))[0] for _ in range(3)])
+    problem = lri.TensorSylvesterODE(ops, C=C)
+    shared = problem.projected_operators(bases)
+    assert shared[1] is None
+    np.testing.assert_allclose(shared[0], bases[0].T @ ops[0] @ bases[0], atol=1e-13)
+    core = rng.standard_normal(ranks)
+    np.testing.assert_allclose(
+        problem.core_field(bases, projected=shared)(0.0, core),
+        problem.core_field(bases)(0.0, core),
+        atol=1e-13,
+    )
+    for mode in range(3):
+        others = int(np.prod([r for j, r in enumerate(ranks) if j != mode]))
+        Q = np.linalg.qr(rng.standard_normal((others, ranks[mode])))[0]
+        K = rng.standard_normal((n, ranks[mode]))
+        np.testing.assert_allclose(
+            problem.mode_field(bases, Q, mode, projected=shared)(0.0, K),
+            problem.mode_field(bases, Q, mode)(0.0, K),
+            atol=1e-13,
+        )
+    with pytest.raises(ValueError, match="bases"):
+        problem.projected_operators(bases[:2])
