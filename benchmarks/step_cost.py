@@ -7,9 +7,20 @@ on the same structured F (the K-, L- and S-fields with their r x r coefficients 
 per substep), so the library's overhead is measured side by side, not against a number from
 another day.
 
-Two hand-written rows: "minimal-BUG" with ``numpy.linalg.qr`` and "minimal-BUG-sqr" with the
-QR the library uses for NumPy arrays (SciPy's, on a Fortran-ordered copy); "vs minimal" is the
-ratio to the first, "vs best" to the faster of the two.
+Two hand-written rows: "minimal-BUG" with ``numpy.linalg.qr`` and "minimal-BUG-sqr" with SciPy's
+Householder QR on a Fortran-ordered copy (the library itself uses CholeskyQR2 with robust
+fallbacks); "vs minimal" is the ratio to the first, "vs best" to the faster of the two.
+
+Floor model: at start the driver measures, under the same BLAS thread limit, the GEMM rate
+(1024^3), thin-GEMM rates (65536 x r times r x r) and the memory bandwidth (``a = b + c`` on
+128 MB arrays). For each method it counts the essential work of one step phase by phase (see
+``floor_model``: the thin products' flops, the bytes of each tall array read or written once
+per phase, the CSR arrays once per operator product; QRs as CholeskyQR2) and prints
+``floor ms`` (the sum over phases of max(flops / GEMM rate, bytes / bandwidth)) and
+``x floor`` = median / floor. ``--phases`` prints the phases of BUG and AugmentedBUG.
+
+Time is CPU time (``time.process_time``) with the BLAS pools limited by threadpoolctl to
+``--threads`` (default 1).
 
 Every (n, r) runs in a fresh worker process. Time: median over repeated steps from the same
 state. Memory: the process's peak resident set during one step (the kernel's high-water mark
@@ -27,10 +38,9 @@ Usage::
     python benchmarks/step_cost.py                  # n in {1024, 4096, 65536, 2^20}, r in {8, 32}
     python benchmarks/step_cost.py --quick          # n in {1024, 4096}, r in {8, 32}
     python benchmarks/step_cost.py --n 1048576 --r 16 32 --json out.json
+    python benchmarks/step_cost.py --dtype float32 --n 4096 65536 --r 32
 
-BLAS threads: ``--threads N`` (default 1) is exported as OPENBLAS/OMP/MKL_NUM_THREADS before
-NumPy is imported in the workers; on small 2-core machines one thread is faster for the
-small factorisations these steps are made of.
+With three or more sizes the script also fits the exponent ``p`` of ``time ~ n^p`` per method.
 """
 
 from __future__ import annotations
@@ -38,7 +48,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -77,6 +86,178 @@ def build_methods(lri, r):
         except AttributeError:
             pass
     return methods
+
+
+# --- floor model -----------------------------------------------------------------------------
+#
+# What a step must do at the least, phase by phase, counted for this problem: the dense flops
+# of its thin products (n x w times w x w and the Gram matrices) and the bytes it must move
+# (each tall array read or written once per phase, the operator's CSR arrays once per
+# product). A phase cannot take less than max(flops / DGEMM peak, bytes / bandwidth); the
+# floor of a step is the sum over its phases. The operator products and the elementwise RK4
+# updates are counted in bytes only (a few flops per byte moved). The QRs are counted as
+# CholeskyQR2 (two passes of Gram matrix plus triangular product), the cheapest factorisation
+# that stays orthonormal for the conditioning these bases have; M = U1^H U0 is taken as formed
+# in the QR's last pass (only U0 read). Rates are measured on the machine at start.
+
+NNZ_PER_ROW = 3  # tridiagonal A = B
+SOURCE_RANK = 4
+
+
+class Phase:
+    """Essential work of one phase of a step: GEMM flops and bytes moved."""
+
+    def __init__(self, name, flops, nbytes):
+        self.name, self.flops, self.bytes = name, float(flops), float(nbytes)
+
+    def seconds(self, rates):
+        return max(self.flops / rates["dgemm"], self.bytes / rates["bandwidth"])
+
+
+class StepModel:
+    """Counts of the phases of one step for ``n`` rows, items of ``s`` bytes, rank ``r``."""
+
+    def __init__(self, n, s):
+        self.n, self.s = n, s
+        # CSR: values, column indices (int32) and row pointers of one operator
+        self.op_bytes = n * NNZ_PER_ROW * (s + 4) + 4 * (n + 1)
+        self.phases = []
+
+    def add(self, name, flops, nbytes):
+        self.phases.append(Phase(name, flops, nbytes))
+
+    def sandwich(self, w, name="sandwich"):
+        # W^H (A W): the operator once over W, the products accumulated while W is read
+        self.add(name, 2 * self.n * w * w, self.s * self.n * w + self.op_bytes)
+
+    def substep(self, w, name):
+        """A K- or L-substep of width w with its r x r coefficients and four RK4 stages."""
+        n, s, q = self.n, self.s, SOURCE_RANK
+        self.sandwich(w, name + " coefficients")
+        self.add(name + " source", 2 * n * q * w, s * n * q)
+        # per stage: read the stage, the start, the source factor and the accumulator, write
+        # the accumulator and the next stage; one operator pass
+        per_stage_flops = 2 * n * w * w + 2 * n * q * w
+        per_stage_bytes = s * n * (5 * w + q) + self.op_bytes
+        self.add(name + " RK4 stages", 4 * per_stage_flops, 4 * per_stage_bytes)
+
+    def qr(self, w, name="QR"):
+        n, s = self.n, self.s
+        self.add(name, 2 * (n * w * w + 2 * n * w * w), 2 * 3 * s * n * w)
+
+    def inner(self, w1, w2, name="M"):
+        self.add(name, 2 * self.n * w1 * w2, self.s * self.n * w2)
+
+    def galerkin(self, wu, wv, name="S-step"):
+        n, s, q = self.n, self.s, SOURCE_RANK
+        self.add(
+            name,
+            2 * n * (wu * wu + wv * wv) + 2 * n * q * (wu + wv),
+            s * n * (wu + wv + 2 * q) + 2 * self.op_bytes,
+        )
+
+    def field_product(self, w, name):
+        """F(Y) V for Y of rank w and V of width w (or F^H U): operator, sandwich, source."""
+        n, s, q = self.n, self.s, SOURCE_RANK
+        self.add(
+            name,
+            2 * n * w * w * 3 + 2 * n * q * w,
+            s * n * (4 * w + q) + 2 * self.op_bytes,
+        )
+
+    def truncate(self, w_from, w_to):
+        n, s = self.n, self.s
+        for side in ("U", "V"):
+            self.add(f"{side}1 = {side}_hat P", 2 * n * w_from * w_to, s * n * (w_from + w_to))
+
+    def seconds(self, rates):
+        return sum(p.seconds(rates) for p in self.phases)
+
+
+def floor_model(method, n, r, itemsize):
+    """The :class:`StepModel` of one step of ``method`` (a name of METHOD_NAMES)."""
+    m = StepModel(n, itemsize)
+    if method in ("BUG", "minimal-BUG", "minimal-BUG-sqr"):
+        m.substep(r, "K")
+        m.qr(r)
+        m.inner(r, r)
+        m.substep(r, "L")
+        m.qr(r)
+        m.inner(r, r)
+        m.galerkin(r, r)
+    elif method == "KSL":
+        m.substep(r, "K")
+        m.qr(r)
+        m.galerkin(r, r, "backward S")
+        m.substep(r, "L")
+        m.qr(r)
+    elif method == "Strang":
+        for name in ("K", "S", "L", "S", "K"):
+            if name == "S":
+                m.galerkin(r, r, "backward S")
+            else:
+                m.substep(r, name)
+                m.qr(r)
+    elif method in ("AugmentedBUG", "ParallelBUG"):
+        for side in ("K", "L"):
+            m.substep(r, side)
+            m.qr(2 * r)
+            m.inner(2 * r, r) if method == "AugmentedBUG" else m.inner(r, r)
+        m.galerkin(2 * r, 2 * r) if method == "AugmentedBUG" else m.galerkin(r, r)
+        m.truncate(2 * r, r)
+    elif method == "MidpointBUG":
+        for side in ("K", "L"):
+            m.substep(r, side)
+            m.qr(2 * r)
+            m.inner(2 * r, r)
+        m.galerkin(2 * r, 2 * r, "half-step S")
+        m.field_product(2 * r, "F V_half")
+        m.field_product(2 * r, "F^H U_half")
+        for _ in range(2):
+            m.qr(4 * r, "QR 4r")
+            m.inner(4 * r, r)
+        m.galerkin(4 * r, 4 * r)
+        m.truncate(4 * r, r)
+    elif method == "abc-PSI":
+        m.substep(r, "K")
+        m.qr(2 * r)
+        m.inner(2 * r, r)
+        m.substep(2 * r, "L (2r basis)")
+        m.qr(2 * r)
+        m.truncate(2 * r, r)
+    else:
+        raise ValueError(f"no floor model for {method!r}")
+    return m
+
+
+def measure_rates(np, dtype, repeats=5):
+    """DGEMM (or SGEMM) peak, thin-GEMM rates and memory bandwidth, in CPU time."""
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return max(min(times), 1e-9)
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1024, 1024)).astype(dtype)
+    b = rng.standard_normal((1024, 1024)).astype(dtype)
+    dgemm = 2 * 1024**3 / best(lambda: a @ b)
+    thin = {}
+    rows = 1 << 16
+    for w in (8, 16, 32, 64):
+        x = rng.standard_normal((rows, w)).astype(dtype)
+        y = rng.standard_normal((w, w)).astype(dtype)
+        thin[w] = 2 * rows * w * w / best(lambda x=x, y=y: x @ y)
+    big = 1 << 24  # three arrays of 128 MB (float64): far beyond the caches
+    u = np.ones(big, dtype)
+    v = np.ones(big, dtype)
+    out = np.empty(big, dtype)
+    bandwidth = 3 * u.nbytes / best(lambda: np.add(u, v, out=out))
+    return {"dgemm": dgemm, "thin": thin, "bandwidth": bandwidth}
 
 
 # --- worker ---------------------------------------------------------------------------------
@@ -133,11 +314,14 @@ def _reset_hwm():
         return False
 
 
-def worker(n, r, repeats, methods_wanted, dtype="float64"):
+def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
     import numpy as np
     import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
 
     import lowrank_integrators as lri
+
+    threadpool_limits(threads)
 
     rng = np.random.default_rng(0)
     T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
@@ -173,9 +357,9 @@ def worker(n, r, repeats, methods_wanted, dtype="float64"):
         run()  # warm-up (also checks that it runs)
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             run()
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         hwm = before = float("nan")
         if _reset_hwm():
             before = _read_status_mb("VmRSS")
@@ -219,27 +403,41 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads in the workers")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--phases", action="store_true", help="print the floor model's phases")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         n, r, repeats = args.worker
-        worker(n, r, repeats, set(args.methods), args.dtype)
+        worker(n, r, repeats, set(args.methods), args.dtype, args.threads)
         return 0
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):
+        rates = measure_rates(np, np.dtype(args.dtype))
+    itemsize = np.dtype(args.dtype).itemsize
 
     sizes = args.n or ([1024, 4096] if args.quick else [1024, 4096, 65536, 2**20])
     ranks = args.r or [8, 32]
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
-
     rows = []
     print(
         f"# step_cost: F = A Y + Y B^T + C, tridiagonal A = B, rank-4 C, RK4 substeps, "
-        f"{args.dtype}, {args.threads} BLAS thread(s)"
+        f"{args.dtype}, {args.threads} BLAS thread(s), CPU time"
+    )
+    thin = ", ".join(f"r={w}: {rate / 1e9:.1f}" for w, rate in rates["thin"].items())
+    print(
+        f"# measured: GEMM 1024^3 {rates['dgemm'] / 1e9:.1f} GF/s; thin 65536 x r times r x r "
+        f"GF/s {thin}; bandwidth (a = b + c, 128 MB arrays) {rates['bandwidth'] / 1e9:.1f} GB/s"
+    )
+    print(
+        "# floor: sum over phases of max(GEMM flops / GEMM rate, bytes / bandwidth); "
+        "'x floor' = median / floor"
     )
     header = (
-        f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'vs minimal':>10} {'vs best':>9} "
+        f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'floor ms':>9} {'x floor':>8} "
+        f"{'vs minimal':>10} {'vs best':>9} "
         f"{'peak RSS MB':>11} {'step adds MB':>12} {'traced MB':>9} {'state MB':>9}"
     )
     print(header)
@@ -254,10 +452,12 @@ def main(argv=None):
                 str(repeats_for(n)),
                 "--dtype",
                 args.dtype,
+                "--threads",
+                str(args.threads),
                 "--methods",
                 *args.methods,
             ]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(f"{n:>8} {r:>3} worker failed:\n{out.stderr}", file=sys.stderr)
                 continue
@@ -266,17 +466,27 @@ def main(argv=None):
             hand = [x["median_s"] for x in res if x["method"].startswith("minimal")]
             best = min(hand) if hand else None
             for x in res:
+                model = floor_model(x["method"], n, r, itemsize)
+                x["floor_s"] = model.seconds(rates)
+                x["ratio_to_floor"] = x["median_s"] / x["floor_s"]
                 x["ratio_to_minimal"] = x["median_s"] / base if base else None
                 x["ratio_to_best_hand"] = x["median_s"] / best if best else None
                 ratio = f"{x['ratio_to_minimal']:.2f}" if base else "-"
                 ratio_best = f"{x['ratio_to_best_hand']:.2f}" if best else "-"
                 print(
                     f"{n:>8} {r:>3} {x['method']:>15} {1e3 * x['median_s']:>10.2f} "
+                    f"{1e3 * x['floor_s']:>9.2f} {x['ratio_to_floor']:>8.2f} "
                     f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
                     f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['traced_peak_mb']:>9.1f} "
                     f"{x['state_mb']:>9.1f}",
                     flush=True,
                 )
+                if args.phases and x["method"] in ("BUG", "AugmentedBUG"):
+                    for ph in model.phases:
+                        print(
+                            f"{'':>13} {ph.name:>24}: {ph.flops / 1e6:9.1f} MF "
+                            f"{ph.bytes / 1e6:9.1f} MB -> {1e3 * ph.seconds(rates):7.3f} ms"
+                        )
             rows.extend(res)
 
     # time per unknown: linear scaling in n shows as a flat column
@@ -287,9 +497,22 @@ def main(argv=None):
             if pts:
                 cells = " ".join(f"n={n}: {1e9 * t / n:7.1f}" for n, t in pts)
                 print(f"r={r:>3} {name:>15}  {cells}")
+    if len({x["n"] for x in rows}) >= 3:
+        print("\n# fitted exponent p of time ~ n^p over the sizes run (1.0 = linear in n)")
+        for r in ranks:
+            for name in args.methods:
+                pts = [(x["n"], x["median_s"]) for x in rows if x["r"] == r and x["method"] == name]
+                if len(pts) >= 3:
+                    p = np.polyfit(np.log([a for a, _ in pts]), np.log([b for _, b in pts]), 1)[0]
+                    print(f"r={r:>3} {name:>15}  p = {p:.3f}")
     if args.json:
+        rates_json = {**rates, "thin": {str(k): v for k, v in rates["thin"].items()}}
         with open(args.json, "w") as fh:
-            json.dump({"threads": args.threads, "dtype": args.dtype, "rows": rows}, fh, indent=1)
+            json.dump(
+                {"threads": args.threads, "dtype": args.dtype, "rates": rates_json, "rows": rows},
+                fh,
+                indent=1,
+            )
     return 0
 
 

@@ -181,13 +181,23 @@ GROUPS = [
         "Integrators",
         "Immutable configuration objects with ``init`` and ``step``; one module per method. "
         "The theory of each is in :doc:`../integrators/index`.",
-        ("lowrank_integrators.integrators",),
+        (
+            "lowrank_integrators.integrators",
+            "lowrank_integrators.protocol",
+            "lowrank_integrators.methods",
+        ),
     ),
     Group(
         "solve",
         "Solve and results",
-        "The one-call driver and what it returns.",
-        ("lowrank_integrators.solve", "lowrank_integrators.solution"),
+        "The one-call driver, what it returns, the errors a run can end with and the thread "
+        "limit of the library's entry points.",
+        (
+            "lowrank_integrators.solve",
+            "lowrank_integrators.solution",
+            "lowrank_integrators.errors",
+            "lowrank_integrators.threads",
+        ),
     ),
     Group(
         "verification",

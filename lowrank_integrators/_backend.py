@@ -24,10 +24,12 @@ __all__ = [
     "adjoint",
     "adjoint_operator",
     "all_finite",
+    "allows_inplace",
     "apply_to_product",
     "copy",
     "device",
     "empty",
+    "extend_basis",
     "eye_like",
     "is_array",
     "is_complex",
@@ -36,6 +38,7 @@ __all__ = [
     "orth",
     "qr",
     "qr_blocks",
+    "qr_project",
     "real_dtype",
     "require_finite",
     "row_blocks",
@@ -81,6 +84,22 @@ def adjoint(x: Any) -> Any:
     return xt
 
 
+def allows_inplace(x: Any) -> bool:
+    """Whether work arrays like ``x`` may be updated in place (slice assignment, ``+=``).
+
+    True for NumPy, CuPy and PyTorch arrays (writeable ones); False for libraries whose
+    arrays are immutable or lazy (JAX, Dask) and for array-api-strict, which stands for the
+    portable subset: code that reuses workspace asks this and otherwise updates functionally.
+    """
+    from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
+
+    if not (is_numpy_array(x) or is_cupy_array(x) or is_torch_array(x)):
+        return False
+    if is_numpy_array(x):
+        return bool(x.flags.writeable)
+    return True
+
+
 def eye_like(x: Any, n: int) -> Any:
     """The ``n x n`` identity with the dtype and device of ``x``."""
     xp = array_namespace(x)
@@ -90,51 +109,71 @@ def eye_like(x: Any, n: int) -> Any:
 def qr(x: Any) -> tuple[Any, Any]:
     """Reduced (thin) QR factorisation ``x = Q R`` with ``min(rows, cols)`` columns in Q.
 
-    NumPy arrays go through SciPy's LAPACK wrapper on one Fortran-ordered copy that LAPACK
-    may overwrite: for the tall-skinny factors of these integrators this is several times
-    faster than ``numpy.linalg.qr``, which makes further internal copies.
+    CholeskyQR2 with shifted CholeskyQR3 and Householder fallbacks (see
+    :mod:`lowrank_integrators._qr`): GEMM-rate passes on the row-major array, no
+    Fortran-ordered copy. ``Q_jj`` is real and <= 0, so that ``Q`` does not depend on the
+    signs of the columns of ``x``. ``x`` is not modified.
 
-    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before LAPACK is called when
+    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before any factorisation when
     ``x`` holds NaN or infinity.
     """
-    require_finite(x, "a matrix to be factorised by QR")
-    if type(x) is np.ndarray:
-        import scipy.linalg as sla
+    from ._qr import tall_qr
 
-        work = np.array(x, order="F", copy=True)  # never overwrite the caller's array
-        q, r = sla.qr(work, mode="economic", overwrite_a=True, check_finite=False)
-        return q, r
-    xp = array_namespace(x)
-    q, r = xp.linalg.qr(x, mode="reduced")
-    return q, r
+    require_finite(x, "a matrix to be factorised by QR")
+    return tall_qr(x)
+
+
+def qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
+    """Thin QR ``x = Q R`` as :func:`qr`, and ``Q^H w`` formed in the last pass over ``Q``.
+
+    For a new basis ``U1 = Q`` and the old one ``w = U0`` this is ``M = U1^H U0`` without a
+    separate product over the tall factors.
+    """
+    from ._qr import tall_qr_project
+
+    require_finite(x, "a matrix to be factorised by QR")
+    return tall_qr_project(x, w)
 
 
 def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
-    """Thin QR of the column concatenation ``[B1, B2, ...]``.
+    """Thin QR of the column concatenation ``[B1, B2, ...]``; the blocks are not modified.
 
-    For NumPy arrays the blocks are copied once into a Fortran-ordered array that LAPACK then
-    overwrites with the factorisation and with Q itself: no separate concatenation, no
-    further copy (for the augmented bases of the rank-adaptive integrators at n ~ 1e6 this
-    saves two tall arrays per factorisation).
+    The blocks are copied once into a row-major array that the factorisation then overwrites
+    with Q: for the augmented bases of the rank-adaptive integrators at n ~ 1e6 the
+    concatenation is the only tall array the factorisation adds.
 
-    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before LAPACK is called when
+    Raises :class:`~lowrank_integrators.errors.NonFiniteError` before any factorisation when
     a block holds NaN or infinity.
     """
+    from ._qr import tall_qr
+
+    if not blocks:
+        raise ValueError("qr_blocks needs at least one block")
     for b in blocks:
         require_finite(b, "a block of a matrix to be factorised by QR")
-    if blocks and all(type(b) is np.ndarray for b in blocks):
-        import scipy.linalg as sla
-
+    if all(type(b) is np.ndarray for b in blocks):
         m = int(blocks[0].shape[0])
-        work = np.empty((m, sum(int(b.shape[1]) for b in blocks)), np.result_type(*blocks), "F")
+        width = sum(int(b.shape[1]) for b in blocks)
+        work = np.empty((m, width), np.result_type(*blocks))
         j = 0
         for b in blocks:
             work[:, j : j + b.shape[1]] = b
             j += int(b.shape[1])
-        q, r = sla.qr(work, mode="economic", overwrite_a=True, check_finite=False)
-        return q, r
+        return tall_qr(work, overwrite_x=True)
     xp = array_namespace(*blocks)
-    return qr(xp.concat(list(blocks), axis=1))
+    return tall_qr(xp.concat(list(blocks), axis=1), overwrite_x=True)
+
+
+def extend_basis(U0: Any, X: Any) -> Any:
+    """Orthonormal ``Q`` with ``[U0, Q]`` orthonormal and ``span(X)`` inside ``span([U0, Q])``.
+
+    ``min(k, m - r)`` columns for ``X`` of shape (m, k) and ``U0`` of shape (m, r); see
+    :func:`lowrank_integrators._qr.extend_basis` (rank-deficient ``X`` included).
+    """
+    from ._qr import extend_basis as _extend
+
+    require_finite(X, "a matrix to be orthonormalised against a basis")
+    return _extend(U0, X)
 
 
 def orth(x: Any) -> Any:
@@ -312,29 +351,58 @@ def copy(x: Any) -> Any:
 
 
 def sandwich(W: Any, op: Any, V: Any) -> Any:
-    """``W^H (op @ V)`` for tall ``W``, ``V``, applying ``op`` to a few columns of ``V`` at a time.
+    """``W^H (op @ V)`` for tall ``W``, ``V``, without a tall temporary and without copies of V.
 
-    The product ``op @ V`` is as tall as ``V``; formed whole, it (and, for a SciPy sparse
-    ``op``, a C-ordered copy of a Fortran-ordered ``V``) would be alive next to the step's
-    bases. In column blocks the temporaries stay within the block budget.
+    For a real SciPy CSR (or CSC) operator on tall NumPy arrays the product is accumulated
+    block by block of rows, ``W[b]^H (op[b, :] @ V)``: the operator reads the whole row-major
+    ``V`` (no copy of column slices) and only a block of the product exists at a time. A CSC
+    operator is the transpose of a CSR one, ``W^H C^T V = (V^H C W)^H`` for real ``C``. Any
+    other operator is applied once to the whole of ``V`` (one transient tall array).
     """
-    rows, cols = int(V.shape[0]), int(V.shape[1])
-    step = _column_step(V, rows, cols)
-    Wh = adjoint(W)
-    if step >= cols:
-        return Wh @ (op @ V)
-    xp = array_namespace(W, V)
-    parts = [Wh @ (op @ V[:, j : min(j + step, cols)]) for j in range(0, cols, step)]
-    return xp.concat(parts, axis=1)
+    if type(V) is np.ndarray and type(W) is np.ndarray and V.ndim == 2:
+        fmt = getattr(op, "format", None) if _returns_fresh(op) else None
+        real = fmt in ("csr", "csc") and not np.iscomplexobj(op.dtype.type(0))
+        blocks = row_blocks(V)
+        if real and len(blocks) > 1:
+            if fmt == "csr":
+                return _sandwich_csr_rows(W, op, V)
+            return adjoint(_sandwich_csr_rows(V, op.T, W))
+    return _inner(W, op @ V)
+
+
+def _sandwich_csr_rows(W: np.ndarray, csr: Any, V: np.ndarray) -> np.ndarray:
+    out = None
+    for b in row_blocks(V):
+        part = _inner(W[b, :], csr[b.start : b.stop] @ V)
+        out = part if out is None else out + part
+    return out
+
+
+def _inner(a: Any, b: Any) -> Any:
+    """``a^H b`` for tall ``a`` and ``b`` without a conjugated copy of ``a`` (NumPy)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray and np.iscomplexobj(a):
+        from ._qr import _inner as inner
+
+        return inner(a, b)
+    return adjoint(a) @ b
 
 
 def apply_to_product(op: Any, X: Any, W: Any) -> Any:
-    """``op @ (X @ W)`` for tall ``X`` and small ``W``, a few columns of ``W`` at a time.
+    """``op @ (X @ W)`` for tall ``X`` and small ``W``, holding one tall array.
 
-    Only the result is a tall array; ``X @ W`` and the operator's internal copies exist one
-    column block at a time.
+    For a square ``W`` (the usual case: a rank-r state and r directions) this is
+    ``(op @ X) @ W`` with the second product done in place block by block of rows: one
+    operator pass over the whole row-major ``X`` and one tall allocation, the result.
+    Otherwise ``X @ W`` is formed a few columns at a time (contiguous blocks, so that a sparse
+    operator needs no copy of its input) and ``op`` applied to each.
     """
     rows, cols = int(X.shape[0]), int(W.shape[1])
+    square = int(W.shape[0]) == cols and X.dtype == W.dtype
+    if square and allows_inplace(X) and _returns_fresh(op):
+        out = op @ X
+        for b in row_blocks(out):
+            out[b, :] = out[b, :] @ W
+        return out
     step = _column_step(X, rows, cols)
     if step >= cols:
         return op @ (X @ W)
@@ -347,6 +415,14 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
         b = slice(j, min(j + step, cols))
         out[:, b] = op @ (X @ W[:, b])
     return out
+
+
+def _returns_fresh(op: Any) -> bool:
+    """Whether ``op @ X`` is a new array (arrays and SciPy/CuPy sparse matrices)."""
+    if is_array_api_obj(op):
+        return True
+    module = type(op).__module__
+    return module.startswith(("scipy.sparse._", "cupyx.scipy.sparse")) and hasattr(op, "nnz")
 
 
 def _column_step(x: Any, rows: int, cols: int) -> int:

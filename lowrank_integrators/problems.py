@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _backend as bk
+from . import _fused
 from ._checks import check_product, check_same_library
 from .factors import LowRankMatrix
 
@@ -230,9 +231,11 @@ class SylvesterODE(MatrixODE):
     def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
         self._check(Y)
         Uy, Sy, Vy = Y
+        # the sandwich's transient tall product is released before the result is allocated
+        Bv = Sy @ bk.sandwich(Vy, self.B_T, V) if self.B is not None else None
         out = bk.apply_to_product(self.A, Uy, Sy @ (bk.adjoint(Vy) @ V))
-        if self.B is not None:
-            bk.add_product(out, Uy, Sy @ bk.sandwich(Vy, self.B_T, V))
+        if Bv is not None:
+            bk.add_product(out, Uy, Bv)
         if self.C is not None:
             self._source(right=V)(out)
         return out
@@ -241,11 +244,13 @@ class SylvesterODE(MatrixODE):
         self._check(Y)
         Uy, Sy, Vy = Y
         Sh = bk.adjoint(Sy)
+        # the sandwich's transient tall product is released before the result is allocated
+        Au = Sh @ bk.sandwich(Uy, self.A_H, U)
         if self.B is not None:
             out = bk.apply_to_product(self.B_conj, Vy, Sh @ (bk.adjoint(Uy) @ U))
-            bk.add_product(out, Vy, Sh @ bk.sandwich(Uy, self.A_H, U))
+            bk.add_product(out, Vy, Au)
         else:
-            out = Vy @ (Sh @ bk.sandwich(Uy, self.A_H, U))
+            out = Vy @ Au
         if self.C is not None:
             self._source(left=U)(out)
         return out
@@ -267,6 +272,9 @@ class SylvesterODE(MatrixODE):
     # of the whole step.
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
+        stage = self._fused_stage(self.A, Bv, right=V)
+        if stage is not None:
+            return lambda t, K: stage(K)
         add_source = self._source(right=V)
         # Arrays and sparse matrices return a fresh product, which the sums below may update
         # in place; a general operator (an identity LinearOperator returns K itself) may not.
@@ -286,6 +294,9 @@ class SylvesterODE(MatrixODE):
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
         AhU = bk.sandwich(U, self.A_H, U)
+        stage = self._fused_stage(self.B_conj, AhU, left=U) if self.B is not None else None
+        if stage is not None:
+            return lambda t, L: stage(L)
         add_source = self._source(left=U)
         fresh = self.B is not None and _returns_fresh(self.B)
 
@@ -302,6 +313,26 @@ class SylvesterODE(MatrixODE):
             return out
 
         return field
+
+    def _fused_stage(self, op: Any, M: Any, right: Any = None, left: Any = None) -> Any:
+        """A one-pass stage ``X -> op X + X M + source`` for CSR operators, else ``None``.
+
+        Used when ``op`` is a SciPy CSR matrix, the factors are NumPy arrays and the source is
+        absent or of low rank (see :mod:`lowrank_integrators._fused`).
+        """
+        basis = right if right is not None else left
+        if self.C is not None and not isinstance(self.C, LowRankMatrix):
+            return None
+        if not _fused.supports(op, basis):
+            return None
+        U = coef = None
+        if self.C is not None:
+            Uc, Sc, Vc = self.C
+            if right is not None:
+                U, coef = Uc, Sc @ (bk.adjoint(Vc) @ right)
+            else:
+                U, coef = Vc, bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
+        return _fused.CSRStage(op, M, U, coef)
 
     def _source(self, right: Any = None, left: Any = None) -> Callable[[Any], Any] | None:
         """A function adding ``C V`` (or ``C^H U``) of a substep into a stage in place.

@@ -266,7 +266,26 @@ class TensorSylvesterODE(TensorODE):
     #   mode i:  K' = A_i K + K D_i + E_i,  D_i = sum_{k != i} Mat_i(Ten_i(Q^H) x_k B_k) Q,
     #   core:    C' = sum_k C x_k B_k + C_c,
     # with B_k = U_k^H A_k U_k; Mat_i(Ten_i(Q^H)) Q = Q^H Q = I removes the core of the i-term.
-    def mode_field(self, bases: Sequence[Any], Q: Any, mode: int) -> Callable[[float, Any], Any]:
+    def projected_operators(self, bases: Sequence[Any]) -> list[Any]:
+        """``[U_k^H A_k U_k for each mode k]`` (``None`` where ``A_k`` is ``None``).
+
+        One step of a Tucker integrator needs these for the old bases (every mode field) and
+        for the new ones (the core field): formed here once per set of bases and handed to
+        :meth:`mode_field` and :meth:`core_field` as ``projected=``, that is ``2d`` operator
+        products per step instead of ``d (d - 1) + d``.
+        """
+        bases = list(bases)
+        if len(bases) != len(self.operators):
+            raise ValueError(f"expected {len(self.operators)} bases, got {len(bases)}")
+        return [
+            None if A is None else self._projected_operator(k, bases[k])
+            for k, A in enumerate(self.operators)
+        ]
+
+    def mode_field(
+        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
+    ) -> Callable[[float, Any], Any]:
+        """The mode-i K-step field; ``projected``: :meth:`projected_operators` of ``bases``."""
         bases = list(bases)
         d = len(bases)
         ranks = [int(B.shape[1]) for B in bases]
@@ -277,7 +296,9 @@ class TensorSylvesterODE(TensorODE):
             if A is None or k == mode:
                 continue
             mats: list[Any] = [None] * d
-            mats[k] = self._projected_operator(k, bases[k])
+            mats[k] = (
+                projected[k] if projected is not None else self._projected_operator(k, bases[k])
+            )
             term = unfold(multi_mode_product(G, mats), mode) @ Q
             D = term if D is None else D + term
         E = None
@@ -296,13 +317,13 @@ class TensorSylvesterODE(TensorODE):
 
         return field
 
-    def core_field(self, bases: Sequence[Any]) -> Callable[[float, Any], Any]:
+    def core_field(
+        self, bases: Sequence[Any], projected: Sequence[Any] | None = None
+    ) -> Callable[[float, Any], Any]:
+        """The Galerkin core field; ``projected``: :meth:`projected_operators` of ``bases``."""
         bases = list(bases)
         d = len(bases)
-        B = [
-            None if A is None else self._projected_operator(k, bases[k])
-            for k, A in enumerate(self.operators)
-        ]
+        B = list(projected) if projected is not None else self.projected_operators(bases)
         Cp = None
         if self.C is not None:
             Gc, Uc = self.C

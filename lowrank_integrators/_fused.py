@@ -1,0 +1,164 @@
+r"""One-pass stage evaluations of Sylvester fields with CSR operators.
+
+A K-stage of ``F = A Y + Y B^T + C`` (``C`` of low rank) evaluates
+
+``out = A K + K Bv + Uc coef``
+
+with ``Bv = V^H B^T V`` and ``coef = Sc Vc^H V`` fixed over the substep (the L-stage has the
+same form). Written as three operations, ``out`` goes through memory three times. Here the
+rows of ``out`` are processed block by block: the thin product ``K[b] Bv`` is written by BLAS
+into a cache-sized block of ``out``, and the sparse rows of ``A`` and the source are added to
+that block while it is still in cache, so that ``out`` is written once.
+
+The sparse rows and the source are added by one loop compiled with numba (the optional extra
+``fast``). Without numba, :func:`supports` answers False and the fields use their NumPy path
+(operator product, then the thin terms added block by block); both give the same result to
+round-off. numba is imported only when a field with a CSR operator is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+
+__all__ = ["CSRStage", "numba_available", "supports"]
+
+_KERNEL: Any = None
+_NUMBA: bool | None = None
+#: Set to False to use the NumPy path of the fields even where numba is installed.
+use_numba = True
+
+
+def numba_available() -> bool:
+    """Whether numba can be imported (checked once)."""
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            _NUMBA = False
+        else:
+            _NUMBA = True
+    return _NUMBA
+
+
+def supports(op: Any, like: Any) -> bool:
+    """Whether stages with operator ``op`` on arrays like ``like`` can be fused here.
+
+    ``op`` must be a SciPy CSR matrix or array and ``like`` a NumPy array whose dtype holds
+    the products (a real operator with complex factors is fine), and numba must be importable
+    (and :data:`use_numba` true).
+    """
+    if not (use_numba and numba_available()):
+        return False
+    if type(like) is not np.ndarray or like.ndim != 2:
+        return False
+    if not type(op).__module__.startswith("scipy.sparse._"):
+        return False
+    if getattr(op, "format", None) != "csr" or not hasattr(op, "indptr"):
+        return False
+    return np.can_cast(op.dtype, like.dtype, casting="safe")
+
+
+class CSRStage:
+    """``X -> A X + X M + U coef`` in one pass over ``X``'s rows (numba).
+
+    Parameters
+    ----------
+    A : scipy.sparse CSR matrix, shape (n, n)
+    M : array, shape (k, k), optional
+        Right factor of the thin term ``X M`` (``None``: no such term).
+    U : array, shape (n, q), optional
+        Tall factor of the source ``U coef``.
+    coef : array, shape (q, k), optional
+        Small factor of the source.
+    """
+
+    def __init__(self, A: Any, M: Any = None, U: Any = None, coef: Any = None) -> None:
+        self.A = A
+        self.M = M
+        self.U = U
+        self.coef = coef
+        self._converted: Any = None
+        small = [a for a in (M, coef, U) if a is not None]
+        self._compile(np.result_type(A.dtype, *small))
+
+    def _compile(self, dtype: Any) -> None:
+        """Compile the kernel for ``dtype`` now (on empty arrays), not inside a stage."""
+        empty = np.zeros((0, 1), dtype)
+        index = np.zeros(1, self.A.indptr.dtype)
+        _kernel()(
+            index,
+            np.zeros(0, self.A.indices.dtype),
+            np.zeros(0, dtype),
+            empty,
+            empty,
+            empty,
+            np.zeros((1, 1), dtype),
+            0,
+            0,
+            True,
+        )
+
+    def __call__(self, X: Any) -> Any:
+        """``A X + X M + U coef`` as a new C-ordered array."""
+        X = np.ascontiguousarray(X)
+        small = [a for a in (self.M, self.coef) if a is not None]
+        dtype = np.result_type(X, self.A.dtype, *small)
+        X = X.astype(dtype, copy=False)
+        out = np.empty(X.shape, dtype=dtype)
+        M = None if self.M is None else np.asarray(self.M, dtype=dtype)
+        if self.U is None:
+            U = np.zeros((X.shape[0], 0), dtype)
+            coef = np.zeros((0, X.shape[1]), dtype)
+        else:
+            U = np.ascontiguousarray(self.U, dtype=dtype)
+            coef = np.ascontiguousarray(self.coef, dtype=dtype)
+        kernel = _kernel()
+        data = self._data(dtype)
+        indptr, indices = self.A.indptr, self.A.indices
+        for b in bk.row_blocks(out):
+            # the BLAS block of X M is still in cache when the sparse rows are added to it
+            if M is not None:
+                np.matmul(X[b], M, out=out[b])
+            kernel(indptr, indices, data, X, out, U, coef, b.start, b.stop, M is not None)
+        return out
+
+    def _data(self, dtype: Any) -> Any:
+        """The operator's values in ``dtype`` (converted once, not per stage)."""
+        if self.A.data.dtype == dtype:
+            return self.A.data
+        if self._converted is None or self._converted.dtype != dtype:
+            self._converted = self.A.data.astype(dtype)
+        return self._converted
+
+
+def _kernel() -> Any:
+    """The compiled row loop (built on first use)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def rows_add(indptr, indices, data, X, out, U, coef, lo, hi, accumulate):
+            k = X.shape[1]
+            q = U.shape[1]
+            for i in range(lo, hi):
+                if not accumulate:
+                    for c in range(k):
+                        out[i, c] = 0
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    a = data[p]
+                    for c in range(k):
+                        out[i, c] += a * X[j, c]
+                for s in range(q):
+                    u = U[i, s]
+                    for c in range(k):
+                        out[i, c] += u * coef[s, c]
+
+        _KERNEL = rows_add
+    return _KERNEL

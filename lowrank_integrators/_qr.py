@@ -1,0 +1,471 @@
+r"""Fast and robust thin QR of tall matrices, and extension of an orthonormal basis.
+
+The bases of the integrators are tall (``n x r`` with ``n`` up to ~1e6 and ``r`` of a few
+tens). Householder QR (LAPACK ``geqrf``) runs such shapes at a fraction of the machine's
+GEMM rate and needs a Fortran-ordered copy. Cholesky QR uses only a Gram matrix, a small
+Cholesky factorisation and one product per pass, all at GEMM speed on the row-major array:
+
+* **CholeskyQR2** (Fukaya, Nakatsukasa, Yanagisawa, Yamamoto 2014, "CholeskyQR2: a simple and
+  communication-avoiding algorithm for computing a tall-skinny QR factorization on a
+  large-scale parallel system"; Yamamoto, Nakatsukasa, Yanagisawa, Fukaya 2015, ETNA 44):
+  ``G = X^H X = R1^H R1``, ``Q1 = X R1^{-1}``, and the same once more on ``Q1``. Orthonormal to
+  working precision when ``kappa(X)`` is below about ``u^{-1/2}``.
+* **shifted CholeskyQR3** (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa 2020, SIAM J.
+  Sci. Comput. 42(1), A477-A503, arXiv:1809.11085): the first pass factors
+  ``G + s I`` with ``s = 11 (m k + k (k + 1)) u ||X||_F^2``, which cannot break down and leaves
+  ``Q1`` with a condition number small enough for CholeskyQR2; good for ``kappa(X)`` up to
+  about ``u^{-1}``.
+* **Householder** (TSQR over row blocks for NumPy, the library's QR elsewhere) when even the
+  shifted pass cannot help: ``X`` (numerically) rank-deficient, zero, or not tall.
+
+The choice is made by cheap tests on the ``k x k`` Gram matrices: a Cholesky breakdown, and a
+condition estimate from the Gram diagonal against the Cholesky pivots,
+``max_i G_ii / min_i R_ii^2`` (a lower bound of ``kappa(X)^2``). Every pass after the first
+starts by checking ``||Q^H Q - I||_F <= 1/2``: once that holds, one more pass makes ``Q``
+orthonormal to working precision whatever the history, so no result is returned unchecked.
+The columns of ``Q`` are normalised so that the diagonal entries ``Q_jj`` of its leading
+block are real and non-positive (as LAPACK's Householder QR makes ``Q_11``): ``Q`` then does not
+depend on the signs (phases) of the columns of the input, every path returns the same ``Q`` and
+``R`` for a matrix of full rank, and a basis computed from sign-flipped data is the same basis.
+
+:func:`extend_basis` completes an orthonormal ``U0`` by directions that span the part of
+``X`` outside ``span(U0)`` (block classical Gram-Schmidt twice, the robust QR above, and one
+reorthogonalisation with a symmetric orthonormalisation of the result), filling
+rank-deficient remainders with seeded random directions: ``[U0, Q]`` is orthonormal for any
+``X`` and ``[U0, Q]^H U0 = [I; 0]`` holds without a product.
+
+Nothing here makes Fortran-ordered copies of a tall array: on NumPy the Gram matrices come
+from BLAS ``syrk``/``herk`` on the row-major array, and the products ``X R^{-1}`` are formed in
+place block by block of rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+
+__all__ = ["extend_basis", "tall_qr", "tall_qr_project"]
+
+#: Largest estimated ``kappa(X)^2 u`` for which an unshifted Cholesky pass is attempted.
+_MAX_KAPPA2_U = 1e-2
+#: A pass whose input has ``||Q^H Q - I||_F`` at most this is the last one.
+_NEAR_ORTHONORMAL = 0.5
+#: Cholesky passes tried before Householder is used instead.
+_MAX_PASSES = 4
+#: Seed of the random directions that fill a rank-deficient basis extension.
+_FILL_SEED = 0x5EED
+
+
+def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
+    """Thin QR ``x = Q R`` of a 2-D array, CholeskyQR2 with robust fallbacks.
+
+    Parameters
+    ----------
+    x : array, shape (m, k)
+        Any array of the array API; not modified unless ``overwrite_x``.
+    overwrite_x : bool, default False
+        Whether ``x`` (an array the caller owns and no longer needs) may be overwritten by
+        ``Q``: on NumPy this saves one tall array. Should the Cholesky passes then fail, the
+        Householder fallback factors the partially orthogonalised array ``x R_1^{-1}`` and
+        returns the product of the triangular factors.
+
+    Returns
+    -------
+    Q : array, shape (m, min(m, k))
+        Orthonormal columns (row-major for NumPy).
+    R : array, shape (min(m, k), k)
+        Upper triangular. ``Q_jj`` is real and <= 0 for every column ``j`` of ``Q``.
+    """
+    q, r, _, _ = _factor(x, None, overwrite=overwrite_x)
+    return q, r
+
+
+def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
+    """Thin QR ``x = Q R`` as :func:`tall_qr`, and ``M = Q^H w`` formed in the last pass.
+
+    On NumPy, ``M`` is accumulated block by block of rows while each block of ``Q`` is still in
+    cache from its final product: ``Q`` is not read a second time.
+
+    Parameters
+    ----------
+    x : array, shape (m, k)
+        The matrix to factor.
+    w : array, shape (m, p)
+        A second tall array of the same namespace (typically the previous basis ``U0``).
+
+    Returns
+    -------
+    Q, R : arrays
+        As for :func:`tall_qr`.
+    M : array, shape (min(m, k), p)
+        ``Q^H w``.
+    """
+    if len(w.shape) != 2 or int(w.shape[0]) != int(x.shape[0]):
+        raise ValueError(
+            f"w must be a 2-D array with {int(x.shape[0])} rows (those of x), got shape "
+            f"{tuple(w.shape)}"
+        )
+    q, r, m, _ = _factor(x, w)
+    return q, r, m
+
+
+def extend_basis(U0: Any, X: Any) -> Any:
+    """New orthonormal columns ``Q`` such that ``[U0, Q]`` is orthonormal and spans ``X``.
+
+    Parameters
+    ----------
+    U0 : array, shape (m, r)
+        Orthonormal columns (to working precision).
+    X : array, shape (m, k)
+        Directions to add; may be rank-deficient, inside ``span(U0)`` or zero.
+
+    Returns
+    -------
+    Q : array, shape (m, min(k, m - r))
+        Orthonormal, orthogonal to ``U0`` to working precision, and
+        ``span(X) ⊂ span([U0, Q])`` up to components of ``X`` of the size of its rounding
+        errors. Where the part of ``X`` outside ``span(U0)`` has rank below ``min(k, m - r)``,
+        the remaining columns are orthonormal directions drawn from a seeded generator
+        (deterministic). Hence ``[U0, Q]^H U0 = [I; 0]``.
+    """
+    if len(U0.shape) != 2 or len(X.shape) != 2:
+        raise ValueError(
+            f"U0 and X must be 2-D arrays, got shapes {tuple(U0.shape)} and {tuple(X.shape)}"
+        )
+    m, r = int(U0.shape[0]), int(U0.shape[1])
+    if int(X.shape[0]) != m:
+        raise ValueError(f"X must have {m} rows (those of U0), got shape {tuple(X.shape)}")
+    xp = bk.namespace(U0, X)
+    want = max(0, min(int(X.shape[1]), m - r))
+    basis = [U0]
+    found: list[Any] = []
+    have = 0
+    candidate = X
+    for attempt in range(_MAX_PASSES + 2):
+        if have >= want:
+            break
+        if attempt > 0:
+            candidate = _random_like(U0, want - have, attempt)
+        Z = _project_out(basis, _project_out(basis, candidate, copy=True), copy=False)
+        Q = _factor(Z, None)[0]
+        Q = _project_out(basis, Q, copy=False)
+        new = _orthonormal_directions(Q, want - have)
+        if int(new.shape[1]) > 0:
+            found.append(new)
+            basis.append(new)
+            have += int(new.shape[1])
+    if have < want:  # pragma: no cover - random directions fail only with probability 0
+        raise np.linalg.LinAlgError("could not extend the basis by random directions")
+    if not found:
+        return xp.zeros((m, 0), dtype=X.dtype, device=bk.device(X))
+    if len(found) == 1:
+        return found[0]
+    return xp.concat(found, axis=1)
+
+
+# --- the Cholesky QR driver --------------------------------------------------------------------
+
+
+def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any, Any, str]:
+    """``(Q, R, Q^H w or None, name of the method that produced them)``."""
+    if len(x.shape) != 2:
+        raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
+    m, k = int(x.shape[0]), int(x.shape[1])
+    if k == 0 or m < k:
+        return _householder(x, w)
+    xp = bk.namespace(x)
+    eps = float(xp.finfo(x.dtype).eps)
+    Q = x
+    R = None
+    shifted = False
+    G = _gram(Q)
+    for passes in range(_MAX_PASSES):
+        last = passes > 0 and _distance_to_identity(G) <= _NEAR_ORTHONORMAL
+        Ri = _cholesky_upper(G)
+        shift = 0.0
+        if not last and (Ri is None or _kappa2(G, Ri) * eps > _MAX_KAPPA2_U):
+            if passes > 0:
+                if Q is not x:
+                    Q = None  # not alive next to the fallback's own result
+                return _householder_after(x, Q, R, w)
+            # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
+            trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))
+            shift = 11.0 * (m * k + k * (k + 1)) * eps * trace
+            usable = np.isfinite(shift) and shift > 0
+            Ri = _cholesky_upper(G + shift * bk.eye_like(G, k)) if usable else None
+            if Ri is None:
+                return _householder(x, w)
+        Ri_inv = _inverse_upper(Ri)
+        if last:  # the sign normalisation, folded into the last product
+            d = _canonical_phases(_diagonal(Q[:k, :] @ Ri_inv))
+            Ri_inv = Ri_inv * d[None, :]
+            Ri = _conj(d)[:, None] * Ri
+        owned = passes > 0 or (overwrite and _is_numpy(x) and x.flags.c_contiguous)
+        Q, M = _times_inverse(Q, Ri_inv, owned=owned, w=w if last else None)
+        R = Ri if R is None else Ri @ R
+        shifted = shifted or shift > 0
+        if last:
+            name = "shifted CholeskyQR" if shifted else "CholeskyQR"
+            return Q, R, M, f"{name}{passes + 1}"
+        G = _gram(Q)
+    if Q is not x:
+        Q = None
+    return _householder_after(x, Q, R, w)
+
+
+def _householder_after(x: Any, Q: Any, R: Any, w: Any | None) -> tuple[Any, Any, Any, str]:
+    """The Householder fallback after Cholesky passes ``x = Q R`` (``x`` itself if intact)."""
+    if Q is not x:
+        return _householder(x, w)
+    Qh, Rh, M, name = _householder(Q, w, owned=True)
+    return Qh, Rh @ R, M, name
+
+
+def _distance_to_identity(G: Any) -> float:
+    g = bk.to_host(G)
+    if not np.all(np.isfinite(g)):
+        return np.inf
+    return float(np.linalg.norm(g - np.eye(g.shape[0])))
+
+
+def _kappa2(G: Any, R: Any) -> float:
+    """``max_i G_ii / R_ii^2``: a cheap, column-scaling invariant estimate of ``kappa(X)^2``.
+
+    ``R_ii^2`` is the squared norm of column ``i`` of ``X`` outside the span of the columns
+    before it, ``G_ii`` its squared norm: a large ratio means a nearly dependent column.
+    Cholesky factorisation, and with it Cholesky QR, is insensitive to a scaling of the
+    columns, so the estimate is taken for the columns scaled to unit norm.
+    """
+    d = np.real(bk.to_host(_diagonal(G)))
+    p = np.abs(bk.to_host(_diagonal(R))) ** 2
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(p))) or np.min(p) <= 0:
+        return np.inf
+    return float(np.max(d / p))
+
+
+def _diagonal(a: Any) -> Any:
+    if isinstance(a, np.ndarray):
+        return np.diagonal(a)
+    return bk.namespace(a).linalg.diagonal(a)
+
+
+# --- kernels: NumPy through BLAS/LAPACK without tall copies; other libraries through the API --
+
+
+def _is_numpy(x: Any) -> bool:
+    return type(x) is np.ndarray
+
+
+def _gram(x: Any) -> Any:
+    """``x^H x`` (Hermitian, both triangles filled)."""
+    if _is_numpy(x) and x.ndim == 2:
+        if not np.iscomplexobj(x):
+            return x.T @ x  # NumPy calls syrk for a product with its own transpose
+        from scipy.linalg import blas
+
+        herk = blas.get_blas_funcs("herk", (x,))
+        # x.T is Fortran-ordered: herk(x.T) = x^T conj(x) = conj(x^H x), upper triangle.
+        c = herk(1.0, x.T if x.flags.c_contiguous else np.ascontiguousarray(x).T, lower=0)
+        upper = np.triu(np.conj(c))
+        return upper + np.conj(np.triu(upper, 1)).T
+    return bk.adjoint(x) @ x
+
+
+def _inner(a: Any, b: Any) -> Any:
+    """``a^H b`` for tall ``a``, ``b`` (no conjugated copy of ``a`` for NumPy)."""
+    if _is_numpy(a) and _is_numpy(b) and np.iscomplexobj(a):
+        from scipy.linalg import blas
+
+        dtype = np.result_type(a, b)
+        gemm = blas.get_blas_funcs("gemm", (np.empty(0, dtype),))
+        at = np.ascontiguousarray(a, dtype=dtype).T
+        bt = np.ascontiguousarray(b, dtype=dtype).T
+        # gemm(a^T, conj(b^T)^T) = a^T conj(b) = conj(a^H b)
+        return np.conj(gemm(1.0, at, bt, trans_b=2))
+    return bk.adjoint(a) @ b
+
+
+def _cholesky_upper(G: Any) -> Any | None:
+    """Upper ``R`` with ``G = R^H R``, or ``None`` on breakdown or non-finite pivots."""
+    if _is_numpy(G):
+        from scipy.linalg import lapack
+
+        potrf = lapack.get_lapack_funcs("potrf", (G,))
+        c, info = potrf(G, lower=0, clean=1, overwrite_a=0)
+        if info != 0 or not np.all(np.isfinite(np.diagonal(c))):
+            return None
+        return c
+    xp = bk.namespace(G)
+    try:
+        L = xp.linalg.cholesky(G)
+    except Exception as exc:  # each library raises its own error type
+        if bk.is_linalg_error(exc):
+            return None
+        raise
+    if not np.all(np.isfinite(bk.to_host(_diagonal(L)))):
+        return None
+    return bk.adjoint(L)
+
+
+def _inverse_upper(R: Any) -> Any:
+    if _is_numpy(R):
+        from scipy.linalg import lapack
+
+        trtri = lapack.get_lapack_funcs("trtri", (R,))
+        inv, info = trtri(R, lower=0)
+        if info == 0:
+            return np.triu(inv)
+    return bk.namespace(R).linalg.inv(R)
+
+
+def _times_inverse(Q: Any, Ri_inv: Any, *, owned: bool, w: Any | None) -> tuple[Any, Any]:
+    """``Q R^{-1}`` (in place when ``Q`` is owned, on NumPy) and, if asked, ``(Q R^{-1})^H w``.
+
+    A GEMM with the small inverse runs several times faster than a triangular solve with
+    many right-hand sides and is as accurate here: the last pass starts from a nearly
+    orthonormal ``Q``, whose triangular factor is close to the identity.
+    """
+    if not _is_numpy(Q) or not _is_numpy(Ri_inv):
+        out = Q @ Ri_inv
+        return out, (None if w is None else _inner(out, w))
+    m, k = Q.shape
+    cols = int(Ri_inv.shape[1])
+    owned = owned and cols == k
+    out = Q if owned else np.empty((m, cols), dtype=np.result_type(Q, Ri_inv))
+    Ri_inv = np.asarray(Ri_inv, dtype=out.dtype)
+    M = None
+    if w is not None:
+        M = np.zeros((cols, int(w.shape[1])), dtype=np.result_type(out, w))
+    for b in bk.row_blocks(Q if k >= cols else out):
+        if owned:
+            out[b] = Q[b] @ Ri_inv
+        else:
+            np.matmul(Q[b], Ri_inv, out=out[b])
+        if M is not None:
+            M += _inner(out[b], w[b])
+    return out, M
+
+
+def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, Any, str]:
+    """Householder QR (TSQR over row blocks for NumPy), normalised to ``diag(R) >= 0``.
+
+    On NumPy an ``owned`` ``x`` is overwritten by ``Q``.
+    """
+    if _is_numpy(x):
+        Q, R = _tsqr(x, owned=owned)
+    else:
+        xp = bk.namespace(x)
+        Q, R = xp.linalg.qr(x, mode="reduced")
+    d = _canonical_phases(_diagonal(Q))
+    if _is_numpy(Q) and Q.flags.writeable:
+        Q *= d[None, :]  # Q is the factorisation's own array
+    else:
+        Q = Q * d[None, :]
+    R = _conj(d)[:, None] * R
+    return Q, R, (None if w is None else _inner(Q, w)), "Householder"
+
+
+def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Thin QR by TSQR (Demmel, Grigori, Hoemmen, Langou 2012, arXiv:0808.2664), one level.
+
+    Each block of rows is factored by LAPACK (a small copy), the stacked triangular factors
+    once more, and the block ``Q`` factors are then multiplied in place by their part of the
+    small ``Q``. Unconditionally stable, also for rank-deficient ``x``. An ``owned``
+    C-ordered ``x`` is overwritten by ``Q``.
+    """
+    m, k = x.shape
+    blocks = bk.row_blocks(x)
+    if m <= 2 * max(k, 1) or len(blocks) == 1:
+        q, r = np.linalg.qr(x, mode="reduced")
+        return np.ascontiguousarray(q), r
+    rows = max(2 * k, blocks[0].stop - blocks[0].start)
+    starts = list(range(0, m, rows))
+    if m - starts[-1] < k:  # keep every block at least k rows tall
+        starts.pop()
+    bounds = [*starts, m]
+    out = x if owned and x.flags.c_contiguous else np.empty((m, k), dtype=x.dtype)
+    rs = []
+    for lo, hi in itertools.pairwise(bounds):
+        q, r = np.linalg.qr(x[lo:hi], mode="reduced")
+        out[lo:hi] = q
+        rs.append(r)
+    q_small, R = np.linalg.qr(np.concatenate(rs, axis=0), mode="reduced")
+    for j, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        out[lo:hi] = out[lo:hi] @ q_small[j * k : (j + 1) * k]
+    return out, R
+
+
+def _canonical_phases(diag: Any) -> Any:
+    """Unit factors ``d`` with ``diag * d`` real and <= 0 (1 where ``diag`` is 0)."""
+    xp = bk.namespace(diag)
+    mag = xp.abs(diag)
+    one = xp.ones_like(mag)
+    if xp.isdtype(diag.dtype, "complex floating"):
+        safe = xp.astype(xp.where(mag > 0, mag, one), diag.dtype)
+        return xp.where(mag > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
+    return xp.where(diag > 0, -one, one)
+
+
+def _conj(d: Any) -> Any:
+    xp = bk.namespace(d)
+    return xp.conj(d) if xp.isdtype(d.dtype, "complex floating") else d
+
+
+# --- basis extension helpers -------------------------------------------------------------------
+
+
+def _project_out(basis: list[Any], X: Any, *, copy: bool) -> Any:
+    """``X - sum_j B_j (B_j^H X)`` for orthonormal blocks ``B_j`` (in place on own NumPy arrays)."""
+    if _is_numpy(X):
+        out = np.array(X, order="C", copy=True) if copy else X
+        for B in basis:
+            if B.shape[1] == 0:
+                continue
+            C = _inner(B, out)
+            for b in bk.row_blocks(out):
+                out[b] -= B[b] @ C
+        return out
+    for B in basis:
+        if int(B.shape[1]) > 0:
+            X = X - B @ _inner(B, X)
+    return X
+
+
+def _orthonormal_directions(Q: Any, limit: int) -> Any:
+    """The at most ``limit`` directions of ``span(Q)`` with Gram eigenvalue >= 1/2, orthonormal.
+
+    ``Q`` is orthonormal up to its projection onto an orthonormal basis: a column that lay
+    mostly in that basis (a rounding-error direction of a rank-deficient input) has lost most
+    of its norm and is dropped. The kept directions ``Q V diag(lambda)^{-1/2}`` are orthonormal
+    to working precision (symmetric orthonormalisation of a well-conditioned ``Q``).
+    """
+    xp = bk.namespace(Q)
+    G = bk.to_host(_gram(Q))
+    if G.size == 0:
+        return Q[:, :0]
+    lam, V = np.linalg.eigh(G)
+    order = np.argsort(lam)[::-1]
+    lam, V = lam[order], V[:, order]
+    keep = int(min(limit, np.count_nonzero(lam >= _NEAR_ORTHONORMAL)))
+    if keep == 0:
+        return Q[:, :0]
+    W = (V[:, :keep] / np.sqrt(lam[:keep])[None, :]).astype(G.dtype, copy=False)
+    if not _is_numpy(Q):
+        W = xp.asarray(W, device=bk.device(Q))
+    return _times_inverse(Q, W, owned=False, w=None)[0]
+
+
+def _random_like(U0: Any, k: int, attempt: int) -> Any:
+    """``k`` seeded Gaussian columns with the rows, dtype and device of ``U0``."""
+    xp = bk.namespace(U0)
+    rng = np.random.default_rng([_FILL_SEED, attempt])
+    m = int(U0.shape[0])
+    Z = rng.standard_normal((m, k))
+    if xp.isdtype(U0.dtype, "complex floating"):
+        Z = Z + 1j * rng.standard_normal((m, k))
+    Z = Z.astype(bk.to_host(U0[:1, :1]).dtype)
+    return Z if _is_numpy(U0) else xp.asarray(Z, device=bk.device(U0))

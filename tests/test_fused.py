@@ -1,0 +1,173 @@
+"""Stage evaluations of Sylvester fields: the fused numba path equals the NumPy path.
+
+Specification: for CSR operators the K- and L-fields of :class:`SylvesterODE` give the same
+stage values to round-off whether the one-pass numba kernel (extra ``fast``) or the NumPy path
+(operator product, then thin terms added block by block) is used, for real, complex and
+single-precision factors; without numba the NumPy path is taken. The row-blocked operator
+products of the backend equal plain products, and the in-place capability is a property of
+the array library.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import lowrank_integrators as lri
+from lowrank_integrators import _backend as bk
+from lowrank_integrators import _fused
+
+needs_numba = pytest.mark.skipif(not _fused.numba_available(), reason="numba not installed")
+
+CASES = {
+    "float64": (np.float64, 1e-13),
+    "complex128": (np.complex128, 1e-13),
+    "float32": (np.float32, 1e-5),
+}
+
+
+def sylvester(rng, n, dtype, with_b=True, source=True):
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+    A = sp.diags(
+        [rng.standard_normal(n - 1), rng.standard_normal(n), rng.standard_normal(n - 2)],
+        [-1, 0, 2],
+        format="csr",
+    )
+    if complex_:
+        A = (A * (1 + 0.5j)).tocsr()
+    A = A.astype(dtype)
+    B = sp.diags([np.ones(n - 1), -2 * np.ones(n)], [1, 0], format="csr").astype(dtype)
+    C = None
+    if source:
+        Uc = np.linalg.qr(rng.standard_normal((n, 3)))[0].astype(dtype)
+        C = lri.LowRankMatrix(Uc, rng.standard_normal((3, 3)).astype(dtype), Uc, check=False)
+    return lri.SylvesterODE(A, B if with_b else None, C)
+
+
+def fields(problem, basis, X, use_numba, monkeypatch):
+    monkeypatch.setattr(_fused, "use_numba", use_numba)
+    return problem.k_field(basis)(0.0, X), problem.l_field(basis)(0.0, X)
+
+
+@needs_numba
+@pytest.mark.parametrize("with_b", [True, False], ids=["A and B", "A only"])
+@pytest.mark.parametrize("source", [True, False], ids=["source", "no source"])
+@pytest.mark.parametrize("dtype_name", list(CASES))
+def test_fused_stages_equal_the_numpy_path(rng, monkeypatch, dtype_name, with_b, source):
+    dtype, tol = CASES[dtype_name]
+    n, r = 3000, 5
+    problem = sylvester(rng, n, dtype, with_b, source)
+    basis = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    X = rng.standard_normal((n, r)).astype(dtype)
+    fused = fields(problem, basis, X, True, monkeypatch)
+    plain = fields(problem, basis, X, False, monkeypatch)
+    for a, b in zip(fused, plain, strict=True):
+        assert a.dtype == b.dtype and a.flags.c_contiguous
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max())
+
+
+@needs_numba
+def test_fused_stages_on_many_row_blocks_and_a_real_operator_with_complex_factors(rng, monkeypatch):
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    n, r = 200, 3
+    problem = sylvester(rng, n, np.float64)
+    basis = np.linalg.qr(rng.standard_normal((n, r)) + 1j * rng.standard_normal((n, r)))[0]
+    X = rng.standard_normal((n, r)) + 1j * rng.standard_normal((n, r))
+    fused = fields(problem, basis, X, True, monkeypatch)
+    plain = fields(problem, basis, X, False, monkeypatch)
+    for a, b in zip(fused, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * np.abs(b).max())
+
+
+def test_without_numba_the_numpy_path_is_used(rng, monkeypatch):
+    monkeypatch.setattr(_fused, "_NUMBA", False)
+    problem = sylvester(rng, 50, np.float64)
+    basis = np.linalg.qr(rng.standard_normal((50, 2)))[0]
+    assert not _fused.supports(problem.A, basis)
+    K = rng.standard_normal((50, 2))
+    Uc, Sc, Vc = problem.C
+    Bv = basis.T @ (problem.B.T @ basis)
+    expected = problem.A @ K + K @ Bv + Uc @ (Sc @ (Vc.T @ basis))
+    np.testing.assert_allclose(problem.k_field(basis)(0.0, K), expected, atol=1e-13)
+
+
+def test_only_csr_operators_on_numpy_arrays_are_fused(rng):
+    A = sp.random(20, 20, density=0.2, random_state=1, format="csr")
+    X = np.zeros((20, 2))
+    if _fused.numba_available():
+        assert _fused.supports(A, X)
+    assert not _fused.supports(A.tocsc(), X)
+    assert not _fused.supports(A.toarray(), X)
+    assert not _fused.supports(A.astype(np.complex128), X)  # complex operator, real factors
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "transposed csr", "complex csr", "dense"])
+def test_row_blocked_sandwich_equals_the_plain_product(rng, monkeypatch, fmt):
+    n = 60
+    A = sp.random(n, n, density=0.1, random_state=2, format="csr")
+    op = {
+        "csr": A,
+        "csc": A.tocsc(),
+        "transposed csr": A.T,
+        "complex csr": (A * (1 + 1j)).tocsr(),
+        "dense": A.toarray(),
+    }[fmt]
+    W = rng.standard_normal((n, 4)) + 1j * rng.standard_normal((n, 4))
+    V = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    assert len(bk.row_blocks(V)) > 5
+    np.testing.assert_allclose(bk.sandwich(W, op, V), W.conj().T @ (op @ V), atol=1e-12)
+    np.testing.assert_allclose(
+        bk.sandwich(W.real, op, V.real), W.real.T @ (op @ V.real), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("square", [True, False], ids=["square", "wide"])
+def test_operator_applied_to_a_product_equals_the_plain_product(rng, monkeypatch, square):
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    n = 40
+    A = sp.random(n, n, density=0.1, random_state=3, format="csr")
+    X = rng.standard_normal((n, 3))
+    W = rng.standard_normal((3, 3 if square else 5))
+    np.testing.assert_allclose(bk.apply_to_product(A, X, W), A @ (X @ W), atol=1e-13)
+
+
+def test_in_place_updates_are_a_capability_of_the_array_library(xp):
+    x = xp.zeros((3, 2))
+    expected = type(x).__module__.split(".")[0] in ("numpy", "torch", "cupy")
+    assert bk.allows_inplace(x) is expected
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    assert not bk.allows_inplace(frozen)
+
+
+def test_tucker_fields_with_shared_projected_operators_equal_their_own(rng):
+    """Projected operators formed once per set of bases give the same fields."""
+    n, ranks = 9, (3, 2, 4)
+    ops = [rng.standard_normal((n, n)) for _ in range(3)]
+    ops[1] = None
+    bases = [np.linalg.qr(rng.standard_normal((n, r)))[0] for r in ranks]
+    Cg = rng.standard_normal((2, 2, 2))
+    C = lri.TuckerTensor(Cg, [np.linalg.qr(rng.standard_normal((n, 2)))[0] for _ in range(3)])
+    problem = lri.TensorSylvesterODE(ops, C=C)
+    shared = problem.projected_operators(bases)
+    assert shared[1] is None
+    np.testing.assert_allclose(shared[0], bases[0].T @ ops[0] @ bases[0], atol=1e-13)
+    core = rng.standard_normal(ranks)
+    np.testing.assert_allclose(
+        problem.core_field(bases, projected=shared)(0.0, core),
+        problem.core_field(bases)(0.0, core),
+        atol=1e-13,
+    )
+    for mode in range(3):
+        others = int(np.prod([r for j, r in enumerate(ranks) if j != mode]))
+        Q = np.linalg.qr(rng.standard_normal((others, ranks[mode])))[0]
+        K = rng.standard_normal((n, ranks[mode]))
+        np.testing.assert_allclose(
+            problem.mode_field(bases, Q, mode, projected=shared)(0.0, K),
+            problem.mode_field(bases, Q, mode)(0.0, K),
+            atol=1e-13,
+        )
+    with pytest.raises(ValueError, match="bases"):
+        problem.projected_operators(bases[:2])

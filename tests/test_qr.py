@@ -1,0 +1,246 @@
+"""Thin QR of tall matrices and orthonormal basis extension.
+
+Specification: for every input (well conditioned, ill conditioned with sigma_k / sigma_1 down to
+exactly 0, zero, complex, single precision, any array library) the Q factor is orthonormal to
+working precision, ``Q R`` reproduces the input, ``R`` is upper triangular, the diagonal entries
+``Q_jj`` are real and non-positive (so that ``Q`` does not depend on the signs of the input's
+columns), the input is left intact, and the cheap method (CholeskyQR2) is the one used when it
+is safe. Factorisations are checked by invariants, not entry by entry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowrank_integrators import _backend as bk
+from lowrank_integrators import _qr
+from lowrank_integrators._qr import extend_basis, tall_qr, tall_qr_project
+
+DTYPES = {
+    "float64": (np.float64, 1e-13),
+    "complex128": (np.complex128, 1e-13),
+    "float32": (np.float32, 1e-5),
+}
+RATIOS = [1.0, 1e-4, 1e-8, 1e-12, 0.0]
+
+
+def graded(rng, m, k, ratio, dtype):
+    """An m x k matrix with singular values from 1 down to ``ratio`` (two exact zeros if 0)."""
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+
+    def gaussian(*shape):
+        g = rng.standard_normal(shape)
+        return g + 1j * rng.standard_normal(shape) if complex_ else g
+
+    U = np.linalg.qr(gaussian(m, k))[0]
+    V = np.linalg.qr(gaussian(k, k))[0]
+    if ratio > 0:
+        s = np.logspace(0, np.log10(ratio), k)
+    else:
+        s = np.r_[np.logspace(0, -2, k - 2), 0.0, 0.0]
+    return ((U * s) @ V.conj().T).astype(dtype)
+
+
+def host(a):
+    """``a`` on the host in double precision (no copy for float64/complex128 NumPy arrays)."""
+    a = bk.to_host(a)
+    return a.astype(np.result_type(a.dtype, np.float64), copy=False)
+
+
+def orthonormality(Q):
+    Q = host(Q)
+    return np.abs(Q.conj().T @ Q - np.eye(Q.shape[1])).max()
+
+
+def check_qr(X, Q, R, tol):
+    Xh, Qh, Rh = (host(a) for a in (X, Q, R))
+    k = min(Xh.shape)
+    assert Qh.shape == (Xh.shape[0], k) and Rh.shape == (k, Xh.shape[1])
+    assert orthonormality(Q) <= tol
+    assert np.linalg.norm(Qh @ Rh - Xh) <= 10 * tol * max(np.linalg.norm(Xh), 1e-300)
+    np.testing.assert_array_equal(np.tril(Rh, -1), 0)
+    d = np.diagonal(Qh)
+    assert np.all(d.real <= 0) and np.all(np.abs(d.imag) <= tol)
+
+
+@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r:g}")
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_q_is_orthonormal_and_qr_reproduces_x(xp, rng, dtype_name, ratio):
+    dtype, tol = DTYPES[dtype_name]
+    X0 = graded(rng, 3000, 6, ratio, dtype)
+    X = xp.asarray(X0)
+    Q, R = tall_qr(X)
+    assert type(Q) is type(X) and Q.dtype == X.dtype and R.dtype == X.dtype
+    check_qr(X, Q, R, tol)
+    np.testing.assert_array_equal(bk.to_host(X), X0)
+
+
+@pytest.mark.parametrize("ratio", [1e-4, 0.0], ids=["ratio=1e-4", "ratio=0"])
+def test_orthonormal_at_two_to_the_twenty_rows(rng, ratio):
+    X = rng.standard_normal((2**20, 4)) @ np.diag([1.0, 0.1, 0.01, ratio])
+    Q, R = tall_qr(X)
+    check_qr(X, Q, R, 1e-13)
+    assert Q.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    ("ratio", "method"),
+    [
+        (1.0, "CholeskyQR2"),
+        (1e-4, "CholeskyQR2"),
+        (1e-10, "shifted CholeskyQR3"),
+        (0.0, "Householder"),
+    ],
+)
+def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
+    X = graded(rng, 2000, 8, ratio, np.float64)
+    assert _qr._factor(X, None)[3] == method
+
+
+def test_zero_and_wide_matrices_fall_back_to_householder(rng):
+    Q, R, _, method = _qr._factor(np.zeros((50, 4)), None)
+    assert method == "Householder"
+    check_qr(np.zeros((50, 4)), Q, R, 1e-14)
+    wide = rng.standard_normal((3, 7))
+    Q, R, _, method = _qr._factor(wide, None)
+    assert method == "Householder" and Q.shape == (3, 3) and R.shape == (3, 7)
+    check_qr(wide, Q, R, 1e-13)
+
+
+def test_full_rank_result_is_the_householder_qr_with_its_sign_normalisation(rng):
+    X = graded(rng, 500, 7, 1e-3, np.complex128)
+    Q, R = tall_qr(X)
+    Qh, Rh = np.linalg.qr(X)
+    q = np.diagonal(Qh)
+    phase = -np.conj(q) / np.abs(q)
+    np.testing.assert_allclose(Q, Qh * phase, atol=1e-11)
+    np.testing.assert_allclose(R, np.conj(phase)[:, None] * Rh, atol=1e-11)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1e-4], ids=lambda r: f"ratio={r:g}")
+def test_q_does_not_depend_on_the_signs_or_phases_of_the_columns(rng, ratio):
+    """(For a well-conditioned X: Q is then determined by X to working precision.)"""
+    X = graded(rng, 800, 5, ratio, np.complex128)
+    phases = np.exp(1j * rng.uniform(0, 2 * np.pi, 5))
+    Q, R = tall_qr(X)
+    Qp, Rp = tall_qr(X * phases)
+    np.testing.assert_allclose(Qp, Q, atol=1e-10)
+    np.testing.assert_allclose(Rp, R * phases, atol=1e-10)
+    real = graded(rng, 800, 5, ratio, np.float64)
+    np.testing.assert_allclose(tall_qr(-real)[0], tall_qr(real)[0], atol=1e-10)
+
+
+def test_tsqr_fallback_matches_lapack_on_many_row_blocks(rng):
+    X = graded(rng, 40_000, 16, 0.0, np.float64)
+    Q, R = _qr._tsqr(X)
+    d = _qr._canonical_phases(np.diagonal(Q))
+    check_qr(X, Q * d, d[:, None] * R, 1e-13)
+
+
+@pytest.mark.parametrize("dtype_name", ["float64", "complex128"])
+def test_projection_formed_with_q_equals_q_adjoint_times_w(xp, rng, dtype_name):
+    dtype, tol = DTYPES[dtype_name]
+    X = xp.asarray(graded(rng, 7000, 5, 1e-6, dtype))
+    W = xp.asarray(graded(rng, 7000, 3, 1.0, dtype))
+    Q, R, M = tall_qr_project(X, W)
+    Qh, Wh = host(Q), host(W)
+    np.testing.assert_allclose(bk.to_host(M), Qh.conj().T @ Wh, atol=tol)
+    check_qr(X, Q, R, tol)
+
+
+def test_projection_requires_matching_rows(rng):
+    with pytest.raises(ValueError, match="rows"):
+        tall_qr_project(rng.standard_normal((10, 2)), rng.standard_normal((9, 2)))
+    with pytest.raises(ValueError, match="2-D"):
+        tall_qr(rng.standard_normal(10))
+
+
+# --- basis extension ---------------------------------------------------------------------------
+
+
+def extension_inputs(rng, m, r, k, dtype):
+    U0 = graded(rng, m, r, 1.0, dtype)
+    U0 = np.linalg.qr(U0)[0]
+    inside = U0 @ graded(rng, r, k, 1.0, dtype) if k <= r else U0 @ rng.standard_normal((r, k))
+    return U0, {
+        "generic": graded(rng, m, k, 1e-3, dtype),
+        "ill-conditioned": graded(rng, m, k, 1e-12, dtype),
+        "inside span(U0)": inside.astype(dtype),
+        "nearly inside": (inside + 1e-12 * graded(rng, m, k, 1.0, dtype)).astype(dtype),
+        "zero": np.zeros((m, k), dtype),
+        "half inside": np.concatenate(
+            [U0[:, : k // 2], graded(rng, m, k - k // 2, 1.0, dtype)], axis=1
+        ),
+    }
+
+
+def check_extension(U0, X, Q, tol):
+    U0h, Xh, Qh = (host(a) for a in (U0, X, Q))
+    m, r = U0h.shape
+    assert Qh.shape == (m, min(Xh.shape[1], m - r))
+    B = np.concatenate([U0h, Qh], axis=1)
+    assert orthonormality(B) <= tol
+    # [U0, Q]^H U0 = [I; 0]
+    np.testing.assert_allclose(B.conj().T @ U0h, np.eye(B.shape[1], r), atol=tol)
+    # the span of X is contained in span([U0, Q])
+    residual = Xh - B @ (B.conj().T @ Xh)
+    assert np.linalg.norm(residual) <= 100 * tol * max(np.linalg.norm(Xh), 1.0)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_extension_is_orthonormal_for_every_kind_of_x(xp, rng, dtype_name):
+    dtype, tol = DTYPES[dtype_name]
+    U0, cases = extension_inputs(rng, 400, 5, 4, dtype)
+    for name, X in cases.items():
+        Q = extend_basis(xp.asarray(U0), xp.asarray(X))
+        assert type(Q) is type(xp.asarray(U0)), name
+        check_extension(U0, X, Q, tol)
+
+
+def test_extension_fills_up_to_the_dimension_and_is_deterministic(rng):
+    U0 = np.eye(6)[:, :4]
+    Q = extend_basis(U0, np.zeros((6, 5)))
+    check_extension(U0, np.zeros((6, 5)), Q, 1e-14)
+    assert Q.shape == (6, 2)
+    np.testing.assert_array_equal(Q, extend_basis(U0, np.zeros((6, 5))))
+    assert extend_basis(np.eye(3), rng.standard_normal((3, 2))).shape == (3, 0)
+
+
+def test_extension_at_two_to_the_twenty_rows(rng):
+    U0 = np.linalg.qr(rng.standard_normal((2**20, 4)))[0]
+    X = np.concatenate([U0[:, :2] @ rng.standard_normal((2, 2)), np.zeros((2**20, 2))], axis=1)
+    X[:, 3] = rng.standard_normal(2**20)
+    Q = extend_basis(U0, X)
+    check_extension(U0, X, Q, 1e-13)
+
+
+def test_extension_rejects_mismatched_shapes(rng):
+    with pytest.raises(ValueError, match="rows"):
+        extend_basis(np.eye(5)[:, :2], np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="2-D"):
+        extend_basis(np.eye(5)[:, :2], np.zeros(5))
+
+
+@pytest.mark.parametrize("ratio", [1e-4, 1e-10, 0.0], ids=lambda r: f"ratio={r:g}")
+def test_overwriting_the_input_gives_the_same_factorisation(rng, ratio):
+    X = graded(rng, 3000, 6, ratio, np.float64)
+    Q = tall_qr(X)[0]
+    work = X.copy()
+    Qo, Ro = tall_qr(work, overwrite_x=True)
+    check_qr(X, Qo, Ro, 1e-13)
+    if ratio > 0:
+        np.testing.assert_allclose(Qo, Q, atol=1e-10)
+
+
+def test_small_row_blocks_change_nothing(rng, monkeypatch):
+    X = graded(rng, 500, 5, 1e-6, np.complex128)
+    W = graded(rng, 500, 2, 1.0, np.complex128)
+    Q, R, M = tall_qr_project(X, W)
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    Qb, Rb, Mb = tall_qr_project(X, W)
+    for a, b in ((Q, Qb), (R, Rb), (M, Mb)):
+        np.testing.assert_allclose(a, b, atol=1e-13)
+    check_qr(X, Qb, Rb, 1e-13)
+    U0 = np.linalg.qr(W)[0]
+    check_extension(U0, X, extend_basis(U0, X), 1e-13)
