@@ -36,7 +36,7 @@ def step_times(t0: float, t1: float, h: float) -> np.ndarray:
     Raises
     ------
     ValueError
-        When the grid would have more than :data:`MAX_STEPS` steps, or when ``h`` is below
+        When the grid would have more than ``MAX_STEPS`` steps, or when ``h`` is below
         the resolution of the floating-point times (``t0 + h == t0``).
     """
     span = t1 - t0
@@ -85,7 +85,7 @@ def solve(
     t_span : (float, float)
         ``(t0, t1)`` with ``t1 > t0``. The last step is shortened to land exactly on ``t1``.
     h : float
-        Step size, ``> 0``; at most :data:`MAX_STEPS` steps per call (see :func:`step_times`).
+        Step size, ``> 0``; at most ``MAX_STEPS`` steps per call (see ``step_times``).
     method : Integrator, optional
         Default ``BUG()``.
     progress : bool, default False

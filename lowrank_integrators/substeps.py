@@ -156,7 +156,7 @@ class SubstepSolver:
     A solver has two faces:
 
     * :meth:`solve` ``(ode, t0, t1, X0)`` is a generator (the step protocol, see
-      :mod:`lowrank_integrators.protocol`): integrators call
+      ``lowrank_integrators.protocol``): integrators call
       ``X1 = yield from self.substep.solve(ode, t0, t1, X0)``. Its field evaluations are
       requests, so one solver serves ``solve`` and training alike.
     * ``solver(ode, t0, t1, X0)`` calls a plain ODE object (``rhs``, ``increment``)
@@ -164,14 +164,14 @@ class SubstepSolver:
 
     Subclasses written as requests implement :meth:`stages` (``k = yield from f(t, X)`` for
     every evaluation) and set ``yields_requests = True``; subclasses written synchronously
-    implement :meth:`integrate` only, and a step using them can be answered by a problem, not
+    implement ``integrate`` only, and a step using them can be answered by a problem, not
     by the training client. Both first use the exact increment of a state-independent
     right-hand side when the ODE offers one.
     """
 
     #: Order of the solver on smooth problems (for documentation and validation).
     order: int = 0
-    #: Whether :meth:`integrate` accepts a :class:`~lowrank_integrators.substeps.FactoredStart`
+    #: Whether ``integrate`` accepts a :class:`~lowrank_integrators.substeps.FactoredStart`
     #: as ``X0``.
     accepts_factored_start: bool = False
     #: Whether :meth:`solve` evaluates the field through requests (:meth:`stages`).

@@ -508,7 +508,7 @@ class StepMethod:
         """The step from ``t`` to ``t + h``: a generator of requests returning ``(state, info)``.
 
         Every integrator of the package implements it. A subclass that overrides only
-        :meth:`step` (the synchronous form, answered by a problem) still runs in ``solve``
+        ``step`` (the synchronous form, answered by a problem) still runs in ``solve``
         but cannot be driven by requests, e.g. in training.
         """
         raise NotImplementedError(

@@ -100,7 +100,7 @@ class FactoredLayer(torch.nn.Module):
 
     Subclasses say how ``V`` acts on the input (``_apply_in``) and ``U S`` on the result
     (``_apply_out``), with the adjoints. The rank is ``S.shape[0]``; it changes when the
-    optimizer or :meth:`load_state_dict` gives the layer factors of another rank.
+    optimizer or ``load_state_dict`` gives the layer factors of another rank.
     """
 
     U: torch.nn.Parameter

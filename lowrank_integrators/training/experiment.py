@@ -174,7 +174,7 @@ def run_training(
     data : Dataset, optional
         The data (default: ``load_dataset(cfg.dataset)`` cut to ``n_train``/``n_test``).
     checkpoint : path, optional
-        Checkpoint file (one ``.npz``, see :mod:`~lowrank_integrators.training.checkpoint`),
+        Checkpoint file (one ``.npz``, see ``lowrank_integrators.training.checkpoint``),
         replaced atomically after every finite epoch.
     resume : bool
         Continue from ``checkpoint``. The checkpoint's configuration must agree with ``cfg``
