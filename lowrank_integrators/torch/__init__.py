@@ -24,8 +24,8 @@ from lowrank_integrators.torch.adapters import (
     merge_adapters,
 )
 from lowrank_integrators.torch.convert import convert, resolve_rank
-from lowrank_integrators.torch.layers import FactoredLayer, LowRankConv2d, LowRankLinear
 from lowrank_integrators.torch.geolora import BudgetRecord, GeoLoRA, adapter_parameters
+from lowrank_integrators.torch.layers import FactoredLayer, LowRankConv2d, LowRankLinear
 from lowrank_integrators.torch.models import lenet5, mlp
 from lowrank_integrators.torch.optimizer import DLRTOptimizer
 from lowrank_integrators.torch.tucker_layers import TuckerConv2d

@@ -151,9 +151,7 @@ class LowRankAdapter(FactoredLayer):
         return r * (self.out_features + self.in_features) + r * r
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
     # the adapter acts on the input as a linear layer does
     _apply_in = LowRankLinear._apply_in
