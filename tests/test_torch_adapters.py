@@ -296,3 +296,12 @@ def test_bad_optimizer_arguments_are_refused():
 def test_docstring_examples_run(name):
     module = importlib.import_module(f"lowrank_integrators.torch.{name}")
     assert doctest.testmod(module, verbose=False).failed == 0
+
+
+def test_a_deep_copy_of_model_and_optimizer_continues_identically():
+    net, x, y = adapted()
+    opt = GeoLoRA(net.parameters(), lr=0.01, tau=0.1, adam=True, budget=250)
+    train(net, opt, x, y, 3)
+    net2, opt2 = copy.deepcopy((net, opt))
+    assert train(net, opt, x, y, 3) == train(net2, opt2, x, y, 3)
+    assert opt2.budget == 250 and opt2.last_budget == opt.last_budget
