@@ -356,6 +356,18 @@ def table(best: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def grid_table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Validation and test accuracy of every run of the grids (robustness to the lr)."""
+    lines = ["| method | lr | val acc | test acc | final adapter params |", "|---|---|---|---|---|"]
+    for r in results:
+        label = LABELS[r["method"]].format(tau=args.tau, budget=args.budget)
+        lines.append(
+            f"| {label} | {r['lr']:g} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
+            f"{r['adapter_params']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small version of everything")
@@ -407,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         max((r for r in results if r["method"] == m), key=lambda r: r["val_accuracy"])
         for m in args.methods
     ]
-    text = table(best, args)
+    text = table(best, args) + "\nEvery run of the grids:\n\n" + grid_table(results, args)
     print(text)
     if args.out is not None:
         cmd = " ".join(["python", "benchmarks/finetune_adapters.py", *(argv or sys.argv[1:])])
