@@ -388,16 +388,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="markdown table (and .json beside)")
     args = p.parse_args(argv)
     grids = {
-        "geolora": [1e-3, 3e-3, 1e-2],
-        "geolora-budget": [1e-3, 3e-3, 1e-2],
-        "lora": [1e-3, 3e-3, 1e-2],
-        "adalora": [1e-3, 3e-3, 1e-2],
-        "full": [1e-4, 3e-4, 1e-3],
+        "geolora": [1e-3, 3e-3, 1e-2, 3e-2],
+        "geolora-budget": [1e-3, 3e-3, 1e-2, 3e-2],
+        "lora": [1e-3, 3e-3, 1e-2, 3e-2],
+        "adalora": [1e-3, 3e-3, 1e-2, 3e-2],
+        "full": [1e-4, 3e-4, 1e-3, 3e-3],
     }
     if args.quick:
         args.n_pretrain, args.pretrain_epochs = 5000, 1
         args.n_finetune, args.n_test, args.epochs = 1800, 1000, 1
-        grids = {k: v[1:2] for k, v in grids.items()}
+        grids = {k: v[2:3] for k, v in grids.items()}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pretrained.pt"
         t0 = time.process_time()
