@@ -150,6 +150,7 @@ def accuracy(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
 # --- methods --------------------------------------------------------------------------------
 def build(method: str, lr: float, args: argparse.Namespace, base: MLP, steps: int) -> Any:
     """``(model, optimizer, after_step)`` for one method."""
+    torch.manual_seed(args.seed)  # PEFT draws its initial factors from the global generator
     if method == "full":
         return base, torch.optim.Adam(base.parameters(), lr=lr), None
     if method in ("geolora", "geolora-budget"):
