@@ -38,7 +38,9 @@ Needs the Debian package ``dataset-fashion-mnist``, the ``torch`` extra and the 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/finetune_adapters.py \\
         --out benchmarks/results/finetune_adapters.md
 
-and ``--quick`` runs a small version of everything in about a minute.
+and with ``--seed 1 --out benchmarks/results/finetune_adapters_seed1.md`` and ``--seed 2 --out
+benchmarks/results/finetune_adapters_seed2.md``; ``--quick`` runs a small version of everything
+in about a minute.
 """
 
 from __future__ import annotations
