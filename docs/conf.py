@@ -374,7 +374,7 @@ _write_api()
 
 #: Top-level pages that other parts of the project may add; each one present joins the
 #: table of contents of the index at the ``optional-pages`` marker.
-OPTIONAL_PAGES = ("torch",)
+OPTIONAL_PAGES = ("torch", "finetuning")
 OPTIONAL_MARKER = "<!-- optional-pages -->"
 
 

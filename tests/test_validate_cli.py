@@ -171,3 +171,12 @@ def test_an_interrupted_report_leaves_the_previous_one(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         main([*args, "--no-progress", "--no-figures"])
     assert (out / "report.json").read_bytes() == before
+
+
+def test_the_tucker_studies_run_and_pass(tmp_path, capsys):
+    """Tucker integrators are siblings of the matrix ones: the suite runs them as methods."""
+    args = ["validate", "--quick", "--only", "V8*", "--out", str(tmp_path / "r")]
+    code = main([*args, "--no-progress", "--no-figures"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "0 failed" in text and "raised" not in text

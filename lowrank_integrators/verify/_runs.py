@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from ..integrators.base import Integrator
+from ..integrators.base import StepMethod
 from ..solution import Solution
 from ..solve import solve
 
@@ -29,16 +29,16 @@ __all__ = [
 ]
 
 #: An integrator, or a factory ``h -> integrator`` (so substeps can be refined with ``h``).
-MethodLike = Integrator | Callable[[float], Integrator]
+MethodLike = StepMethod | Callable[[float], StepMethod]
 
 
-def method_for(method: MethodLike, h: float) -> Integrator:
+def method_for(method: MethodLike, h: float) -> StepMethod:
     """The integrator to use with step ``h``."""
-    if isinstance(method, Integrator):
+    if isinstance(method, StepMethod):
         return method
     if callable(method):
         built = method(h)
-        if not isinstance(built, Integrator):
+        if not isinstance(built, StepMethod):
             raise TypeError(
                 f"a method factory must return an integrator instance, got {type(built).__name__}"
             )
@@ -51,7 +51,7 @@ def method_for(method: MethodLike, h: float) -> Integrator:
 
 def method_label(method: MethodLike) -> str:
     """A readable name for a method or a factory."""
-    if isinstance(method, Integrator):
+    if isinstance(method, StepMethod):
         return type(method).__name__
     return getattr(method, "__name__", type(method).__name__)
 
