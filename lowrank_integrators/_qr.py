@@ -380,7 +380,7 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     m, k = x.shape
     blocks = bk.row_blocks(x)
     if m <= 2 * max(k, 1) or len(blocks) == 1:
-        q, r = np.linalg.qr(x, mode="reduced")
+        q, r = _lapack_qr(x)
         return np.ascontiguousarray(q), r
     rows = max(2 * k, blocks[0].stop - blocks[0].start)
     starts = list(range(0, m, rows))
@@ -390,13 +390,25 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     out = x if owned and x.flags.c_contiguous else np.empty((m, k), dtype=x.dtype)
     rs = []
     for lo, hi in itertools.pairwise(bounds):
-        q, r = np.linalg.qr(x[lo:hi], mode="reduced")
+        q, r = _lapack_qr(x[lo:hi])
         out[lo:hi] = q
         rs.append(r)
-    q_small, R = np.linalg.qr(np.concatenate(rs, axis=0), mode="reduced")
+    q_small, R = _lapack_qr(np.concatenate(rs, axis=0))
     for j, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         out[lo:hi] = out[lo:hi] @ q_small[j * k : (j + 1) * k]
     return out, R
+
+
+def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Economic Householder QR of a block through SciPy's LAPACK wrapper.
+
+    The block is copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a
+    row-major block makes further copies and is several times slower on tall blocks.
+    """
+    import scipy.linalg as sla
+
+    q, r = sla.qr(np.asfortranarray(a), mode="economic", overwrite_a=True, check_finite=False)
+    return q, r
 
 
 def _canonical_phases(diag: Any) -> Any:
