@@ -124,7 +124,7 @@ def recording_runs() -> Iterator[list[dict[str, Any]]]:
 
 
 def _describe_run(
-    problem: Any, Y0: Any, integrator: Integrator, t_span: tuple[float, float], h: float
+    problem: Any, Y0: Any, integrator: StepMethod, t_span: tuple[float, float], h: float
 ) -> dict[str, Any]:
     rank = getattr(Y0, "rank", None)
     shape = getattr(Y0, "shape", None)
