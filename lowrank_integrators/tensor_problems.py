@@ -266,19 +266,32 @@ class TensorSylvesterODE(TensorODE):
     #   mode i:  K' = A_i K + K D_i + E_i,  D_i = sum_{k != i} Mat_i(Ten_i(Q^H) x_k B_k) Q,
     #   core:    C' = sum_k C x_k B_k + C_c,
     # with B_k = U_k^H A_k U_k; Mat_i(Ten_i(Q^H)) Q = Q^H Q = I removes the core of the i-term.
-    def projected_operators(self, bases: Sequence[Any]) -> list[Any]:
+    def projected_operators(
+        self, bases: Sequence[Any], modes: Sequence[int] | None = None
+    ) -> list[Any]:
         """``[U_k^H A_k U_k for each mode k]`` (``None`` where ``A_k`` is ``None``).
 
         One step of a Tucker integrator needs these for the old bases (every mode field) and
         for the new ones (the core field): formed here once per set of bases and handed to
         :meth:`mode_field` and :meth:`core_field` as ``projected=``, that is ``2d`` operator
         products per step instead of ``d (d - 1) + d``.
+
+        Parameters
+        ----------
+        bases : sequence of d arrays, shapes (n_k, r_k)
+        modes : sequence of int, optional
+            Form the products of these modes only (``None`` in the other entries); default
+            every mode.
         """
         bases = list(bases)
-        if len(bases) != len(self.operators):
-            raise ValueError(f"expected {len(self.operators)} bases, got {len(bases)}")
+        d = len(self.operators)
+        if len(bases) != d:
+            raise ValueError(f"expected {d} bases, got {len(bases)}")
+        wanted = range(d) if modes is None else set(modes)
+        if modes is not None and not wanted <= set(range(d)):
+            raise ValueError(f"modes must be mode indices in 0..{d - 1}, got {list(modes)}")
         return [
-            None if A is None else self._projected_operator(k, bases[k])
+            None if A is None or k not in wanted else self._projected_operator(k, bases[k])
             for k, A in enumerate(self.operators)
         ]
 
@@ -323,7 +336,13 @@ class TensorSylvesterODE(TensorODE):
         """The Galerkin core field; ``projected``: :meth:`projected_operators` of ``bases``."""
         bases = list(bases)
         d = len(bases)
-        B = list(projected) if projected is not None else self.projected_operators(bases)
+        if projected is not None:
+            B = list(projected)
+        else:
+            B = [
+                None if A is None else self._projected_operator(k, bases[k])
+                for k, A in enumerate(self.operators)
+            ]
         Cp = None
         if self.C is not None:
             Gc, Uc = self.C

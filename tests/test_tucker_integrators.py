@@ -425,3 +425,58 @@ def test_single_precision_stays_single_precision(method):
     assert core.dtype == np.float32 and all(U.dtype == np.float32 for U in factors)
     eps32 = float(np.finfo(np.float32).eps)
     assert np.linalg.norm(sol.Y.to_dense() - ref) < 100 * eps32 * np.linalg.norm(ref)
+
+
+def _count_projected_operators(monkeypatch, problem):
+    """Counts the operator products ``U_k^H A_k U_k`` that ``problem`` forms."""
+    calls = []
+    form = problem._projected_operator
+
+    def counted(k, U):
+        calls.append(k)
+        return form(k, U)
+
+    monkeypatch.setattr(problem, "_projected_operator", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("method", "shared", "own"),
+    [
+        # BUG: the old bases for every mode field, the new ones for the core: 2d, not d(d-1)+d.
+        (lri.TuckerBUG(), 6, 9),
+        (lri.TuckerBUG(lri.Tolerance(1e-8)), 6, 9),
+        # Projector splitting: the bases change mode by mode; each new basis is projected once
+        # (modes 2 and 3 before their update, then every updated basis), not twice per mode
+        # and again for the core.
+        (lri.TuckerProjectorSplitting(), 5, 15),
+    ],
+)
+def test_a_step_forms_each_projected_operator_once(monkeypatch, method, shared, own):
+    """Projected operators formed once per basis within a step; the step is unchanged."""
+    v8 = V8(n=12, r=3, d=3)
+    problem = v8.problem
+    state = method.init(problem, v8.Y0, 0.0)
+    calls = _count_projected_operators(monkeypatch, problem)
+    once, _ = method.step(problem, state, 0.0, 0.1)
+    assert len(calls) == shared
+
+    calls.clear()
+    # Without projected_operators every field forms its own products.
+    monkeypatch.setattr(problem, "projected_operators", None)
+    each, _ = method.step(problem, state, 0.0, 0.1)
+    assert len(calls) == own
+    np.testing.assert_allclose(once.Y.to_dense(), each.Y.to_dense(), rtol=0, atol=1e-14)
+
+
+def test_projected_operators_of_chosen_modes(rng):
+    n, ranks = 7, (2, 3, 2)
+    ops = [rng.standard_normal((n, n)) for _ in range(3)]
+    bases = [np.linalg.qr(rng.standard_normal((n, r)))[0] for r in ranks]
+    problem = lri.TensorSylvesterODE(ops)
+    some = problem.projected_operators(bases, modes=[0, 2])
+    assert some[1] is None
+    for k in (0, 2):
+        np.testing.assert_allclose(some[k], bases[k].T @ ops[k] @ bases[k], atol=1e-13)
+    with pytest.raises(ValueError, match="modes"):
+        problem.projected_operators(bases, modes=[3])
