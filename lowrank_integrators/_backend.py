@@ -51,7 +51,15 @@ __all__ = [
 
 def namespace(*arrays: Any) -> Any:
     """Return the array-API namespace shared by ``arrays`` (``None`` entries are skipped)."""
-    return array_namespace(*[a for a in arrays if a is not None])
+    present = [a for a in arrays if a is not None]
+    # Plain NumPy arrays, by far the most frequent input, skip the generic dispatch.
+    if present and all(type(a) is np.ndarray for a in present):
+        return _NUMPY
+    return array_namespace(*present)
+
+
+#: The namespace ``array_namespace`` gives for NumPy arrays.
+_NUMPY = array_namespace(np.empty(0))
 
 
 def is_array(x: Any) -> bool:
@@ -77,6 +85,9 @@ def adjoint(x: Any) -> Any:
 
     For real input this is a transpose view: no conjugation copy is made.
     """
+    if type(x) is np.ndarray:
+        xt = np.swapaxes(x, -1, -2)
+        return np.conj(xt) if np.iscomplexobj(x) else xt
     xp = array_namespace(x)
     xt = xp.matrix_transpose(x)
     if xp.isdtype(x.dtype, "complex floating"):

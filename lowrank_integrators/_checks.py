@@ -51,7 +51,7 @@ def check_product(name: str, out: Any, shape: tuple[int, ...], dtype: Any) -> An
         safely into ``dtype`` (complex into real, higher into lower precision).
     """
     expected = tuple(int(e) for e in shape)
-    if not bk.is_array(out):
+    if type(out) is not np.ndarray and not bk.is_array(out):
         raise TypeError(
             f"{name} returned {type(out).__name__}, expected an array of shape {expected}"
         )

@@ -81,6 +81,8 @@ def unfold(X: Any, mode: int) -> Any:
     perm = (mode, *(j for j in range(d) if j != mode))
     n = int(X.shape[mode])
     rest = math.prod(int(X.shape[j]) for j in range(d) if j != mode)
+    if type(X) is np.ndarray:
+        return X.transpose(perm).reshape(n, rest)
     return xp.reshape(xp.permute_dims(X, perm), (n, rest))
 
 
@@ -99,6 +101,8 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
             f"cannot fold an array of shape {tuple(M.shape)} along mode {mode} into shape "
             f"{tuple(shape)}: expected (n, {math.prod(others)})"
         )
+    if type(M) is np.ndarray:
+        return M.reshape((int(M.shape[0]), *others)).transpose(_front_to(mode, d))
     X = xp.reshape(M, (int(M.shape[0]), *others))
     return xp.permute_dims(X, _front_to(mode, d))
 
@@ -113,6 +117,13 @@ def mode_product(X: Any, A: Any, mode: int) -> Any:
             f"mode-{mode} product needs a matrix with {int(X.shape[mode])} columns, got shape "
             f"{tuple(A.shape)}"
         )
+    if type(X) is np.ndarray and type(A) is np.ndarray and X.dtype == A.dtype:
+        # The contraction NumPy's tensordot does, without its generic axis bookkeeping.
+        shape = X.shape
+        rest = shape[:mode] + shape[mode + 1 :]
+        Xm = X.transpose((mode, *range(mode), *range(mode + 1, d)))
+        out = np.dot(A, Xm.reshape(shape[mode], math.prod(rest)))
+        return out.reshape((A.shape[0], *rest)).transpose(_front_to(mode, d))
     out = xp.tensordot(A, X, axes=((1,), (mode,)))
     return xp.permute_dims(out, _front_to(mode, d))
 
