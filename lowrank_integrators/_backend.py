@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as _array_device
 
@@ -37,6 +38,7 @@ __all__ = [
     "namespace",
     "orth",
     "qr",
+    "qr_augment",
     "qr_blocks",
     "qr_project",
     "real_dtype",
@@ -175,6 +177,41 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
     return tall_qr(xp.concat(list(blocks), axis=1), overwrite_x=True)
 
 
+def qr_augment(U0: Any, X: Any) -> tuple[Any, Any]:
+    """Thin QR of ``[U0, Z]`` with ``Z = X - U0 (U0^H X)`` (projected twice) for orthonormal ``U0``.
+
+    ``span([U0, Z]) = span([U0, X])``. Orthogonalising the new columns against ``U0`` first
+    (block Gram-Schmidt, repeated once for orthogonality to working precision) leaves the
+    Cholesky QR a well-conditioned Gram matrix where ``X`` lies close to ``span(U0)`` (a
+    K-step ``U0 S0 + h F V0``), which would otherwise send it to the Householder fallback.
+    As in :func:`qr_blocks`, the blocks are copied once into a row-major array that the
+    projection and the factorisation then overwrite: the only tall array added.
+    """
+    from ._qr import tall_qr
+
+    require_finite(U0, "an orthonormal basis to be augmented")
+    require_finite(X, "a block of a matrix to be factorised by QR")
+    r = int(U0.shape[1])
+    if all(type(b) is np.ndarray for b in (U0, X)):
+        m, k = int(X.shape[0]), int(X.shape[1])
+        work = np.empty((m, r + k), np.result_type(U0, X))
+        work[:, :r] = U0
+        Z = work[:, r:]
+        Z[...] = X
+        if r > 0 and k > 0:
+            for _ in range(2):
+                C = _inner(U0, Z)
+                for b in row_blocks(Z):
+                    Z[b] -= U0[b] @ C
+        return tall_qr(work, overwrite_x=True)
+    xp = array_namespace(U0, X)
+    Z = X
+    if r > 0:
+        for _ in range(2):
+            Z = Z - U0 @ (adjoint(U0) @ Z)
+    return tall_qr(xp.concat([U0, Z], axis=1), overwrite_x=True)
+
+
 def extend_basis(U0: Any, X: Any) -> Any:
     """Orthonormal ``Q`` with ``[U0, Q]`` orthonormal and ``span(X)`` inside ``span([U0, Q])``.
 
@@ -192,6 +229,11 @@ def orth(x: Any) -> Any:
     return qr(x)[0]
 
 
+#: Smallest ``min(rows, cols)`` at which :func:`svd` calls SciPy's ``gesdd`` wrapper for NumPy
+#: input: faster there (float32 cores of 64 x 64 and up, one BLAS thread), slower below.
+_SCIPY_SVD_FROM = 48
+
+
 def svd(x: Any) -> tuple[Any, Any, Any]:
     """Reduced SVD ``x = P diag(sigma) Q^H``; returns ``(P, sigma, Q^H)`` as LAPACK does.
 
@@ -199,6 +241,9 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     infinity: LAPACK's SVD of such a matrix may never return.
     """
     require_finite(x, "a matrix to be factorised by SVD")
+    if type(x) is np.ndarray and min(x.shape) >= _SCIPY_SVD_FROM:
+        # SciPy's divide-and-conquer wrapper, finiteness checked above.
+        return scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     xp = array_namespace(x)
     return xp.linalg.svd(x, full_matrices=False)
 

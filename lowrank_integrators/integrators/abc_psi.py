@@ -27,7 +27,7 @@ Sylvester type, truncated back to fixed rank, it behaves like a second-order met
 from __future__ import annotations
 
 from .. import _backend as bk
-from .augmentation import AugmentedBases, augment
+from .augmentation import AugmentedBases, augment, embed_core
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, State, StepGenerator
 
 __all__ = ["AugmentedBackwardCorrectedPSI"]
@@ -68,10 +68,14 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
         t1 = t + h
 
         K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-        hat = AugmentedBases(augment(led, K1, U0))
+        U_hat, m_U = augment(led, K1, U0)
+        hat = AugmentedBases(U_hat)
+        del U_hat
         del K1  # m x r: not kept through the L-step
 
-        S_tilde = (bk.adjoint(hat.U) @ U0) @ S0
+        # (U_hat^H U0) S0 with U_hat^H U0 = [diag(m_U); 0]: no product over tall arrays
+        ones = bk.namespace(S0).ones(int(S0.shape[1]), dtype=S0.dtype, device=bk.device(S0))
+        S_tilde = embed_core(S0, int(hat.U.shape[1]), int(S0.shape[1]), m_U, ones)
 
         L0 = self.start(V0, bk.adjoint(S_tilde))
         L1 = yield from self.substep.solve(LStep(led, hat.U, at=Y0), t, t1, L0)

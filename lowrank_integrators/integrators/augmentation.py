@@ -19,18 +19,72 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
 from ..substeps import SubstepSolver
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, Ledger, SStep
 
-__all__ = ["AugmentedBases", "augment"]
+__all__ = ["AugmentedBases", "augment", "embed_core"]
 
 
-def augment(led: FactorisationLedger, X: Any, U0: Any) -> Any:
-    """``orth([X, U0])``: ``min(rows, cols)`` orthonormal columns whose range contains ``U0``'s."""
-    return led.orth_blocks(X, U0)
+def augment(led: FactorisationLedger, X: Any, U0: Any) -> tuple[Any, Any]:
+    """``U_hat = [U0 D, Q]`` orthonormal with ``range(X)`` inside, and ``D``'s diagonal.
+
+    One thin QR of ``[U0, X]`` (``min(rows, cols)`` columns) after ``X`` is orthogonalised
+    against ``U0``, in the storage of the concatenation (see
+    :func:`~lowrank_integrators._backend.qr_augment`). As ``U0`` is
+    orthonormal, the leading block of the QR is ``U0 D`` up to rounding, ``D`` diagonal with
+    unimodular entries (the QR's sign convention, which does not depend on the signs of the
+    columns of ``U0``). That block is replaced by ``U0 D`` itself, so that
+    ``U_hat^H U0 = [D^H; 0]`` holds by construction and the Galerkin start needs no product
+    over tall arrays (see :func:`embed_core`). The new columns ``Q`` are orthogonal to the
+    QR's leading block, hence to ``U0``, to working precision.
+
+    Returns
+    -------
+    U_hat : array, shape (m, min(m, r + k))
+    m : array, shape (r,)
+        The diagonal of ``U_hat^H U0 = [diag(m); 0]`` (entries of modulus one).
+    """
+    U_hat = led.qr_augment(U0, X)[0]
+    r = int(U0.shape[1])
+    xp = bk.namespace(U_hat, U0)
+    lead = U_hat[:, :r]
+    if type(lead) is np.ndarray:  # no tall temporary
+        c = np.einsum("ij,ij->j", lead.conj() if bk.is_complex(lead) else lead, U0)
+    else:
+        c = xp.sum(xp.conj(lead) * U0, axis=0)
+    if bk.is_complex(U0):
+        size = xp.abs(c)
+        m = xp.where(size > 0, c / xp.where(size > 0, size, 1), xp.ones_like(c))
+    else:
+        m = xp.where(c < 0, -xp.ones_like(c), xp.ones_like(c))
+    if bk.allows_inplace(U_hat):
+        U_hat[:, :r] = U0
+        U_hat[:, :r] *= xp.conj(m)
+        return U_hat, m
+    return xp.concat([U0 * xp.conj(m), U_hat[:, r:]], axis=1), m
+
+
+def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
+    """``[diag(m_left); 0] S0 [diag(m_right); 0]^H``: ``S0`` (r x s) as a leading block.
+
+    For bases from :func:`augment` (``U_hat^H U0 = [diag(m_left); 0]``, likewise for ``V``)
+    this is ``U_hat^H (U0 S0 V0^H) V_hat`` exactly.
+    """
+    xp = bk.namespace(S0)
+    S0 = m_left[:, None] * S0 * xp.conj(m_right)[None, :]
+    r, s = int(S0.shape[0]), int(S0.shape[1])
+    dev = bk.device(S0)
+    if cols > s:
+        S0 = xp.concat([S0, xp.zeros((r, cols - s), dtype=S0.dtype, device=dev)], axis=1)
+    if rows > r:
+        S0 = xp.concat([S0, xp.zeros((rows - r, cols), dtype=S0.dtype, device=dev)], axis=0)
+    return S0
 
 
 class AugmentedBases:

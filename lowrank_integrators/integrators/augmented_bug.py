@@ -5,10 +5,10 @@ low-rank approximation. BIT 62, 1149-1174. arXiv:2104.05247.
 
 One step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + h`` (rank ``r1 <= 2r``):
 
-1. K-step as in BUG, giving ``K1``;  ``U_hat = orth([K1, U0])`` (``min(m, 2r)`` columns),
-   ``M_hat = U_hat^H U0``.
-2. L-step as in BUG (in parallel), giving ``L1``;  ``V_hat = orth([L1, V0])``,
-   ``N_hat = V_hat^H V0``.
+1. K-step as in BUG, giving ``K1``;  ``U_hat = [U0, Q]`` with ``Q`` orthonormalising ``K1``
+   against ``U0`` (``min(m, 2r)`` columns), so ``M_hat = U_hat^H U0 = [I; 0]``.
+2. L-step as in BUG (in parallel), giving ``L1``;  ``V_hat = [V0, P]`` likewise,
+   ``N_hat = V_hat^H V0 = [I; 0]``.
 3. S-step  ``S' = U_hat^H F(t, U_hat S V_hat^H) V_hat``,  ``S(t0) = M_hat S0 N_hat^H``.
    Because ``range(U0)`` lies in ``range(U_hat)`` (and likewise for V) the start
    ``U_hat S(t0) V_hat^H = Y0`` is exact.
@@ -23,8 +23,10 @@ gradient flows decreasing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend as bk
-from .augmentation import AugmentedBases, augment
+from .augmentation import AugmentedBases, augment, embed_core
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
 
 __all__ = ["AugmentedBUG"]
@@ -66,22 +68,22 @@ class AugmentedBUG(AdaptiveIntegrator):
         led = Ledger(rank_before=Y0.rank)
         t1 = t + h
         hat = AugmentedBases()
+        lead: dict[str, Any] = {}
 
         # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
         def k_step() -> StepGenerator:
             K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-            hat.U = augment(led, K1, U0)
+            hat.U, lead["U"] = augment(led, K1, U0)
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
-            hat.V = augment(led, L1, V0)
+            hat.V, lead["V"] = augment(led, L1, V0)
 
         yield Parallel(k_step(), l_step())
-        M_hat = bk.adjoint(hat.U) @ U0
-        N_hat = bk.adjoint(hat.V) @ V0
-        S_hat = yield from hat.galerkin(
-            self.substep, led, t, t1, M_hat @ S0 @ bk.adjoint(N_hat), at=Y0
-        )
+        # U_hat = [U0 D, *] and V_hat = [V0 E, *]: M_hat S0 N_hat^H = D^H S0 E padded with zeros.
+        k, l = int(hat.U.shape[1]), int(hat.V.shape[1])
+        S_start = embed_core(S0, k, l, lead["U"], lead["V"])
+        S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
         Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

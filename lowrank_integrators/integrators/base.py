@@ -197,6 +197,11 @@ class FactorisationLedger:
         self.info.n_qr += 1
         return bk.qr_blocks(blocks)
 
+    def qr_augment(self, U0: Any, X: Any) -> tuple[Any, Any]:
+        """Thin QR of ``[U0, X]`` with ``X`` first orthogonalised against ``U0`` (one QR)."""
+        self.info.n_qr += 1
+        return bk.qr_augment(U0, X)
+
     def orth_blocks(self, *blocks: Any) -> Any:
         """``orth([B1, B2, ...])``: orthonormal basis of the span of the blocks' columns."""
         return self.qr_blocks(*blocks)[0]

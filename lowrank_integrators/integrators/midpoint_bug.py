@@ -31,9 +31,11 @@ measured errors against the exact rank-r solution falling at least like ``h^2`` 
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from .augmentation import AugmentedBases, augment
+from .augmentation import AugmentedBases, augment, embed_core
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
 
 __all__ = ["MidpointBUG"]
@@ -75,19 +77,21 @@ class MidpointBUG(AdaptiveIntegrator):
         # 1. untruncated augmented BUG half step
         # Tall intermediates are released as soon as they are used (n can be ~1e6).
         half = AugmentedBases()
+        lead: dict[str, Any] = {}
 
         def k_step() -> StepGenerator:
             K0 = self.start(U0, S0)
             K_half = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t_half, K0)
-            half.U = augment(led, K_half, U0)
+            half.U, lead["U"] = augment(led, K_half, U0)
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L_half = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t_half, L0)
-            half.V = augment(led, L_half, V0)
+            half.V, lead["V"] = augment(led, L_half, V0)
 
         yield Parallel(k_step(), l_step())
-        S_start = (bk.adjoint(half.U) @ U0) @ S0 @ (bk.adjoint(V0) @ half.V)
+        # half.U = [U0 D, *], half.V = [V0 E, *]: the start is D^H S0 E padded with zeros.
+        S_start = embed_core(S0, int(half.U.shape[1]), int(half.V.shape[1]), lead["U"], lead["V"])
         S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
         Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
 
@@ -96,13 +100,18 @@ class MidpointBUG(AdaptiveIntegrator):
         FV = yield led.right(t_half, Y_half, half.V)
         FhU = yield led.left(t_half, Y_half, half.U)
         del Y_half
-        hat = AugmentedBases(led.orth_blocks(half.U, FV))
+        U_hat, m_U = augment(led, FV, half.U)
+        hat = AugmentedBases(U_hat)
+        del U_hat
         half.U = FV = None
-        hat.V = led.orth_blocks(half.V, FhU)
+        hat.V, m_V = augment(led, FhU, half.V)
         half.V = FhU = None
 
         # 3. full-step Galerkin from Y0 itself
-        S_start = (bk.adjoint(hat.U) @ U0) @ S0 @ (bk.adjoint(V0) @ hat.V)
+        # hat.U = [half.U D2, *] = [U0 D D2, *, *] (likewise hat.V): again a padded S0.
+        r = int(S0.shape[0])
+        m_U, m_V = m_U[:r] * lead["U"], m_V[: int(S0.shape[1])] * lead["V"]
+        S_start = embed_core(S0, int(hat.U.shape[1]), int(hat.V.shape[1]), m_U, m_V)
         S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
         Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

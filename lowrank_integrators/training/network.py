@@ -109,16 +109,29 @@ class NetworkPass:
         self._formed = formed if formed is not None else [{} for _ in acts]
 
     def _XV(self, layer: int, V: np.ndarray) -> np.ndarray:
-        got = self._formed[layer]
-        if got.get("V") is V:
-            return got["XV"]
-        return self._acts[layer][0] @ V
+        return self._reuse(layer, "V", "XV", self._acts[layer][0], V)
 
     def _GU(self, layer: int, U: np.ndarray) -> np.ndarray:
+        return self._reuse(layer, "U", "GU", self._acts[layer][1], U)
+
+    def _reuse(self, layer: int, basis: str, product: str, A: np.ndarray, W: np.ndarray) -> Any:
+        """``A @ W``, reusing ``A @ W0`` for the layer's own basis ``W0``.
+
+        ``W`` may be ``W0`` itself or a basis whose leading block is ``W0`` up to the signs of
+        its columns (the augmented bases of the rank-adaptive steps): then only the new columns
+        are formed.
+        """
         got = self._formed[layer]
-        if got.get("U") is U:
-            return got["GU"]
-        return self._acts[layer][1] @ U
+        W0 = got.get(basis)
+        if W0 is W:
+            return got[product]
+        if W0 is not None and W.shape[1] > W0.shape[1] and W.shape[0] == W0.shape[0]:
+            r = W0.shape[1]
+            lead = W[:, :r]
+            signs = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
+            if np.array_equal(lead, W0 * signs):
+                return np.concatenate([got[product] * signs, A @ W[:, r:]], axis=1)
+        return A @ W
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
         G = self._acts[layer][1]

@@ -133,7 +133,24 @@ class TorchPass:
 
     def _XV(self, layer: int, V: torch.Tensor) -> torch.Tensor:
         V_formed, XV = self._formed[layer]
-        return XV if V_formed is V else self._acts[layer][0] @ V
+        X = self._acts[layer][0]
+        if V_formed is V:
+            return XV
+        if (
+            V_formed is not None
+            and not V.is_complex()
+            and V.shape[0] == V_formed.shape[0]
+            and V.shape[1] > V_formed.shape[1]
+        ):
+            # a basis whose leading block is V_formed up to column signs (augmented bases):
+            # only the new columns are formed
+            r = V_formed.shape[1]
+            lead = V[:, :r]
+            one = torch.ones((), dtype=V.dtype, device=V.device)
+            signs = torch.where((lead * V_formed).sum(dim=0) < 0, -one, one)
+            if torch.equal(lead, V_formed * signs):
+                return torch.cat([XV * signs, X @ V[:, r:]], dim=1)
+        return X @ V
 
     def right(self, layer: int, V: torch.Tensor) -> torch.Tensor:
         G = self._acts[layer][1]
