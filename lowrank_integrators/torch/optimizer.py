@@ -41,6 +41,7 @@ from ..integrators.tucker_steps import TuckerIntegrator, TuckerState
 from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from ..substeps import Euler
 from ..tensor_problems import TensorODE
+from ..threads import limited
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
 from ..truncation import Tolerance
 from ..tucker import TuckerTensor, multi_mode_product
@@ -355,6 +356,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
             layer.clear_records()
 
     # --- the step -----------------------------------------------------------------------------
+    @limited(torch=True)
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One training step from the gradients of the last backward pass(es).
