@@ -26,7 +26,7 @@ from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
 from ..substeps import SubstepSolver
 from ..truncation import TruncationRule
-from .base import FactorisationLedger, Ledger, SStep
+from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
 __all__ = ["AugmentedBases", "augment", "embed_core"]
 
@@ -99,6 +99,33 @@ class AugmentedBases:
     def __init__(self, U: Any = None, V: Any = None) -> None:
         self.U = U
         self.V = V
+
+    def augment_by_substeps(
+        self, method: Any, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float
+    ) -> StepGenerator:
+        """The augmented K- and L-steps of the rank-adaptive BUG from ``Y0`` over ``[t0, t1]``.
+
+        The two substeps are independent (one :class:`~lowrank_integrators.protocol.Parallel`
+        request); each tall result is consumed by its augmentation at once. Sets ``U`` and
+        ``V`` to ``[U0 D, *]`` and ``[V0 E, *]`` and returns ``(S_start, D, E)``: the Galerkin
+        start ``D^H S0 E`` padded with zeros, which is ``Y0`` in the augmented bases.
+        """
+        U0, S0, V0 = Y0
+        lead: dict[str, Any] = {}
+
+        def k_step() -> StepGenerator:
+            K0 = method.start(U0, S0)
+            K1 = yield from method.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
+            self.U, lead["U"] = augment(led, K1, U0)
+
+        def l_step() -> StepGenerator:
+            L0 = method.start(V0, bk.adjoint(S0))
+            L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            self.V, lead["V"] = augment(led, L1, V0)
+
+        yield Parallel(k_step(), l_step())
+        rows, cols = int(self.U.shape[1]), int(self.V.shape[1])
+        return embed_core(S0, rows, cols, lead["U"], lead["V"]), lead["U"], lead["V"]
 
     def galerkin(
         self,

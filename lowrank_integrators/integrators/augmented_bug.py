@@ -23,11 +23,9 @@ gradient flows decreasing.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import _backend as bk
-from .augmentation import AugmentedBases, augment, embed_core
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
+from .augmentation import AugmentedBases
+from .base import AdaptiveIntegrator, Ledger, State, StepGenerator
 
 __all__ = ["AugmentedBUG"]
 
@@ -68,22 +66,8 @@ class AugmentedBUG(AdaptiveIntegrator):
         led = Ledger(rank_before=Y0.rank)
         t1 = t + h
         hat = AugmentedBases()
-        lead: dict[str, Any] = {}
-
-        # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
-        def k_step() -> StepGenerator:
-            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-            hat.U, lead["U"] = augment(led, K1, U0)
-
-        def l_step() -> StepGenerator:
-            L0 = self.start(V0, bk.adjoint(S0))
-            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
-            hat.V, lead["V"] = augment(led, L1, V0)
-
-        yield Parallel(k_step(), l_step())
-        # U_hat = [U0 D, *] and V_hat = [V0 E, *]: M_hat S0 N_hat^H = D^H S0 E padded with zeros.
-        k, l = int(hat.U.shape[1]), int(hat.V.shape[1])
-        S_start = embed_core(S0, k, l, lead["U"], lead["V"])
+        # U_hat = [U0 D, *] and V_hat = [V0 E, *]: the start is D^H S0 E padded with zeros.
+        S_start, _, _ = yield from hat.augment_by_substeps(self, led, Y0, t, t1)
         S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
         Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)

@@ -31,12 +31,10 @@ measured errors against the exact rank-r solution falling at least like ``h^2`` 
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import _backend as bk
 from ..factors import LowRankMatrix
 from .augmentation import AugmentedBases, augment, embed_core
-from .base import AdaptiveIntegrator, KStep, Ledger, LStep, Parallel, State, StepGenerator
+from .base import AdaptiveIntegrator, Ledger, State, StepGenerator
 
 __all__ = ["MidpointBUG"]
 
@@ -77,21 +75,8 @@ class MidpointBUG(AdaptiveIntegrator):
         # 1. untruncated augmented BUG half step
         # Tall intermediates are released as soon as they are used (n can be ~1e6).
         half = AugmentedBases()
-        lead: dict[str, Any] = {}
-
-        def k_step() -> StepGenerator:
-            K0 = self.start(U0, S0)
-            K_half = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t_half, K0)
-            half.U, lead["U"] = augment(led, K_half, U0)
-
-        def l_step() -> StepGenerator:
-            L0 = self.start(V0, bk.adjoint(S0))
-            L_half = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t_half, L0)
-            half.V, lead["V"] = augment(led, L_half, V0)
-
-        yield Parallel(k_step(), l_step())
         # half.U = [U0 D, *], half.V = [V0 E, *]: the start is D^H S0 E padded with zeros.
-        S_start = embed_core(S0, int(half.U.shape[1]), int(half.V.shape[1]), lead["U"], lead["V"])
+        S_start, lead_U, lead_V = yield from half.augment_by_substeps(self, led, Y0, t, t_half)
         S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
         Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
 
@@ -110,7 +95,7 @@ class MidpointBUG(AdaptiveIntegrator):
         # 3. full-step Galerkin from Y0 itself
         # hat.U = [half.U D2, *] = [U0 D D2, *, *] (likewise hat.V): again a padded S0.
         r = int(S0.shape[0])
-        m_U, m_V = m_U[:r] * lead["U"], m_V[: int(S0.shape[1])] * lead["V"]
+        m_U, m_V = m_U[:r] * lead_U, m_V[: int(S0.shape[1])] * lead_V
         S_start = embed_core(S0, int(hat.U.shape[1]), int(hat.V.shape[1]), m_U, m_V)
         S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
         Y1 = hat.truncate(led, self.truncation, S_hat, h)
