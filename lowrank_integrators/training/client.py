@@ -88,6 +88,10 @@ class GradientPass(Protocol):
     loss: float
     param_grads: Sequence[Any]
 
+    #: Optional: ``True`` when every product returned is a new array the client may update in
+    #: place (it then negates gradients without a copy); absent means ``False``.
+    fresh_products: bool
+
     def right(self, layer: int, V: Any) -> Any:
         """``grad_W(layer) @ V``."""
 

@@ -90,8 +90,11 @@ class NetworkPass:
     """The result of one forward/backward pass of an :class:`MLP` (a ``GradientPass``).
 
     Holds, for every low-rank layer, its input activations ``X`` and output gradients ``G``;
-    the gradient products are formed from them on request.
+    the gradient products are formed from them on request, each a new array that the caller
+    owns (``fresh_products``: the optimizer may negate it in place).
     """
+
+    fresh_products = True
 
     def __init__(
         self,
@@ -128,9 +131,11 @@ class NetworkPass:
         if W0 is not None and W.shape[1] > W0.shape[1] and W.shape[0] == W0.shape[0]:
             r = W0.shape[1]
             lead = W[:, :r]
+            if np.array_equal(lead, W0):  # the usual augmented basis [W0, new columns]
+                return _beside(got[product], A, W[:, r:])
             signs = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
             if np.array_equal(lead, W0 * signs):
-                return np.concatenate([got[product] * signs, A @ W[:, r:]], axis=1)
+                return _beside(got[product] * signs, A, W[:, r:])
         return A @ W
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
@@ -438,6 +443,15 @@ class MLP:
             raise ValueError(f"expected {self.n_lowrank} low-rank weights, got {len(weights)}")
         if len(params) != self.n_params:
             raise ValueError(f"expected {self.n_params} parameters, got {len(params)}")
+
+
+def _beside(formed: np.ndarray, A: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``[formed, A @ new]``: the product with the new columns written into the result."""
+    r = formed.shape[1]
+    out = np.empty((A.shape[0], r + new.shape[1]), dtype=np.result_type(formed, A, new))
+    out[:, :r] = formed
+    np.matmul(A, new, out=out[:, r:])
+    return out
 
 
 def _check_batch(batch: Any) -> tuple[np.ndarray, np.ndarray]:

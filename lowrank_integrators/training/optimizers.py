@@ -77,7 +77,13 @@ class _GradientView:
         self, kind: str, gp: Any, layer: int, Y: LowRankMatrix, bases: tuple[Any, ...], lr: float
     ) -> Any:
         g = _gradient_product(kind, gp, layer, bases)
-        return -self.direction(kind, g, bases, lr)
+        d = self.direction(kind, g, bases, lr)
+        # -d without a copy where d is an array nobody else holds: a direction computed here,
+        # or a product of a pass that declares its products fresh (``fresh_products``).
+        if (d is not g or getattr(gp, "fresh_products", False)) and bk.allows_inplace(d):
+            d *= -1
+            return d
+        return -d
 
     def direction(self, kind: str, g: Any, bases: tuple[Any, ...], lr: float) -> Any:
         return g
