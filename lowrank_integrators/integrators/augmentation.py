@@ -122,11 +122,23 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
         return _augment_by_one_qr(led, Z, U0, xp)
     Q = tall_qr(Z, overwrite_x=True)[0]  # NumPy: in the storage of Z
     Z = None
-    # Orthogonality of the new columns to U0: to working precision, or the one-QR path.
-    eps = float(np.finfo(U0.dtype).eps) if numpy else float(xp.finfo(U0.dtype).eps)
-    cross = bk.to_host(bk.adjoint(U0) @ Q) if int(Q.shape[1]) == k else None
-    if cross is None or not float(np.max(np.abs(cross))) <= _CROSS_TOLERANCE * eps:
+    if int(Q.shape[1]) != k:
         return _augment_by_one_qr(led, Q, U0, xp)
+    # Orthogonality of the new columns to U0. The QR's rounding, amplified by the condition
+    # of Z, leaves U0^H Q = C of size eps kappa(Z); one more projection Q - U0 C leaves
+    # ||U0^H Q|| ~ eps ||C|| and ||Q^H Q - I|| ~ ||C||^2, both at working precision when
+    # ||C||^2 is. Larger C (Z at the level of rounding): the one-QR path.
+    eps = float(np.finfo(U0.dtype).eps) if numpy else float(xp.finfo(U0.dtype).eps)
+    C = bk.adjoint(U0) @ Q
+    size = float(np.max(np.abs(bk.to_host(C))))
+    if not size <= _CROSS_TOLERANCE * eps:
+        if not size * size * k <= _CROSS_TOLERANCE * eps:
+            return _augment_by_one_qr(led, Q, U0, xp)
+        if numpy:
+            for b in bk.row_blocks(Q):
+                Q[b] -= U0[b] @ C
+        else:
+            Q = Q - U0 @ C
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
