@@ -350,7 +350,7 @@ class MLP:
         for li, lay in enumerate(self.layers):
             a = self._affine(li, lay, weights, params, a)
             if li < len(self.layers) - 1:
-                a = np.maximum(a, 0)
+                np.maximum(a, 0, out=a)
         return a
 
     def _affine(
@@ -373,7 +373,8 @@ class MLP:
             z = a @ params[idx["W"]].T
         else:
             z = (a @ params[idx["V"]]) @ params[idx["U"]].T
-        return z + params[idx["b"]]
+        z += params[idx["b"]]  # z is the product's own array
+        return z
 
     def gradient(
         self, weights: Sequence[LowRankMatrix], params: Sequence[np.ndarray], batch: Any
@@ -389,7 +390,7 @@ class MLP:
             acts.append(a)
             a = self._affine(li, lay, weights, params, a, formed)
             if li < len(self.layers) - 1:
-                a = np.maximum(a, 0)
+                np.maximum(a, 0, out=a)  # the affine map's own array
         loss, G = _cross_entropy(a, y)
         grads: list[Any] = [None] * self.n_params
         lowrank_acts: list[Any] = [None] * self.n_lowrank
@@ -413,7 +414,7 @@ class MLP:
                 grads[idx["V"]] = a_in.T @ GU
                 da = GU @ V.T if li > 0 else None
             if da is not None:
-                G = da * (a_in > 0)
+                G = np.multiply(da, a_in > 0, out=da)  # da is the product's own array
         return NetworkPass(loss, grads, lowrank_acts, formed)
 
     def loss_and_accuracy(
