@@ -76,12 +76,13 @@ def project_out(U0: Any, X: Any) -> Any:
             C = U0h @ X
         _require_finite_products(C, U0, X)
         Z = np.empty(X.shape, dtype=np.result_type(U0, X))
-        for b in bk.row_blocks(Z):
+        blocks = bk.row_blocks(Z) if Z.size > _SMALL else (slice(None),)
+        for b in blocks:
             np.subtract(X[b], U0[b] @ C, out=Z[b])
         with np.errstate(invalid="ignore", over="ignore"):
             C = U0h @ Z
         _require_finite_products(C, U0, Z)
-        for b in bk.row_blocks(Z):
+        for b in blocks:
             Z[b] -= U0[b] @ C
         return Z
     C = U0h @ X
@@ -130,7 +131,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     # ||C||^2 is. Larger C (Z at the level of rounding): the one-QR path.
     eps = float(np.finfo(U0.dtype).eps) if numpy else float(xp.finfo(U0.dtype).eps)
     C = bk.adjoint(U0) @ Q
-    size = float(np.max(np.abs(bk.to_host(C))))
+    size = float(abs(bk.to_host(C)).max())
     if not size <= _CROSS_TOLERANCE * eps:
         if not size * size * k <= _CROSS_TOLERANCE * eps:
             return _augment_by_one_qr(led, Q, U0, xp)
@@ -153,6 +154,8 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
 
 def _nonpositive_phases(U0: Any, r: int, xp: Any, numpy: bool) -> Any:
     """Unit factors ``d`` with ``U0[j, j] d_j`` real and ``<= 0`` (``d_j = 1`` where it is 0)."""
+    if numpy and not np.iscomplexobj(U0):
+        return np.where(np.diagonal(U0) > 0, -1.0, 1.0)[:r].astype(U0.dtype)
     diag = np.diagonal(U0[:r, :r]) if numpy else xp.linalg.diagonal(U0[:r, :r])
     size = xp.abs(diag)
     one = xp.ones_like(size)
@@ -161,6 +164,9 @@ def _nonpositive_phases(U0: Any, r: int, xp: Any, numpy: bool) -> Any:
         return xp.where(size > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
     return xp.where(diag > 0, -one, one)
 
+
+#: Arrays with at most this many entries are projected whole rather than by row blocks.
+_SMALL = 1 << 16
 
 #: Largest entry of ``U0^H Q`` (in units of the dtype's epsilon) accepted for the new columns:
 #: leaves ``U_hat`` orthonormal to ``4e-6`` in float32 and ``8e-15`` in float64.
@@ -203,9 +209,13 @@ def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
     For bases from :func:`augment` (``U_hat^H U0 = [diag(m_left); 0]``, likewise for ``V``)
     this is ``U_hat^H (U0 S0 V0^H) V_hat`` exactly.
     """
+    r, s = int(S0.shape[0]), int(S0.shape[1])
+    if type(S0) is np.ndarray:
+        out = np.zeros((max(rows, r), max(cols, s)), dtype=np.result_type(S0, m_left, m_right))
+        np.multiply(m_left[:, None] * S0, m_right.conj()[None, :], out=out[:r, :s])
+        return out
     xp = bk.namespace(S0)
     S0 = m_left[:, None] * S0 * xp.conj(m_right)[None, :]
-    r, s = int(S0.shape[0]), int(S0.shape[1])
     dev = bk.device(S0)
     if cols > s:
         S0 = xp.concat([S0, xp.zeros((r, cols - s), dtype=S0.dtype, device=dev)], axis=1)

@@ -131,10 +131,8 @@ class NetworkPass:
         if W0 is not None and W.shape[1] > W0.shape[1] and W.shape[0] == W0.shape[0]:
             r = W0.shape[1]
             lead = W[:, :r]
-            if np.array_equal(lead, W0):  # the usual augmented basis [W0, new columns]
-                return _beside(got[product], A, W[:, r:])
             signs = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
-            if np.array_equal(lead, W0 * signs):
+            if (lead == W0 * signs).all():
                 return _beside(got[product] * signs, A, W[:, r:])
         return A @ W
 

@@ -28,6 +28,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .. import _backend as bk
 from ..factors import LowRankMatrix
 
@@ -80,7 +82,8 @@ class _GradientView:
         d = self.direction(kind, g, bases, lr)
         # -d without a copy where d is an array nobody else holds: a direction computed here,
         # or a product of a pass that declares its products fresh (``fresh_products``).
-        if (d is not g or getattr(gp, "fresh_products", False)) and bk.allows_inplace(d):
+        fresh = d is not g or getattr(gp, "fresh_products", False)
+        if fresh and (d.flags.writeable if type(d) is np.ndarray else bk.allows_inplace(d)):
             d *= -1
             return d
         return -d
