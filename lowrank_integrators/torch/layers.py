@@ -88,7 +88,9 @@ class _FactoredProduct(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
-        layer._records.append((x.detach(), G.detach()))
+        # the products with U and V that this pass formed, for bases that extend them
+        formed = (U.detach(), gu.detach(), V.detach(), a.detach())
+        layer._records.append((x.detach(), G.detach(), formed))
         gK = layer._contract(G, a)  # grad(W) V
         gL = layer._apply_in_adjoint(x, gu)  # grad(W)^T U
         gS = layer._contract_core(gu, a)  # U^T grad(W) V
@@ -111,7 +113,7 @@ class FactoredLayer(torch.nn.Module):
         self.U = torch.nn.Parameter(U.contiguous())
         self.S = torch.nn.Parameter(S.contiguous())
         self.V = torch.nn.Parameter(V.contiguous())
-        self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._records: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
         self._tag()
 
     def _tag(self) -> None:
@@ -227,6 +229,47 @@ class FactoredLayer(torch.nn.Module):
         return self._contract(gu, a)
 
     # --- products of the recorded gradient ----------------------------------------------------
+    #: The axis of the columns (the rank index) in the products with ``U`` and ``V``.
+    _column_axis = -1
+
+    def _extend(
+        self, B: torch.Tensor, B0: torch.Tensor, formed: torch.Tensor, new: Any
+    ) -> torch.Tensor:
+        """A product with ``B``, reusing ``formed`` (the product with ``B0``) where it can.
+
+        The augmented bases of the integrators keep the start basis, up to column signs, as
+        their leading block: then only the product with the new columns is formed.
+        """
+        r = int(B0.shape[1])
+        if tuple(B.shape) == tuple(B0.shape):
+            return formed if torch.equal(B, B0) else new(B)
+        if B.shape[0] != B0.shape[0] or B.shape[1] < r or B.is_complex():
+            return new(B)
+        lead = B[:, :r]
+        one = torch.ones((), dtype=B.dtype, device=B.device)
+        signs = torch.where((lead * B0).sum(dim=0) < 0, -one, one)
+        if not torch.equal(lead, B0 * signs):
+            return new(B)
+        shape = [1] * formed.ndim
+        shape[self._column_axis] = r
+        return torch.cat([formed * signs.reshape(shape), new(B[:, r:])], dim=self._column_axis)
+
+    def _products(self, rec: Any, U: Any, V: Any) -> tuple[Any, Any]:
+        """``G U`` and ``x V`` (in the layouts of the layer) of one recorded pass."""
+        x, G, formed = rec
+        gu = a = None
+        if U is not None:
+            if formed is None:
+                gu = self._apply_out_adjoint(G, U)
+            else:
+                gu = self._extend(U, formed[0], formed[1], lambda B: self._apply_out_adjoint(G, B))
+        if V is not None:
+            if formed is None:
+                a = self._apply_in(x, V)
+            else:
+                a = self._extend(V, formed[2], formed[3], lambda B: self._apply_in(x, B))
+        return gu, a
+
     def grad_right(self, V: torch.Tensor) -> torch.Tensor:
         """``grad(W) V`` from the recorded backward passes.
 
@@ -239,22 +282,19 @@ class FactoredLayer(torch.nn.Module):
         torch.Tensor, shape (n_out, k)
         """
         self._require_records()
-        return sum(self._contract(G, self._apply_in(x, V)) for x, G in self._records)
+        return sum(self._contract(rec[1], self._products(rec, None, V)[1]) for rec in self._records)
 
     def grad_left(self, U: torch.Tensor) -> torch.Tensor:
         """``grad(W)^T U`` from the recorded backward passes (shape ``(n_in, k)``)."""
         self._require_records()
         return sum(
-            self._apply_in_adjoint(x, self._apply_out_adjoint(G, U)) for x, G in self._records
+            self._apply_in_adjoint(rec[0], self._products(rec, U, None)[0]) for rec in self._records
         )
 
     def grad_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``U^T grad(W) V`` from the recorded backward passes (shape ``(k_U, k_V)``)."""
         self._require_records()
-        return sum(
-            self._contract_core(self._apply_out_adjoint(G, U), self._apply_in(x, V))
-            for x, G in self._records
-        )
+        return sum(self._contract_core(*self._products(rec, U, V)) for rec in self._records)
 
     def _require_records(self) -> None:
         if not self._records:
@@ -463,6 +503,8 @@ class LowRankConv2d(FactoredLayer):
             f"rank={self.rank}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, bias={self.bias is not None}"
         )
+
+    _column_axis = 1
 
     def _filters(self, V: torch.Tensor) -> torch.Tensor:
         return V.mT.reshape(V.shape[1], self.in_channels, *self.kernel_size)
