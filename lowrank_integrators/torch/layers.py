@@ -63,6 +63,20 @@ def replace_data(p: torch.nn.Parameter, new: torch.Tensor) -> None:
     p.data = new
 
 
+def channel_map(M: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The ``1 x 1`` convolution of ``t`` (``(N, c, H, W)``) with the ``k x c`` matrix ``M``.
+
+    A batched matrix product over the flattened positions: on the CPU several times faster
+    than ``conv2d`` with a ``1 x 1`` kernel, and the same numbers up to round-off.
+    """
+    return torch.matmul(M, t.flatten(2)).unflatten(2, t.shape[2:])
+
+
+def channel_contract(G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``sum over samples and positions of G a^T``: ``(N, o, H, W), (N, k, H, W) -> o x k``."""
+    return torch.matmul(G.flatten(2), a.flatten(2).mT).sum(dim=0)
+
+
 def _check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -524,10 +538,10 @@ class LowRankConv2d(FactoredLayer):
         return w.reshape(k, -1).mT
 
     def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return tf.conv2d(a, K[:, :, None, None])  # the 1 x 1 convolution with K
+        return channel_map(K, a)  # the 1 x 1 convolution with K
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        return tf.conv2d(G, U.mT[:, :, None, None])
+        return channel_map(U.mT, G)
 
     def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(G, a, dims=([0, 2, 3], [0, 2, 3]))
+        return channel_contract(G, a)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as tf
 
 from ..tucker import TuckerTensor, multi_mode_product, unfold
-from .layers import _check_positive, _pair, replace_data
+from .layers import _check_positive, _pair, channel_map, replace_data
 
 __all__ = ["TuckerConv2d"]
 
@@ -234,9 +234,9 @@ class TuckerConv2d(torch.nn.Module):
     def _apply(
         self, x: torch.Tensor, spatial: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b = tf.conv2d(x, self.U2.mT[:, :, None, None])
+        b = channel_map(self.U2.mT, x)
         a = tf.conv2d(b, spatial, None, self.stride, self.padding, self.dilation)
-        return tf.conv2d(a, self.U1[:, :, None, None]), b, a
+        return channel_map(self.U1, a), b, a
 
     def _weight_grad(self, inp: torch.Tensor, shape: tuple[int, ...], G: torch.Tensor) -> Any:
         # the gradient of a convolution kernel of ``shape`` mapping ``inp`` to the output of G
@@ -272,8 +272,8 @@ class TuckerConv2d(torch.nn.Module):
         kh, kw = self.kernel_size
         total = None
         for x, G in self._records:
-            xs = x if B[1] is None else tf.conv2d(x, B[1].mT[:, :, None, None])
-            Gs = G if B[0] is None else tf.conv2d(G, B[0].mT[:, :, None, None])
+            xs = x if B[1] is None else channel_map(B[1].mT, x)
+            Gs = G if B[0] is None else channel_map(B[0].mT, G)
             part = self._weight_grad(xs, (int(Gs.shape[1]), int(xs.shape[1]), kh, kw), Gs)
             total = part if total is None else total + part
         assert total is not None
@@ -392,13 +392,13 @@ class _TuckerProduct(torch.autograd.Function):
         layer = ctx.layer
         kh, kw = layer.kernel_size
         r1, r2 = int(core.shape[0]), int(core.shape[1])
-        Ga = tf.conv2d(G, U1.mT[:, :, None, None])
+        Ga = channel_map(U1.mT, G)
         grad_x = None
         if ctx.needs_input_grad[0]:
             Gb = torch.nn.grad.conv2d_input(
                 b.shape, spatial, Ga, layer.stride, layer.padding, layer.dilation
             )
-            grad_x = tf.conv2d(Gb, U2[:, :, None, None])
+            grad_x = channel_map(U2, Gb)
         A1 = layer._weight_grad(b, (layer.out_channels, r2, kh, kw), G)
         A2 = layer._weight_grad(x, (r1, layer.in_channels, kh, kw), Ga)
         P = torch.einsum("ok,obhw->kbhw", U1, A1)
