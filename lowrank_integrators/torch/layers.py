@@ -96,14 +96,18 @@ class _FactoredProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[Any, ...]:
-        x, a, U, S, V = ctx.saved_tensors
+        x, a, U0, S, V0 = ctx.saved_tensors
         layer = ctx.layer
+        # under autocast (bfloat16 forward, float32 factors) the backward runs in the dtype of
+        # the output gradient; autograd casts the gradients to the dtypes of the inputs
+        cd = G.dtype
+        x, a, U, S, V = (t.to(cd) for t in (x, a, U0, S, V0))
         gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
         # the products with U and V that this pass formed, for bases that extend them
-        formed = (U.detach(), gu.detach(), V.detach(), a.detach())
+        formed = (U0.detach(), gu.detach(), V0.detach(), a.detach())
         layer._records.append((x.detach(), G.detach(), formed))
         gK = layer._contract(G, a)  # grad(W) V
         gL = layer._apply_in_adjoint(x, gu)  # grad(W)^T U
@@ -266,22 +270,26 @@ class FactoredLayer(torch.nn.Module):
             return new(B)
         shape = [1] * formed.ndim
         shape[self._column_axis] = r
-        return torch.cat([formed * signs.reshape(shape), new(B[:, r:])], dim=self._column_axis)
+        signs = signs.to(formed.dtype).reshape(shape)
+        return torch.cat([formed * signs, new(B[:, r:])], dim=self._column_axis)
 
     def _products(self, rec: Any, U: Any, V: Any) -> tuple[Any, Any]:
         """``G U`` and ``x V`` (in the layouts of the layer) of one recorded pass."""
         x, G, formed = rec
+        cd = G.dtype  # the dtype of the pass (bfloat16 under autocast)
         gu = a = None
         if U is not None:
-            if formed is None:
-                gu = self._apply_out_adjoint(G, U)
-            else:
-                gu = self._extend(U, formed[0], formed[1], lambda B: self._apply_out_adjoint(G, B))
+
+            def gu_of(B: torch.Tensor) -> torch.Tensor:
+                return self._apply_out_adjoint(G, B.to(cd))
+
+            gu = gu_of(U) if formed is None else self._extend(U, formed[0], formed[1], gu_of)
         if V is not None:
-            if formed is None:
-                a = self._apply_in(x, V)
-            else:
-                a = self._extend(V, formed[2], formed[3], lambda B: self._apply_in(x, B))
+
+            def a_of(B: torch.Tensor) -> torch.Tensor:
+                return self._apply_in(x, B.to(cd))
+
+            a = a_of(V) if formed is None else self._extend(V, formed[2], formed[3], a_of)
         return gu, a
 
     def grad_right(self, V: torch.Tensor) -> torch.Tensor:
@@ -296,19 +304,22 @@ class FactoredLayer(torch.nn.Module):
         torch.Tensor, shape (n_out, k)
         """
         self._require_records()
-        return sum(self._contract(rec[1], self._products(rec, None, V)[1]) for rec in self._records)
+        out = sum(self._contract(rec[1], self._products(rec, None, V)[1]) for rec in self._records)
+        return out.to(V.dtype)
 
     def grad_left(self, U: torch.Tensor) -> torch.Tensor:
         """``grad(W)^T U`` from the recorded backward passes (shape ``(n_in, k)``)."""
         self._require_records()
-        return sum(
+        out = sum(
             self._apply_in_adjoint(rec[0], self._products(rec, U, None)[0]) for rec in self._records
         )
+        return out.to(U.dtype)
 
     def grad_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``U^T grad(W) V`` from the recorded backward passes (shape ``(k_U, k_V)``)."""
         self._require_records()
-        return sum(self._contract_core(*self._products(rec, U, V)) for rec in self._records)
+        out = sum(self._contract_core(*self._products(rec, U, V)) for rec in self._records)
+        return out.to(U.dtype)
 
     def _require_records(self) -> None:
         if not self._records:

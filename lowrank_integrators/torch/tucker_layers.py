@@ -271,12 +271,17 @@ class TuckerConv2d(torch.nn.Module):
         B = [None if j == skip else bases[j] for j in range(4)]
         kh, kw = self.kernel_size
         total = None
+        dtype = next(b for b in bases if b is not None).dtype
         for x, G in self._records:
+            # the passes' dtype (bfloat16 under autocast) for the products with the data
+            B = [None if b is None else b.to(G.dtype) for b in B]
             xs = x if B[1] is None else channel_map(B[1].mT, x)
             Gs = G if B[0] is None else channel_map(B[0].mT, G)
             part = self._weight_grad(xs, (int(Gs.shape[1]), int(xs.shape[1]), kh, kw), Gs)
             total = part if total is None else total + part
         assert total is not None
+        total = total.to(dtype)
+        B = [None if j == skip else bases[j] for j in range(4)]
         return multi_mode_product(total, [None, None, _t(B[2]), _t(B[3])])
 
     def mode_gradient(self, mode: int, Q: torch.Tensor) -> torch.Tensor:
@@ -388,8 +393,12 @@ class _TuckerProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[Any, ...]:
-        x, b, spatial, core, U1, U2, U3, U4 = ctx.saved_tensors
+        saved = ctx.saved_tensors
         layer = ctx.layer
+        pd = saved[3].dtype  # the factors' dtype
+        # under autocast (bfloat16 forward, float32 factors) the backward runs in the dtype of
+        # the output gradient; autograd casts the gradients to the dtypes of the inputs
+        x, b, spatial, core, U1, U2, U3, U4 = (t.to(G.dtype) for t in saved)
         kh, kw = layer.kernel_size
         r1, r2 = int(core.shape[0]), int(core.shape[1])
         Ga = channel_map(U1.mT, G)
@@ -409,8 +418,9 @@ class _TuckerProduct(torch.autograd.Function):
         g3 = torch.einsum("abhw,wd,abcd->hc", P, U4, core)
         g4 = torch.einsum("abhw,hc,abcd->wd", P, U3, core)
         layer._records.append((x.detach(), G.detach()))
+        parts = [A.to(pd) for A in (A1, A2, P)]
         if layer._partials is None:
-            layer._partials = [A1, A2, P]
+            layer._partials = parts
         else:
-            layer._partials = [s + t for s, t in zip(layer._partials, (A1, A2, P), strict=True)]
+            layer._partials = [s + t for s, t in zip(layer._partials, parts, strict=True)]
         return grad_x, g_core, g1, g2, g3, g4, None
