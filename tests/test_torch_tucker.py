@@ -219,3 +219,10 @@ def test_a_training_step_never_forms_a_tensor_of_the_kernels_size():
     with _Shapes() as dense:
         full_kernel_gradients(layer, [x], target)
     assert kernel_sized(dense.shapes, layer)
+
+
+def test_module_conversions_reach_the_tucker_factors():
+    layer, x, _ = tucker_layer()
+    layer.to(torch.float32)
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    assert layer(x.float()).dtype == torch.float32

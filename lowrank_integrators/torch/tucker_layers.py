@@ -222,7 +222,7 @@ class TuckerConv2d(torch.nn.Module):
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             z = _TuckerProduct.apply(x, *params, self)
         else:
-            z = self._apply(x, self._spatial_kernel(self.core, self.U3, self.U4))[0]
+            z = self._convolve(x, self._spatial_kernel(self.core, self.U3, self.U4))[0]
         return z if self.bias is None else z + self.bias[:, None, None]
 
     # --- the factored convolution and its adjoints --------------------------------------------
@@ -231,7 +231,7 @@ class TuckerConv2d(torch.nn.Module):
         # C x_3 U_3 x_4 U_4: r_1 x r_2 x kh x kw, the kernel expanded in the spatial modes only
         return torch.einsum("abcd,hc,wd->abhw", core, U3, U4)
 
-    def _apply(
+    def _convolve(
         self, x: torch.Tensor, spatial: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b = channel_map(self.U2.mT, x)
@@ -386,7 +386,7 @@ class _TuckerProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Any, core: Any, U1: Any, U2: Any, U3: Any, U4: Any, layer: Any) -> Any:
         spatial = layer._spatial_kernel(core, U3, U4)
-        z, b, _ = layer._apply(x, spatial)
+        z, b, _ = layer._convolve(x, spatial)
         ctx.save_for_backward(x, b, spatial, core, U1, U2, U3, U4)
         ctx.layer = layer
         return z
