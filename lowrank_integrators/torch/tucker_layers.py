@@ -8,6 +8,14 @@ convolution with the small kernel ``C x_3 U_3 x_4 U_4`` (``r_2 -> r_1`` channels
 :class:`~lowrank_integrators.torch.DLRTOptimizer` moves the layer by the rank-adaptive Tucker
 BUG integrator (Ceruti, Lubich, Sulz 2023, arXiv:2201.10291), as in TDLRT (Zangrando, Schotthöfer,
 Ceruti, Kusch, Tudisco 2023, arXiv:2305.19059).
+
+Training never forms ``W`` or its gradient either: the backward pass of the factored forward
+gives the core and the factors their plain gradients and keeps the partial projections
+``grad(W) x_2 U_2^T`` and ``grad(W) x_1 U_1^T`` (a channel mode reduced to its rank), from which
+the K-step gradient of every mode (:meth:`TuckerConv2d.mode_gradient`) and the gradient of the
+core (:meth:`TuckerConv2d.core_gradient`) are formed; products in other bases (the core step
+in the augmented bases) come from the recorded inputs and output gradients
+(:meth:`TuckerConv2d.kernel_projection`).
 """
 
 from __future__ import annotations
