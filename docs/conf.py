@@ -229,7 +229,7 @@ GROUPS = [
         "torch",
         "Torch",
         "PyTorch layers and optimizers (extra ``torch``).",
-        ("lowrank_integrators.torch", "lowrank_integrators.training.torch_adapter"),
+        ("lowrank_integrators.torch",),
     ),
 ]
 
@@ -237,7 +237,7 @@ GROUPS = [
 #: is expanded into its own ``__all__``.
 NAMESPACES = ("lowrank_integrators", "lowrank_integrators.training", "lowrank_integrators.verify")
 #: Where torch names may live; every one present is documented.
-TORCH_NAMESPACES = ("lowrank_integrators.torch", "lowrank_integrators.training.torch_adapter")
+TORCH_NAMESPACES = ("lowrank_integrators.torch",)
 
 
 def _group_of(module: str) -> Group:

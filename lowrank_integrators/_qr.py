@@ -319,6 +319,12 @@ def _inverse_upper(R: Any) -> Any:
         inv, info = trtri(R, lower=0)
         if info == 0:
             return np.triu(inv)
+    if type(R).__module__.startswith("torch"):
+        # a triangular solve: several times faster than the general (LU) inverse
+        import torch
+
+        eye = torch.eye(int(R.shape[0]), dtype=R.dtype, device=R.device)
+        return torch.linalg.solve_triangular(R, eye, upper=True)
     return bk.namespace(R).linalg.inv(R)
 
 

@@ -63,6 +63,20 @@ def replace_data(p: torch.nn.Parameter, new: torch.Tensor) -> None:
     p.data = new
 
 
+def channel_map(M: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The ``1 x 1`` convolution of ``t`` (``(N, c, H, W)``) with the ``k x c`` matrix ``M``.
+
+    A batched matrix product over the flattened positions: on the CPU several times faster
+    than ``conv2d`` with a ``1 x 1`` kernel, and the same numbers up to round-off.
+    """
+    return torch.matmul(M, t.flatten(2)).unflatten(2, t.shape[2:])
+
+
+def channel_contract(G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``sum over samples and positions of G a^T``: ``(N, o, H, W), (N, k, H, W) -> o x k``."""
+    return torch.matmul(G.flatten(2), a.flatten(2).mT).sum(dim=0)
+
+
 def _check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -82,13 +96,19 @@ class _FactoredProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[Any, ...]:
-        x, a, U, S, V = ctx.saved_tensors
+        x, a, U0, S, V0 = ctx.saved_tensors
         layer = ctx.layer
+        # under autocast (bfloat16 forward, float32 factors) the backward runs in the dtype of
+        # the output gradient; autograd casts the gradients to the dtypes of the inputs
+        cd = G.dtype
+        x, a, U, S, V = (t.to(cd) for t in (x, a, U0, S, V0))
         gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
-        layer._records.append((x.detach(), G.detach()))
+        # the products with U and V that this pass formed, for bases that extend them
+        formed = (U0.detach(), gu.detach(), V0.detach(), a.detach())
+        layer._records.append((x.detach(), G.detach(), formed))
         gK = layer._contract(G, a)  # grad(W) V
         gL = layer._apply_in_adjoint(x, gu)  # grad(W)^T U
         gS = layer._contract_core(gu, a)  # U^T grad(W) V
@@ -111,7 +131,7 @@ class FactoredLayer(torch.nn.Module):
         self.U = torch.nn.Parameter(U.contiguous())
         self.S = torch.nn.Parameter(S.contiguous())
         self.V = torch.nn.Parameter(V.contiguous())
-        self._records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._records: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
         self._tag()
 
     def _tag(self) -> None:
@@ -227,6 +247,51 @@ class FactoredLayer(torch.nn.Module):
         return self._contract(gu, a)
 
     # --- products of the recorded gradient ----------------------------------------------------
+    #: The axis of the columns (the rank index) in the products with ``U`` and ``V``.
+    _column_axis = -1
+
+    def _extend(
+        self, B: torch.Tensor, B0: torch.Tensor, formed: torch.Tensor, new: Any
+    ) -> torch.Tensor:
+        """A product with ``B``, reusing ``formed`` (the product with ``B0``) where it can.
+
+        The augmented bases of the integrators keep the start basis, up to column signs, as
+        their leading block: then only the product with the new columns is formed.
+        """
+        r = int(B0.shape[1])
+        if tuple(B.shape) == tuple(B0.shape):
+            return formed if torch.equal(B, B0) else new(B)
+        if B.shape[0] != B0.shape[0] or B.shape[1] < r or B.is_complex():
+            return new(B)
+        lead = B[:, :r]
+        one = torch.ones((), dtype=B.dtype, device=B.device)
+        signs = torch.where((lead * B0).sum(dim=0) < 0, -one, one)
+        if not torch.equal(lead, B0 * signs):
+            return new(B)
+        shape = [1] * formed.ndim
+        shape[self._column_axis] = r
+        signs = signs.to(formed.dtype).reshape(shape)
+        return torch.cat([formed * signs, new(B[:, r:])], dim=self._column_axis)
+
+    def _products(self, rec: Any, U: Any, V: Any) -> tuple[Any, Any]:
+        """``G U`` and ``x V`` (in the layouts of the layer) of one recorded pass."""
+        x, G, formed = rec
+        cd = G.dtype  # the dtype of the pass (bfloat16 under autocast)
+        gu = a = None
+        if U is not None:
+
+            def gu_of(B: torch.Tensor) -> torch.Tensor:
+                return self._apply_out_adjoint(G, B.to(cd))
+
+            gu = gu_of(U) if formed is None else self._extend(U, formed[0], formed[1], gu_of)
+        if V is not None:
+
+            def a_of(B: torch.Tensor) -> torch.Tensor:
+                return self._apply_in(x, B.to(cd))
+
+            a = a_of(V) if formed is None else self._extend(V, formed[2], formed[3], a_of)
+        return gu, a
+
     def grad_right(self, V: torch.Tensor) -> torch.Tensor:
         """``grad(W) V`` from the recorded backward passes.
 
@@ -239,22 +304,22 @@ class FactoredLayer(torch.nn.Module):
         torch.Tensor, shape (n_out, k)
         """
         self._require_records()
-        return sum(self._contract(G, self._apply_in(x, V)) for x, G in self._records)
+        out = sum(self._contract(rec[1], self._products(rec, None, V)[1]) for rec in self._records)
+        return out.to(V.dtype)
 
     def grad_left(self, U: torch.Tensor) -> torch.Tensor:
         """``grad(W)^T U`` from the recorded backward passes (shape ``(n_in, k)``)."""
         self._require_records()
-        return sum(
-            self._apply_in_adjoint(x, self._apply_out_adjoint(G, U)) for x, G in self._records
+        out = sum(
+            self._apply_in_adjoint(rec[0], self._products(rec, U, None)[0]) for rec in self._records
         )
+        return out.to(U.dtype)
 
     def grad_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``U^T grad(W) V`` from the recorded backward passes (shape ``(k_U, k_V)``)."""
         self._require_records()
-        return sum(
-            self._contract_core(self._apply_out_adjoint(G, U), self._apply_in(x, V))
-            for x, G in self._records
-        )
+        out = sum(self._contract_core(*self._products(rec, U, V)) for rec in self._records)
+        return out.to(U.dtype)
 
     def _require_records(self) -> None:
         if not self._records:
@@ -464,6 +529,8 @@ class LowRankConv2d(FactoredLayer):
             f"dilation={self.dilation}, bias={self.bias is not None}"
         )
 
+    _column_axis = 1
+
     def _filters(self, V: torch.Tensor) -> torch.Tensor:
         return V.mT.reshape(V.shape[1], self.in_channels, *self.kernel_size)
 
@@ -482,10 +549,10 @@ class LowRankConv2d(FactoredLayer):
         return w.reshape(k, -1).mT
 
     def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return tf.conv2d(a, K[:, :, None, None])  # the 1 x 1 convolution with K
+        return channel_map(K, a)  # the 1 x 1 convolution with K
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        return tf.conv2d(G, U.mT[:, :, None, None])
+        return channel_map(U.mT, G)
 
     def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(G, a, dims=([0, 2, 3], [0, 2, 3]))
+        return channel_contract(G, a)

@@ -40,11 +40,10 @@ from ..integrators.tucker_bug import TuckerBUG
 from ..integrators.tucker_steps import TuckerIntegrator, TuckerState
 from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from ..substeps import Euler
-from ..tensor_problems import TensorODE
 from ..threads import limited
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
 from ..truncation import Tolerance
-from ..tucker import TuckerTensor, multi_mode_product
+from ._tucker_fields import TuckerDirection, TuckerLayerField
 from .layers import FactoredLayer, replace_data
 from .tucker_layers import TuckerConv2d
 
@@ -189,20 +188,6 @@ class _Rounds:
         return gps
 
 
-class _KernelGradientField(TensorODE):
-    """``F = -grad(W)`` of a Tucker kernel, the same at every point of an Euler step."""
-
-    def __init__(self, F: torch.Tensor) -> None:
-        self.F = F
-
-    def project(
-        self, t: float, Y: TuckerTensor, bases: Any, skip: int | None = None
-    ) -> torch.Tensor:
-        return multi_mode_product(
-            self.F, [None if j == skip else B.mT for j, B in enumerate(bases)]
-        )
-
-
 def _factor_params(layer: Any) -> list[torch.Tensor]:
     if isinstance(layer, TuckerConv2d):
         return [layer.core, layer.U1, layer.U2, layer.U3, layer.U4]
@@ -231,8 +216,9 @@ class DLRTOptimizer(torch.optim.Optimizer):
     direction : SGD, HeavyBall or Adam, optional
         How gradients become the direction of the flow, for the low-rank layers (with moments
         transported into the new bases at every step) and for the other parameters alike.
-        Default ``SGD()``. Layers :class:`~lowrank_integrators.torch.TuckerConv2d` need
-        ``SGD()``.
+        Default ``SGD()``. For :class:`~lowrank_integrators.torch.TuckerConv2d` layers the
+        moments live in the coordinates of the K-step of each mode and of the core step, and
+        are transported into the next step's coordinates in the same way.
     tucker_method : Tucker integrator, optional
         For :class:`~lowrank_integrators.torch.TuckerConv2d` layers (TDLRT, Zangrando et al.
         2023, arXiv:2305.19059). Default
@@ -323,11 +309,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
             if not all(id(q) in ids for q in _factor_params(layer)):
                 raise ValueError(
                     f"the factors of a {type(layer).__name__} must all be in one parameter group"
-                )
-            if isinstance(layer, TuckerConv2d) and not isinstance(self._direction_arg, SGD):
-                raise ValueError(
-                    "TuckerConv2d layers are stepped with direction=SGD() only (no transport "
-                    f"of moments for Tucker bases), got {self._direction_arg!r}"
                 )
             self._layers.append(layer)
 
@@ -428,6 +409,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
             layer.clear_records()
             self.last_infos.append(info)
         for (layer, _lr), (state, new, info) in zip(tucker_steps, tucker_results, strict=True):
+            state["slot"] = state.pop("next_slot")
             state["t"] = float(new.t)
             state["step"] += 1
             layer.set_tucker(new.Y)
@@ -444,10 +426,13 @@ class DLRTOptimizer(torch.optim.Optimizer):
     ) -> tuple[dict[str, Any], TuckerState, Any]:
         state = self.state[layer.core]
         if not state:
-            state.update({"step": 0, "t": 0.0})
-        field = _KernelGradientField(-layer.kernel_gradient())
-        st = TuckerState(Y=layer.tucker, t=float(state["t"]))
+            state.update({"step": 0, "t": 0.0, "slot": {}})
+        start = layer.tucker
+        direction = TuckerDirection(self.direction, state["slot"], int(state["step"]), start, lr)
+        field = TuckerLayerField(layer, start, direction)
+        st = TuckerState(Y=start, t=float(state["t"]))
         new, info = self.tucker_method.step(field, st, st.t, lr)
+        state["next_slot"] = direction.commit()
         for i, a in enumerate((new.Y.core, *new.Y.factors)):
             if not bool(torch.isfinite(a).all()):
                 raise FloatingPointError(

@@ -2,8 +2,7 @@
 
 The client (:class:`LowRankTraining`) is framework-agnostic: it takes any matrix integrator and
 a ``gradient(weights, params, batch)`` callable. :class:`MLP` is the NumPy reference network;
-the PyTorch adapter lives in :mod:`lowrank_integrators.training.torch_adapter` (imported on
-demand, it needs the ``torch`` extra).
+PyTorch models train with :mod:`lowrank_integrators.torch` (the ``torch`` extra).
 
 Schotthöfer, Zangrando, Kusch, Ceruti, Tudisco (2022), Low-rank lottery tickets: finding
 efficient low-rank neural networks via matrix differential equations, NeurIPS 35,
