@@ -24,7 +24,10 @@ from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
 
+import numpy as np
+
 from . import _backend as bk
+from . import _fused
 from ._checks import check_product
 from .protocol import Increment, SubstepCall, received, run_to_end
 
@@ -98,6 +101,58 @@ def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
     for b in bk.row_blocks(out):
         out[b, :] = (X0.rows(b) if factored else X0[b, :]) + alpha * k[b, :]
     return out
+
+
+#: Elements of one block of rows in the fused RK4 updates: the block of the start value formed
+#: by BLAS is still in cache when the stage and the accumulator are updated from it.
+_STAGE_BLOCK_ELEMENTS = 1 << 15
+
+
+def _stage_blocks(x: Any) -> list[slice]:
+    rows, cols = int(x.shape[0]), int(x.shape[1])
+    step = max(1, _STAGE_BLOCK_ELEMENTS // max(1, cols))
+    return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
+
+
+def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first: bool) -> None:
+    """The RK4 updates after a stage derivative ``k``, in one pass over the rows.
+
+    ``first``: ``acc = X0 + c k`` and ``stage = X0 + a k``, with ``X0`` formed once (one
+    product per block when it is factored) for both. Otherwise ``acc += c k`` and
+    ``stage = X0 + a k``. ``k`` is read once; nothing but ``acc`` and ``stage`` is written.
+    NumPy arrays are updated block by block of rows while the block is in cache, with no
+    temporary larger than a block; other in-place backends by slices.
+    """
+    factored = isinstance(X0, FactoredStart)
+    if type(k) is not np.ndarray or len(k.shape) != 2:
+        if first:
+            assign_stage(acc, X0, c, k)
+        else:
+            bk.add_scaled(acc, c, k)
+        assign_stage(stage, X0, a, k)
+        return
+    blocks = _stage_blocks(k)
+    scratch = None
+    for b in blocks:
+        kb, sb, ab = k[b], stage[b], acc[b]
+        x0 = ab if first else sb  # where the start's block is formed
+        if factored:
+            np.matmul(X0.left[b], X0.right, out=x0)
+        else:
+            x0[...] = X0[b]
+        if _fused.rk4_axpy(ab, sb, kb, c, a, first):
+            continue
+        if scratch is None:
+            scratch = np.empty((blocks[0].stop - blocks[0].start, k.shape[1]), dtype=k.dtype)
+        tmp = scratch[: kb.shape[0]]
+        if first:
+            np.multiply(kb, a, out=tmp)
+            np.add(ab, tmp, out=sb)
+        else:
+            np.multiply(kb, a, out=tmp)
+            sb += tmp
+        np.multiply(kb, c, out=tmp)
+        ab += tmp
 
 
 class SubstepODE(Protocol):
@@ -284,21 +339,30 @@ class RK4(SubstepSolver):
         # value is re-read from X (re-formed block by block when it is a FactoredStart)
         # instead of kept in a fourth array, and the sums are formed block by block (these
         # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
-        # keep what it was given.
+        # keep what it was given. Where the arrays allow in-place updates, each derivative is
+        # folded into the accumulator and the next stage in one pass (rk4_update), the start
+        # formed once for both updates of the first stage; otherwise the updates are
+        # functional.
         k = yield from f(t, X, first)
-        acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
-        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
+        fused = bk.allows_inplace(k)
+        acc = bk.empty(k)
+        stage = bk.empty(k)
+        if fused:
+            rk4_update(acc, stage, X, k, dt / 6.0, 0.5 * dt, first=True)
+        else:
+            acc = assign_stage(acc, X, dt / 6.0, k)
+            stage = assign_stage(stage, X, 0.5 * dt, k)
         k = None
-        k = yield from f(t_mid, stage, False)
-        stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
-        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
-        k = None
-        k = yield from f(t_mid, stage, False)
-        stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
-        stage = assign_stage(bk.empty(k), X, dt, k)
-        k = None
+        for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
+            k = yield from f(t_mid, stage, False)
+            stage = None
+            stage = bk.empty(k)
+            if fused:
+                rk4_update(acc, stage, X, k, c, a, first=False)
+            else:
+                bk.add_scaled(acc, c, k)
+                stage = assign_stage(stage, X, a, k)
+            k = None
         k = yield from f(t_end, stage, False)
         stage = None
         return bk.add_scaled(acc, dt / 6.0, k)
