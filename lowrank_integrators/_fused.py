@@ -18,13 +18,24 @@ round-off. numba is imported only when a field with a CSR operator is built.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 
 from . import _backend as bk
 
-__all__ = ["CSRStage", "numba_available", "rk4_axpy", "supports"]
+__all__ = [
+    "CSRStage",
+    "clear_spare",
+    "numba_available",
+    "offer_spare",
+    "rk4_axpy",
+    "start_asking",
+    "supports",
+    "take_spare",
+    "was_asked",
+]
 
 _KERNEL: Any = None
 _AXPY: Any = None
@@ -110,7 +121,9 @@ class CSRStage:
         small = [a for a in (self.M, self.coef) if a is not None]
         dtype = np.result_type(X, self.A.dtype, *small)
         X = X.astype(dtype, copy=False)
-        out = np.empty(X.shape, dtype=dtype)
+        out = take_spare(X.shape, dtype)
+        if out is None:
+            out = np.empty(X.shape, dtype=dtype)
         M = None if self.M is None else np.asarray(self.M, dtype=dtype)
         if self.U is None:
             U = np.zeros((X.shape[0], 0), dtype)
@@ -165,18 +178,19 @@ def _kernel() -> Any:
     return _KERNEL
 
 
-def rk4_axpy(acc: Any, stage: Any, k: Any, c: float, a: float, first: bool) -> bool:
+def rk4_axpy(acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool) -> bool:
     """The RK4 register updates of one block in one loop, if numba is there (else False).
 
-    ``first``: ``acc`` holds the start value's block ``x0``; afterwards ``stage = x0 + a k``
-    and ``acc = x0 + c k``. Otherwise ``stage`` holds ``x0``: ``stage += a k``, ``acc += c k``.
-    Same operations, in the same order, as the NumPy path: results agree bit for bit.
+    ``acc = x0 + c k`` (``first``) or ``acc += c k``, and ``stage = x0 + a k``, entry by
+    entry (``stage`` may be ``k``: each entry of ``k`` is read before it is overwritten).
+    Same operations as the NumPy path: results agree bit for bit.
     """
     if not (use_numba and numba_available()):
         return False
-    if not (acc.dtype == stage.dtype == k.dtype) or k.dtype.kind not in "fc":
+    dtype = k.dtype
+    if dtype.kind not in "fc" or not (acc.dtype == stage.dtype == x0.dtype == dtype):
         return False
-    _axpy()(acc, stage, k, acc.dtype.type(c), acc.dtype.type(a), first)
+    _axpy()(acc, stage, k, x0, dtype.type(c), dtype.type(a), first)
     return True
 
 
@@ -187,18 +201,68 @@ def _axpy() -> Any:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def axpy2(acc, stage, k, c, a, first):
+        def axpy2(acc, stage, k, x0, c, a, first):
             rows, cols = k.shape
             for i in range(rows):
                 for j in range(cols):
                     kij = k[i, j]
+                    x = x0[i, j]
                     if first:
-                        x = acc[i, j]
-                        stage[i, j] = x + a * kij
                         acc[i, j] = x + c * kij
                     else:
-                        stage[i, j] += a * kij
                         acc[i, j] += c * kij
+                    stage[i, j] = x + a * kij
 
         _AXPY = axpy2
     return _AXPY
+
+
+# --- one spare work array per thread ----------------------------------------------------------
+
+
+class _Spare(threading.local):
+    buffer: Any = None
+    asked: bool = False
+
+
+_SPARE = _Spare()
+
+
+def offer_spare(buffer: Any) -> None:
+    """Leave a dead work array (no other reference to it exists) for the next stage's result.
+
+    One array per thread; it replaces the one left before. The caller drops its reference.
+    """
+    _SPARE.buffer = buffer
+
+
+def take_spare(shape: tuple[int, ...], dtype: Any) -> Any:
+    """The spare array if it has ``shape`` and ``dtype`` (it is then no longer spare), else None.
+
+    Records that a spare was asked for (see :func:`was_asked`).
+    """
+    _SPARE.asked = True
+    buffer = _SPARE.buffer
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+        return None
+    if not buffer.flags.c_contiguous:  # pragma: no cover - only C-ordered arrays are offered
+        return None
+    _SPARE.buffer = None
+    return buffer
+
+
+def start_asking() -> None:
+    """Forget whether a spare was asked for (before a field evaluation)."""
+    _SPARE.asked = False
+
+
+def was_asked() -> bool:
+    """Whether :func:`take_spare` was called since :func:`start_asking`: a field that asks
+    for a spare once asks at every evaluation, so only then is offering one worth it (an
+    offered spare that no one takes is one more array alive)."""
+    return _SPARE.asked
+
+
+def clear_spare() -> None:
+    """Release the spare array, if any."""
+    _SPARE.buffer = None

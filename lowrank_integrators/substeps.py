@@ -20,6 +20,7 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
@@ -114,45 +115,60 @@ def _stage_blocks(x: Any) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
 
 
+def _owned(x: Any, references: int) -> bool:
+    """Whether the solver may overwrite the NumPy array ``x``: it holds the only reference
+    (``references`` counted by the caller, 1 meaning its own name), and ``x`` owns its
+    C-ordered, writeable data (not a view into an array someone else may hold)."""
+    return (
+        references <= 1
+        and type(x) is np.ndarray
+        and x.base is None
+        and x.flags.c_contiguous
+        and x.flags.writeable
+    )
+
+
 def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first: bool) -> None:
     """The RK4 updates after a stage derivative ``k``, in one pass over the rows.
 
-    ``first``: ``acc = X0 + c k`` and ``stage = X0 + a k``, with ``X0`` formed once (one
-    product per block when it is factored) for both. Otherwise ``acc += c k`` and
-    ``stage = X0 + a k``. ``k`` is read once; nothing but ``acc`` and ``stage`` is written.
-    NumPy arrays are updated block by block of rows while the block is in cache, with no
-    temporary larger than a block; other in-place backends by slices.
+    ``first``: ``acc = X0 + c k``, otherwise ``acc += c k``; then ``stage = X0 + a k``.
+    A factored ``X0`` is formed once per block of rows for both updates. ``k`` is read
+    once, and ``stage`` may be ``k`` itself (a NumPy derivative the solver owns, updated in
+    place: every entry of ``k`` is read before it is overwritten). NumPy arrays are updated
+    block by block of rows while the block is in cache, with no temporary larger than a
+    block; other in-place backends by slices.
     """
-    factored = isinstance(X0, FactoredStart)
-    if type(k) is not np.ndarray or len(k.shape) != 2:
+    if type(k) is not np.ndarray or k.ndim != 2:
         if first:
             assign_stage(acc, X0, c, k)
         else:
             bk.add_scaled(acc, c, k)
         assign_stage(stage, X0, a, k)
         return
+    factored = isinstance(X0, FactoredStart)
     blocks = _stage_blocks(k)
-    scratch = None
+    rows = blocks[0].stop - blocks[0].start
+    x0 = np.empty((rows, k.shape[1]), dtype=k.dtype) if factored else None
+    tmp = None
     for b in blocks:
         kb, sb, ab = k[b], stage[b], acc[b]
-        x0 = ab if first else sb  # where the start's block is formed
         if factored:
-            np.matmul(X0.left[b], X0.right, out=x0)
+            x0b = x0[: kb.shape[0]]
+            np.matmul(X0.left[b], X0.right, out=x0b)
         else:
-            x0[...] = X0[b]
-        if _fused.rk4_axpy(ab, sb, kb, c, a, first):
+            x0b = X0[b]
+        if _fused.rk4_axpy(ab, sb, kb, x0b, c, a, first):
             continue
-        if scratch is None:
-            scratch = np.empty((blocks[0].stop - blocks[0].start, k.shape[1]), dtype=k.dtype)
-        tmp = scratch[: kb.shape[0]]
+        if tmp is None:
+            tmp = np.empty((rows, k.shape[1]), dtype=k.dtype)
+        t = tmp[: kb.shape[0]]
+        np.multiply(kb, c, out=t)
         if first:
-            np.multiply(kb, a, out=tmp)
-            np.add(ab, tmp, out=sb)
+            np.add(x0b, t, out=ab)
         else:
-            np.multiply(kb, a, out=tmp)
-            sb += tmp
-        np.multiply(kb, c, out=tmp)
-        ab += tmp
+            ab += t
+        np.multiply(kb, a, out=t)
+        np.add(x0b, t, out=sb)
 
 
 class SubstepODE(Protocol):
@@ -339,29 +355,57 @@ class RK4(SubstepSolver):
         # value is re-read from X (re-formed block by block when it is a FactoredStart)
         # instead of kept in a fourth array, and the sums are formed block by block (these
         # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
-        # keep what it was given. Where the arrays allow in-place updates, each derivative is
-        # folded into the accumulator and the next stage in one pass (rk4_update), the start
-        # formed once for both updates of the first stage; otherwise the updates are
-        # functional.
+        # keep what it was given. NumPy derivatives are folded into the accumulator and the
+        # next stage in one pass (rk4_update), the start formed once for both updates of the
+        # first stage. A derivative that no one else references becomes the next stage (in
+        # place), and a stage that f kept no reference to is left as the spare array for the
+        # next derivative of a field that asks for one (see _fused.take_spare): after the
+        # second stage nothing new of the size of X is allocated, which at n ~ 1e6 saves the
+        # page faults of fresh arrays.
+        # Other arrays are updated functionally (_functional_step).
         k = yield from f(t, X, first)
-        fused = bk.allows_inplace(k)
-        acc = bk.empty(k)
-        stage = bk.empty(k)
-        if fused:
+        if not (type(k) is np.ndarray and k.ndim == 2 and bk.allows_inplace(k)):
+            return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
+        try:
+            acc = np.empty(k.shape, dtype=k.dtype)
+            # sys.getrefcount(k) counts the local name and its own argument: 2 means no one
+            # else holds k (f kept no reference), so the next stage may overwrite it
+            refs = sys.getrefcount(k) - 1
+            stage = k if _owned(k, refs) else bk.empty(k)
             rk4_update(acc, stage, X, k, dt / 6.0, 0.5 * dt, first=True)
-        else:
-            acc = assign_stage(acc, X, dt / 6.0, k)
-            stage = assign_stage(stage, X, 0.5 * dt, k)
+            k = None
+            for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
+                _fused.start_asking()
+                k = yield from f(t_mid, stage, False)
+                # a stage that f kept no reference to is left for the next stage's result, if
+                # the field asks for one
+                refs = sys.getrefcount(stage) - 1
+                if _fused.was_asked() and _owned(stage, refs):
+                    _fused.offer_spare(stage)
+                stage = None
+                refs = sys.getrefcount(k) - 1
+                stage = k if _owned(k, refs) else bk.empty(k)
+                rk4_update(acc, stage, X, k, c, a, first=False)
+                k = None
+            k = yield from f(t_end, stage, False)
+            stage = None
+            return bk.add_scaled(acc, dt / 6.0, k)
+        finally:
+            _fused.clear_spare()
+
+    @staticmethod
+    def _functional_step(
+        f: Evaluate, t_mid: float, t_end: float, dt: float, X: Any, k: Any
+    ) -> Generator[Any, Any, Any]:
+        """The rest of an RK4 step from ``k1`` for arrays that are not updated in place here."""
+        acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
+        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None
-        for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
+        for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):
             k = yield from f(t_mid, stage, False)
             stage = None
-            stage = bk.empty(k)
-            if fused:
-                rk4_update(acc, stage, X, k, c, a, first=False)
-            else:
-                bk.add_scaled(acc, c, k)
-                stage = assign_stage(stage, X, a, k)
+            bk.add_scaled(acc, c, k)
+            stage = assign_stage(bk.empty(k), X, a, k)
             k = None
         k = yield from f(t_end, stage, False)
         stage = None
