@@ -62,6 +62,8 @@ class FactoredStart:
             )
         self.left = left
         self.right = right
+        #: The product, when a solver has formed it for an evaluation (else ``None``).
+        self.formed: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,7 +74,9 @@ class FactoredStart:
         return self.left.dtype
 
     def to_array(self) -> Any:
-        """``left @ right`` as a new array."""
+        """``left @ right``: a new array, or the solver's :attr:`formed` product if set."""
+        if self.formed is not None:
+            return self.formed
         return self.left @ self.right
 
     def rows(self, b: slice) -> Any:
@@ -115,6 +119,12 @@ def _stage_blocks(x: Any) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
 
 
+def _formable(X: FactoredStart) -> bool:
+    """Whether the solver forms this start itself (NumPy factors of matching dtype)."""
+    left, right = X.left, X.right
+    return type(left) is np.ndarray and type(right) is np.ndarray and left.dtype == right.dtype
+
+
 def _owned(x: Any, references: int) -> bool:
     """Whether the solver may overwrite the NumPy array ``x``: it holds the only reference
     (``references`` counted by the caller, 1 meaning its own name), and ``x`` owns its
@@ -132,8 +142,9 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
     """The RK4 updates after a stage derivative ``k``, in one pass over the rows.
 
     ``first``: ``acc = X0 + c k``, otherwise ``acc += c k``; then ``stage = X0 + a k``.
-    A factored ``X0`` is formed once per block of rows for both updates. ``k`` is read
-    once, and ``stage`` may be ``k`` itself (a NumPy derivative the solver owns, updated in
+    A factored ``X0`` is formed once per block of rows for both updates; ``X0`` may be
+    ``acc`` itself (the start formed there, ``first``). ``k`` is read once, and ``stage``
+    may be ``k`` itself (a NumPy derivative the solver owns, updated in
     place: every entry of ``k`` is read before it is overwritten). NumPy arrays are updated
     block by block of rows while the block is in cache, with no temporary larger than a
     block; other in-place backends by slices.
@@ -146,6 +157,7 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
         assign_stage(stage, X0, a, k)
         return
     factored = isinstance(X0, FactoredStart)
+    alias = X0 is acc  # the start formed in acc, overwritten block by block
     blocks = _stage_blocks(k)
     rows = blocks[0].stop - blocks[0].start
     x0 = np.empty((rows, k.shape[1]), dtype=k.dtype) if factored else None
@@ -161,7 +173,12 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
             continue
         if tmp is None:
             tmp = np.empty((rows, k.shape[1]), dtype=k.dtype)
+            if alias:
+                x0 = np.empty((rows, k.shape[1]), dtype=k.dtype)
         t = tmp[: kb.shape[0]]
+        if alias:
+            x0b = x0[: kb.shape[0]]
+            x0b[...] = ab
         np.multiply(kb, c, out=t)
         if first:
             np.add(x0b, t, out=ab)
@@ -363,16 +380,33 @@ class RK4(SubstepSolver):
         # second stage nothing new of the size of X is allocated, which at n ~ 1e6 saves the
         # page faults of fresh arrays.
         # Other arrays are updated functionally (_functional_step).
-        k = yield from f(t, X, first)
+        formed = None
+        if first and isinstance(X, FactoredStart) and _formable(X):
+            # the start formed once, here, for the first evaluation: a driver that answers
+            # from a problem uses it, and it becomes the accumulator if f kept no reference
+            start = FactoredStart(X.left, X.right)
+            start.formed = formed = X.left @ X.right
+            k = yield from f(t, start, first)
+            start.formed = start = None
+        else:
+            k = yield from f(t, X, first)
         if not (type(k) is np.ndarray and k.ndim == 2 and bk.allows_inplace(k)):
+            formed = None
             return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
         try:
-            acc = np.empty(k.shape, dtype=k.dtype)
+            refs = sys.getrefcount(formed) - 1
+            usable = formed is not None and formed.shape == k.shape and formed.dtype == k.dtype
+            if usable and _owned(formed, refs):
+                acc = X0 = formed  # the start, overwritten by the accumulator
+            else:
+                acc, X0 = np.empty(k.shape, dtype=k.dtype), X
+            formed = None
             # sys.getrefcount(k) counts the local name and its own argument: 2 means no one
             # else holds k (f kept no reference), so the next stage may overwrite it
             refs = sys.getrefcount(k) - 1
             stage = k if _owned(k, refs) else bk.empty(k)
-            rk4_update(acc, stage, X, k, dt / 6.0, 0.5 * dt, first=True)
+            rk4_update(acc, stage, X0, k, dt / 6.0, 0.5 * dt, first=True)
+            X0 = None
             k = None
             for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
                 _fused.start_asking()
