@@ -184,6 +184,8 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
         raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
     m, k = int(x.shape[0]), int(x.shape[1])
     if k == 0 or m < k or m * k <= _SMALL_ENTRIES:
+        if _is_numpy(x) and x.dtype.kind == "f" and k > 0:
+            return _small_real_householder(x, w)
         return _householder(x, w)
     xp = bk.namespace(x)
     eps = float(xp.finfo(x.dtype).eps)
@@ -384,6 +386,16 @@ def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, 
         Q = Q * d[None, :]
     R = _conj(d)[:, None] * R
     return Q, R, (None if w is None else _inner(Q, w)), "Householder"
+
+
+def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any, str]:
+    """:func:`_householder` of a small real NumPy array (one LAPACK QR), without its checks."""
+    q, r = _lapack_qr(x)
+    p = min(q.shape)
+    d = np.where(np.diagonal(q[:p, :p]) > 0, -1.0, 1.0).astype(q.dtype)
+    Q = np.multiply(q, d, order="C")  # the sign normalisation and the row-major copy at once
+    r *= d[:, None]
+    return Q, r, (None if w is None else _inner(Q, w)), "Householder"
 
 
 def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:

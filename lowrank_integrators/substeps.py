@@ -157,6 +157,14 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
         assign_stage(stage, X0, a, k)
         return
     factored = isinstance(X0, FactoredStart)
+    if k.size <= _STAGE_BLOCK_ELEMENTS // 8:  # small: whole-array operations, no blocks
+        x0 = X0.left @ X0.right if factored else X0.copy() if X0 is acc else X0
+        if first:
+            np.add(x0, k * c, out=acc)
+        else:
+            acc += k * c
+        np.add(x0, k * a, out=stage)
+        return
     alias = X0 is acc  # the start formed in acc, overwritten block by block
     blocks = _stage_blocks(k)
     rows = blocks[0].stop - blocks[0].start
