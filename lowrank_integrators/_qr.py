@@ -47,6 +47,7 @@ place block by block of rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -444,7 +445,8 @@ def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
     if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
         raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
-    r = np.triu(qr[:p, :])
+    r = qr[:p, :].copy(order="C")
+    np.copyto(r, 0, where=_strictly_lower(p, k))
     q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
     if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
         raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
@@ -452,6 +454,14 @@ def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _LAPACK_QR: dict[str, tuple[Any, Any]] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _strictly_lower(p: int, k: int) -> np.ndarray:
+    """The mask of the entries below the diagonal of a ``p x k`` array (read-only)."""
+    mask = np.tri(p, k, -1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 def _lapack_qr_functions(dtype: np.dtype) -> tuple[Any, Any]:

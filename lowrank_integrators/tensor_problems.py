@@ -308,11 +308,8 @@ class TensorSylvesterODE(TensorODE):
         for k, A in enumerate(self.operators):
             if A is None or k == mode:
                 continue
-            mats: list[Any] = [None] * d
-            mats[k] = (
-                projected[k] if projected is not None else self._projected_operator(k, bases[k])
-            )
-            term = unfold(multi_mode_product(G, mats), mode) @ Q
+            B_k = projected[k] if projected is not None else self._projected_operator(k, bases[k])
+            term = unfold(mode_product(G, B_k, k), mode) @ Q
             D = term if D is None else D + term
         E = None
         if self.C is not None:
