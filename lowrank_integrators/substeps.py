@@ -125,12 +125,25 @@ def _formable(X: FactoredStart) -> bool:
     return type(left) is np.ndarray and type(right) is np.ndarray and left.dtype == right.dtype
 
 
+def _probe_references() -> Generator[int, None, None]:
+    x = np.empty(1)
+    yield sys.getrefcount(x)
+
+
+#: ``sys.getrefcount`` of an array held by one local name of a generator, and nothing else
+#: (measured: the count includes the call's own argument, and differs between interpreters).
+_SOLE_REFERENCES = next(_probe_references()) if hasattr(sys, "getrefcount") else -1
+
+
 def _owned(x: Any, references: int) -> bool:
-    """Whether the solver may overwrite the NumPy array ``x``: it holds the only reference
-    (``references`` counted by the caller, 1 meaning its own name), and ``x`` owns its
-    C-ordered, writeable data (not a view into an array someone else may hold)."""
+    """Whether the solver may overwrite the NumPy array ``x``.
+
+    ``references`` is ``sys.getrefcount(x)`` taken by the caller (a generator holding ``x``
+    in one local name): no one else may hold a reference, and ``x`` must own its C-ordered,
+    writeable data (not be a view into an array someone else may hold).
+    """
     return (
-        references <= 1
+        references <= _SOLE_REFERENCES
         and type(x) is np.ndarray
         and x.base is None
         and x.flags.c_contiguous
@@ -402,16 +415,16 @@ class RK4(SubstepSolver):
             formed = None
             return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
         try:
-            refs = sys.getrefcount(formed) - 1
+            refs = sys.getrefcount(formed)
             usable = formed is not None and formed.shape == k.shape and formed.dtype == k.dtype
             if usable and _owned(formed, refs):
                 acc = X0 = formed  # the start, overwritten by the accumulator
             else:
                 acc, X0 = np.empty(k.shape, dtype=k.dtype), X
             formed = None
-            # sys.getrefcount(k) counts the local name and its own argument: 2 means no one
-            # else holds k (f kept no reference), so the next stage may overwrite it
-            refs = sys.getrefcount(k) - 1
+            # no reference to k but the local name (f kept none): the next stage may
+            # overwrite it
+            refs = sys.getrefcount(k)
             stage = k if _owned(k, refs) else bk.empty(k)
             rk4_update(acc, stage, X0, k, dt / 6.0, 0.5 * dt, first=True)
             X0 = None
@@ -421,11 +434,11 @@ class RK4(SubstepSolver):
                 k = yield from f(t_mid, stage, False)
                 # a stage that f kept no reference to is left for the next stage's result, if
                 # the field asks for one
-                refs = sys.getrefcount(stage) - 1
+                refs = sys.getrefcount(stage)
                 if _fused.was_asked() and _owned(stage, refs):
                     _fused.offer_spare(stage)
                 stage = None
-                refs = sys.getrefcount(k) - 1
+                refs = sys.getrefcount(k)
                 stage = k if _owned(k, refs) else bk.empty(k)
                 rk4_update(acc, stage, X, k, c, a, first=False)
                 k = None
