@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend as bk
-
 __all__ = [
     "CSRStage",
     "clear_spare",
@@ -39,6 +37,9 @@ __all__ = [
 
 _KERNEL: Any = None
 _AXPY: Any = None
+#: Elements of a block of rows of a stage: small enough for the block of ``X M`` that BLAS
+#: writes to stay in the L2 cache while the sparse rows and the source are added to it.
+_BLOCK_ELEMENTS = 1 << 14
 _NUMBA: bool | None = None
 #: Set to False to use the NumPy path of the fields even where numba is installed.
 use_numba = True
@@ -134,7 +135,9 @@ class CSRStage:
         kernel = _kernel()
         data = self._data(dtype)
         indptr, indices = self.A.indptr, self.A.indices
-        for b in bk.row_blocks(out):
+        rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
+        for start in range(0, out.shape[0], rows):
+            b = slice(start, min(start + rows, out.shape[0]))
             # the BLAS block of X M is still in cache when the sparse rows are added to it
             if M is not None:
                 np.matmul(X[b], M, out=out[b])
