@@ -93,7 +93,7 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     return q, r
 
 
-def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
+def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, Any, Any]:
     """Thin QR ``x = Q R`` as :func:`tall_qr`, and ``M = Q^H w`` formed in the last pass.
 
     On NumPy, ``M`` is accumulated block by block of rows while each block of ``Q`` is still in
@@ -105,6 +105,8 @@ def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
         The matrix to factor.
     w : array, shape (m, p)
         A second tall array of the same namespace (typically the previous basis ``U0``).
+    overwrite_x : bool, default False
+        As for :func:`tall_qr`.
 
     Returns
     -------
@@ -118,7 +120,7 @@ def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
             f"w must be a 2-D array with {int(x.shape[0])} rows (those of x), got shape "
             f"{tuple(w.shape)}"
         )
-    q, r, m, _ = _factor(x, w)
+    q, r, m, _ = _factor(x, w, overwrite=overwrite_x)
     return q, r, m
 
 

@@ -135,6 +135,16 @@ def _probe_references() -> Generator[int, None, None]:
 _SOLE_REFERENCES = next(_probe_references()) if hasattr(sys, "getrefcount") else -1
 
 
+def owned_result(x: Any, references: int) -> bool:
+    """Whether a step may overwrite the result ``x`` of a substep (its QR in place).
+
+    ``references`` is ``sys.getrefcount(x)`` taken in the step's generator, where ``x`` is
+    held by one local name: true for a NumPy array no one else references (the solver kept
+    none) that owns its C-ordered, writeable data.
+    """
+    return _owned(x, references)
+
+
 def _owned(x: Any, references: int) -> bool:
     """Whether the solver may overwrite the NumPy array ``x``.
 
