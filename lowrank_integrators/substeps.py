@@ -469,7 +469,7 @@ class RK4(SubstepSolver):
         for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):
             k = yield from f(t_mid, stage, False)
             stage = None
-            bk.add_scaled(acc, c, k)
+            acc = bk.add_scaled(acc, c, k)  # a new array where arrays are immutable
             stage = assign_stage(bk.empty(k), X, a, k)
             k = None
         k = yield from f(t_end, stage, False)
