@@ -139,8 +139,9 @@ def owned_result(x: Any, references: int) -> bool:
     """Whether a step may overwrite the result ``x`` of a substep (its QR in place).
 
     ``references`` is ``sys.getrefcount(x)`` taken in the step's generator, where ``x`` is
-    held by one local name: true for a NumPy array no one else references (the solver kept
-    none) that owns its C-ordered, writeable data.
+    held by one local name, in a statement of its own (an argument list being built holds
+    references too): true for a NumPy array no one else references (the solver kept none)
+    that owns its C-ordered, writeable data.
     """
     return _owned(x, references)
 

@@ -216,3 +216,28 @@ def test_a_fused_csr_field_gets_the_dead_stages_as_its_outputs(monkeypatch):
     reference, _ = dense.step(problem, dense.init(problem, Y0, 0.0), 0.0, 1e-3)
     np.testing.assert_allclose(new.Y.to_dense(), reference.Y.to_dense(), atol=1e-12)
     assert _fused._SPARE.buffer is None  # nothing left alive after the substep
+
+
+@pytest.mark.parametrize(
+    "method", [lri.BUG, lambda substep: lri.ProjectorSplitting(substep=substep)], ids=["BUG", "KSL"]
+)
+def test_substep_results_someone_holds_are_not_overwritten_by_the_step(method):
+    """The QR of a substep result runs in place only when no one else references it."""
+    kept = []
+
+    def rk4_keeping(f, t0, t1, X0):
+        X1 = rk4_reference(f, t0, t1, X0)
+        kept.append((X1, X1.copy()))
+        return X1
+
+    rng = np.random.default_rng(11)
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((60, 50)), rank=5)
+    problem = lri.SylvesterODE(-np.eye(60), np.eye(50))
+    stepper = method(substep=rk4_keeping)
+    new, _ = stepper.step(problem, stepper.init(problem, Y0, 0.0), 0.0, 0.01)
+    assert len(kept) >= 2
+    for X1, copy in kept:
+        np.testing.assert_array_equal(X1, copy)
+    plain = method(substep=lri.RK4())
+    reference, _ = plain.step(problem, plain.init(problem, Y0, 0.0), 0.0, 0.01)
+    np.testing.assert_allclose(new.Y.to_dense(), reference.Y.to_dense(), atol=1e-12)

@@ -26,7 +26,7 @@ from ..factors import LowRankMatrix
 from ..substeps import owned_result
 from .base import Integrator, KStep, Ledger, LStep, Parallel, SStep, State, StepGenerator
 
-__all__ = ["BUG", "orth_project"]
+__all__ = ["BUG"]
 
 
 class BUG(Integrator):
@@ -63,14 +63,16 @@ class BUG(Integrator):
         # tall temporaries are not kept. M = U1^H U0 is formed in the QR's last pass.
         def k_step() -> StepGenerator:
             K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-            owned = owned_result(K1, sys.getrefcount(K1))
-            return orth_project(led, K1, U0, owned)
+            refs = sys.getrefcount(K1)  # before any call holds it
+            owned = owned_result(K1, refs)
+            return _orth_project(led, K1, U0, owned)
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
-            owned = owned_result(L1, sys.getrefcount(L1))
-            return orth_project(led, L1, V0, owned)
+            refs = sys.getrefcount(L1)  # before any call holds it
+            owned = owned_result(L1, refs)
+            return _orth_project(led, L1, V0, owned)
 
         (U1, M), (V1, N) = yield Parallel(k_step(), l_step())
 
@@ -80,7 +82,7 @@ class BUG(Integrator):
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
 
 
-def orth_project(led: Ledger, X: Any, W: Any, owned: bool) -> tuple[Any, Any]:
+def _orth_project(led: Ledger, X: Any, W: Any, owned: bool) -> tuple[Any, Any]:
     """``(Q, Q^H W)`` for the thin QR ``X = Q R`` of a substep result (counted as one QR).
 
     An ``owned`` NumPy ``X`` (no one else holds it, see

@@ -87,7 +87,9 @@ class ProjectorSplitting(Integrator):
     ) -> StepGenerator:
         U0, S0, V0 = Y0
         K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
-        U1, S_hat = qr_result(led, K1, owned_result(K1, sys.getrefcount(K1)))
+        refs = sys.getrefcount(K1)  # before any call holds it
+        owned = owned_result(K1, refs)
+        U1, S_hat = _qr_result(led, K1, owned)
         S_tilde = yield from self.substep.solve(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
         return U1, S_tilde
 
@@ -96,7 +98,9 @@ class ProjectorSplitting(Integrator):
         U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t0, t1)
         L0 = self.start(V0, bk.adjoint(S_tilde))
         L1 = yield from self.substep.solve(LStep(led, U1), t0, t1, L0)
-        V1, R = qr_result(led, L1, owned_result(L1, sys.getrefcount(L1)))
+        refs = sys.getrefcount(L1)  # before any call holds it
+        owned = owned_result(L1, refs)
+        V1, R = _qr_result(led, L1, owned)
         return U1, bk.adjoint(R), V1
 
     def _strang(self, led: Ledger, Y0: LowRankMatrix, t: float, h: float) -> StepGenerator:
@@ -119,7 +123,7 @@ class ProjectorSplitting(Integrator):
         return f"ProjectorSplitting(order={self.order}, substep={self.substep!r})"
 
 
-def qr_result(led: Ledger, X: Any, owned: bool) -> tuple[Any, Any]:
+def _qr_result(led: Ledger, X: Any, owned: bool) -> tuple[Any, Any]:
     """The ledger's thin QR of a substep result, in place for an ``owned`` NumPy ``X``.
 
     ``owned`` (see :func:`~lowrank_integrators.substeps.owned_result`): no one else holds
