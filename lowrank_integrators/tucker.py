@@ -75,13 +75,13 @@ def unfold(X: Any, mode: int) -> Any:
     -------
     array, shape (n_mode, prod_{j != mode} n_j)
     """
-    xp = bk.namespace(X)
+    xp = None if type(X) is np.ndarray else bk.namespace(X)  # NumPy: no namespace lookup
     d = X.ndim
     _check_mode(mode, d)
     perm = (mode, *(j for j in range(d) if j != mode))
     n = int(X.shape[mode])
     rest = math.prod(int(X.shape[j]) for j in range(d) if j != mode)
-    if type(X) is np.ndarray:
+    if xp is None:
         return X.transpose(perm).reshape(n, rest)
     return xp.reshape(xp.permute_dims(X, perm), (n, rest))
 
@@ -92,7 +92,7 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
     ``shape[mode]`` may differ from the shape of the original tensor: it is taken from
     ``M.shape[0]``.
     """
-    xp = bk.namespace(M)
+    xp = None if type(M) is np.ndarray else bk.namespace(M)
     d = len(shape)
     _check_mode(mode, d)
     others = tuple(int(shape[j]) for j in range(d) if j != mode)
@@ -101,7 +101,7 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
             f"cannot fold an array of shape {tuple(M.shape)} along mode {mode} into shape "
             f"{tuple(shape)}: expected (n, {math.prod(others)})"
         )
-    if type(M) is np.ndarray:
+    if xp is None:
         return M.reshape((int(M.shape[0]), *others)).transpose(_front_to(mode, d))
     X = xp.reshape(M, (int(M.shape[0]), *others))
     return xp.permute_dims(X, _front_to(mode, d))
