@@ -18,15 +18,28 @@ round-off. numba is imported only when a field with a CSR operator is built.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 
-from . import _backend as bk
-
-__all__ = ["CSRStage", "numba_available", "supports"]
+__all__ = [
+    "CSRStage",
+    "clear_spare",
+    "numba_available",
+    "offer_spare",
+    "rk4_axpy",
+    "start_asking",
+    "supports",
+    "take_spare",
+    "was_asked",
+]
 
 _KERNEL: Any = None
+_AXPY: Any = None
+#: Elements of a block of rows of a stage: small enough for the block of ``X M`` that BLAS
+#: writes to stay in the L2 cache while the sparse rows and the source are added to it.
+_BLOCK_ELEMENTS = 1 << 14
 _NUMBA: bool | None = None
 #: Set to False to use the NumPy path of the fields even where numba is installed.
 use_numba = True
@@ -109,7 +122,9 @@ class CSRStage:
         small = [a for a in (self.M, self.coef) if a is not None]
         dtype = np.result_type(X, self.A.dtype, *small)
         X = X.astype(dtype, copy=False)
-        out = np.empty(X.shape, dtype=dtype)
+        out = take_spare(X.shape, dtype)
+        if out is None:
+            out = np.empty(X.shape, dtype=dtype)
         M = None if self.M is None else np.asarray(self.M, dtype=dtype)
         if self.U is None:
             U = np.zeros((X.shape[0], 0), dtype)
@@ -120,7 +135,9 @@ class CSRStage:
         kernel = _kernel()
         data = self._data(dtype)
         indptr, indices = self.A.indptr, self.A.indices
-        for b in bk.row_blocks(out):
+        rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
+        for start in range(0, out.shape[0], rows):
+            b = slice(start, min(start + rows, out.shape[0]))
             # the BLAS block of X M is still in cache when the sparse rows are added to it
             if M is not None:
                 np.matmul(X[b], M, out=out[b])
@@ -162,3 +179,93 @@ def _kernel() -> Any:
 
         _KERNEL = rows_add
     return _KERNEL
+
+
+def rk4_axpy(acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool) -> bool:
+    """The RK4 register updates of one block in one loop, if numba is there (else False).
+
+    ``acc = x0 + c k`` (``first``) or ``acc += c k``, and ``stage = x0 + a k``, entry by
+    entry (``stage`` may be ``k``: each entry of ``k`` is read before it is overwritten).
+    Same operations as the NumPy path: results agree bit for bit.
+    """
+    if not (use_numba and numba_available()):
+        return False
+    dtype = k.dtype
+    if dtype.kind not in "fc" or not (acc.dtype == stage.dtype == x0.dtype == dtype):
+        return False
+    _axpy()(acc, stage, k, x0, dtype.type(c), dtype.type(a), first)
+    return True
+
+
+def _axpy() -> Any:
+    """The compiled register update (built on first use)."""
+    global _AXPY
+    if _AXPY is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def axpy2(acc, stage, k, x0, c, a, first):
+            rows, cols = k.shape
+            for i in range(rows):
+                for j in range(cols):
+                    kij = k[i, j]
+                    x = x0[i, j]
+                    if first:
+                        acc[i, j] = x + c * kij
+                    else:
+                        acc[i, j] += c * kij
+                    stage[i, j] = x + a * kij
+
+        _AXPY = axpy2
+    return _AXPY
+
+
+# --- one spare work array per thread ----------------------------------------------------------
+
+
+class _Spare(threading.local):
+    buffer: Any = None
+    asked: bool = False
+
+
+_SPARE = _Spare()
+
+
+def offer_spare(buffer: Any) -> None:
+    """Leave a dead work array (no other reference to it exists) for the next stage's result.
+
+    One array per thread; it replaces the one left before. The caller drops its reference.
+    """
+    _SPARE.buffer = buffer
+
+
+def take_spare(shape: tuple[int, ...], dtype: Any) -> Any:
+    """The spare array if it has ``shape`` and ``dtype`` (it is then no longer spare), else None.
+
+    Records that a spare was asked for (see :func:`was_asked`).
+    """
+    _SPARE.asked = True
+    buffer = _SPARE.buffer
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+        return None
+    if not buffer.flags.c_contiguous:  # pragma: no cover - only C-ordered arrays are offered
+        return None
+    _SPARE.buffer = None
+    return buffer
+
+
+def start_asking() -> None:
+    """Forget whether a spare was asked for (before a field evaluation)."""
+    _SPARE.asked = False
+
+
+def was_asked() -> bool:
+    """Whether :func:`take_spare` was called since :func:`start_asking`: a field that asks
+    for a spare once asks at every evaluation, so only then is offering one worth it (an
+    offered spare that no one takes is one more array alive)."""
+    return _SPARE.asked
+
+
+def clear_spare() -> None:
+    """Release the spare array, if any."""
+    _SPARE.buffer = None

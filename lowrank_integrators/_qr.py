@@ -18,6 +18,12 @@ Cholesky factorisation and one product per pass, all at GEMM speed on the row-ma
 * **Householder** (TSQR over row blocks for NumPy, the library's QR elsewhere) when even the
   shifted pass cannot help: ``X`` (numerically) rank-deficient, zero, or not tall.
 
+Small inputs (at most :data:`_SMALL_ENTRIES` entries, e.g. the bases and core unfoldings of
+Tucker steps at small sizes) go straight to one Householder QR: LAPACK ``geqrf``/``orgqr``
+on a Fortran-ordered copy for NumPy. At that size the copy is free, Householder is as fast
+as one Cholesky pass, and the driver's tests on the Gram matrices would cost more than the
+factorisation; Householder QR is stable for every input, so no test is needed.
+
 The choice is made by cheap tests on the ``k x k`` Gram matrices: a Cholesky breakdown, and a
 condition estimate from the Gram diagonal against the Cholesky pivots,
 ``max_i G_ii / min_i R_ii^2`` (a lower bound of ``kappa(X)^2``). Every pass after the first
@@ -41,6 +47,7 @@ place block by block of rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -58,6 +65,8 @@ _NEAR_ORTHONORMAL = 0.5
 _MAX_PASSES = 4
 #: Seed of the random directions that fill a rank-deficient basis extension.
 _FILL_SEED = 0x5EED
+#: Inputs with at most this many entries are factored by one Householder QR.
+_SMALL_ENTRIES = 2**16
 
 
 def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
@@ -84,7 +93,7 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     return q, r
 
 
-def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
+def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, Any, Any]:
     """Thin QR ``x = Q R`` as :func:`tall_qr`, and ``M = Q^H w`` formed in the last pass.
 
     On NumPy, ``M`` is accumulated block by block of rows while each block of ``Q`` is still in
@@ -96,6 +105,8 @@ def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
         The matrix to factor.
     w : array, shape (m, p)
         A second tall array of the same namespace (typically the previous basis ``U0``).
+    overwrite_x : bool, default False
+        As for :func:`tall_qr`.
 
     Returns
     -------
@@ -109,7 +120,7 @@ def tall_qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
             f"w must be a 2-D array with {int(x.shape[0])} rows (those of x), got shape "
             f"{tuple(w.shape)}"
         )
-    q, r, m, _ = _factor(x, w)
+    q, r, m, _ = _factor(x, w, overwrite=overwrite_x)
     return q, r, m
 
 
@@ -175,7 +186,9 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
     if len(x.shape) != 2:
         raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
     m, k = int(x.shape[0]), int(x.shape[1])
-    if k == 0 or m < k:
+    if k == 0 or m < k or m * k <= _SMALL_ENTRIES:
+        if _is_numpy(x) and x.dtype.kind == "f" and k > 0:
+            return _small_real_householder(x, w)
         return _householder(x, w)
     xp = bk.namespace(x)
     eps = float(xp.finfo(x.dtype).eps)
@@ -357,12 +370,21 @@ def _times_inverse(Q: Any, Ri_inv: Any, *, owned: bool, w: Any | None) -> tuple[
 
 
 def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, Any, str]:
-    """Householder QR (TSQR over row blocks for NumPy), normalised to ``diag(R) >= 0``.
+    """Householder QR (TSQR over row blocks for NumPy), normalised to ``Q_jj <= 0``.
 
     On NumPy an ``owned`` ``x`` is overwritten by ``Q``.
     """
     if _is_numpy(x):
         Q, R = _tsqr(x, owned=owned)
+        p = min(Q.shape)
+        if not np.iscomplexobj(Q):
+            # the real case of _canonical_phases, without the namespace's bookkeeping
+            flip = np.diagonal(Q[:p, :p]) > 0
+            if flip.any():
+                d = np.where(flip, -1, 1).astype(Q.dtype)
+                Q *= d
+                R *= d[:, None]
+            return Q, R, (None if w is None else _inner(Q, w)), "Householder"
     else:
         xp = bk.namespace(x)
         Q, R = xp.linalg.qr(x, mode="reduced")
@@ -373,6 +395,16 @@ def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, 
         Q = Q * d[None, :]
     R = _conj(d)[:, None] * R
     return Q, R, (None if w is None else _inner(Q, w)), "Householder"
+
+
+def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any, str]:
+    """:func:`_householder` of a small real NumPy array (one LAPACK QR), without its checks."""
+    q, r = _lapack_qr(x)
+    p = min(q.shape)
+    d = np.where(np.diagonal(q[:p, :p]) > 0, -1.0, 1.0).astype(q.dtype)
+    Q = np.multiply(q, d, order="C")  # the sign normalisation and the row-major copy at once
+    r *= d[:, None]
+    return Q, r, (None if w is None else _inner(Q, w)), "Householder"
 
 
 def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -406,15 +438,51 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Economic Householder QR of a block through SciPy's LAPACK wrapper.
+    """Economic Householder QR of a block through LAPACK ``geqrf`` and ``orgqr``/``ungqr``.
 
     The block is copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a
-    row-major block makes further copies and is several times slower on tall blocks.
+    row-major block makes further copies and is several times slower on tall blocks, and
+    ``scipy.linalg.qr`` adds tens of microseconds of checks, which dominate on small blocks.
     """
-    import scipy.linalg as sla
-
-    q, r = sla.qr(np.asfortranarray(a), mode="economic", overwrite_a=True, check_finite=False)
+    work = np.array(a, order="F", copy=True)
+    m, k = work.shape
+    p = min(m, k)
+    if p == 0:
+        return np.zeros((m, 0), work.dtype, order="F"), np.zeros((0, k), work.dtype)
+    geqrf, orgqr = _lapack_qr_functions(work.dtype)
+    qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
+    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
+        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
+    r = qr[:p, :].copy(order="C")
+    np.copyto(r, 0, where=_strictly_lower(p, k))
+    q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
+    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
+        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
     return q, r
+
+
+_LAPACK_QR: dict[str, tuple[Any, Any]] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _strictly_lower(p: int, k: int) -> np.ndarray:
+    """The mask of the entries below the diagonal of a ``p x k`` array (read-only)."""
+    mask = np.tri(p, k, -1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
+
+
+def _lapack_qr_functions(dtype: np.dtype) -> tuple[Any, Any]:
+    """LAPACK ``geqrf`` and ``orgqr`` (``ungqr`` for complex) for ``dtype``, looked up once."""
+    pair = _LAPACK_QR.get(dtype.char)
+    if pair is None:
+        from scipy.linalg import lapack
+
+        like = (np.empty(0, dtype),)
+        name = "ungqr" if dtype.kind == "c" else "orgqr"
+        pair = lapack.get_lapack_funcs(("geqrf", name), like)
+        _LAPACK_QR[dtype.char] = pair
+    return pair
 
 
 def _canonical_phases(diag: Any) -> Any:

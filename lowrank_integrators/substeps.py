@@ -20,11 +20,15 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
 
+import numpy as np
+
 from . import _backend as bk
+from . import _fused
 from ._checks import check_product
 from .protocol import Increment, SubstepCall, received, run_to_end
 
@@ -58,6 +62,8 @@ class FactoredStart:
             )
         self.left = left
         self.right = right
+        #: The product, when a solver has formed it for an evaluation (else ``None``).
+        self.formed: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -68,7 +74,9 @@ class FactoredStart:
         return self.left.dtype
 
     def to_array(self) -> Any:
-        """``left @ right`` as a new array."""
+        """``left @ right``: a new array, or the solver's :attr:`formed` product if set."""
+        if self.formed is not None:
+            return self.formed
         return self.left @ self.right
 
     def rows(self, b: slice) -> Any:
@@ -98,6 +106,118 @@ def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
     for b in bk.row_blocks(out):
         out[b, :] = (X0.rows(b) if factored else X0[b, :]) + alpha * k[b, :]
     return out
+
+
+#: Elements of one block of rows in the fused RK4 updates: the block of the start value formed
+#: by BLAS is still in cache when the stage and the accumulator are updated from it.
+_STAGE_BLOCK_ELEMENTS = 1 << 15
+
+
+def _stage_blocks(x: Any) -> list[slice]:
+    rows, cols = int(x.shape[0]), int(x.shape[1])
+    step = max(1, _STAGE_BLOCK_ELEMENTS // max(1, cols))
+    return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
+
+
+def _formable(X: FactoredStart) -> bool:
+    """Whether the solver forms this start itself (NumPy factors of matching dtype)."""
+    left, right = X.left, X.right
+    return type(left) is np.ndarray and type(right) is np.ndarray and left.dtype == right.dtype
+
+
+def _probe_references() -> Generator[int, None, None]:
+    x = np.empty(1)
+    yield sys.getrefcount(x)
+
+
+#: ``sys.getrefcount`` of an array held by one local name of a generator, and nothing else
+#: (measured: the count includes the call's own argument, and differs between interpreters).
+_SOLE_REFERENCES = next(_probe_references()) if hasattr(sys, "getrefcount") else -1
+
+
+def owned_result(x: Any, references: int) -> bool:
+    """Whether a step may overwrite the result ``x`` of a substep (its QR in place).
+
+    ``references`` is ``sys.getrefcount(x)`` taken in the step's generator, where ``x`` is
+    held by one local name, in a statement of its own (an argument list being built holds
+    references too): true for a NumPy array no one else references (the solver kept none)
+    that owns its C-ordered, writeable data.
+    """
+    return _owned(x, references)
+
+
+def _owned(x: Any, references: int) -> bool:
+    """Whether the solver may overwrite the NumPy array ``x``.
+
+    ``references`` is ``sys.getrefcount(x)`` taken by the caller (a generator holding ``x``
+    in one local name): no one else may hold a reference, and ``x`` must own its C-ordered,
+    writeable data (not be a view into an array someone else may hold).
+    """
+    return (
+        references <= _SOLE_REFERENCES
+        and type(x) is np.ndarray
+        and x.base is None
+        and x.flags.c_contiguous
+        and x.flags.writeable
+    )
+
+
+def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first: bool) -> None:
+    """The RK4 updates after a stage derivative ``k``, in one pass over the rows.
+
+    ``first``: ``acc = X0 + c k``, otherwise ``acc += c k``; then ``stage = X0 + a k``.
+    A factored ``X0`` is formed once per block of rows for both updates; ``X0`` may be
+    ``acc`` itself (the start formed there, ``first``). ``k`` is read once, and ``stage``
+    may be ``k`` itself (a NumPy derivative the solver owns, updated in
+    place: every entry of ``k`` is read before it is overwritten). NumPy arrays are updated
+    block by block of rows while the block is in cache, with no temporary larger than a
+    block; other in-place backends by slices.
+    """
+    if type(k) is not np.ndarray or k.ndim != 2:
+        if first:
+            assign_stage(acc, X0, c, k)
+        else:
+            bk.add_scaled(acc, c, k)
+        assign_stage(stage, X0, a, k)
+        return
+    factored = isinstance(X0, FactoredStart)
+    if k.size <= _STAGE_BLOCK_ELEMENTS // 8:  # small: whole-array operations, no blocks
+        x0 = X0.left @ X0.right if factored else X0.copy() if X0 is acc else X0
+        if first:
+            np.add(x0, k * c, out=acc)
+        else:
+            acc += k * c
+        np.add(x0, k * a, out=stage)
+        return
+    alias = X0 is acc  # the start formed in acc, overwritten block by block
+    blocks = _stage_blocks(k)
+    rows = blocks[0].stop - blocks[0].start
+    x0 = np.empty((rows, k.shape[1]), dtype=k.dtype) if factored else None
+    tmp = None
+    for b in blocks:
+        kb, sb, ab = k[b], stage[b], acc[b]
+        if factored:
+            x0b = x0[: kb.shape[0]]
+            np.matmul(X0.left[b], X0.right, out=x0b)
+        else:
+            x0b = X0[b]
+        if _fused.rk4_axpy(ab, sb, kb, x0b, c, a, first):
+            continue
+        if tmp is None:
+            tmp = np.empty((rows, k.shape[1]), dtype=k.dtype)
+            if alias:
+                x0 = np.empty((rows, k.shape[1]), dtype=k.dtype)
+        t = tmp[: kb.shape[0]]
+        if alias:
+            x0b = x0[: kb.shape[0]]
+            x0b[...] = ab
+        np.multiply(kb, c, out=t)
+        if first:
+            np.add(x0b, t, out=ab)
+        else:
+            ab += t
+        np.multiply(kb, a, out=t)
+        np.add(x0b, t, out=sb)
 
 
 class SubstepODE(Protocol):
@@ -284,21 +404,75 @@ class RK4(SubstepSolver):
         # value is re-read from X (re-formed block by block when it is a FactoredStart)
         # instead of kept in a fourth array, and the sums are formed block by block (these
         # factors can be tall: n ~ 1e6). Nothing handed to f is modified afterwards: f may
-        # keep what it was given.
-        k = yield from f(t, X, first)
+        # keep what it was given. NumPy derivatives are folded into the accumulator and the
+        # next stage in one pass (rk4_update), the start formed once for both updates of the
+        # first stage. A derivative that no one else references becomes the next stage (in
+        # place), and a stage that f kept no reference to is left as the spare array for the
+        # next derivative of a field that asks for one (see _fused.take_spare): after the
+        # second stage nothing new of the size of X is allocated, which at n ~ 1e6 saves the
+        # page faults of fresh arrays.
+        # Other arrays are updated functionally (_functional_step).
+        formed = None
+        if first and isinstance(X, FactoredStart) and _formable(X):
+            # the start formed once, here, for the first evaluation: a driver that answers
+            # from a problem uses it, and it becomes the accumulator if f kept no reference
+            start = FactoredStart(X.left, X.right)
+            start.formed = formed = X.left @ X.right
+            k = yield from f(t, start, first)
+            start.formed = start = None
+        else:
+            k = yield from f(t, X, first)
+        if not (type(k) is np.ndarray and k.ndim == 2 and bk.allows_inplace(k)):
+            formed = None
+            return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
+        try:
+            refs = sys.getrefcount(formed)
+            usable = formed is not None and formed.shape == k.shape and formed.dtype == k.dtype
+            if usable and _owned(formed, refs):
+                acc = X0 = formed  # the start, overwritten by the accumulator
+            else:
+                acc, X0 = np.empty(k.shape, dtype=k.dtype), X
+            formed = None
+            # no reference to k but the local name (f kept none): the next stage may
+            # overwrite it
+            refs = sys.getrefcount(k)
+            stage = k if _owned(k, refs) else bk.empty(k)
+            rk4_update(acc, stage, X0, k, dt / 6.0, 0.5 * dt, first=True)
+            X0 = None
+            k = None
+            for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
+                _fused.start_asking()
+                k = yield from f(t_mid, stage, False)
+                # a stage that f kept no reference to is left for the next stage's result, if
+                # the field asks for one
+                refs = sys.getrefcount(stage)
+                if _fused.was_asked() and _owned(stage, refs):
+                    _fused.offer_spare(stage)
+                stage = None
+                refs = sys.getrefcount(k)
+                stage = k if _owned(k, refs) else bk.empty(k)
+                rk4_update(acc, stage, X, k, c, a, first=False)
+                k = None
+            k = yield from f(t_end, stage, False)
+            stage = None
+            return bk.add_scaled(acc, dt / 6.0, k)
+        finally:
+            _fused.clear_spare()
+
+    @staticmethod
+    def _functional_step(
+        f: Evaluate, t_mid: float, t_end: float, dt: float, X: Any, k: Any
+    ) -> Generator[Any, Any, Any]:
+        """The rest of an RK4 step from ``k1`` for arrays that are not updated in place here."""
         acc = assign_stage(bk.empty(k), X, dt / 6.0, k)
         stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None
-        k = yield from f(t_mid, stage, False)
-        stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
-        stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
-        k = None
-        k = yield from f(t_mid, stage, False)
-        stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
-        stage = assign_stage(bk.empty(k), X, dt, k)
-        k = None
+        for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):
+            k = yield from f(t_mid, stage, False)
+            stage = None
+            acc = bk.add_scaled(acc, c, k)  # a new array where arrays are immutable
+            stage = assign_stage(bk.empty(k), X, a, k)
+            k = None
         k = yield from f(t_end, stage, False)
         stage = None
         return bk.add_scaled(acc, dt / 6.0, k)

@@ -36,7 +36,7 @@ from typing import Any
 from . import _backend as bk
 from ._checks import check_product
 from .problems import square_operator_size
-from .tucker import TuckerTensor, fold, multi_mode_product, unfold
+from .tucker import TuckerTensor, fold, mode_product, multi_mode_product, unfold
 
 __all__ = ["DenseTensorODE", "TensorODE", "TensorSylvesterODE"]
 
@@ -308,11 +308,8 @@ class TensorSylvesterODE(TensorODE):
         for k, A in enumerate(self.operators):
             if A is None or k == mode:
                 continue
-            mats: list[Any] = [None] * d
-            mats[k] = (
-                projected[k] if projected is not None else self._projected_operator(k, bases[k])
-            )
-            term = unfold(multi_mode_product(G, mats), mode) @ Q
+            B_k = projected[k] if projected is not None else self._projected_operator(k, bases[k])
+            term = unfold(mode_product(G, B_k, k), mode) @ Q
             D = term if D is None else D + term
         E = None
         if self.C is not None:
@@ -353,9 +350,7 @@ class TensorSylvesterODE(TensorODE):
             for k, Bk in enumerate(B):
                 if Bk is None:
                     continue
-                mats: list[Any] = [None] * d
-                mats[k] = Bk
-                term = multi_mode_product(C, mats)
+                term = mode_product(C, Bk, k)
                 out = term if out is None else out + term
             if Cp is not None:
                 out = Cp if out is None else out + Cp

@@ -75,13 +75,13 @@ def unfold(X: Any, mode: int) -> Any:
     -------
     array, shape (n_mode, prod_{j != mode} n_j)
     """
-    xp = bk.namespace(X)
+    xp = None if type(X) is np.ndarray else bk.namespace(X)  # NumPy: no namespace lookup
     d = X.ndim
     _check_mode(mode, d)
     perm = (mode, *(j for j in range(d) if j != mode))
     n = int(X.shape[mode])
     rest = math.prod(int(X.shape[j]) for j in range(d) if j != mode)
-    if type(X) is np.ndarray:
+    if xp is None:
         return X.transpose(perm).reshape(n, rest)
     return xp.reshape(xp.permute_dims(X, perm), (n, rest))
 
@@ -92,7 +92,7 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
     ``shape[mode]`` may differ from the shape of the original tensor: it is taken from
     ``M.shape[0]``.
     """
-    xp = bk.namespace(M)
+    xp = None if type(M) is np.ndarray else bk.namespace(M)
     d = len(shape)
     _check_mode(mode, d)
     others = tuple(int(shape[j]) for j in range(d) if j != mode)
@@ -101,7 +101,7 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
             f"cannot fold an array of shape {tuple(M.shape)} along mode {mode} into shape "
             f"{tuple(shape)}: expected (n, {math.prod(others)})"
         )
-    if type(M) is np.ndarray:
+    if xp is None:
         return M.reshape((int(M.shape[0]), *others)).transpose(_front_to(mode, d))
     X = xp.reshape(M, (int(M.shape[0]), *others))
     return xp.permute_dims(X, _front_to(mode, d))
@@ -109,23 +109,31 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
 
 def mode_product(X: Any, A: Any, mode: int) -> Any:
     """``X x_mode A``: contract the second axis of ``A`` (m x n_mode) with axis ``mode`` of X."""
-    xp = bk.namespace(X, A)
-    d = X.ndim
-    _check_mode(mode, d)
-    if A.ndim != 2 or int(A.shape[1]) != int(X.shape[mode]):
-        raise ValueError(
-            f"mode-{mode} product needs a matrix with {int(X.shape[mode])} columns, got shape "
-            f"{tuple(A.shape)}"
-        )
     if type(X) is np.ndarray and type(A) is np.ndarray and X.dtype == A.dtype:
-        # The contraction NumPy's tensordot does, without its generic axis bookkeeping.
+        d = X.ndim
+        _check_mode(mode, d)
         shape = X.shape
+        if A.ndim != 2 or A.shape[1] != shape[mode]:
+            _mode_product_shape_error(X, A, mode)
+        # The contraction NumPy's tensordot does, without its generic axis bookkeeping.
         rest = shape[:mode] + shape[mode + 1 :]
         Xm = X.transpose((mode, *range(mode), *range(mode + 1, d)))
         out = np.dot(A, Xm.reshape(shape[mode], math.prod(rest)))
         return out.reshape((A.shape[0], *rest)).transpose(_front_to(mode, d))
+    xp = bk.namespace(X, A)
+    d = X.ndim
+    _check_mode(mode, d)
+    if A.ndim != 2 or int(A.shape[1]) != int(X.shape[mode]):
+        _mode_product_shape_error(X, A, mode)
     out = xp.tensordot(A, X, axes=((1,), (mode,)))
     return xp.permute_dims(out, _front_to(mode, d))
+
+
+def _mode_product_shape_error(X: Any, A: Any, mode: int) -> None:
+    raise ValueError(
+        f"mode-{mode} product needs a matrix with {int(X.shape[mode])} columns, got shape "
+        f"{tuple(A.shape)}"
+    )
 
 
 def multi_mode_product(X: Any, matrices: Sequence[Any | None]) -> Any:
@@ -138,11 +146,10 @@ def multi_mode_product(X: Any, matrices: Sequence[Any | None]) -> Any:
         raise ValueError(
             f"need {X.ndim} matrices (or None) for a {X.ndim}-way array, got {len(matrices)}"
         )
-    order = sorted(
-        (i for i, A in enumerate(matrices) if A is not None),
-        key=lambda i: int(matrices[i].shape[0]) / max(1, int(matrices[i].shape[1])),
-    )
-    for i in order:
+    modes = [i for i, A in enumerate(matrices) if A is not None]
+    if len(modes) > 1:
+        modes.sort(key=lambda i: int(matrices[i].shape[0]) / max(1, int(matrices[i].shape[1])))
+    for i in modes:
         X = mode_product(X, matrices[i], i)
     return X
 

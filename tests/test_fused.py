@@ -70,6 +70,7 @@ def test_fused_stages_equal_the_numpy_path(rng, monkeypatch, dtype_name, with_b,
 @needs_numba
 def test_fused_stages_on_many_row_blocks_and_a_real_operator_with_complex_factors(rng, monkeypatch):
     monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    monkeypatch.setattr(_fused, "_BLOCK_ELEMENTS", 7)
     n, r = 200, 3
     problem = sylvester(rng, n, np.float64)
     basis = np.linalg.qr(rng.standard_normal((n, r)) + 1j * rng.standard_normal((n, r)))[0]

@@ -4,8 +4,9 @@ Specification: for every input (well conditioned, ill conditioned with sigma_k /
 exactly 0, zero, complex, single precision, any array library) the Q factor is orthonormal to
 working precision, ``Q R`` reproduces the input, ``R`` is upper triangular, the diagonal entries
 ``Q_jj`` are real and non-positive (so that ``Q`` does not depend on the signs of the input's
-columns), the input is left intact, and the cheap method (CholeskyQR2) is the one used when it
-is safe. Factorisations are checked by invariants, not entry by entry.
+columns), the input is left intact, and the cheap method (CholeskyQR2) is the one used on large
+inputs when it is safe; small inputs take one Householder QR. Factorisations are checked by
+invariants, not entry by entry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ DTYPES = {
     "float32": (np.float32, 1e-5),
 }
 RATIOS = [1.0, 1e-4, 1e-8, 1e-12, 0.0]
+
+
+@pytest.fixture(params=["cholesky driver", "small input"])
+def route(request, monkeypatch):
+    """Runs a test through both routes of a QR: the Cholesky driver with its fallbacks (every
+    input counted as large), and the one Householder QR of small inputs."""
+    if request.param == "cholesky driver":
+        monkeypatch.setattr(_qr, "_SMALL_ENTRIES", 0)
+    return request.param
 
 
 def graded(rng, m, k, ratio, dtype):
@@ -66,7 +76,7 @@ def check_qr(X, Q, R, tol):
 
 @pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r:g}")
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-def test_q_is_orthonormal_and_qr_reproduces_x(xp, rng, dtype_name, ratio):
+def test_q_is_orthonormal_and_qr_reproduces_x(xp, rng, route, dtype_name, ratio):
     dtype, tol = DTYPES[dtype_name]
     X0 = graded(rng, 3000, 6, ratio, dtype)
     X = xp.asarray(X0)
@@ -94,21 +104,36 @@ def test_orthonormal_at_two_to_the_twenty_rows(rng, ratio):
     ],
 )
 def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
-    X = graded(rng, 2000, 8, ratio, np.float64)
+    X = graded(rng, 20_000, 8, ratio, np.float64)
+    assert X.size > _qr._SMALL_ENTRIES
     assert _qr._factor(X, None)[3] == method
 
 
-def test_zero_and_wide_matrices_fall_back_to_householder(rng):
-    Q, R, _, method = _qr._factor(np.zeros((50, 4)), None)
+@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r:g}")
+@pytest.mark.parametrize("shape", [(12, 4), (100, 10), (2000, 8)], ids=str)
+def test_small_inputs_take_one_householder_qr(rng, shape, ratio):
+    """Below the size where the Cholesky driver's checks cost more than a factorisation."""
+    X = graded(rng, *shape, ratio, np.float64)
+    assert X.size <= _qr._SMALL_ENTRIES
+    Q, R, _, method = _qr._factor(X, None)
     assert method == "Householder"
-    check_qr(np.zeros((50, 4)), Q, R, 1e-14)
+    check_qr(X, Q, R, 1e-13)
+    assert Q.flags.c_contiguous
+
+
+def test_zero_and_wide_matrices_fall_back_to_householder(rng):
+    zero = np.zeros((20_000, 4))
+    assert zero.size > _qr._SMALL_ENTRIES
+    Q, R, _, method = _qr._factor(zero, None)
+    assert method == "Householder"
+    check_qr(zero, Q, R, 1e-14)
     wide = rng.standard_normal((3, 7))
     Q, R, _, method = _qr._factor(wide, None)
     assert method == "Householder" and Q.shape == (3, 3) and R.shape == (3, 7)
     check_qr(wide, Q, R, 1e-13)
 
 
-def test_full_rank_result_is_the_householder_qr_with_its_sign_normalisation(rng):
+def test_full_rank_result_is_the_householder_qr_with_its_sign_normalisation(rng, route):
     X = graded(rng, 500, 7, 1e-3, np.complex128)
     Q, R = tall_qr(X)
     Qh, Rh = np.linalg.qr(X)
@@ -119,7 +144,7 @@ def test_full_rank_result_is_the_householder_qr_with_its_sign_normalisation(rng)
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1e-4], ids=lambda r: f"ratio={r:g}")
-def test_q_does_not_depend_on_the_signs_or_phases_of_the_columns(rng, ratio):
+def test_q_does_not_depend_on_the_signs_or_phases_of_the_columns(rng, route, ratio):
     """(For a well-conditioned X: Q is then determined by X to working precision.)"""
     X = graded(rng, 800, 5, ratio, np.complex128)
     phases = np.exp(1j * rng.uniform(0, 2 * np.pi, 5))
@@ -139,7 +164,7 @@ def test_tsqr_fallback_matches_lapack_on_many_row_blocks(rng):
 
 
 @pytest.mark.parametrize("dtype_name", ["float64", "complex128"])
-def test_projection_formed_with_q_equals_q_adjoint_times_w(xp, rng, dtype_name):
+def test_projection_formed_with_q_equals_q_adjoint_times_w(xp, rng, route, dtype_name):
     dtype, tol = DTYPES[dtype_name]
     X = xp.asarray(graded(rng, 7000, 5, 1e-6, dtype))
     W = xp.asarray(graded(rng, 7000, 3, 1.0, dtype))
@@ -189,7 +214,7 @@ def check_extension(U0, X, Q, tol):
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-def test_extension_is_orthonormal_for_every_kind_of_x(xp, rng, dtype_name):
+def test_extension_is_orthonormal_for_every_kind_of_x(xp, rng, route, dtype_name):
     dtype, tol = DTYPES[dtype_name]
     U0, cases = extension_inputs(rng, 400, 5, 4, dtype)
     for name, X in cases.items():
@@ -198,7 +223,7 @@ def test_extension_is_orthonormal_for_every_kind_of_x(xp, rng, dtype_name):
         check_extension(U0, X, Q, tol)
 
 
-def test_extension_fills_up_to_the_dimension_and_is_deterministic(rng):
+def test_extension_fills_up_to_the_dimension_and_is_deterministic(rng, route):
     U0 = np.eye(6)[:, :4]
     Q = extend_basis(U0, np.zeros((6, 5)))
     check_extension(U0, np.zeros((6, 5)), Q, 1e-14)
@@ -223,7 +248,7 @@ def test_extension_rejects_mismatched_shapes(rng):
 
 
 @pytest.mark.parametrize("ratio", [1e-4, 1e-10, 0.0], ids=lambda r: f"ratio={r:g}")
-def test_overwriting_the_input_gives_the_same_factorisation(rng, ratio):
+def test_overwriting_the_input_gives_the_same_factorisation(rng, route, ratio):
     X = graded(rng, 3000, 6, ratio, np.float64)
     Q = tall_qr(X)[0]
     work = X.copy()
@@ -233,7 +258,7 @@ def test_overwriting_the_input_gives_the_same_factorisation(rng, ratio):
         np.testing.assert_allclose(Qo, Q, atol=1e-10)
 
 
-def test_small_row_blocks_change_nothing(rng, monkeypatch):
+def test_small_row_blocks_change_nothing(rng, route, monkeypatch):
     X = graded(rng, 500, 5, 1e-6, np.complex128)
     W = graded(rng, 500, 2, 1.0, np.complex128)
     Q, R, M = tall_qr_project(X, W)

@@ -96,3 +96,148 @@ def test_substep_argument_is_validated():
         lri.BUG(substep=lri.RK4)
     with pytest.raises(TypeError, match="substep"):
         lri.BUG(substep=3)
+
+
+# --- the fused register updates of RK4 --------------------------------------------------------
+
+
+def rk4_reference(f, t0, t1, X):
+    h = t1 - t0
+    k1 = f(t0, X)
+    k2 = f(t0 + h / 2, X + h / 2 * k1)
+    k3 = f(t0 + h / 2, X + h / 2 * k2)
+    k4 = f(t1, X + h * k3)
+    return X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+class Linear:
+    """X' = X M + t: fresh outputs that no one keeps (the solver may reuse them)."""
+
+    def __init__(self, M):
+        self.M = M
+
+    def rhs(self, t, X):
+        return X @ self.M + t
+
+    def increment(self, t0, t1):
+        return None
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def register_path(request, monkeypatch):
+    """Both paths of the register updates: the numba loop and the NumPy block operations."""
+    from lowrank_integrators import _fused
+
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(_fused, "use_numba", False)
+    return request.param
+
+
+@pytest.mark.parametrize("rows", [40, 5000], ids=["small", "several blocks"])
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "array"])
+def test_fused_rk4_equals_the_textbook_formula(monkeypatch, register_path, rows, factored):
+    from lowrank_integrators import substeps
+
+    monkeypatch.setattr(substeps, "_STAGE_BLOCK_ELEMENTS", 6 * 512)
+    rng = np.random.default_rng(7)
+    U = np.linalg.qr(rng.standard_normal((rows, 6)))[0]
+    S = rng.standard_normal((6, 6))
+    ode = Linear(0.3 * rng.standard_normal((6, 6)))
+    X0 = substeps.FactoredStart(U, S) if factored else U @ S
+    X1 = lri.RK4(steps=2)(ode, 0.0, 0.2, X0)
+    mid = rk4_reference(ode.rhs, 0.0, 0.1, U @ S)
+    expected = rk4_reference(ode.rhs, 0.1, 0.2, mid)
+    np.testing.assert_allclose(X1, expected, rtol=0, atol=1e-14 * np.abs(expected).max())
+    if not factored:
+        np.testing.assert_array_equal(X0, U @ S)
+
+
+def test_numba_and_numpy_register_updates_agree_bit_for_bit(monkeypatch):
+    pytest.importorskip("numba")
+    from lowrank_integrators import _fused, substeps
+
+    rng = np.random.default_rng(8)
+    U, S = rng.standard_normal((3000, 5)), rng.standard_normal((5, 5))
+    k = rng.standard_normal((3000, 5))
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(_fused, "use_numba", use)
+        acc, stage = np.empty_like(k), np.empty_like(k)
+        substeps.rk4_update(acc, stage, substeps.FactoredStart(U, S), k, 0.1, 0.2, first=True)
+        substeps.rk4_update(acc, stage, U @ S, k.copy(), 0.3, 0.4, first=False)
+        results.append((acc, stage))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_register_updates_may_overwrite_the_start_and_the_derivative(register_path):
+    """acc may hold the start (formed there) and stage may be k itself: same result."""
+    from lowrank_integrators import substeps
+
+    rng = np.random.default_rng(9)
+    X0, k = rng.standard_normal((4000, 8)), rng.standard_normal((4000, 8))
+    acc, stage = np.empty_like(k), np.empty_like(k)
+    substeps.rk4_update(acc, stage, X0, k, 0.1, 0.5, first=True)
+    acc_inplace, k_inplace = X0.copy(), k.copy()
+    substeps.rk4_update(acc_inplace, k_inplace, acc_inplace, k_inplace, 0.1, 0.5, first=True)
+    np.testing.assert_array_equal(acc_inplace, acc)
+    np.testing.assert_array_equal(k_inplace, stage)
+
+
+def test_a_fused_csr_field_gets_the_dead_stages_as_its_outputs(monkeypatch):
+    """After the second stage, a field that asks for a spare array gets the previous stage."""
+    pytest.importorskip("numba")
+    import scipy.sparse as sp
+
+    from lowrank_integrators import _fused
+
+    taken = []
+    take = _fused.take_spare
+
+    def recording_take(shape, dtype):
+        out = take(shape, dtype)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_fused, "take_spare", recording_take)
+    rng = np.random.default_rng(10)
+    n, r = 3000, 4
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    U = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    Y0 = lri.LowRankMatrix(U, np.diag([1.0, 0.5, 0.25, 0.125]), V)
+    problem = lri.SylvesterODE(T, T)
+    state = lri.BUG().init(problem, Y0, 0.0)
+    new, _ = lri.BUG().step(problem, state, 0.0, 1e-3)
+    assert taken == [False, False, True, True] * 2  # K- and L-step
+    dense = lri.BUG(substep=lambda f, t0, t1, X0: rk4_reference(f, t0, t1, X0))
+    reference, _ = dense.step(problem, dense.init(problem, Y0, 0.0), 0.0, 1e-3)
+    np.testing.assert_allclose(new.Y.to_dense(), reference.Y.to_dense(), atol=1e-12)
+    assert _fused._SPARE.buffer is None  # nothing left alive after the substep
+
+
+@pytest.mark.parametrize(
+    "method", [lri.BUG, lambda substep: lri.ProjectorSplitting(substep=substep)], ids=["BUG", "KSL"]
+)
+def test_substep_results_someone_holds_are_not_overwritten_by_the_step(method):
+    """The QR of a substep result runs in place only when no one else references it."""
+    kept = []
+
+    def rk4_keeping(f, t0, t1, X0):
+        X1 = rk4_reference(f, t0, t1, X0)
+        kept.append((X1, X1.copy()))
+        return X1
+
+    rng = np.random.default_rng(11)
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((60, 50)), rank=5)
+    problem = lri.SylvesterODE(-np.eye(60), np.eye(50))
+    stepper = method(substep=rk4_keeping)
+    new, _ = stepper.step(problem, stepper.init(problem, Y0, 0.0), 0.0, 0.01)
+    assert len(kept) >= 2
+    for X1, copy in kept:
+        np.testing.assert_array_equal(X1, copy)
+    plain = method(substep=lri.RK4())
+    reference, _ = plain.step(problem, plain.init(problem, Y0, 0.0), 0.0, 0.01)
+    np.testing.assert_allclose(new.Y.to_dense(), reference.Y.to_dense(), atol=1e-12)

@@ -17,8 +17,13 @@ norm of Schrodinger-type problems (the Galerkin step starts from a projection).
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from .. import _backend as bk
+from .._qr import tall_qr_project
 from ..factors import LowRankMatrix
+from ..substeps import owned_result
 from .base import Integrator, KStep, Ledger, LStep, Parallel, SStep, State, StepGenerator
 
 __all__ = ["BUG"]
@@ -54,21 +59,41 @@ class BUG(Integrator):
         led = Ledger(rank_before=Y0.rank)
         t1 = t + h
 
-        # K1 and L1 are consumed by their QR at once: tall temporaries are not kept.
+        # K1 and L1 are consumed by their QR at once (in place when no one else holds them):
+        # tall temporaries are not kept. M = U1^H U0 is formed in the QR's last pass.
         def k_step() -> StepGenerator:
             K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-            return led.orth(K1)
+            refs = sys.getrefcount(K1)  # before any call holds it
+            owned = owned_result(K1, refs)
+            return _orth_project(led, K1, U0, owned)
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
-            return led.orth(L1)
+            refs = sys.getrefcount(L1)  # before any call holds it
+            owned = owned_result(L1, refs)
+            return _orth_project(led, L1, V0, owned)
 
-        U1, V1 = yield Parallel(k_step(), l_step())
-        M = bk.adjoint(U1) @ U0
-        N = bk.adjoint(V1) @ V0
+        (U1, M), (V1, N) = yield Parallel(k_step(), l_step())
 
         S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
 
         Y1 = LowRankMatrix(U1, S1, V1, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
+
+
+def _orth_project(led: Ledger, X: Any, W: Any, owned: bool) -> tuple[Any, Any]:
+    """``(Q, Q^H W)`` for the thin QR ``X = Q R`` of a substep result (counted as one QR).
+
+    An ``owned`` NumPy ``X`` (no one else holds it, see
+    :func:`~lowrank_integrators.substeps.owned_result`) is overwritten by ``Q``, which saves
+    a tall array, and ``Q^H W`` is accumulated in the QR's last pass; otherwise ``Q`` is the
+    ledger's QR and ``Q^H W`` a product.
+    """
+    if not owned:
+        Q = led.orth(X)
+        return Q, bk.adjoint(Q) @ W
+    led.info.n_qr += 1
+    bk.require_finite(X, "a matrix to be factorised by QR")
+    Q, _, M = tall_qr_project(X, W, overwrite_x=True)
+    return Q, M
