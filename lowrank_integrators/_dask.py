@@ -55,7 +55,7 @@ def is_dask(x: Any) -> bool:
 
 
 def core_to_host(x: Any) -> Any:
-    """A small array as a NumPy array (a Dask array is computed; others are returned as they are)."""
+    """A small array as a NumPy array: a Dask array is computed, others are returned as given."""
     return np.asarray(x.compute()) if is_dask(x) else x
 
 
