@@ -199,6 +199,8 @@ def test_bad_dask_factors_are_refused_with_what_is_expected(case):
     (_, Y_np), (_, Y) = case
     with pytest.raises(TypeError, match="V must be a Dask array"):
         lri.LowRankMatrix(Y.U, Y.S, Y_np.V)
+    with pytest.raises(TypeError, match="S is a Dask array but U and V are numpy"):
+        lri.LowRankMatrix(Y_np.U, da.from_array(Y_np.S), Y_np.V)
     with pytest.raises(TypeError, match="S must be a NumPy array"):
         lri.LowRankMatrix(Y.U, [[1.0]], Y.V)
     unknown = Y.U[Y.U[:, 0] > -np.inf]  # boolean indexing: unknown chunk sizes
