@@ -98,7 +98,12 @@ def owned_start(X0: Any) -> Any:
 
 
 def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
-    """``out[...] = X0 + alpha * k`` in place, block by block (``X0`` may be factored)."""
+    """``out[...] = X0 + alpha * k`` in place, block by block (``X0`` may be factored).
+
+    Returns ``out``, or a new array where ``out`` allows no item assignment (Dask).
+    """
+    if not bk.allows_item_assignment(out):
+        return start_array(X0) + alpha * k
     if len(out.shape) != 2:
         out[...] = start_array(X0) + alpha * k
         return out

@@ -190,7 +190,9 @@ def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tu
     if type(lead) is np.ndarray:  # no tall temporary
         c = np.einsum("ij,ij->j", lead.conj() if bk.is_complex(lead) else lead, U0)
     else:
-        c = xp.sum(xp.conj(lead) * U0, axis=0)
+        # the r signs are decided on the host (one small compute for lazy arrays)
+        c = bk.core_array(xp.sum(xp.conj(lead) * U0, axis=0))
+        xp = bk.namespace(c)
     if bk.is_complex(U0):
         size = xp.abs(c)
         m = xp.where(size > 0, c / xp.where(size > 0, size, 1), xp.ones_like(c))
@@ -200,7 +202,8 @@ def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tu
         U_hat[:, :r] = U0
         U_hat[:, :r] *= xp.conj(m)
         return U_hat, m
-    return xp.concat([U0 * xp.conj(m), U_hat[:, r:]], axis=1), m
+    tall = bk.namespace(U_hat)
+    return tall.concat([U0 * xp.conj(m), U_hat[:, r:]], axis=1), m
 
 
 def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
@@ -255,6 +258,11 @@ class AugmentedBases:
         def k_step() -> StepGenerator:
             K0 = method.start(U0, S0)
             K1 = yield from method.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
+            if bk.is_lazy(K1):
+                # one QR of [U0, K1] over the row chunks: projecting out first would
+                # evaluate the lazy K-step twice
+                self.U, lead["U"] = augment(led, K1, U0)
+                return
             Z = project_out(U0, K1)
             K0 = K1 = None
             self.U, lead["U"] = augment_projected(led, Z, U0)
@@ -262,6 +270,9 @@ class AugmentedBases:
         def l_step() -> StepGenerator:
             L0 = method.start(V0, bk.adjoint(S0))
             L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            if bk.is_lazy(L1):
+                self.V, lead["V"] = augment(led, L1, V0)
+                return
             Z = project_out(V0, L1)
             L0 = L1 = None
             self.V, lead["V"] = augment_projected(led, Z, V0)
