@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import array_namespace, is_array_api_obj, is_dask_array
 from array_api_compat import device as _array_device
 
 from .errors import NonFiniteError
@@ -26,14 +26,17 @@ __all__ = [
     "adjoint_operator",
     "all_finite",
     "allows_inplace",
+    "allows_item_assignment",
     "apply_to_product",
     "copy",
+    "core_array",
     "device",
     "empty",
     "extend_basis",
     "eye_like",
     "is_array",
     "is_complex",
+    "is_lazy",
     "is_linalg_error",
     "namespace",
     "orth",
@@ -57,7 +60,14 @@ def namespace(*arrays: Any) -> Any:
     # Plain NumPy arrays, by far the most frequent input, skip the generic dispatch.
     if present and all(type(a) is np.ndarray for a in present):
         return _NUMPY
-    return array_namespace(*present)
+    try:
+        return array_namespace(*present)
+    except TypeError:
+        # Dask factors with a small NumPy core: Dask takes NumPy operands in every operation.
+        lazy = [a for a in present if is_dask_array(a)]
+        if lazy and all(is_dask_array(a) or type(a) is np.ndarray for a in present):
+            return array_namespace(lazy[0])
+        raise
 
 
 #: The namespace ``array_namespace`` gives for NumPy arrays.
@@ -67,6 +77,27 @@ _NUMPY = array_namespace(np.empty(0))
 def is_array(x: Any) -> bool:
     """Whether ``x`` is an array of a library that array-api-compat recognises."""
     return is_array_api_obj(x)
+
+
+def is_lazy(x: Any) -> bool:
+    """Whether ``x`` is a lazy (Dask) array: see :mod:`lowrank_integrators._dask`.
+
+    Answered without importing Dask.
+    """
+    return is_dask_array(x)
+
+
+def core_array(x: Any) -> Any:
+    """A small array (a core, a Gram matrix) where small factorisations can take it.
+
+    A lazy (Dask) array is computed to a NumPy array on the host; any other array is returned
+    as it is.
+    """
+    if is_dask_array(x):
+        from ._dask import core_to_host
+
+        return core_to_host(x)
+    return x
 
 
 def is_complex(x: Any) -> bool:
@@ -103,6 +134,7 @@ def allows_inplace(x: Any) -> bool:
     True for NumPy, CuPy and PyTorch arrays (writeable ones); False for libraries whose
     arrays are immutable or lazy (JAX, Dask) and for array-api-strict, which stands for the
     portable subset: code that reuses workspace asks this and otherwise updates functionally.
+    See also :func:`allows_item_assignment`.
     """
     from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
@@ -111,6 +143,19 @@ def allows_inplace(x: Any) -> bool:
     if is_numpy_array(x):
         return bool(x.flags.writeable)
     return True
+
+
+def allows_item_assignment(x: Any) -> bool:
+    """Whether ``x[b] = ...`` and ``x[b] += ...`` may update a work array like ``x``.
+
+    False for lazy or immutable arrays (Dask, JAX): there the row-blocked updates of
+    :func:`add_product`, :func:`add_scaled` and the substep stages form the new array as one
+    expression and return it (callers use the return value). True for every other array,
+    array-api-strict included (item assignment is part of the standard).
+    """
+    from array_api_compat import is_jax_array
+
+    return not (is_dask_array(x) or is_jax_array(x))
 
 
 def eye_like(x: Any, n: int) -> Any:
@@ -130,6 +175,10 @@ def qr(x: Any) -> tuple[Any, Any]:
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` before any factorisation when
     ``x`` holds NaN or infinity.
     """
+    if is_dask_array(x):
+        from ._dask import tall_qr as dask_qr
+
+        return dask_qr(x)
     from ._qr import tall_qr
 
     require_finite(x, "a matrix to be factorised by QR")
@@ -142,6 +191,10 @@ def qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
     For a new basis ``U1 = Q`` and the old one ``w = U0`` this is ``M = U1^H U0`` without a
     separate product over the tall factors.
     """
+    if is_dask_array(x):
+        from ._dask import tall_qr_project as dask_qr_project
+
+        return dask_qr_project(x, w)
     from ._qr import tall_qr_project
 
     require_finite(x, "a matrix to be factorised by QR")
@@ -162,6 +215,10 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
 
     if not blocks:
         raise ValueError("qr_blocks needs at least one block")
+    if any(is_dask_array(b) for b in blocks):
+        from ._dask import tall_qr_blocks
+
+        return tall_qr_blocks(blocks)
     for b in blocks:
         require_finite(b, "a block of a matrix to be factorised by QR")
     if all(type(b) is np.ndarray for b in blocks):
@@ -187,6 +244,10 @@ def qr_augment(U0: Any, X: Any) -> tuple[Any, Any]:
     As in :func:`qr_blocks`, the blocks are copied once into a row-major array that the
     projection and the factorisation then overwrite: the only tall array added.
     """
+    if is_dask_array(U0) or is_dask_array(X):
+        from ._dask import tall_qr_augment
+
+        return tall_qr_augment(U0, X)
     from ._qr import tall_qr
 
     require_finite(U0, "an orthonormal basis to be augmented")
@@ -238,8 +299,10 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     """Reduced SVD ``x = P diag(sigma) Q^H``; returns ``(P, sigma, Q^H)`` as LAPACK does.
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``x`` holds NaN or
-    infinity: LAPACK's SVD of such a matrix may never return.
+    infinity: LAPACK's SVD of such a matrix may never return. A (small) Dask array is
+    computed to the host first: the results are NumPy arrays.
     """
+    x = core_array(x)
     require_finite(x, "a matrix to be factorised by SVD")
     if type(x) is np.ndarray and min(x.shape) >= _SCIPY_SVD_FROM:
         # SciPy's divide-and-conquer wrapper, finiteness checked above.
@@ -373,7 +436,12 @@ def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:
     """``out += alpha * (X @ M)`` in place, without a temporary of the size of ``out``.
 
     ``X`` is tall (rows of ``out``), ``M`` small; ``out`` must be an array this code owns.
+    Where ``out`` cannot be updated in place (:func:`allows_item_assignment`), the sum is a
+    new array: use the return value.
     """
+    if not allows_item_assignment(out):
+        prod = X @ M
+        return out + (prod if alpha is None else alpha * prod)
     for b in row_blocks(out):
         block = X[b, :] @ M
         if alpha is not None:
@@ -383,7 +451,13 @@ def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:
 
 
 def add_scaled(out: Any, alpha: float, k: Any) -> Any:
-    """``out += alpha * k`` in place, without a temporary of the size of ``out``."""
+    """``out += alpha * k`` in place, without a temporary of the size of ``out``.
+
+    Where ``out`` cannot be updated in place (:func:`allows_item_assignment`), the sum is a
+    new array: use the return value.
+    """
+    if not allows_item_assignment(out):
+        return out + alpha * k
     if len(out.shape) != 2:
         out += alpha * k
         return out

@@ -6,6 +6,8 @@ import numbers
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from . import _backend as bk
 from ._checks import check_factor_dtype
 
@@ -44,6 +46,12 @@ class LowRankMatrix:
     A ``LowRankMatrix`` unpacks like ``(U, S, V)``. It never densifies implicitly: use
     :meth:`to_dense`.
 
+    ``U`` and ``V`` may be row-chunked ``dask.array`` s (tall factors beyond one machine's
+    memory) with a NumPy core ``S``: the small ``r x r`` work and every rank decision then
+    happen on the host, and the integrators return Dask factors in the row chunks of the
+    input. A Dask core is computed to the host when the factors are checked; columns split
+    into several chunks are gathered into one.
+
     Examples
     --------
     >>> import numpy as np
@@ -60,7 +68,12 @@ class LowRankMatrix:
 
     def __init__(self, U: Any, S: Any, V: Any, *, check: bool = True) -> None:
         if check:
-            _validate_factors(U, S, V)
+            if bk.is_lazy(U) or bk.is_lazy(V) or bk.is_lazy(S):
+                from ._dask import checked_factors
+
+                U, S, V = checked_factors(U, S, V)
+            else:
+                _validate_factors(U, S, V)
         self.U = U
         self.S = S
         self.V = V
@@ -141,13 +154,15 @@ class LowRankMatrix:
 
     def norm(self) -> float:
         """Frobenius norm; equals ``||S||_F`` when ``U`` and ``V`` are orthonormal."""
-        xp = bk.namespace(self.S)
-        return float(xp.linalg.matrix_norm(self.S))
+        S = bk.core_array(self.S)
+        xp = bk.namespace(S)
+        return float(xp.linalg.matrix_norm(S))
 
     def singular_values(self) -> Any:
         """Singular values of ``Y`` (those of ``S``; ``U``, ``V`` orthonormal), on the host."""
-        xp = bk.namespace(self.S)
-        return bk.to_host(xp.linalg.svdvals(self.S))
+        S = bk.core_array(self.S)
+        xp = bk.namespace(S)
+        return bk.to_host(xp.linalg.svdvals(S))
 
 
 def _diag(xp: Any, v: Any) -> Any:
@@ -162,7 +177,9 @@ def _check_rank(rank: Any, m: int, n: int) -> None:
         raise ValueError(f"rank must satisfy 1 <= rank <= min(m, n) = {min(m, n)}, got {rank}")
 
 
-def _validate_factors(U: Any, S: Any, V: Any) -> None:
+def _validate_factors(U: Any, S: Any, V: Any, *, contents: bool = True) -> None:
+    """Shapes, library and dtypes of ``(U, S, V)``; with ``contents`` also finiteness and
+    orthonormality (which read every entry)."""
     for name, X in (("U", U), ("S", S), ("V", V)):
         if not bk.is_array(X):
             raise TypeError(f"{name} must be an array, got {type(X).__name__}")
@@ -187,6 +204,8 @@ def _validate_factors(U: Any, S: Any, V: Any) -> None:
         check_factor_dtype(name, X)
     if not (U.dtype == S.dtype == V.dtype):
         raise TypeError(f"U, S and V must share one dtype, got {U.dtype}, {S.dtype}, {V.dtype}")
+    if not contents:
+        return
     for name, X in (("U", U), ("S", S), ("V", V)):
         if not bk.all_finite(X):
             raise ValueError(f"{name} contains non-finite entries")
@@ -200,9 +219,20 @@ def check_orthonormal(name: str, X: Any) -> None:
     xp = bk.namespace(X)
     k = int(X.shape[1])
     defect = float(xp.max(xp.abs(bk.adjoint(X) @ X - bk.eye_like(X, k))))
-    tol = orthonormality_tolerance(xp, X.dtype, k)
+    _check_defect(name, defect, xp, X.dtype, k)
+
+
+def check_gram(name: str, gram: Any, dtype: Any) -> None:
+    """As :func:`check_orthonormal`, given the Gram matrix ``X^H X`` (a NumPy array) of ``X``."""
+    k = int(gram.shape[0])
+    defect = float(np.max(np.abs(gram - np.eye(k)))) if k else 0.0
+    _check_defect(name, defect, bk.namespace(gram), dtype, k)
+
+
+def _check_defect(name: str, defect: float, xp: Any, dtype: Any, k: int) -> None:
+    tol = orthonormality_tolerance(xp, dtype, k)
     if defect > tol:
         raise ValueError(
             f"{name} must have orthonormal columns: max|X^H X - I| = {defect:.2e} exceeds "
-            f"the tolerance {tol:.1e} for {X.dtype}"
+            f"the tolerance {tol:.1e} for {dtype}"
         )

@@ -12,6 +12,7 @@ import numpy as np
 from . import _backend as bk
 from ._progress import ProgressBar
 from .errors import StepFailure
+from .factors import LowRankMatrix
 from .integrators.base import StepInfo, StepMethod
 from .solution import Solution, SolveStats
 from .threads import limited
@@ -120,6 +121,7 @@ def solve(
     times = step_times(t0, t1, h)
 
     state = method.init(problem, Y0, t0)
+    state, _ = _settle(state, state)  # lazy factors of Y0: computed once, not in every step
     n_steps = len(times) - 1
 
     stats = SolveStats()
@@ -145,7 +147,8 @@ def solve(
                     raise
                 failure = f"a factorisation failed ({type(exc).__name__}: {exc})"
             else:
-                if not _finite(new_state.Y):
+                new_state, finite = _settle(new_state, state)
+                if not finite:
                     failure = "it produced non-finite values"
             if failure is not None:
                 status = "failed"
@@ -220,6 +223,23 @@ def _arrays(Y: Any) -> list[Any]:
 
 def _finite(Y: Any) -> bool:
     return bk.all_finite(*_arrays(Y))
+
+
+def _settle(new: Any, old: Any) -> tuple[Any, bool]:
+    """The accepted state, its factors materialised where they are lazy, and its finiteness.
+
+    Lazy (Dask) factors are persisted once per step, in the row chunks of the step's input,
+    with the finiteness check in the same computation (see
+    :func:`lowrank_integrators._dask.settle`): the next step starts from stored chunks, not
+    from the graph of the whole run.
+    """
+    Y = new.Y
+    if isinstance(Y, LowRankMatrix) and (bk.is_lazy(Y.U) or bk.is_lazy(Y.V)):
+        from ._dask import settle
+
+        Y, finite = settle(Y, old.Y)
+        return new.with_Y(Y, new.t), finite
+    return new, _finite(Y)
 
 
 def _rank_of(Y: Any) -> Any:

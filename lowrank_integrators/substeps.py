@@ -90,7 +90,12 @@ def owned_start(X0: Any) -> Any:
 
 
 def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
-    """``out[...] = X0 + alpha * k`` in place, block by block (``X0`` may be factored)."""
+    """``out[...] = X0 + alpha * k`` in place, block by block (``X0`` may be factored).
+
+    Returns ``out``, or a new array where ``out`` allows no item assignment (Dask).
+    """
+    if not bk.allows_item_assignment(out):
+        return start_array(X0) + alpha * k
     if len(out.shape) != 2:
         out[...] = start_array(X0) + alpha * k
         return out
@@ -291,12 +296,12 @@ class RK4(SubstepSolver):
         k = None
         k = yield from f(t_mid, stage, False)
         stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
+        acc = bk.add_scaled(acc, dt / 3.0, k)
         stage = assign_stage(bk.empty(k), X, 0.5 * dt, k)
         k = None
         k = yield from f(t_mid, stage, False)
         stage = None
-        bk.add_scaled(acc, dt / 3.0, k)
+        acc = bk.add_scaled(acc, dt / 3.0, k)
         stage = assign_stage(bk.empty(k), X, dt, k)
         k = None
         k = yield from f(t_end, stage, False)

@@ -117,6 +117,7 @@ class TruncationRule(ABC):
         Integrators that form them one at a time (releasing ``U_hat`` before ``V_hat Q`` is
         formed) keep one tall array fewer alive than :meth:`truncate`.
         """
+        S_hat = bk.core_array(S_hat)  # a lazy core is computed once, on the host
         xp = bk.namespace(S_hat)
         P, sigma, Qh = bk.svd(S_hat)
         sig_host = bk.to_host(sigma)
