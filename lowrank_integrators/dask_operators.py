@@ -27,6 +27,7 @@ Importing this module does not import Dask; its functions do.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,8 @@ class ChunkedOperator:
         self.bandwidth = _bandwidth(csr)
         # plans by row chunking: host row blocks and their persisted copies
         self._plans: dict[tuple[int, ...], _Plan] = {}
+        # the key prefix of the persisted row blocks (the CSR copy above never changes)
+        self._token = uuid.uuid4().hex
 
     @classmethod
     def of(cls, op: Any) -> ChunkedOperator:
@@ -159,8 +162,11 @@ class ChunkedOperator:
                     f"strategy='banded' needs row chunks of at least the bandwidth "
                     f"{self.bandwidth} rows, got a chunk of {min(chunks)}"
                 )
-            plan = _BandedPlan(self._csr, chunks, self.bandwidth) if banded else None
-            plan = plan or _GatherPlan(self._csr, chunks)
+            name = f"chunked-operator-{self._token}-{len(self._plans)}"
+            if banded:
+                plan: _Plan = _BandedPlan(name, self._csr, chunks, self.bandwidth)
+            else:
+                plan = _GatherPlan(name, self._csr, chunks)
             self._plans[chunks] = plan
         return plan
 
@@ -185,7 +191,8 @@ def _offsets(chunks: tuple[int, ...]) -> np.ndarray:
 class _Plan:
     """Row blocks of the operator for one row chunking, persisted on the current scheduler."""
 
-    def __init__(self, blocks: list[Any]) -> None:
+    def __init__(self, name: str, blocks: list[Any]) -> None:
+        self._name = name
         self._host = blocks
         self._persisted: list[Any] | None = None
         self._scheduler: Any = None
@@ -197,7 +204,10 @@ class _Plan:
 
         scheduler = get_scheduler()
         if self._persisted is None or scheduler != self._scheduler:
-            delayed = [dask.delayed(b, pure=True, traverse=False) for b in self._host]
+            delayed = [
+                dask.delayed(b, name=f"{self._name}-{k}", traverse=False)
+                for k, b in enumerate(self._host)
+            ]
             self._persisted = list(dask.persist(*delayed))
             self._scheduler = scheduler
         return self._persisted
@@ -209,7 +219,7 @@ class _Plan:
 class _BandedPlan(_Plan):
     """Halo exchange: chunk ``k`` and ``w`` rows of each neighbour, times its row block."""
 
-    def __init__(self, csr: Any, chunks: tuple[int, ...], w: int) -> None:
+    def __init__(self, name: str, csr: Any, chunks: tuple[int, ...], w: int) -> None:
         off = _offsets(chunks)
         n, last = int(off[-1]), len(chunks) - 1
         blocks = []
@@ -219,7 +229,7 @@ class _BandedPlan(_Plan):
             lo = int(off[k]) - (w if k > 0 else 0)
             hi = int(off[k + 1]) + (w if k < last else 0)
             blocks.append(csr[int(off[k]) : int(off[k + 1]), max(lo, 0) : min(hi, n)])
-        super().__init__(blocks)
+        super().__init__(name, blocks)
         self.halo = w
 
     def apply(self, X: Any, dtype: Any) -> Any:
@@ -240,7 +250,7 @@ class _BandedPlan(_Plan):
 class _GatherPlan(_Plan):
     """Row block ``k`` times the rows of ``X`` its nonzeros touch, gathered chunk by chunk."""
 
-    def __init__(self, csr: Any, chunks: tuple[int, ...]) -> None:
+    def __init__(self, name: str, csr: Any, chunks: tuple[int, ...]) -> None:
         import scipy.sparse as sp
 
         off = _offsets(chunks)
@@ -259,7 +269,7 @@ class _GatherPlan(_Plan):
             self.sources.append(
                 [(int(j), cols[owner == j] - off[j]) for j in np.unique(owner).tolist()]
             )
-        super().__init__(blocks)
+        super().__init__(name, blocks)
 
     def apply(self, X: Any, dtype: Any) -> Any:
         import dask.array as da
@@ -275,7 +285,8 @@ class _GatherPlan(_Plan):
             for j, local in sources:
                 dsk[(gather, k, j)] = (_take_rows, (X.name, j, 0), local)
                 parts.append((gather, k, j))
-            dsk[(name, k, 0)] = (_multiply_parts, blocks[k].key, parts, int(X.shape[1]))
+            shape = (int(X.chunks[0][k]), int(X.shape[1]))
+            dsk[(name, k, 0)] = (_multiply_parts, blocks[k].key, parts, shape, np.dtype(dtype))
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[X, *blocks])
         return da.Array(graph, name, chunks=X.chunks, dtype=dtype)
 
@@ -288,8 +299,8 @@ def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return x[rows]
 
 
-def _multiply_parts(block: Any, parts: list[np.ndarray], k: int) -> np.ndarray:
-    if not parts:  # an empty row block
-        return np.zeros((block.shape[0], k), dtype=block.dtype)
+def _multiply_parts(block: Any, parts: list[np.ndarray], shape: tuple, dtype: Any) -> np.ndarray:
+    if not parts:  # a row block without nonzeros
+        return np.zeros(shape, dtype=dtype)
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     return np.asarray(block @ x)
