@@ -160,8 +160,18 @@ GROUPS = [
         "problems",
         "Problems",
         "Right-hand sides given in factored form (``F V``, ``F^H U``, ``U^H F V``), for "
-        "matrices and Tucker tensors. See also :doc:`../problems`.",
-        ("lowrank_integrators.problems", "lowrank_integrators.tensor_problems"),
+        "matrices and Tucker tensors, and sparse operators on row-chunked Dask factors. See "
+        "also :doc:`../problems` and :doc:`../integrators/dask`.",
+        (
+            "lowrank_integrators.problems",
+            "lowrank_integrators.tensor_problems",
+            "lowrank_integrators.dask_operators",
+        ),
+        described=("lowrank_integrators.dask_operators",),
+        extras=(
+            "lowrank_integrators.dask_operators.ChunkedOperator",
+            "lowrank_integrators.dask_operators.is_dask_array",
+        ),
     ),
     Group(
         "truncation",
