@@ -524,7 +524,8 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
     ``(op @ X) @ W`` with the second product done in place block by block of rows: one
     operator pass over the whole row-major ``X`` and one tall allocation, the result.
     Otherwise ``X @ W`` is formed a few columns at a time (contiguous blocks, so that a sparse
-    operator needs no copy of its input) and ``op`` applied to each.
+    operator needs no copy of its input) and ``op`` applied to each. A lazy ``X`` (Dask), which
+    allows no item assignment, gets the plain product.
     """
     rows, cols = int(X.shape[0]), int(W.shape[1])
     square = int(W.shape[0]) == cols and X.dtype == W.dtype
@@ -534,7 +535,7 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
             out[b, :] = out[b, :] @ W
         return out
     step = _column_step(X, rows, cols)
-    if step >= cols:
+    if step >= cols or not allows_item_assignment(X):
         return op @ (X @ W)
     first = op @ (X @ W[:, :step])
     xp = array_namespace(first)

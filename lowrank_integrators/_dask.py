@@ -73,14 +73,20 @@ def checked_factors(U: Any, S: Any, V: Any) -> tuple[Any, Any, Any]:
     Raises
     ------
     TypeError
-        When only one of ``U`` and ``V`` is a Dask array, or ``S`` is neither a NumPy nor a
-        Dask array.
+        When only one of ``U`` and ``V`` is a Dask array, ``S`` is neither a NumPy nor a Dask
+        array, or ``S`` is a Dask array and ``U``, ``V`` are not.
     ValueError
         When a factor has unknown chunk sizes, or as for NumPy factors (shapes, finiteness,
         orthonormality).
     """
     from .factors import _validate_factors, check_gram
 
+    if not (is_dask(U) or is_dask(V)):
+        raise TypeError(
+            f"S is a Dask array but U and V are {type(U).__module__}.{type(U).__name__} and "
+            f"{type(V).__module__}.{type(V).__name__}: give the core of in-memory factors as "
+            "an array of their library (S.compute() for NumPy)"
+        )
     for name, X in (("U", U), ("V", V)):
         if not is_dask(X):
             raise TypeError(

@@ -109,8 +109,8 @@ def no_item_assignment(monkeypatch):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_on_dask_factors_equals_the_numpy_run(case, name, no_item_assignment):
     (np_problem, Y_np), (dk_problem, Y_dk) = case
-    ref = lri.solve(np_problem, Y_np, (0.0, 0.06), 0.02, METHODS[name]())
-    sol = lri.solve(dk_problem, Y_dk, (0.0, 0.06), 0.02, METHODS[name]())
+    ref = lri.solve(np_problem, Y_np, (0.0, 0.04), 0.02, METHODS[name]())
+    sol = lri.solve(dk_problem, Y_dk, (0.0, 0.04), 0.02, METHODS[name]())
     assert sol.status == "success", sol.message
     Y = sol.Y
     assert isinstance(Y.U, da.Array) and isinstance(Y.V, da.Array)
@@ -199,6 +199,8 @@ def test_bad_dask_factors_are_refused_with_what_is_expected(case):
     (_, Y_np), (_, Y) = case
     with pytest.raises(TypeError, match="V must be a Dask array"):
         lri.LowRankMatrix(Y.U, Y.S, Y_np.V)
+    with pytest.raises(TypeError, match="S is a Dask array but U and V are numpy"):
+        lri.LowRankMatrix(Y_np.U, da.from_array(Y_np.S), Y_np.V)
     with pytest.raises(TypeError, match="S must be a NumPy array"):
         lri.LowRankMatrix(Y.U, [[1.0]], Y.V)
     unknown = Y.U[Y.U[:, 0] > -np.inf]  # boolean indexing: unknown chunk sizes
@@ -249,3 +251,36 @@ def test_same_code_on_a_distributed_cluster_of_processes(case):
         assert sol.Y.U.chunks == Y_dk.U.chunks
         Y = _computed(sol.Y)
     assert _relative_difference(Y, ref.Y) <= 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_step_with_non_finite_values_fails_the_run_and_keeps_the_last_good_state(case):
+    _, (dk_problem, Y_dk) = case
+
+    class BlowsUp(DiagonalSylvester):
+        def apply_right(self, t, Y, V):
+            out = super().apply_right(t, Y, V)
+            return out * np.inf if t > 0.01 else out  # Euler: t = 0, then 0.02
+
+    problem = BlowsUp(dk_problem.a, dk_problem.b, dk_problem.C)
+    euler = lri.Euler()
+    for method in (lri.BUG(substep=euler), lri.AugmentedBUG(lri.FixedRank(R), substep=euler)):
+        sol = lri.solve(problem, Y_dk, (0.0, 0.04), 0.02, method)
+        assert sol.status == "failed" and "step 2 of 2" in sol.message
+        assert isinstance(sol.Y.U, da.Array) and np.all(np.isfinite(sol.Y.U.compute()))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_non_finite_core_is_found_when_the_state_is_persisted(case):
+    _, (dk_problem, Y_dk) = case
+
+    class CoreBlowsUp(DiagonalSylvester):
+        def project(self, t, Y, U, V):
+            out = U.T @ self.apply_right(t, Y, V)
+            return out * np.inf if t > 0.01 else out
+
+    problem = CoreBlowsUp(dk_problem.a, dk_problem.b, dk_problem.C)
+    sol = lri.solve(problem, Y_dk, (0.0, 0.04), 0.02, lri.BUG(substep=lri.Euler()))
+    assert sol.status == "failed" and "step 2 of 2" in sol.message
+    assert "non-finite values" in sol.message
+    assert np.all(np.isfinite(sol.Y.S))
