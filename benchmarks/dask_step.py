@@ -40,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -119,7 +120,7 @@ def _method(lri, name, r):
 
 def worker(way, n, r, steps, methods, memory_gb):
     """One (way, n): every method for ``steps`` steps; prints one JSON line."""
-    _cap_memory(memory_gb if way != "cluster" else memory_gb)
+    _cap_memory(memory_gb)
     import lowrank_integrators as lri
 
     client = cluster = None
@@ -154,12 +155,13 @@ def worker(way, n, r, steps, methods, memory_gb):
             def after_step(t, Y, info, stamps=stamps):
                 stamps.append((time.perf_counter(), cpu_now()))
 
-            sol = lri.solve(problem, Y0, (0.0, steps * H), H, _method(lri, name, r),
-                            callback=after_step)
+            sol = lri.solve(
+                problem, Y0, (0.0, steps * H), H, _method(lri, name, r), callback=after_step
+            )
             if sol.status != "success":
                 raise RuntimeError(sol.message)
-            wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
-            cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
+            wall = [b[0] - a[0] for a, b in itertools.pairwise(stamps)]
+            cpu = [b[1] - a[1] for a, b in itertools.pairwise(stamps)]
             timed = slice(1, None) if len(wall) > 1 else slice(None)
             records.append(
                 {
@@ -173,14 +175,14 @@ def worker(way, n, r, steps, methods, memory_gb):
                 }
             )
         error = None
-    except BaseException as exc:  # noqa: BLE001 - a capped run reports what stopped it
+    except BaseException as exc:  # a capped run reports what stopped it
         error = f"{type(exc).__name__}: {str(exc)[:300]}"
     memory = {"process_peak_rss_mb": _peak_rss_mb()}
     if client is not None:
         try:
             peaks = client.run(_peak_rss_mb)
             memory["worker_peak_rss_mb"] = sorted(peaks.values())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             memory["worker_peak_rss_mb"] = f"unavailable ({type(exc).__name__})"
         client.close()
         cluster.close()

@@ -143,28 +143,39 @@ class DaskSylvester:
         return out if source is None else out + source
 
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
-        """``K -> A K + K (V^H B^T V) + C V``: one chunked operator pass per stage."""
+        """``K -> A K + K (V^H B^T V) + C V``: one task per chunk and stage (and its halo)."""
         Bv = _inner(V, self.B_T @ V) if self.B_T is not None else None
-        source = self._source(V, right=V)
-
-        def field(t: float, K: Any) -> Any:
-            out = self.A @ K
-            if Bv is not None:
-                out = out + K @ Bv
-            return out if source is None else out + source
-
-        return field
+        W, coef = self._source_factors(V, right=V)
+        return lambda t, K: self.A.stage(K, Bv, W, coef)
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
         """``L -> conj(B) L + L (U^H A U)^H + C^H U``."""
         AhU = _inner(U, self.A_H @ U)
+        if self.B_conj is not None:
+            W, coef = self._source_factors(U, left=U)
+            return lambda t, L: self.B_conj.stage(L, AhU, W, coef)
         source = self._source(U, left=U)
 
         def field(t: float, L: Any) -> Any:
-            out = L @ AhU if self.B_conj is None else self.B_conj @ L + L @ AhU
+            out = L @ AhU
             return out if source is None else out + source
 
         return field
+
+    def _source_factors(self, like: Any, right: Any = None, left: Any = None) -> tuple[Any, Any]:
+        """``(W, coef)`` with ``W @ coef`` the source of a substep; a dense ``C`` gives
+        ``(C V, identity)``, no source ``(None, None)``."""
+        C = self.problem.C
+        if C is None:
+            return None, None
+        chunks = tuple(like.chunks[0])
+        if isinstance(C, LowRankMatrix):
+            Uc, Sc, Vc = C
+            if right is not None:
+                return self._tall("Uc", Uc, chunks), Sc @ (_small_adjoint(Vc) @ right)
+            return self._tall("Vc", Vc, chunks), _small_adjoint(Sc) @ (_small_adjoint(Uc) @ left)
+        product = self._source(like, right=right, left=left)
+        return product, np.eye(int(product.shape[1]), dtype=product.dtype)
 
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
         """``S -> (U^H A U) S + S (V^H B^T V) + U^H C V`` with coefficients on the host.

@@ -125,6 +125,64 @@ class ChunkedOperator:
         ValueError
             ``X`` does not have ``n`` rows.
         """
+        self._check_tall(X)
+        if X.ndim == 1:
+            return self.matmul(X[:, None])[:, 0]
+        return self.stage(X)
+
+    def stage(self, X: Any, M: Any = None, W: Any = None, C: Any = None) -> Any:
+        """``op @ X + X @ M + W @ C`` in one task per row chunk, lazily.
+
+        The right-hand side of a K- or L-substep of a Sylvester-type field: the operator
+        product, the state times a small matrix and a low-rank source, formed chunk by chunk
+        without tall temporaries between them.
+
+        Parameters
+        ----------
+        X : dask.array.Array, shape (n, k)
+            Row-chunked; the result has its row chunks.
+        M : array, shape (k, k), optional
+            A small NumPy or (single-chunk) Dask array.
+        W, C : arrays, shapes (n, q) and (q, k), optional
+            A tall Dask factor (rechunked to the rows of ``X`` if needed) and a small array;
+            given together.
+        """
+        import dask.array as da
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+
+        self._check_tall(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D for a stage, got shape {X.shape}")
+        if (W is None) != (C is None):
+            raise ValueError("W and C must be given together (the source W @ C)")
+        if X.numblocks[1] != 1:
+            X = X.rechunk({1: -1})
+        chunks = tuple(int(c) for c in X.chunks[0])
+        plan = self._plan(chunks)
+        blocks = plan.blocks()
+        dependencies, operands, layers = plan.operands(X)
+        dtype = np.result_type(self.dtype, X.dtype, *(a.dtype for a in (M, W, C) if a is not None))
+        M, m_deps = _small(M)
+        C, c_deps = _small(C)
+        if W is not None:
+            if not is_dask_array(W):
+                raise TypeError(f"W must be a dask.array.Array, got {type(W).__name__}")
+            W = W.rechunk({0: chunks, 1: -1})
+        name = "chunked-operator-stage-" + tokenize(
+            X.name, [b.key for b in blocks], M, C, None if W is None else W.name
+        )
+        dsk: dict[Any, Any] = dict(layers)
+        for k, operand in enumerate(operands):
+            x = (X.name, k, 0) if M is not None else None
+            w = (W.name, k, 0) if W is not None else None
+            shape = (chunks[k], int(X.shape[1]))
+            dsk[(name, k, 0)] = (_stage, blocks[k].key, operand, x, M, w, C, shape, dtype)
+        deps = [X, *dependencies, *blocks, *m_deps, *c_deps, *([W] if W is not None else [])]
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+        return da.Array(graph, name, chunks=X.chunks, dtype=dtype)
+
+    def _check_tall(self, X: Any) -> None:
         if not is_dask_array(X):
             raise TypeError(
                 f"X must be a dask.array.Array, got {type(X).__module__}.{type(X).__name__}; "
@@ -134,12 +192,6 @@ class ChunkedOperator:
             raise ValueError(
                 f"X must have shape ({self.shape[1]}, k) to match the operator, got {X.shape}"
             )
-        if X.ndim == 1:
-            return self.matmul(X[:, None])[:, 0]
-        if X.numblocks[1] != 1:
-            X = X.rechunk({1: -1})
-        plan = self._plan(tuple(int(c) for c in X.chunks[0]))
-        return plan.apply(X, np.result_type(self.dtype, X.dtype))
 
     def _plan(self, chunks: tuple[int, ...]) -> _Plan:
         plan = self._plans.get(chunks)
@@ -204,8 +256,9 @@ class _Plan:
             self._scheduler = scheduler
         return self._persisted
 
-    def apply(self, X: Any, dtype: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def operands(self, X: Any) -> tuple[list[Any], list[Any], dict[Any, Any]]:
+        """What each chunk's task multiplies: (collections, operand per chunk, new tasks)."""
+        raise NotImplementedError  # pragma: no cover - every plan defines it
 
 
 class _BandedPlan(_Plan):
@@ -224,19 +277,12 @@ class _BandedPlan(_Plan):
         super().__init__(name, blocks)
         self.halo = w
 
-    def apply(self, X: Any, dtype: Any) -> Any:
+    def operands(self, X: Any) -> tuple[list[Any], list[Any], dict[Any, Any]]:
         import dask.array as da
-        from dask.base import tokenize
-        from dask.highlevelgraph import HighLevelGraph
 
-        blocks = self.blocks()
+        # the halo exchange of map_overlap: each chunk with w rows of each neighbour
         Xo = da.overlap.overlap(X, depth={0: self.halo, 1: 0}, boundary="none")
-        name = "chunked-banded-matmul-" + tokenize(Xo.name, [b.key for b in blocks])
-        dsk = {
-            (name, k, 0): (_multiply, blocks[k].key, (Xo.name, k, 0)) for k in range(len(blocks))
-        }
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[Xo, *blocks])
-        return da.Array(graph, name, chunks=X.chunks, dtype=dtype)
+        return [Xo], [(Xo.name, k, 0) for k in range(Xo.numblocks[0])], {}
 
 
 class _GatherPlan(_Plan):
@@ -263,36 +309,49 @@ class _GatherPlan(_Plan):
             )
         super().__init__(name, blocks)
 
-    def apply(self, X: Any, dtype: Any) -> Any:
-        import dask.array as da
+    def operands(self, X: Any) -> tuple[list[Any], list[Any], dict[Any, Any]]:
         from dask.base import tokenize
-        from dask.highlevelgraph import HighLevelGraph
 
-        blocks = self.blocks()
-        token = tokenize(X.name, [b.key for b in blocks])
-        name, gather = "chunked-csr-matmul-" + token, "chunked-csr-gather-" + token
-        dsk: dict[Any, Any] = {}
+        gather = "chunked-csr-gather-" + tokenize(X.name, self._name)
+        tasks: dict[Any, Any] = {}
+        operands = []
         for k, sources in enumerate(self.sources):
             parts = []
             for j, local in sources:
-                dsk[(gather, k, j)] = (_take_rows, (X.name, j, 0), local)
+                tasks[(gather, k, j)] = (_take_rows, (X.name, j, 0), local)
                 parts.append((gather, k, j))
-            shape = (int(X.chunks[0][k]), int(X.shape[1]))
-            dsk[(name, k, 0)] = (_multiply_parts, blocks[k].key, parts, shape, np.dtype(dtype))
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[X, *blocks])
-        return da.Array(graph, name, chunks=X.chunks, dtype=dtype)
+            operands.append(parts)
+        return [], operands, tasks
 
 
-def _multiply(block: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(block @ x)
+def _small(M: Any) -> tuple[Any, list[Any]]:
+    """A small array as a task argument: a NumPy array, or the key of a one-chunk Dask array."""
+    if M is None:
+        return None, []
+    if is_dask_array(M):
+        M = M.rechunk(-1)
+        return (M.name,) + (0,) * M.ndim, [M]
+    return np.asarray(M), []
+
+
+def _stage(
+    block: Any, operand: Any, x: Any, M: Any, w: Any, C: Any, shape: tuple, dtype: Any
+) -> np.ndarray:
+    """``block @ operand + x @ M + w @ C`` for one row chunk (``operand``: array or parts)."""
+    if isinstance(operand, list):
+        if operand:
+            operand = operand[0] if len(operand) == 1 else np.concatenate(operand, axis=0)
+            out = np.asarray(block @ operand, dtype=dtype)
+        else:  # a row block without nonzeros
+            out = np.zeros(shape, dtype=dtype)
+    else:
+        out = np.asarray(block @ operand, dtype=dtype)
+    if M is not None:
+        out += x @ M
+    if C is not None:
+        out += w @ C
+    return out
 
 
 def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return x[rows]
-
-
-def _multiply_parts(block: Any, parts: list[np.ndarray], shape: tuple, dtype: Any) -> np.ndarray:
-    if not parts:  # a row block without nonzeros
-        return np.zeros(shape, dtype=dtype)
-    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    return np.asarray(block @ x)
