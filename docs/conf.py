@@ -80,7 +80,7 @@ templates_path = ["_templates"]
 nitpicky = True
 # Names outside this project (no network at build time, so no intersphinx inventories).
 nitpick_ignore_regex = [
-    ("py:.*", r"(np|numpy|scipy|sp|torch|collections|typing|abc|pathlib|os|types)\..*"),
+    ("py:.*", r"(np|numpy|scipy|sp|torch|dask|collections|typing|abc|pathlib|os|types)\..*"),
     ("py:.*", r"(Any|Callable|Sequence|Iterable|Iterator|Mapping|Path|Generator|ndarray)"),
     ("py:.*", r"(optional|array|array-like|array_like|callable|default|\.\.\.)"),
     ("py:class", r"(int|float|bool|str|complex|dict|list|tuple|object|type|None|bytes)"),
