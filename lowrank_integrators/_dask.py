@@ -6,12 +6,12 @@ NumPy state uses. This module holds what differs, reached through the hooks of
 :mod:`lowrank_integrators._backend` (imported only when a Dask array is met: the core package
 never imports Dask):
 
-* **QR of tall factors**: the columns are gathered into one chunk (tall and skinny) and
-  factored by Dask's TSQR (Demmel, Grigori, Hoemmen, Langou 2012, arXiv:0808.2664), one task
-  per row chunk plus a small reduction. ``Q`` is persisted together with ``R`` and a
-  finiteness flag of the input (one computation); ``R`` and the flag come to the host, and
-  the columns of ``Q`` are normalised as those of the NumPy QR (``Q_jj`` real and
-  ``<= 0``), so that both give the same bases.
+* **QR of tall factors**: the columns are gathered into one chunk (tall and skinny), the
+  input is persisted once and factored by CholeskyQR2 over the row chunks, with host Gram
+  matrices and Cholesky factors (Householder TSQR over the row chunks where CholeskyQR2
+  cannot be trusted); ``Q`` is persisted, ``R`` is a NumPy array, and the columns of ``Q``
+  are normalised as those of the NumPy QR (``Q_jj`` real and ``<= 0``), so that both give
+  the same bases.
 * **small arrays**: products such as ``U1^H U0`` or a problem's ``U^H F V`` stay lazy until
   a small factorisation (the SVD of a rank decision) or the end of the step needs them; they
   are then computed to NumPy arrays on the host, all projections of a Galerkin substep in one
@@ -33,8 +33,14 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import scipy.linalg
 
 from .errors import NonFiniteError
+
+#: Largest estimated ``kappa(x)^2 u`` for which CholeskyQR2 is used (as in the NumPy path).
+_MAX_KAPPA2_U = 1e-2
+#: Largest ``||Q1^H Q1 - I||_F`` after the first pass for which a second pass is the last.
+_NEAR_ORTHONORMAL = 0.5
 
 __all__ = [
     "checked_factors",
@@ -124,28 +130,55 @@ def checked_factors(U: Any, S: Any, V: Any) -> tuple[Any, Any, Any]:
 
 
 def tall_qr(x: Any) -> tuple[Any, Any]:
-    """Thin QR ``x = Q R`` of a tall Dask array: ``Q`` a (persisted) Dask array, ``R`` on the host.
+    """Thin QR ``x = Q R`` of a tall Dask array: ``Q`` a persisted Dask array, ``R`` on the host.
 
-    TSQR over the row chunks of ``x`` (its columns gathered into one chunk). ``Q_jj`` is real
-    and ``<= 0`` for every column ``j``, as for the NumPy QR of the library, so that ``Q``
-    does not depend on the signs of the columns of ``x``.
+    CholeskyQR2 over the row chunks (Fukaya, Nakatsukasa, Yanagisawa, Yamamoto 2014;
+    Yamamoto et al. 2015, ETNA 44), the algorithm of the NumPy path: ``x`` (its columns
+    gathered into one chunk) is persisted once, so that the graph that produced it runs once;
+    two passes form the ``k x k`` Gram matrices, which come to the host for their Cholesky
+    factors; one more pass forms ``Q = x (R2 R1)^{-1}``, persisted. Where the first Gram matrix
+    is too ill-conditioned for CholeskyQR2 (``kappa(x)^2 u > 10^-2`` by the estimate
+    ``max_i G_ii / R_ii^2``) or a Cholesky factorisation breaks down, Dask's Householder TSQR
+    (Demmel, Grigori, Hoemmen, Langou 2012, arXiv:0808.2664) factors the persisted ``x``
+    instead. ``Q_jj`` is real and ``<= 0`` for every column ``j``, as for the NumPy QR of the
+    library, so that ``Q`` does not depend on the signs of the columns of ``x``.
 
     Raises
     ------
     NonFiniteError
-        When ``x`` holds NaN or infinity (found in the computation that factors it; the
-        factors are discarded).
+        When ``x`` holds NaN or infinity (checked in the computation of the first Gram matrix,
+        before any factorisation).
     """
     m, k = int(x.shape[0]), int(x.shape[1])
     if k == 0 or m < 2 * k or len(x.chunks[0]) == 1:
         return _host_qr(x)
-    x = _one_column_chunk(x)
-    Q, R = da.linalg.tsqr(x)
-    finite = da.isfinite(x).all()
-    Q, R, finite, head = dask.persist(Q, R, finite, Q[:k, :])
-    R, finite, head = dask.compute(R, finite, head)
+    (x,) = dask.persist(_one_column_chunk(x))
+    gram, finite, top = dask.compute(_inner(x, x), da.isfinite(x).all(), x[:k, :])
     if not bool(finite):
         raise NonFiniteError(f"a matrix to be factorised by QR (shape {(m, k)})")
+    eps = float(np.finfo(x.dtype).eps)
+    R1 = _cholesky_upper(np.asarray(gram))
+    if R1 is None or _kappa2(np.asarray(gram), R1) * eps > _MAX_KAPPA2_U:
+        return _tsqr(x)
+    W1 = scipy.linalg.solve_triangular(R1, np.eye(k, dtype=R1.dtype))
+    Q1 = _times(x, W1)
+    gram2 = np.asarray(_inner(Q1, Q1).compute())
+    R2 = _cholesky_upper(gram2)
+    if R2 is None or np.linalg.norm(gram2 - np.eye(k)) > _NEAR_ORTHONORMAL:
+        return _tsqr(x)
+    W = W1 @ scipy.linalg.solve_triangular(R2, np.eye(k, dtype=R2.dtype))
+    d = _canonical_phases(np.diagonal(np.asarray(top) @ W))
+    W = W * d[None, :]
+    (Q,) = dask.persist(_times(x, W))
+    return Q, np.conj(d)[:, None] * (R2 @ R1)
+
+
+def _tsqr(x: Any) -> tuple[Any, Any]:
+    """Householder TSQR of a (persisted) tall Dask array, normalised as :func:`tall_qr`."""
+    k = int(x.shape[1])
+    Q, R = da.linalg.tsqr(x)
+    Q, R, head = dask.persist(Q, R, Q[:k, :])
+    R, head = dask.compute(R, head)
     d = _canonical_phases(np.diagonal(np.asarray(head)))
     return Q * d[None, :], np.conj(d)[:, None] * np.asarray(R)
 
@@ -232,6 +265,39 @@ def _inner(a: Any, b: Any) -> Any:
     """``a^H b`` for tall Dask arrays (lazy)."""
     at = a.T
     return (at.conj() if np.iscomplexobj(np.empty(0, a.dtype)) else at) @ b
+
+
+def _times(x: Any, W: np.ndarray) -> Any:
+    """``x @ W`` for a tall Dask ``x`` and a small NumPy ``W``: one task per row chunk."""
+    dtype = np.result_type(x.dtype, W.dtype)
+    return x.map_blocks(
+        _right_multiply,
+        W=W.astype(dtype, copy=False),
+        chunks=(x.chunks[0], (int(W.shape[1]),)),
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype=dtype),
+    )
+
+
+def _right_multiply(block: np.ndarray, W: np.ndarray) -> np.ndarray:
+    return block @ W
+
+
+def _cholesky_upper(G: np.ndarray) -> np.ndarray | None:
+    """Upper ``R`` with ``G = R^H R``, or ``None`` on breakdown or non-finite pivots."""
+    try:
+        R = scipy.linalg.cholesky(G, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    return R if np.all(np.isfinite(np.diagonal(R))) else None
+
+
+def _kappa2(G: np.ndarray, R: np.ndarray) -> float:
+    """``max_i G_ii / R_ii^2``, a lower bound of ``kappa(x)^2`` (column-scaling invariant)."""
+    p = np.abs(np.diagonal(R)) ** 2
+    if np.min(p) <= 0:
+        return np.inf
+    return float(np.max(np.real(np.diagonal(G)) / p))
 
 
 def _host_qr(x: Any) -> tuple[Any, Any]:

@@ -108,6 +108,14 @@ def solve(
         :class:`~lowrank_integrators.errors.StepFailure` (non-finite values about to be
         factorised, endless step rejection); then ``sol.Y`` is the last good state and
         ``sol.message`` names the step and its time.
+
+    Notes
+    -----
+    With row-chunked Dask factors (see :class:`~lowrank_integrators.LowRankMatrix`) every
+    accepted state, ``Y0`` included, is persisted once, in the row chunks of ``Y0``, and its
+    finiteness checked in the same computation: each step starts from stored chunks, so the
+    work per step does not grow over the run. Calling ``method.step`` in a loop of your own
+    does not persist.
     """
     from .integrators.bug import BUG
 
