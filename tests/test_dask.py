@@ -244,7 +244,7 @@ def test_same_code_on_a_distributed_cluster_of_processes(case):
     ref = lri.solve(np_problem, Y_np, (0.0, 0.04), 0.02, method)
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster),
     ):
