@@ -156,6 +156,10 @@ class SylvesterODE(MatrixODE):
     The L-product needs the conjugate transposes ``A^H``, ``conj(B)`` and ``C^H``; a plain
     ``C U`` is wrong for non-Hermitian ``C``.
 
+    On row-chunked Dask factors, SciPy sparse ``A`` and ``B`` act chunk by chunk (halo
+    exchange for banded operators, gathered rows otherwise) and every product stays lazy; see
+    :mod:`lowrank_integrators.dask_operators`.
+
     Parameters
     ----------
     A : operator, shape (m, m)
