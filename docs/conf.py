@@ -80,7 +80,7 @@ templates_path = ["_templates"]
 nitpicky = True
 # Names outside this project (no network at build time, so no intersphinx inventories).
 nitpick_ignore_regex = [
-    ("py:.*", r"(np|numpy|scipy|sp|torch|collections|typing|abc|pathlib|os|types)\..*"),
+    ("py:.*", r"(np|numpy|scipy|sp|torch|dask|collections|typing|abc|pathlib|os|types)\..*"),
     ("py:.*", r"(Any|Callable|Sequence|Iterable|Iterator|Mapping|Path|Generator|ndarray)"),
     ("py:.*", r"(optional|array|array-like|array_like|callable|default|\.\.\.)"),
     ("py:class", r"(int|float|bool|str|complex|dict|list|tuple|object|type|None|bytes)"),
@@ -160,8 +160,18 @@ GROUPS = [
         "problems",
         "Problems",
         "Right-hand sides given in factored form (``F V``, ``F^H U``, ``U^H F V``), for "
-        "matrices and Tucker tensors. See also :doc:`../problems`.",
-        ("lowrank_integrators.problems", "lowrank_integrators.tensor_problems"),
+        "matrices and Tucker tensors, and sparse operators on row-chunked Dask factors. See "
+        "also :doc:`../problems` and :doc:`../integrators/dask`.",
+        (
+            "lowrank_integrators.problems",
+            "lowrank_integrators.tensor_problems",
+            "lowrank_integrators.dask_operators",
+        ),
+        described=("lowrank_integrators.dask_operators",),
+        extras=(
+            "lowrank_integrators.dask_operators.ChunkedOperator",
+            "lowrank_integrators.dask_operators.is_dask_array",
+        ),
     ),
     Group(
         "truncation",

@@ -156,6 +156,10 @@ class SylvesterODE(MatrixODE):
     The L-product needs the conjugate transposes ``A^H``, ``conj(B)`` and ``C^H``; a plain
     ``C U`` is wrong for non-Hermitian ``C``.
 
+    On row-chunked Dask factors, SciPy sparse ``A`` and ``B`` act chunk by chunk (halo
+    exchange for banded operators, gathered rows otherwise) and every product stays lazy; see
+    :mod:`lowrank_integrators.dask_operators`.
+
     Parameters
     ----------
     A : operator, shape (m, m)
@@ -205,11 +209,26 @@ class SylvesterODE(MatrixODE):
     def check_state(self, Y: LowRankMatrix, t: float) -> None:
         """The sizes of ``A``, ``B``, ``C`` match ``Y``, and they come from ``Y``'s library."""
         self._check(Y)
+        if self._on_chunks(Y.U) is not None:  # SciPy sparse operators, applied chunk by chunk
+            return
         check_same_library("A", self.A, Y.S)
         if self.B is not None:
             check_same_library("B", self.B, Y.S)
         if self.C is not None:
             check_same_library("C", self.C.S if isinstance(self.C, LowRankMatrix) else self.C, Y.S)
+
+    def _on_chunks(self, *xs: Any) -> Any:
+        """The products on row-chunked Dask factors when one of ``xs`` is a Dask array.
+
+        See :mod:`lowrank_integrators.dask_operators`; ``None`` for every other library.
+        """
+        if not any(type(x).__module__.startswith("dask.") for x in xs):
+            return None
+        if "_dask" not in self.__dict__:
+            from ._dask_sylvester import DaskSylvester
+
+            self._dask = DaskSylvester(self)
+        return self._dask
 
     def _c_right(self, V: Any) -> Any:
         return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V
@@ -230,6 +249,8 @@ class SylvesterODE(MatrixODE):
     # block by block (see the substep fields below for why).
     def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
         self._check(Y)
+        if (chunked := self._on_chunks(Y.U, V)) is not None:
+            return chunked.apply_right(t, Y, V)
         Uy, Sy, Vy = Y
         # the sandwich's transient tall product is released before the result is allocated
         Bv = Sy @ bk.sandwich(Vy, self.B_T, V) if self.B is not None else None
@@ -242,6 +263,8 @@ class SylvesterODE(MatrixODE):
 
     def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
         self._check(Y)
+        if (chunked := self._on_chunks(Y.U, U)) is not None:
+            return chunked.apply_left(t, Y, U)
         Uy, Sy, Vy = Y
         Sh = bk.adjoint(Sy)
         # the sandwich's transient tall product is released before the result is allocated
@@ -257,6 +280,8 @@ class SylvesterODE(MatrixODE):
 
     def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
         self._check(Y)
+        if (chunked := self._on_chunks(Y.U, U)) is not None:
+            return chunked.project(t, Y, U, V)
         Uy, Sy, Vy = Y
         out = bk.sandwich(U, self.A, Uy) @ (Sy @ (bk.adjoint(Vy) @ V))
         if self.B is not None:
@@ -271,6 +296,8 @@ class SylvesterODE(MatrixODE):
     # it block by block: at n ~ 1e6 a second tall temporary per stage would set the memory
     # of the whole step.
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
+        if (chunked := self._on_chunks(V)) is not None:
+            return chunked.k_field(V)
         Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
         stage = self._fused_stage(self.A, Bv, right=V)
         if stage is not None:
@@ -293,6 +320,8 @@ class SylvesterODE(MatrixODE):
         return field
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
+        if (chunked := self._on_chunks(U)) is not None:
+            return chunked.l_field(U)
         AhU = bk.sandwich(U, self.A_H, U)
         stage = self._fused_stage(self.B_conj, AhU, left=U) if self.B is not None else None
         if stage is not None:
@@ -353,6 +382,8 @@ class SylvesterODE(MatrixODE):
         return lambda out: bk.add_scaled(out, 1.0, product)
 
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
+        if (chunked := self._on_chunks(U)) is not None:
+            return chunked.s_field(U, V)
         Au = bk.sandwich(U, self.A, U)
         Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
         Cuv = self._c_project(U, V) if self.C is not None else None
