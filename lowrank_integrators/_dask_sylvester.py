@@ -23,6 +23,7 @@ import numpy as np
 from . import _backend as bk
 from .dask_operators import ChunkedOperator, is_dask_array
 from .factors import LowRankMatrix
+from .problems import sylvester_core_field
 
 
 def _inner(a: Any, b: Any) -> Any:
@@ -195,11 +196,4 @@ class DaskSylvester:
         Au = values.pop(0)
         Bv = values.pop(0) if self.B_T is not None else None
         Cuv = values.pop(0) if source is not None else None
-
-        def field(t: float, S: Any) -> Any:
-            out = Au @ S
-            if Bv is not None:
-                out = out + S @ Bv
-            return out if Cuv is None else out + Cuv
-
-        return field
+        return sylvester_core_field(Au, Bv, Cuv)

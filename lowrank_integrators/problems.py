@@ -144,6 +144,22 @@ class DenseODE(MatrixODE):
         return f"DenseODE({getattr(self.f, '__name__', self.f)!r})"
 
 
+def sylvester_core_field(Au: Any, Bv: Any | None, Cuv: Any | None) -> Callable[[float, Any], Any]:
+    """The Galerkin field ``S -> Au S + S Bv + Cuv`` of a Sylvester problem in fixed bases.
+
+    ``Au = U^H A U``, ``Bv = V^H B^T V`` (``None`` without ``B``) and ``Cuv = U^H C V``
+    (``None`` without a source) are the small projected coefficients.
+    """
+
+    def field(t: float, S: Any) -> Any:
+        out = Au @ S
+        if Bv is not None:
+            out = out + S @ Bv
+        return out if Cuv is None else out + Cuv
+
+    return field
+
+
 class SylvesterODE(MatrixODE):
     r"""``F(t, Y) = A Y + Y B^T + C``, evaluated with tall-skinny products only.
 
@@ -387,14 +403,7 @@ class SylvesterODE(MatrixODE):
         Au = bk.sandwich(U, self.A, U)
         Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
         Cuv = self._c_project(U, V) if self.C is not None else None
-
-        def field(t: float, S: Any) -> Any:
-            out = Au @ S
-            if Bv is not None:
-                out = out + S @ Bv
-            return out if Cuv is None else out + Cuv
-
-        return field
+        return sylvester_core_field(Au, Bv, Cuv)
 
     def evaluate_dense(self, t: float, Y: LowRankMatrix) -> Any:
         self._check(Y)

@@ -191,3 +191,13 @@ def sylvester_rotation(n: int, r: int, seed: int = 1234):
         return sla.expm(t * W1) @ (np.exp(t) * E @ np.diag(d[:r]) @ E.T) @ sla.expm(t * W2).T
 
     return problem, Y0, exact
+
+
+def rk4_reference(f, t0, t1, X):
+    """One classical RK4 step of ``X' = f(t, X)`` from ``t0`` to ``t1``, textbook form."""
+    h = t1 - t0
+    k1 = f(t0, X)
+    k2 = f(t0 + h / 2, X + h / 2 * k1)
+    k3 = f(t0 + h / 2, X + h / 2 * k2)
+    k4 = f(t1, X + h * k3)
+    return X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
 from lowrank_integrators.substeps import FactoredStart
+from tests.problems_for_tests import rk4_reference
 
 N, R = 2**18, 8
 TALL = N * R * 8  # bytes of one float64 n x r array
@@ -65,15 +66,6 @@ def tall_start():
     # compile the optional numba kernels of the solver once, outside the measured calls
     lri.RK4()(Field(M), 0.0, 0.1, FactoredStart(U[:5000], S))
     return U, S, M
-
-
-def rk4_reference(f, t0, t1, X):
-    h = t1 - t0
-    k1 = f(t0, X)
-    k2 = f(t0 + h / 2, X + h / 2 * k1)
-    k3 = f(t0 + h / 2, X + h / 2 * k2)
-    k4 = f(t1, X + h * k3)
-    return X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
 # --- substep solvers -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 import lowrank_integrators as lri
 from lowrank_integrators.substeps import as_substep
+from tests.problems_for_tests import rk4_reference
 
 
 class Recorder:
@@ -99,15 +100,6 @@ def test_substep_argument_is_validated():
 
 
 # --- the fused register updates of RK4 --------------------------------------------------------
-
-
-def rk4_reference(f, t0, t1, X):
-    h = t1 - t0
-    k1 = f(t0, X)
-    k2 = f(t0 + h / 2, X + h / 2 * k1)
-    k3 = f(t0 + h / 2, X + h / 2 * k2)
-    k4 = f(t1, X + h * k3)
-    return X + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
 class Linear:
