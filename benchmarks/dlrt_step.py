@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
             out[f"break_even_width_{width}"] = be
             table = ", ".join(f"r={r['rank']}: {r['ratio']:.2f}" for r in be["sweep"])
             even = be["break_even_rank"]
-            print(f"width {width}: dense/DLRT by rank {table}; break-even rank {even}")
+            even_text = "beyond the sweep" if even is None else f"~{even:.0f}"
+            print(f"width {width}: dense/DLRT by rank {table}; break-even rank {even_text}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2))
