@@ -34,7 +34,8 @@ Usage::
 
     python benchmarks/dask_step.py --quick                  # n = 2^16, r = 8, BUG, < 1 min
     python benchmarks/dask_step.py --n 1048576 --json benchmarks/results/dask_step_2p20.json
-    python benchmarks/dask_step.py --n 16777216 --steps 2 --memory-gb 8 --ways numpy cluster
+    python benchmarks/dask_step.py --n 16777216 --steps 2 --memory-gb 21 --ways numpy threads
+    python benchmarks/dask_step.py --n 8388608 --memory-gb 6 --ways numpy cluster  # spilling
 """
 
 from __future__ import annotations
