@@ -33,14 +33,16 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import scipy.linalg
 
+from ._qr import (
+    _MAX_KAPPA2_U,
+    _NEAR_ORTHONORMAL,
+    _cholesky_upper,
+    _inverse_upper,
+    _kappa2,
+    canonical_phases,
+)
 from .errors import NonFiniteError
-
-#: Largest estimated ``kappa(x)^2 u`` for which CholeskyQR2 is used (as in the NumPy path).
-_MAX_KAPPA2_U = 1e-2
-#: Largest ``||Q1^H Q1 - I||_F`` after the first pass for which a second pass is the last.
-_NEAR_ORTHONORMAL = 0.5
 
 __all__ = [
     "checked_factors",
@@ -160,14 +162,14 @@ def tall_qr(x: Any) -> tuple[Any, Any]:
     R1 = _cholesky_upper(np.asarray(gram))
     if R1 is None or _kappa2(np.asarray(gram), R1) * eps > _MAX_KAPPA2_U:
         return _tsqr(x)
-    W1 = scipy.linalg.solve_triangular(R1, np.eye(k, dtype=R1.dtype))
+    W1 = _inverse_upper(R1)
     Q1 = _times(x, W1)
     gram2 = np.asarray(_inner(Q1, Q1).compute())
     R2 = _cholesky_upper(gram2)
     if R2 is None or np.linalg.norm(gram2 - np.eye(k)) > _NEAR_ORTHONORMAL:
         return _tsqr(x)
-    W = W1 @ scipy.linalg.solve_triangular(R2, np.eye(k, dtype=R2.dtype))
-    d = _canonical_phases(np.diagonal(np.asarray(top) @ W))
+    W = W1 @ _inverse_upper(R2)
+    d = canonical_phases(np.diagonal(np.asarray(top) @ W))
     W = W * d[None, :]
     (Q,) = dask.persist(_times(x, W))
     return Q, np.conj(d)[:, None] * (R2 @ R1)
@@ -179,7 +181,7 @@ def _tsqr(x: Any) -> tuple[Any, Any]:
     Q, R = da.linalg.tsqr(x)
     Q, R, head = dask.persist(Q, R, Q[:k, :])
     R, head = dask.compute(R, head)
-    d = _canonical_phases(np.diagonal(np.asarray(head)))
+    d = canonical_phases(np.diagonal(np.asarray(head)))
     return Q * d[None, :], np.conj(d)[:, None] * np.asarray(R)
 
 
@@ -283,35 +285,9 @@ def _right_multiply(block: np.ndarray, W: np.ndarray) -> np.ndarray:
     return block @ W
 
 
-def _cholesky_upper(G: np.ndarray) -> np.ndarray | None:
-    """Upper ``R`` with ``G = R^H R``, or ``None`` on breakdown or non-finite pivots."""
-    try:
-        R = scipy.linalg.cholesky(G, lower=False, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-    return R if np.all(np.isfinite(np.diagonal(R))) else None
-
-
-def _kappa2(G: np.ndarray, R: np.ndarray) -> float:
-    """``max_i G_ii / R_ii^2``, a lower bound of ``kappa(x)^2`` (column-scaling invariant)."""
-    p = np.abs(np.diagonal(R)) ** 2
-    if np.min(p) <= 0:
-        return np.inf
-    return float(np.max(np.real(np.diagonal(G)) / p))
-
-
 def _host_qr(x: Any) -> tuple[Any, Any]:
     """QR of a Dask array that is not tall or has one row chunk: computed on the host."""
     from . import _backend as bk
 
     Q, R = bk.qr(core_to_host(x))
     return da.from_array(Q, chunks=(x.chunks[0], -1)), R
-
-
-def _canonical_phases(diag: np.ndarray) -> np.ndarray:
-    """Unit factors ``d`` with ``diag * d`` real and ``<= 0`` (1 where ``diag`` is 0)."""
-    mag = np.abs(diag)
-    if np.iscomplexobj(diag):
-        safe = np.where(mag > 0, mag, 1.0)
-        return np.where(mag > 0, -np.conj(diag) / safe, 1.0).astype(diag.dtype)
-    return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)

@@ -214,7 +214,7 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
                 return _householder(x, w)
         Ri_inv = _inverse_upper(Ri)
         if last:  # the sign normalisation, folded into the last product
-            d = _canonical_phases(_diagonal(Q[:k, :] @ Ri_inv))
+            d = canonical_phases(_diagonal(Q[:k, :] @ Ri_inv))
             Ri_inv = Ri_inv * d[None, :]
             Ri = _conj(d)[:, None] * Ri
         owned = passes > 0 or (overwrite and _is_numpy(x) and x.flags.c_contiguous)
@@ -376,19 +376,11 @@ def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, 
     """
     if _is_numpy(x):
         Q, R = _tsqr(x, owned=owned)
-        p = min(Q.shape)
-        if not np.iscomplexobj(Q):
-            # the real case of _canonical_phases, without the namespace's bookkeeping
-            flip = np.diagonal(Q[:p, :p]) > 0
-            if flip.any():
-                d = np.where(flip, -1, 1).astype(Q.dtype)
-                Q *= d
-                R *= d[:, None]
-            return Q, R, (None if w is None else _inner(Q, w)), "Householder"
     else:
         xp = bk.namespace(x)
         Q, R = xp.linalg.qr(x, mode="reduced")
-    d = _canonical_phases(_diagonal(Q))
+    p = min(int(Q.shape[0]), int(Q.shape[1]))
+    d = canonical_phases(_diagonal(Q[:p, :p]))
     if _is_numpy(Q) and Q.flags.writeable:
         Q *= d[None, :]  # Q is the factorisation's own array
     else:
@@ -401,7 +393,7 @@ def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any
     """:func:`_householder` of a small real NumPy array (one LAPACK QR), without its checks."""
     q, r = _lapack_qr(x)
     p = min(q.shape)
-    d = np.where(np.diagonal(q[:p, :p]) > 0, -1.0, 1.0).astype(q.dtype)
+    d = canonical_phases(np.diagonal(q[:p, :p]))
     Q = np.multiply(q, d, order="C")  # the sign normalisation and the row-major copy at once
     r *= d[:, None]
     return Q, r, (None if w is None else _inner(Q, w)), "Householder"
@@ -485,8 +477,14 @@ def _lapack_qr_functions(dtype: np.dtype) -> tuple[Any, Any]:
     return pair
 
 
-def _canonical_phases(diag: Any) -> Any:
-    """Unit factors ``d`` with ``diag * d`` real and <= 0 (1 where ``diag`` is 0)."""
+def canonical_phases(diag: Any) -> Any:
+    """Unit factors ``d`` with ``diag * d`` real and <= 0 (1 where ``diag`` is 0).
+
+    The sign convention of every QR here (``Q_jj <= 0``); also used to align an augmented
+    basis ``[U0 D, Q]`` with it.
+    """
+    if type(diag) is np.ndarray and diag.dtype.kind == "f":
+        return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)
     xp = bk.namespace(diag)
     mag = xp.abs(diag)
     one = xp.ones_like(mag)

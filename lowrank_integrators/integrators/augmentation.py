@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import tall_qr
+from .._qr import canonical_phases, tall_qr
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -143,26 +143,13 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
-    d = _nonpositive_phases(U0, r, xp, numpy)
+    d = canonical_phases(np.diagonal(U0[:r, :r]) if numpy else xp.linalg.diagonal(U0[:r, :r]))
     if numpy:
         U_hat = np.empty((rows, r + k), dtype=U0.dtype)
         np.multiply(U0, d, out=U_hat[:, :r])
         U_hat[:, r:] = Q
         return U_hat, d.conj()
     return xp.concat([U0 * d, Q], axis=1), xp.conj(d)
-
-
-def _nonpositive_phases(U0: Any, r: int, xp: Any, numpy: bool) -> Any:
-    """Unit factors ``d`` with ``U0[j, j] d_j`` real and ``<= 0`` (``d_j = 1`` where it is 0)."""
-    if numpy and not np.iscomplexobj(U0):
-        return np.where(np.diagonal(U0) > 0, -1.0, 1.0)[:r].astype(U0.dtype)
-    diag = np.diagonal(U0[:r, :r]) if numpy else xp.linalg.diagonal(U0[:r, :r])
-    size = xp.abs(diag)
-    one = xp.ones_like(size)
-    if bk.is_complex(U0):
-        safe = xp.astype(xp.where(size > 0, size, one), diag.dtype)
-        return xp.where(size > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
-    return xp.where(diag > 0, -one, one)
 
 
 #: Arrays with at most this many entries are projected whole rather than by row blocks.
