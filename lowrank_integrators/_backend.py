@@ -164,13 +164,14 @@ def eye_like(x: Any, n: int) -> Any:
     return xp.eye(n, dtype=x.dtype, device=_array_device(x))
 
 
-def qr(x: Any) -> tuple[Any, Any]:
+def qr(x: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
     """Reduced (thin) QR factorisation ``x = Q R`` with ``min(rows, cols)`` columns in Q.
 
     CholeskyQR2 with shifted CholeskyQR3 and Householder fallbacks (see
     :mod:`lowrank_integrators._qr`): GEMM-rate passes on the row-major array, no
     Fortran-ordered copy. ``Q_jj`` is real and <= 0, so that ``Q`` does not depend on the
-    signs of the columns of ``x``. ``x`` is not modified.
+    signs of the columns of ``x``. ``x`` is not modified unless ``overwrite`` (a NumPy ``x``
+    no one else holds may then become ``Q``: one tall array less).
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` before any factorisation when
     ``x`` holds NaN or infinity.
@@ -182,10 +183,10 @@ def qr(x: Any) -> tuple[Any, Any]:
     from ._qr import tall_qr
 
     require_finite(x, "a matrix to be factorised by QR")
-    return tall_qr(x)
+    return tall_qr(x, overwrite_x=overwrite)
 
 
-def qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
+def qr_project(x: Any, w: Any, *, overwrite: bool = False) -> tuple[Any, Any, Any]:
     """Thin QR ``x = Q R`` as :func:`qr`, and ``Q^H w`` formed in the last pass over ``Q``.
 
     For a new basis ``U1 = Q`` and the old one ``w = U0`` this is ``M = U1^H U0`` without a
@@ -198,7 +199,7 @@ def qr_project(x: Any, w: Any) -> tuple[Any, Any, Any]:
     from ._qr import tall_qr_project
 
     require_finite(x, "a matrix to be factorised by QR")
-    return tall_qr_project(x, w)
+    return tall_qr_project(x, w, overwrite_x=overwrite)
 
 
 def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:

@@ -174,17 +174,14 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
     A factored ``X0`` is formed once per block of rows for both updates; ``X0`` may be
     ``acc`` itself (the start formed there, ``first``). ``k`` is read once, and ``stage``
     may be ``k`` itself (a NumPy derivative the solver owns, updated in
-    place: every entry of ``k`` is read before it is overwritten). NumPy arrays are updated
+    place: every entry of ``k`` is read before it is overwritten). The arrays are updated
     block by block of rows while the block is in cache, with no temporary larger than a
-    block; other in-place backends by slices.
+    block. NumPy only: other arrays take :class:`RK4`'s functional path.
     """
     if type(k) is not np.ndarray or k.ndim != 2:
-        if first:
-            assign_stage(acc, X0, c, k)
-        else:
-            bk.add_scaled(acc, c, k)
-        assign_stage(stage, X0, a, k)
-        return
+        raise TypeError(
+            f"rk4_update updates 2-D NumPy arrays in place, got k of type {type(k).__name__}"
+        )
     factored = isinstance(X0, FactoredStart)
     if k.size <= _STAGE_BLOCK_ELEMENTS // 8:  # small: whole-array operations, no blocks
         x0 = X0.left @ X0.right if factored else X0.copy() if X0 is acc else X0

@@ -183,10 +183,15 @@ class FactorisationLedger:
 
     info: StepCounts
 
-    def qr(self, X: Any) -> tuple[Any, Any]:
-        """Thin QR ``X = Q R``."""
+    def qr(self, X: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
+        """Thin QR ``X = Q R``; with ``overwrite`` a NumPy ``X`` no one else holds becomes ``Q``."""
         self.info.n_qr += 1
-        return bk.qr(X)
+        return bk.qr(X, overwrite=overwrite)
+
+    def qr_project(self, X: Any, W: Any, *, overwrite: bool = False) -> tuple[Any, Any, Any]:
+        """Thin QR ``X = Q R`` and ``Q^H W`` formed in its last pass (one QR)."""
+        self.info.n_qr += 1
+        return bk.qr_project(X, W, overwrite=overwrite)
 
     def orth(self, X: Any) -> Any:
         """Orthonormal basis of ``range(X)`` (thin QR, R discarded)."""

@@ -21,7 +21,6 @@ import sys
 from typing import Any
 
 from .. import _backend as bk
-from .._qr import tall_qr_project
 from ..factors import LowRankMatrix
 from ..substeps import owned_result
 from .base import Integrator, KStep, Ledger, LStep, Parallel, SStep, State, StepGenerator
@@ -93,7 +92,5 @@ def _orth_project(led: Ledger, X: Any, W: Any, owned: bool) -> tuple[Any, Any]:
     if not owned:
         Q = led.orth(X)
         return Q, bk.adjoint(Q) @ W
-    led.info.n_qr += 1
-    bk.require_finite(X, "a matrix to be factorised by QR")
-    Q, _, M = tall_qr_project(X, W, overwrite_x=True)
+    Q, _, M = led.qr_project(X, W, overwrite=True)
     return Q, M

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import _backend as bk
-from .._qr import tall_qr
 from ..factors import LowRankMatrix
 from ..substeps import SubstepSolver, owned_result
 from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepGenerator
@@ -89,7 +88,7 @@ class ProjectorSplitting(Integrator):
         K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
         refs = sys.getrefcount(K1)  # before any call holds it
         owned = owned_result(K1, refs)
-        U1, S_hat = _qr_result(led, K1, owned)
+        U1, S_hat = led.qr(K1, overwrite=owned)
         S_tilde = yield from self.substep.solve(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
         return U1, S_tilde
 
@@ -100,7 +99,7 @@ class ProjectorSplitting(Integrator):
         L1 = yield from self.substep.solve(LStep(led, U1), t0, t1, L0)
         refs = sys.getrefcount(L1)  # before any call holds it
         owned = owned_result(L1, refs)
-        V1, R = _qr_result(led, L1, owned)
+        V1, R = led.qr(L1, overwrite=owned)
         return U1, bk.adjoint(R), V1
 
     def _strang(self, led: Ledger, Y0: LowRankMatrix, t: float, h: float) -> StepGenerator:
@@ -121,16 +120,3 @@ class ProjectorSplitting(Integrator):
 
     def __repr__(self) -> str:
         return f"ProjectorSplitting(order={self.order}, substep={self.substep!r})"
-
-
-def _qr_result(led: Ledger, X: Any, owned: bool) -> tuple[Any, Any]:
-    """The ledger's thin QR of a substep result, in place for an ``owned`` NumPy ``X``.
-
-    ``owned`` (see :func:`~lowrank_integrators.substeps.owned_result`): no one else holds
-    ``X``, which is then overwritten by ``Q`` (one tall array less).
-    """
-    if not owned:
-        return led.qr(X)
-    led.info.n_qr += 1
-    bk.require_finite(X, "a matrix to be factorised by QR")
-    return tall_qr(X, overwrite_x=True)
