@@ -162,7 +162,7 @@ _CROSS_TOLERANCE = 32.0
 
 def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
     """The finiteness checks of a QR input, run on the tall arrays when ``C`` is not finite."""
-    if bool(np.isfinite(C).all()) if type(C) is np.ndarray else bk.all_finite(C):
+    if bk.all_finite(C):
         return
     bk.require_finite(U0, "an orthonormal basis to be augmented")
     bk.require_finite(X, "a block of a matrix to be factorised by QR")

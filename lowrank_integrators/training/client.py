@@ -251,13 +251,6 @@ class _Rounds:
         return gp
 
 
-def _all_finite(*arrays: Any) -> bool:
-    """Whether every entry is finite (NumPy arrays without the namespace lookup)."""
-    if all(type(a) is np.ndarray for a in arrays):
-        return all(bool(np.isfinite(a).all()) for a in arrays)
-    return bk.all_finite(*arrays)
-
-
 def _key(points: Sequence[LowRankMatrix]) -> tuple[int, ...]:
     return tuple(id(p) for p in points)
 
@@ -359,13 +352,13 @@ class LowRankTraining:
         new_layers = tuple(res[0] for res in results)
         infos = [res[1] for res in results]
         for i, st in enumerate(new_layers):
-            if not _all_finite(*st.Y):
+            if not bk.all_finite(*st.Y):
                 raise TrainingDiverged(f"layer {i} has non-finite factors after step {state.step}")
         new_params, opt_state = self.optimizer.update_params(
             state.optimizer, state.params, start_pass.param_grads, lr, state.step
         )
         for j, p in enumerate(new_params):
-            if not _all_finite(p):
+            if not bk.all_finite(p):
                 raise TrainingDiverged(f"parameter {j} is non-finite after step {state.step}")
         opt_state = self.optimizer.commit_layers(
             opt_state, views, state.weights, [st.Y for st in new_layers]
