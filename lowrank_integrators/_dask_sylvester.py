@@ -21,18 +21,10 @@ from typing import Any
 import numpy as np
 
 from . import _backend as bk
+from ._dask import _inner
 from .dask_operators import ChunkedOperator, is_dask_array
 from .factors import LowRankMatrix
 from .problems import sylvester_core_field
-
-
-def _inner(a: Any, b: Any) -> Any:
-    """``a^H b`` for tall ``a``, ``b`` (an ``r x r`` tree reduction over the row chunks)."""
-    return a.conj().T @ b
-
-
-def _small_adjoint(M: Any) -> Any:
-    return M.conj().T if is_dask_array(M) else bk.adjoint(M)
 
 
 class DaskSylvester:
@@ -96,13 +88,13 @@ class DaskSylvester:
         if isinstance(C, LowRankMatrix):
             Uc, Sc, Vc = C
             if right is not None:
-                coef = Sc @ (_small_adjoint(Vc) @ right)
+                coef = Sc @ (bk.adjoint(Vc) @ right)
                 return self._tall("Uc", Uc, chunks) @ coef
-            coef = _small_adjoint(Sc) @ (_small_adjoint(Uc) @ left)
+            coef = bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
             return self._tall("Vc", Vc, chunks) @ coef
         if right is not None:
             return self._tall("C", C, chunks) @ right
-        return self._tall("C^H", _small_adjoint(C), chunks) @ left
+        return self._tall("C^H", bk.adjoint(C), chunks) @ left
 
     def _source_project(self, U: Any, V: Any) -> Any:
         C = self.problem.C
@@ -110,7 +102,7 @@ class DaskSylvester:
             return None
         if isinstance(C, LowRankMatrix):
             Uc, Sc, Vc = C
-            return (_small_adjoint(U) @ Uc) @ Sc @ (_small_adjoint(Vc) @ V)
+            return (bk.adjoint(U) @ Uc) @ Sc @ (bk.adjoint(Vc) @ V)
         return _inner(U, self._tall("C", C, tuple(U.chunks[0])) @ V)
 
     # --- the products -------------------------------------------------------------------------
@@ -118,7 +110,7 @@ class DaskSylvester:
     def apply_right(self, t: float, Y: LowRankMatrix, V: Any) -> Any:
         """``F V = (A U_Y) (S_Y V_Y^H V) + U_Y (S_Y V_Y^H B^T V) + C V``."""
         Uy, Sy, Vy = Y
-        out = (self.A @ Uy) @ (Sy @ (_small_adjoint(Vy) @ V))
+        out = (self.A @ Uy) @ (Sy @ (bk.adjoint(Vy) @ V))
         if self.B_T is not None:
             out = out + Uy @ (Sy @ _inner(Vy, self.B_T @ V))
         source = self._source(out, right=V)
@@ -127,19 +119,19 @@ class DaskSylvester:
     def apply_left(self, t: float, Y: LowRankMatrix, U: Any) -> Any:
         """``F^H U = conj(B) V_Y (S_Y^H U_Y^H U) + V_Y (S_Y^H U_Y^H A^H U) + C^H U``."""
         Uy, Sy, Vy = Y
-        Sh = _small_adjoint(Sy)
+        Sh = bk.adjoint(Sy)
         out = Vy @ (Sh @ _inner(Uy, self.A_H @ U))
         if self.B_conj is not None:
-            out = out + (self.B_conj @ Vy) @ (Sh @ (_small_adjoint(Uy) @ U))
+            out = out + (self.B_conj @ Vy) @ (Sh @ (bk.adjoint(Uy) @ U))
         source = self._source(out, left=U)
         return out if source is None else out + source
 
     def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
         """``U^H F V = U^H (A U_Y) S_Y V_Y^H V + (U^H U_Y) S_Y V_Y^H B^T V + U^H C V``."""
         Uy, Sy, Vy = Y
-        out = _inner(U, self.A @ Uy) @ (Sy @ (_small_adjoint(Vy) @ V))
+        out = _inner(U, self.A @ Uy) @ (Sy @ (bk.adjoint(Vy) @ V))
         if self.B_T is not None:
-            out = out + (_small_adjoint(U) @ Uy) @ Sy @ _inner(Vy, self.B_T @ V)
+            out = out + (bk.adjoint(U) @ Uy) @ Sy @ _inner(Vy, self.B_T @ V)
         source = self._source_project(U, V)
         return out if source is None else out + source
 
@@ -173,8 +165,8 @@ class DaskSylvester:
         if isinstance(C, LowRankMatrix):
             Uc, Sc, Vc = C
             if right is not None:
-                return self._tall("Uc", Uc, chunks), Sc @ (_small_adjoint(Vc) @ right)
-            return self._tall("Vc", Vc, chunks), _small_adjoint(Sc) @ (_small_adjoint(Uc) @ left)
+                return self._tall("Uc", Uc, chunks), Sc @ (bk.adjoint(Vc) @ right)
+            return self._tall("Vc", Vc, chunks), bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
         product = self._source(like, right=right, left=left)
         return product, np.eye(int(product.shape[1]), dtype=product.dtype)
 
