@@ -193,6 +193,29 @@ def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tu
     return tall.concat([U0 * xp.conj(m), U_hat[:, r:]], axis=1), m
 
 
+def leading_signs(W: Any, W0: Any) -> Any | None:
+    """Signs ``d`` with ``W[:, :r] == W0 * d`` exactly, or ``None`` (real arrays).
+
+    Recognises the bases this module builds, ``[U0 D, Q]`` (and ``U0 D`` alone), from the
+    start basis ``W0`` (``r`` columns): a caller holding products with ``W0`` then forms only
+    the products with the new columns. Complex bases, other shapes and any other leading block
+    give ``None``.
+    """
+    r = int(W0.shape[1])
+    if int(W.shape[0]) != int(W0.shape[0]) or int(W.shape[1]) < r:
+        return None
+    if bk.is_complex(W) or bk.is_complex(W0):
+        return None
+    lead = W[:, :r]
+    if type(lead) is np.ndarray and type(W0) is np.ndarray:
+        d = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
+        return d if (lead == W0 * d).all() else None
+    xp = bk.namespace(lead, W0)
+    one = xp.ones((), dtype=W0.dtype, device=bk.device(W0))
+    d = xp.where(xp.sum(lead * W0, axis=0) < 0, -one, one)
+    return d if bool(xp.all(lead == W0 * d)) else None
+
+
 def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
     """``[diag(m_left); 0] S0 [diag(m_right); 0]^H``: ``S0`` (r x s) as a leading block.
 

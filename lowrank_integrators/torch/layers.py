@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as tf
 
+from ..integrators.augmentation import leading_signs
+
 __all__ = ["FactoredLayer", "LowRankConv2d", "LowRankLinear"]
 
 _PAIR = tuple[int, int]
@@ -261,12 +263,8 @@ class FactoredLayer(torch.nn.Module):
         r = int(B0.shape[1])
         if tuple(B.shape) == tuple(B0.shape):
             return formed if torch.equal(B, B0) else new(B)
-        if B.shape[0] != B0.shape[0] or B.shape[1] < r or B.is_complex():
-            return new(B)
-        lead = B[:, :r]
-        one = torch.ones((), dtype=B.dtype, device=B.device)
-        signs = torch.where((lead * B0).sum(dim=0) < 0, -one, one)
-        if not torch.equal(lead, B0 * signs):
+        signs = leading_signs(B, B0)
+        if signs is None:
             return new(B)
         shape = [1] * formed.ndim
         shape[self._column_axis] = r

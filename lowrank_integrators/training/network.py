@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..factors import LowRankMatrix
+from ..integrators.augmentation import leading_signs
 
 __all__ = ["MLP", "Layer", "NetworkPass"]
 
@@ -128,12 +129,10 @@ class NetworkPass:
         W0 = got.get(basis)
         if W0 is W:
             return got[product]
-        if W0 is not None and W.shape[1] > W0.shape[1] and W.shape[0] == W0.shape[0]:
-            r = W0.shape[1]
-            lead = W[:, :r]
-            signs = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
-            if (lead == W0 * signs).all():
-                return _beside(got[product] * signs, A, W[:, r:])
+        if W0 is not None and W.shape[1] > W0.shape[1]:
+            signs = leading_signs(W, W0)
+            if signs is not None:
+                return _beside(got[product] * signs, A, W[:, W0.shape[1] :])
         return A @ W
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
