@@ -9,6 +9,15 @@ of ranks ``(r, ..., r)``. For each integrator the script reports
   --rank 4``) nearly all of it is Python overhead, so take many repeats there,
 * the peak of NumPy/Python allocations during one step (``tracemalloc``),
 * the process's maximum resident set size (``ru_maxrss``) after all steps,
+* the CPU time per step of the *kernel floor*: the same NumPy kernels the step needs (mode
+  products, small products, QRs through LAPACK ``geqrf``/``orgqr``, SVDs through ``gesdd``,
+  the RK4 updates) on the same shapes, called by a plain Python function with nothing else
+  (no requests, no checks, no bookkeeping), and the library's **Python overhead**, defined as
+  its CPU time per step minus the floor's. Library and floor are timed side by side in
+  blocks of steps from the same state, interleaved, and the medians over the blocks are
+  reported. The floor's result is checked against the library's step (their Tucker tensors
+  must agree to round-off), so that the floor computes the same step. The rank-adaptive
+  ``Tolerance`` variant has no floor (its ranks follow the data); it reports step times only.
 
 and compares the peak with the size of one dense ``n^d`` array. As a control it measures the
 ``tracemalloc`` peak of densifying the state once (``Y.to_dense()``), which must reach that
@@ -19,12 +28,15 @@ Run with one BLAS thread, e.g.::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/tucker_step_cost.py --n 200 --d 3 --rank 10
     OPENBLAS_NUM_THREADS=1 python benchmarks/tucker_step_cost.py --n 12 --rank 4 --repeats 3000
+
+The Python overhead target is measured against the side-by-side figure at ``--n 12 --rank 4``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
@@ -33,8 +45,10 @@ import time
 import tracemalloc
 
 import numpy as np
+import scipy.linalg
 
 import lowrank_integrators as lri
+from lowrank_integrators.tucker import multi_mode_product
 
 #: Below this size of a dense tensor the memory comparison says nothing.
 _MEMORY_CHECK_MIN_BYTES = 2**20
@@ -58,7 +72,195 @@ def build_problem(n: int, d: int, rank: int, seed: int):
     return lri.TensorSylvesterODE(operators, C=C), Y0
 
 
-def measure(method, problem, Y0, h: float, repeats: int) -> dict:
+# --- the kernel floor ------------------------------------------------------------------------
+#
+# The essential NumPy kernels of one step, called one after the other by plain Python: the
+# same mode products, small products, QRs (LAPACK geqrf/orgqr called directly) and RK4
+# updates that the library step needs on the same shapes, with nothing else (no requests,
+# no checks, no bookkeeping). The library's Python overhead is its step time minus this.
+
+
+def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    geqrf, orgqr = _QR_FUNCS
+    qr, tau, _, _ = geqrf(a, overwrite_a=0)
+    p = min(a.shape)
+    r = np.triu(qr[:p, :])
+    return orgqr(qr[:, :p], tau, overwrite_a=1)[0], r
+
+
+_QR_FUNCS = scipy.linalg.lapack.get_lapack_funcs(("geqrf", "orgqr"), (np.empty(0),))
+
+
+def _mode(X: np.ndarray, A: np.ndarray, k: int) -> np.ndarray:
+    """``X x_k A`` as one GEMM (batched for inner modes), C-ordered."""
+    shape = X.shape
+    before = math.prod(shape[:k])
+    after = math.prod(shape[k + 1 :])
+    out = np.matmul(A, X.reshape(before, shape[k], after))
+    return out.reshape(*shape[:k], A.shape[0], *shape[k + 1 :])
+
+
+def _unfold(X: np.ndarray, k: int) -> np.ndarray:
+    return np.moveaxis(X, k, 0).reshape(X.shape[k], -1)
+
+
+def _fold(M: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    rest = tuple(s for j, s in enumerate(shape) if j != k)
+    return np.moveaxis(M.reshape(M.shape[0], *rest), 0, k)
+
+
+def _rk4(f, X: np.ndarray, h: float) -> np.ndarray:
+    k1 = f(X)
+    k2 = f(X + (0.5 * h) * k1)
+    k3 = f(X + (0.5 * h) * k2)
+    k4 = f(X + h * k3)
+    return X + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+def _mode_field_data(ops, Gc, Uc, factors, B, Q, i, ranks):
+    """``D = sum_{k != i} Mat_i(Ten_i(Q^T) x_k B_k) Q`` and the source ``E`` of the mode-i field."""
+    d = len(ops)
+    G = _fold(Q.T, i, ranks)
+    D = sum(_unfold(_mode(G, B[k], k), i) @ Q for k in range(d) if k != i)
+    Gs = Gc
+    for j in range(d):
+        if j != i:
+            Gs = _mode(Gs, factors[j].T @ Uc[j], j)
+    E = Uc[i] @ (_unfold(Gs, i) @ Q)
+    return D, E
+
+
+def _mode_k_field(A, D, E):
+    """``K -> A K + K D + E``: the mode K-step field of the Sylvester problem."""
+    return lambda K: A @ K + K @ D + E
+
+
+def _mode_s_field(B, D, E):
+    """``S -> -(B S + S D + E)``: the backward mode S-step field in reduced coordinates."""
+    return lambda S: -(B @ S + S @ D + E)
+
+
+def _core_rk4(ops, Gc, Uc, factors, B, C, h):
+    d = len(ops)
+    Cp = Gc
+    for j in range(d):
+        Cp = _mode(Cp, factors[j].T @ Uc[j], j)
+
+    def field(X):
+        out = Cp
+        for k in range(d):
+            out = out + _mode(X, B[k], k)
+        return out
+
+    return _rk4(field, C, h)
+
+
+def floor_bug_step(ops, Gc, Uc, core, U, h):
+    """The kernels of one fixed-rank Tucker BUG step with RK4 substeps."""
+    d = core.ndim
+    ranks = core.shape
+    B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
+    bases, M = [], []
+    for i in range(d):
+        Q, R = _lapack_qr(_unfold(core, i).T)
+        D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
+        A = ops[i]
+        K1 = _rk4(_mode_k_field(A, D, E), U[i] @ R.T, h)
+        U1 = _lapack_qr(K1)[0]
+        bases.append(U1)
+        M.append(U1.T @ U[i])
+    C = core
+    for j in range(d):
+        C = _mode(C, M[j], j)
+    B1 = [u.T @ (A @ u) for A, u in zip(ops, bases, strict=True)]
+    return _core_rk4(ops, Gc, Uc, bases, B1, C, h), bases
+
+
+def floor_projector_splitting_step(ops, Gc, Uc, core, U, h):
+    """The kernels of one Tucker projector-splitting step with RK4 substeps."""
+    d = core.ndim
+    ranks = core.shape
+    factors = list(U)
+    B = [u.T @ (A @ u) for A, u in zip(ops, factors, strict=True)]
+    C = core
+    for i in range(d):
+        Q, R = _lapack_qr(_unfold(C, i).T)
+        D, E = _mode_field_data(ops, Gc, Uc, factors, B, Q, i, ranks)
+        A = ops[i]
+        K1 = _rk4(_mode_k_field(A, D, E), factors[i] @ R.T, h)
+        U1, S_hat = _lapack_qr(K1)
+        factors[i] = U1
+        B[i] = U1.T @ (A @ U1)
+        E1 = U1.T @ E
+        S = _rk4(_mode_s_field(B[i], D, E1), S_hat, h)
+        C = _fold(S @ Q.T, i, ranks)
+    return _core_rk4(ops, Gc, Uc, factors, B, C, h), factors
+
+
+def floor_augmented_bug_step(ops, Gc, Uc, core, U, h, rank):
+    """The kernels of one rank-adaptive Tucker BUG step truncated back to ``rank`` per mode."""
+    d = core.ndim
+    ranks = core.shape
+    B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
+    bases, M = [], []
+    for i in range(d):
+        Q, R = _lapack_qr(_unfold(core, i).T)
+        D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
+        A = ops[i]
+        K1 = _rk4(_mode_k_field(A, D, E), U[i] @ R.T, h)
+        U1 = _lapack_qr(np.concatenate([K1, U[i]], axis=1))[0]
+        bases.append(U1)
+        M.append(U1.T @ U[i])
+    C = core
+    for j in range(d):
+        C = _mode(C, M[j], j)
+    B1 = [u.T @ (A @ u) for A, u in zip(ops, bases, strict=True)]
+    C_hat = _core_rk4(ops, Gc, Uc, bases, B1, C, h)
+    kept = [_SVD(_unfold(C_hat, i), full_matrices=0)[0][:, :rank] for i in range(d)]
+    for j in range(d):
+        C_hat = _mode(C_hat, kept[j].T, j)
+    return C_hat, [b @ p for b, p in zip(bases, kept, strict=True)]
+
+
+_SVD = scipy.linalg.lapack.get_lapack_funcs("gesdd", (np.empty(0),))
+
+
+def floor_step(method, problem):
+    """The kernel floor of ``method``'s step as ``Y -> (core, factors)``, or ``None``."""
+    ops = list(problem.operators)
+    Gc, Uc = problem.C
+    rule = getattr(method, "truncation", None)
+    if isinstance(method, lri.TuckerProjectorSplitting):
+        return lambda Y, h: floor_projector_splitting_step(ops, Gc, Uc, Y.core, Y.factors, h)
+    if isinstance(method, lri.TuckerBUG) and rule is None:
+        return lambda Y, h: floor_bug_step(ops, Gc, Uc, Y.core, Y.factors, h)
+    if isinstance(method, lri.TuckerBUG) and isinstance(rule, lri.FixedRank):
+        rank = rule.rank
+
+        def step(Y, h):
+            return floor_augmented_bug_step(ops, Gc, Uc, Y.core, Y.factors, h, rank)
+
+        return step
+    return None
+
+
+def tucker_distance(Y, Z) -> float:
+    """``||Y - Z||_F`` of two Tucker tensors, in joint bases (no dense tensor, no cancellation)."""
+    (Cy, Uy), (Cz, Uz) = Y, Z
+    joint = [np.linalg.qr(np.concatenate([a, b], axis=1))[0] for a, b in zip(Uy, Uz, strict=True)]
+    Gy = multi_mode_product(Cy, [W.T @ a for W, a in zip(joint, Uy, strict=True)])
+    Gz = multi_mode_product(Cz, [W.T @ b for W, b in zip(joint, Uz, strict=True)])
+    return float(np.linalg.norm(Gy - Gz))
+
+
+def _cpu_per_step(step, steps: int) -> float:
+    start = time.process_time()
+    for _ in range(steps):
+        step()
+    return (time.process_time() - start) / steps
+
+
+def measure(method, problem, Y0, h: float, repeats: int, blocks: int) -> dict:
     state = method.init(problem, Y0, 0.0)
     state, _ = method.step(problem, state, 0.0, h)  # warm-up
     times = []
@@ -75,7 +277,7 @@ def measure(method, problem, Y0, h: float, repeats: int) -> dict:
     state, info = method.step(problem, state, (repeats + 1) * h, h)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {
+    out = {
         "method": repr(method),
         "median_step_s": statistics.median(times),
         "min_step_s": min(times),
@@ -86,6 +288,35 @@ def measure(method, problem, Y0, h: float, repeats: int) -> dict:
         "n_qr_per_step": info.n_qr,
         "n_svd_per_step": info.n_svd,
     }
+    out.update(side_by_side(method, problem, Y0, h, repeats, blocks))
+    return out
+
+
+def side_by_side(method, problem, Y0, h: float, repeats: int, blocks: int) -> dict:
+    """Median CPU time per step of the library and of its kernel floor, timed interleaved."""
+    floor = floor_step(method, problem)
+    if floor is None:
+        return {"floor_cpu_per_step_s": None, "overhead_cpu_per_step_s": None}
+    state = method.init(problem, Y0, 0.0)
+    Y1 = method.step(problem, state, 0.0, h)[0].Y
+    core, factors = floor(Y0, h)
+    gap = tucker_distance(Y1, lri.TuckerTensor(core, factors, check=False))
+    if not gap <= 1e-10 * max(1.0, Y1.norm()):
+        raise RuntimeError(f"the kernel floor of {method!r} computes another step (gap {gap:.2e})")
+    per_block = max(1, repeats // blocks)
+    lib, flo = [], []
+    for _ in range(blocks):
+        lib.append(_cpu_per_step(lambda: method.step(problem, state, 0.0, h), per_block))
+        flo.append(_cpu_per_step(lambda: floor(Y0, h), per_block))
+    lib_s, floor_s = statistics.median(lib), statistics.median(flo)
+    return {
+        "library_cpu_per_step_s": lib_s,
+        "floor_cpu_per_step_s": floor_s,
+        "overhead_cpu_per_step_s": lib_s - floor_s,
+        "floor_agreement": gap,
+        "blocks": blocks,
+        "steps_per_block": per_block,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=10, help="multilinear rank per mode")
     parser.add_argument("--h", type=float, default=0.01, help="step size")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per method")
+    parser.add_argument(
+        "--blocks", type=int, default=7, help="interleaved blocks of the side-by-side timing"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
@@ -112,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         m.step(problem, m.init(problem, Y0, 0.0), 0.0, args.h)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    results = [measure(m, problem, Y0, args.h, args.repeats) for m in methods]
+    results = [measure(m, problem, Y0, args.h, args.repeats, args.blocks) for m in methods]
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     # Control: densifying the state once must show up at the size of a dense tensor.
@@ -148,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
             f"tracemalloc peak {r['tracemalloc_peak_bytes'] / 2**20:.2f} MiB, "
             f"ranks {tuple(r['ranks_after'])}"
         )
+        if r["floor_cpu_per_step_s"] is not None:
+            print(
+                f"    side by side (median of {r['blocks']} blocks of {r['steps_per_block']}): "
+                f"library {1e3 * r['library_cpu_per_step_s']:.3f} ms/step, kernel floor "
+                f"{1e3 * r['floor_cpu_per_step_s']:.3f} ms/step, Python overhead "
+                f"{1e3 * r['overhead_cpu_per_step_s']:.3f} ms/step"
+            )
     print(
         f"ru_maxrss: {rss_before / 1024:.1f} MiB before the steps, {rss_after / 1024:.1f} MiB after"
     )

@@ -33,6 +33,7 @@ decomposition. SIAM J. Matrix Anal. Appl. 21, 1253-1278 (HOSVD).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterator, Sequence
@@ -57,9 +58,16 @@ __all__ = [
 # --- multilinear algebra ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def _front_to(i: int, d: int) -> tuple[int, ...]:
     # The permutation that moves axis 0 of a d-way array to position i.
     return (*range(1, i + 1), 0, *range(i + 1, d))
+
+
+@functools.lru_cache(maxsize=256)
+def _to_front(i: int, d: int) -> tuple[int, ...]:
+    # The permutation that moves axis i of a d-way array to the front (the others in order).
+    return (i, *range(i), *range(i + 1, d))
 
 
 def unfold(X: Any, mode: int) -> Any:
@@ -75,14 +83,22 @@ def unfold(X: Any, mode: int) -> Any:
     -------
     array, shape (n_mode, prod_{j != mode} n_j)
     """
-    xp = None if type(X) is np.ndarray else bk.namespace(X)  # NumPy: no namespace lookup
+    if type(X) is np.ndarray:  # NumPy: no namespace lookup, cached permutations
+        shape = X.shape
+        d = len(shape)
+        if type(mode) is not int or not 0 <= mode < d:
+            _check_mode(mode, d)
+        n = shape[mode]
+        rest = X.size // n if n else math.prod(shape[:mode] + shape[mode + 1 :])
+        if mode == 0:
+            return X.reshape(n, rest)
+        return X.transpose(_to_front(mode, d)).reshape(n, rest)
+    xp = bk.namespace(X)
     d = X.ndim
     _check_mode(mode, d)
     perm = (mode, *(j for j in range(d) if j != mode))
     n = int(X.shape[mode])
     rest = math.prod(int(X.shape[j]) for j in range(d) if j != mode)
-    if xp is None:
-        return X.transpose(perm).reshape(n, rest)
     return xp.reshape(xp.permute_dims(X, perm), (n, rest))
 
 
@@ -92,8 +108,13 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
     ``shape[mode]`` may differ from the shape of the original tensor: it is taken from
     ``M.shape[0]``.
     """
-    xp = None if type(M) is np.ndarray else bk.namespace(M)
     d = len(shape)
+    if type(M) is np.ndarray and type(mode) is int and 0 <= mode < d and M.ndim == 2:
+        others = (*shape[:mode], *shape[mode + 1 :])
+        if M.shape[1] == math.prod(others):  # NumPy: no namespace lookup, no conversions
+            X = M.reshape((M.shape[0], *others))
+            return X if mode == 0 else X.transpose(_front_to(mode, d))
+    xp = None if type(M) is np.ndarray else bk.namespace(M)
     _check_mode(mode, d)
     others = tuple(int(shape[j]) for j in range(d) if j != mode)
     if M.ndim != 2 or int(M.shape[1]) != math.prod(others):
@@ -110,16 +131,24 @@ def fold(M: Any, mode: int, shape: Sequence[int]) -> Any:
 def mode_product(X: Any, A: Any, mode: int) -> Any:
     """``X x_mode A``: contract the second axis of ``A`` (m x n_mode) with axis ``mode`` of X."""
     if type(X) is np.ndarray and type(A) is np.ndarray and X.dtype == A.dtype:
-        d = X.ndim
-        _check_mode(mode, d)
         shape = X.shape
-        if A.ndim != 2 or A.shape[1] != shape[mode]:
+        d = len(shape)
+        if type(mode) is not int or not 0 <= mode < d:
+            _check_mode(mode, d)
+        n = shape[mode]
+        if A.ndim != 2 or A.shape[1] != n:
             _mode_product_shape_error(X, A, mode)
-        # The contraction NumPy's tensordot does, without its generic axis bookkeeping.
-        rest = shape[:mode] + shape[mode + 1 :]
-        Xm = X.transpose((mode, *range(mode), *range(mode + 1, d)))
-        out = np.dot(A, Xm.reshape(shape[mode], math.prod(rest)))
-        return out.reshape((A.shape[0], *rest)).transpose(_front_to(mode, d))
+        # One GEMM on the C-ordered layout, no transposed copies: the axes before ``mode``
+        # are a batch (a stack of GEMMs for an inner mode), those after it the columns.
+        before = shape[:mode]
+        after = shape[mode + 1 :]
+        out_shape = (*before, A.shape[0], *after)
+        if not before:
+            return np.matmul(A, X.reshape(n, math.prod(after))).reshape(out_shape)
+        if not after:
+            return np.matmul(X.reshape(math.prod(before), n), A.T).reshape(out_shape)
+        stacked = X.reshape(math.prod(before), n, math.prod(after))
+        return np.matmul(A, stacked).reshape(out_shape)
     xp = bk.namespace(X, A)
     d = X.ndim
     _check_mode(mode, d)
