@@ -36,7 +36,14 @@ from typing import Any
 from . import _backend as bk
 from ._checks import check_product
 from .problems import square_operator_size
-from .tucker import TuckerTensor, fold, mode_product, multi_mode_product, unfold
+from .tucker import (
+    TuckerTensor,
+    fold,
+    matrix_adjoint,
+    mode_product,
+    multi_mode_product,
+    unfold,
+)
 
 __all__ = ["DenseTensorODE", "TensorODE", "TensorSylvesterODE"]
 
@@ -97,7 +104,7 @@ class TensorODE(ABC):
         """
         bases = list(bases)
         ranks = [int(B.shape[1]) for B in bases]
-        core = fold(bk.adjoint(Q), mode, ranks)
+        core = fold(matrix_adjoint(Q), mode, ranks)
 
         def field(t: float, K: Any) -> Any:
             factors = list(bases)
@@ -168,7 +175,7 @@ class DenseTensorODE(TensorODE):
     ) -> Any:
         _check_bases(bases, Y)
         F = self.evaluate_dense(t, Y)
-        mats = [None if j == skip else bk.adjoint(W) for j, W in enumerate(bases)]
+        mats = [None if j == skip else matrix_adjoint(W) for j, W in enumerate(bases)]
         return multi_mode_product(F, mats)
 
     def __repr__(self) -> str:
@@ -245,19 +252,19 @@ class TensorSylvesterODE(TensorODE):
         self.check_state(Y)
         _check_bases(bases, Y)
         G, U = Y
-        small = [U[j] if j == skip else bk.adjoint(bases[j]) @ U[j] for j in range(Y.ndim)]
+        small = [U[j] if j == skip else matrix_adjoint(bases[j]) @ U[j] for j in range(Y.ndim)]
         out = None
         for k, A in enumerate(self.operators):
             if A is None:
                 continue
             AU = A @ U[k]
             mats = list(small)
-            mats[k] = AU if k == skip else bk.adjoint(bases[k]) @ AU
+            mats[k] = AU if k == skip else matrix_adjoint(bases[k]) @ AU
             term = multi_mode_product(G, mats)
             out = term if out is None else out + term
         if self.C is not None:
             Gc, Uc = self.C
-            mats = [Uc[j] if j == skip else bk.adjoint(bases[j]) @ Uc[j] for j in range(Y.ndim)]
+            mats = [Uc[j] if j == skip else matrix_adjoint(bases[j]) @ Uc[j] for j in range(Y.ndim)]
             term = multi_mode_product(Gc, mats)
             out = term if out is None else out + term
         return out
@@ -302,7 +309,7 @@ class TensorSylvesterODE(TensorODE):
         bases = list(bases)
         d = len(bases)
         ranks = [int(B.shape[1]) for B in bases]
-        G = fold(bk.adjoint(Q), mode, ranks)
+        G = fold(matrix_adjoint(Q), mode, ranks)
         A_i = self.operators[mode]
         D = None
         for k, A in enumerate(self.operators):
@@ -314,7 +321,7 @@ class TensorSylvesterODE(TensorODE):
         E = None
         if self.C is not None:
             Gc, Uc = self.C
-            mats = [None if j == mode else bk.adjoint(bases[j]) @ Uc[j] for j in range(d)]
+            mats = [None if j == mode else matrix_adjoint(bases[j]) @ Uc[j] for j in range(d)]
             E = Uc[mode] @ (unfold(multi_mode_product(Gc, mats), mode) @ Q)
 
         def field(t: float, K: Any) -> Any:
@@ -343,7 +350,7 @@ class TensorSylvesterODE(TensorODE):
         Cp = None
         if self.C is not None:
             Gc, Uc = self.C
-            Cp = multi_mode_product(Gc, [bk.adjoint(bases[j]) @ Uc[j] for j in range(d)])
+            Cp = multi_mode_product(Gc, [matrix_adjoint(bases[j]) @ Uc[j] for j in range(d)])
 
         def field(t: float, C: Any) -> Any:
             out = None
@@ -360,7 +367,7 @@ class TensorSylvesterODE(TensorODE):
 
     def _projected_operator(self, k: int, U: Any) -> Any:
         """``U^H A_k U``."""
-        return bk.adjoint(U) @ (self.operators[k] @ U)
+        return matrix_adjoint(U) @ (self.operators[k] @ U)
 
     def evaluate_dense(self, t: float, Y: TuckerTensor) -> Any:
         self.check_state(Y)

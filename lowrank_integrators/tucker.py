@@ -183,6 +183,13 @@ def multi_mode_product(X: Any, matrices: Sequence[Any | None]) -> Any:
     return X
 
 
+def matrix_adjoint(A: Any) -> Any:
+    """``A^H`` of a matrix: a transposed view for a real NumPy matrix, else :func:`adjoint`."""
+    if type(A) is np.ndarray and A.ndim == 2 and A.dtype.kind == "f":
+        return A.T
+    return bk.adjoint(A)
+
+
 def conj(X: Any) -> Any:
     """Complex conjugate; the identity (no copy) for real arrays."""
     return bk.namespace(X).conj(X) if bk.is_complex(X) else X

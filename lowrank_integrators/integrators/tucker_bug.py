@@ -39,7 +39,7 @@ from ..protocol import StepGenerator
 from ..substeps import SubstepSolver
 from ..tensor_problems import TensorODE
 from ..truncation import FixedRank, TruncationRecord, TruncationRule, tail_norms
-from ..tucker import TuckerTensor, multi_mode_product, unfold
+from ..tucker import TuckerTensor, matrix_adjoint, multi_mode_product, unfold
 from .tucker_steps import (
     CoreStep,
     ModeKStep,
@@ -130,7 +130,7 @@ class TuckerBUG(TuckerIntegrator):
             else:
                 U1 = led.orth_blocks(K1, U0[i])
             bases.append(U1)
-            M.append(bk.adjoint(U1) @ U0[i])
+            M.append(matrix_adjoint(U1) @ U0[i])
 
         C_start = multi_mode_product(C0, M)
         C_hat = yield from self.substep.solve(CoreStep(led, bases), t, t1, C_start)
@@ -172,7 +172,7 @@ class TuckerBUG(TuckerIntegrator):
         led.info.truncations = records
         led.info.truncation = records[-1]
         kept = [P_i[:, :r] for P_i, r in zip(P, ranks, strict=True)]
-        C1 = multi_mode_product(C_hat, [bk.adjoint(Pk) for Pk in kept])
+        C1 = multi_mode_product(C_hat, [matrix_adjoint(Pk) for Pk in kept])
         factors = [B @ Pk for B, Pk in zip(bases, kept, strict=True)]
         return TuckerTensor(C1, factors, check=False)
 

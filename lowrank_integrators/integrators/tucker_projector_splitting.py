@@ -29,9 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _backend as bk
 from ..protocol import StepGenerator
-from ..tucker import TuckerTensor, fold
+from ..tucker import TuckerTensor, fold, matrix_adjoint
 from .tucker_steps import (
     CoreStep,
     ModeKStep,
@@ -84,7 +83,7 @@ class TuckerProjectorSplitting(TuckerIntegrator):
             U1, S_hat = led.qr(K1)
             factors[i] = U1
             S_tilde = yield from self.substep.solve(ModeSStep(led, factors, Q_i, i), t, t1, S_hat)
-            C = fold(S_tilde @ bk.adjoint(Q_i), i, [int(U.shape[1]) for U in factors])
+            C = fold(S_tilde @ matrix_adjoint(Q_i), i, [int(U.shape[1]) for U in factors])
 
         C1 = yield from self.substep.solve(CoreStep(led, factors), t, t1, C)
         Y1 = TuckerTensor(C1, factors, check=False)

@@ -26,14 +26,17 @@ projected in every mode (core step, mode S-step) counts as one ``n_project``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .. import _backend as bk
 from .._checks import check_factor_dtype, check_product
+from .._qr import _small_real_householder
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
-from ..tucker import TuckerTensor, unfold
+from ..tucker import TuckerTensor, matrix_adjoint, unfold
 from .base import FactorisationLedger, StepCounts, StepMethod, SubstepField
 
 __all__ = [
@@ -58,7 +61,7 @@ class TuckerState:
     data: dict[str, Any] = field(default_factory=dict)
 
     def with_Y(self, Y: TuckerTensor, t: float) -> TuckerState:
-        return replace(self, Y=Y, t=t)
+        return TuckerState(Y, t, self.data)
 
 
 @dataclass
@@ -116,22 +119,63 @@ class ProjectedOperatorCache:
 class TuckerLedger(FactorisationLedger):
     """Counts the requests and factorisations of one Tucker step and builds its info.
 
-    ``projected`` caches the projected operators of the step's bases.
+    ``projected`` caches the projected operators of the step's bases. The QRs of a Tucker
+    step are small (a core unfolding, a basis of ``n_i x r_i``): small real NumPy arrays go
+    straight to the LAPACK route that :func:`~lowrank_integrators._backend.qr` takes for
+    them, with the same finiteness check and the same result.
     """
 
     def __init__(self, ranks_before: tuple[int, ...]) -> None:
         self.info = TuckerStepInfo(rank_before=tuple(int(r) for r in ranks_before))
         self.projected = ProjectedOperatorCache()
 
+    def qr(self, X: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
+        if not _small_real(X):
+            return super().qr(X, overwrite=overwrite)
+        self.info.n_qr += 1
+        if not np.isfinite(X).all():
+            bk.require_finite(X, "a matrix to be factorised by QR")
+        Q, R, _, _ = _small_real_householder(X, None)
+        return Q, R
+
+    def qr_blocks(self, *blocks: Any) -> tuple[Any, Any]:
+        if not (blocks and all(_small_real(b) for b in blocks)):
+            return super().qr_blocks(*blocks)
+        X = np.concatenate(blocks, axis=1)
+        if not _small_real(X) or X.dtype != blocks[0].dtype:
+            return super().qr_blocks(*blocks)
+        self.info.n_qr += 1
+        if not np.isfinite(X).all():
+            for b in blocks:
+                bk.require_finite(b, "a block of a matrix to be factorised by QR")
+        Q, R, _, _ = _small_real_householder(X, None)
+        return Q, R
+
     def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
         self.info.rank_after = tuple(int(r) for r in ranks_after)
         return self.info
 
 
+#: Largest QR input (entries) that takes the direct small route (far below the size where the
+#: library's QR leaves its own small route for the Cholesky passes).
+_SMALL_QR_ENTRIES = 4096
+
+
+def _small_real(X: Any) -> bool:
+    """Whether ``X`` is a small real tall NumPy matrix (the LAPACK small-QR route)."""
+    return (
+        type(X) is np.ndarray
+        and X.ndim == 2
+        and X.dtype.kind == "f"
+        and 0 < X.shape[1] <= X.shape[0]
+        and X.size <= _SMALL_QR_ENTRIES
+    )
+
+
 def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]:
     """``(S_i, Q_i)`` with ``Mat_i(C) = S_i Q_i^H`` from the thin QR ``Mat_i(C)^H = Q_i S_i^H``."""
-    Q, R = led.qr(bk.adjoint(unfold(core, mode)))
-    return bk.adjoint(R), Q
+    Q, R = led.qr(matrix_adjoint(unfold(core, mode)))
+    return matrix_adjoint(R), Q
 
 
 # --- substep ODEs ----------------------------------------------------------------------------
@@ -161,7 +205,7 @@ class ModeSStep(SubstepField):
         super().__init__(ledger)
         self.factors, self.Q, self.mode = list(factors), Q, mode
         self.U = factors[mode]
-        self.U_H = bk.adjoint(self.U)
+        self.U_H = matrix_adjoint(self.U)
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
         mode_field = _mode_field(problem, self.ledger, self.factors, self.Q, self.mode)
