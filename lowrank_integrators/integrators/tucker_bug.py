@@ -41,11 +41,11 @@ from ..tensor_problems import TensorODE
 from ..truncation import FixedRank, TruncationRecord, TruncationRule, tail_norms
 from ..tucker import TuckerTensor, matrix_adjoint, multi_mode_product, unfold
 from .tucker_steps import (
-    CoreStep,
-    ModeKStep,
+    ModeKSteps,
     TuckerIntegrator,
     TuckerLedger,
     TuckerState,
+    core_step,
     mode_matrix_form,
 )
 
@@ -120,20 +120,21 @@ class TuckerBUG(TuckerIntegrator):
         led = TuckerLedger(state.Y.ranks)
         t1 = t + h
 
+        forms = [mode_matrix_form(led, C0, i) for i in range(len(U0))]
+        k_steps = ModeKSteps(led, list(U0), [Q for _, Q in forms])
+        K0 = k_steps.stack([U @ S for U, (S, _) in zip(U0, forms, strict=True)])
+        K1 = yield from self.substep.solve(k_steps, t, t1, K0)
         bases, M = [], []
         for i in range(len(U0)):
-            S_i, Q_i = mode_matrix_form(led, C0, i)
-            K0 = self.start(U0[i], S_i)
-            K1 = yield from self.substep.solve(ModeKStep(led, list(U0), Q_i, i), t, t1, K0)
             if self.truncation is None:
-                U1 = led.orth(K1)
+                U1 = led.orth(k_steps.part(K1, i))
             else:
-                U1 = led.orth_blocks(K1, U0[i])
+                U1 = led.orth_blocks(k_steps.part(K1, i), U0[i])
             bases.append(U1)
             M.append(matrix_adjoint(U1) @ U0[i])
 
         C_start = multi_mode_product(C0, M)
-        C_hat = yield from self.substep.solve(CoreStep(led, bases), t, t1, C_start)
+        C_hat = yield from core_step(self.substep, led, bases, t, t1, C_start)
 
         if self.truncation is None:
             Y1 = TuckerTensor(C_hat, bases, check=False)

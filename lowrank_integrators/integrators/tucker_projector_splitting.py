@@ -32,12 +32,12 @@ from typing import Any
 from ..protocol import StepGenerator
 from ..tucker import TuckerTensor, fold, matrix_adjoint
 from .tucker_steps import (
-    CoreStep,
     ModeKStep,
     ModeSStep,
     TuckerIntegrator,
     TuckerLedger,
     TuckerState,
+    core_step,
     mode_matrix_form,
 )
 
@@ -85,6 +85,6 @@ class TuckerProjectorSplitting(TuckerIntegrator):
             S_tilde = yield from self.substep.solve(ModeSStep(led, factors, Q_i, i), t, t1, S_hat)
             C = fold(S_tilde @ matrix_adjoint(Q_i), i, [int(U.shape[1]) for U in factors])
 
-        C1 = yield from self.substep.solve(CoreStep(led, factors), t, t1, C)
+        C1 = yield from core_step(self.substep, led, factors, t, t1, C)
         Y1 = TuckerTensor(C1, factors, check=False)
         return state.with_Y(Y1, t1), led.finish(Y1.ranks)

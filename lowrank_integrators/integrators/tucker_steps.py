@@ -34,20 +34,23 @@ import numpy as np
 from .. import _backend as bk
 from .._checks import check_factor_dtype, check_product
 from .._qr import _small_real_householder
+from ..protocol import Field, StepGenerator
 from ..tensor_problems import TensorODE
 from ..truncation import TruncationRecord
-from ..tucker import TuckerTensor, matrix_adjoint, unfold
+from ..tucker import TuckerTensor, fold, matrix_adjoint, unfold
 from .base import FactorisationLedger, StepCounts, StepMethod, SubstepField
 
 __all__ = [
     "CoreStep",
     "ModeKStep",
+    "ModeKSteps",
     "ModeSStep",
     "ProjectedOperatorCache",
     "TuckerIntegrator",
     "TuckerLedger",
     "TuckerState",
     "TuckerStepInfo",
+    "core_step",
     "mode_matrix_form",
 ]
 
@@ -195,6 +198,76 @@ class ModeKStep(SubstepField):
         return _mode_field(problem, self.ledger, self.factors, self.Q, self.mode)
 
 
+class ModeKSteps(SubstepField):
+    r"""The K-steps of every mode of a BUG step, as one substep ODE.
+
+    The mode-i K-steps of BUG start from the same ``Y0`` and do not depend on each other, so
+    they form one ODE whose state stacks ``vec(K_i)`` (row-major) in a column of
+    ``sum_i n_i k_i`` entries: a substep solver then asks for all ``d`` mode fields in one
+    request per stage. Every solver of the package treats the entries of its state alike
+    (the same stage times and entrywise updates), so the stacked substep is the ``d`` mode
+    substeps, to round-off. An evaluation counts ``d`` times in ``n_right``.
+
+    Parameters
+    ----------
+    ledger : TuckerLedger
+    factors : list of arrays
+        The bases ``U_j`` of the step's start.
+    Qs : list of arrays
+        ``Q_i`` of the mode-i matrix forms ``Mat_i(C) = S_i Q_i^H``.
+    """
+
+    counter = "n_right"
+    field_name = "mode_field"
+
+    def __init__(self, ledger: TuckerLedger, factors: list[Any], Qs: list[Any]) -> None:
+        super().__init__(ledger)
+        self.factors, self.Qs = list(factors), list(Qs)
+        self.blocks: list[tuple[slice, tuple[int, int]]] = []
+        start = 0
+        for U, Q in zip(self.factors, self.Qs, strict=True):
+            shape = (int(U.shape[0]), int(Q.shape[1]))
+            self.blocks.append((slice(start, start + shape[0] * shape[1]), shape))
+            start += shape[0] * shape[1]
+        self.size = start
+
+    def request(self, t: float, X: Any, start: bool = False) -> Field:
+        self.ledger.info.n_right += len(self.blocks)
+        return Field(self, t, X, None)
+
+    def stack(self, Ks: list[Any]) -> Any:
+        """The state ``[vec(K_1); ...; vec(K_d)]`` (a column) of the mode matrices ``K_i``."""
+        if all(type(K) is np.ndarray for K in Ks):
+            return np.concatenate([K.reshape(-1, 1) for K in Ks])
+        xp = bk.namespace(*Ks)
+        return xp.concat([xp.reshape(K, (-1, 1)) for K in Ks], axis=0)
+
+    def part(self, X: Any, mode: int) -> Any:
+        """``K_mode`` of the state ``X`` (a view for NumPy)."""
+        b, shape = self.blocks[mode]
+        if type(X) is np.ndarray:
+            return X[b].reshape(shape)
+        return bk.namespace(X).reshape(X[b, :], shape)
+
+    def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
+        fields = [
+            _mode_field(problem, self.ledger, self.factors, Q, i) for i, Q in enumerate(self.Qs)
+        ]
+        blocks = self.blocks
+        part, stack = self.part, self.stack
+
+        def field(t: float, X: Any) -> Any:
+            outs = []
+            for i, (mode_field, (_, shape)) in enumerate(zip(fields, blocks, strict=True)):
+                out = mode_field(t, part(X, i))
+                if type(out) is not np.ndarray or out.shape != shape or out.dtype != X.dtype:
+                    out = check_product("problem.mode_field", out, shape, X.dtype)
+                outs.append(out)
+            return stack(outs)
+
+        return field
+
+
 class ModeSStep(SubstepField):
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
@@ -223,21 +296,46 @@ class ModeSStep(SubstepField):
 
 
 class CoreStep(SubstepField):
-    r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases."""
+    r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases.
+
+    The substep's state is the mode-1 unfolding ``Mat_1(C)`` (a reshape of the core): a
+    matrix, like the state of every other substep, so that the solvers update it in place.
+    The problem's core field sees and returns cores of shape ``shape``.
+    """
 
     counter = "n_project"
     field_name = "core_field"
 
-    def __init__(self, ledger: TuckerLedger, factors: list[Any]) -> None:
+    def __init__(self, ledger: TuckerLedger, factors: list[Any], shape: tuple[int, ...]) -> None:
         super().__init__(ledger)
         self.factors = list(factors)
+        self.shape = tuple(int(r) for r in shape)
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
         factors = self.factors
         projected = self.ledger.projected.get(problem, factors, list(range(len(factors))))
         if projected is None:
-            return problem.core_field(factors)
-        return problem.core_field(factors, projected=projected)
+            core_field = problem.core_field(factors)
+        else:
+            core_field = problem.core_field(factors, projected=projected)
+        shape = self.shape
+
+        def field(t: float, X: Any) -> Any:
+            out = core_field(t, fold(X, 0, shape))
+            if type(out) is not np.ndarray or out.shape != shape:
+                out = check_product("problem.core_field", out, shape, X.dtype)
+            return unfold(out, 0)
+
+        return field
+
+
+def core_step(
+    substep: Any, led: TuckerLedger, bases: list[Any], t0: float, t1: float, C0: Any
+) -> StepGenerator:
+    """The Galerkin core step from ``C0`` over ``[t0, t1]`` in the fixed ``bases``: ``C1``."""
+    shape = tuple(int(r) for r in C0.shape)
+    C1 = yield from substep.solve(CoreStep(led, bases, shape), t0, t1, unfold(C0, 0))
+    return fold(C1, 0, shape)
 
 
 def _mode_field(
