@@ -101,12 +101,13 @@ def _mode(X: np.ndarray, A: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unfold(X: np.ndarray, k: int) -> np.ndarray:
-    return np.moveaxis(X, k, 0).reshape(X.shape[k], -1)
+    d = X.ndim
+    return X.transpose((k, *range(k), *range(k + 1, d))).reshape(X.shape[k], -1)
 
 
 def _fold(M: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
-    rest = tuple(s for j, s in enumerate(shape) if j != k)
-    return np.moveaxis(M.reshape(M.shape[0], *rest), 0, k)
+    rest = (*shape[:k], *shape[k + 1 :])
+    return M.reshape(M.shape[0], *rest).transpose((*range(1, k + 1), 0, *range(k + 1, len(shape))))
 
 
 def _rk4(f, X: np.ndarray, h: float) -> np.ndarray:
@@ -115,6 +116,21 @@ def _rk4(f, X: np.ndarray, h: float) -> np.ndarray:
     k3 = f(X + (0.5 * h) * k2)
     k4 = f(X + h * k3)
     return X + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+def _stacked_rk4(fields, K0: list[np.ndarray], h: float) -> list[np.ndarray]:
+    """RK4 for the independent mode K-steps of BUG at once, on their stacked entries."""
+    shapes = [K.shape for K in K0]
+    ends = np.cumsum([K.size for K in K0]).tolist()
+    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+
+    parts = list(zip(fields, spans, shapes, strict=True))
+
+    def field(X):
+        return np.concatenate([f(X[a:b].reshape(s)).reshape(-1) for f, (a, b), s in parts])
+
+    X1 = _rk4(field, np.concatenate([K.reshape(-1) for K in K0]), h)
+    return [X1[a:b].reshape(s) for (a, b), s in zip(spans, shapes, strict=True)]
 
 
 def _mode_field_data(ops, Gc, Uc, factors, B, Q, i, ranks):
@@ -160,12 +176,14 @@ def floor_bug_step(ops, Gc, Uc, core, U, h):
     d = core.ndim
     ranks = core.shape
     B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
-    bases, M = [], []
+    fields, K0 = [], []
     for i in range(d):
         Q, R = _lapack_qr(_unfold(core, i).T)
         D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
-        A = ops[i]
-        K1 = _rk4(_mode_k_field(A, D, E), U[i] @ R.T, h)
+        fields.append(_mode_k_field(ops[i], D, E))
+        K0.append(U[i] @ R.T)
+    bases, M = [], []
+    for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
         U1 = _lapack_qr(K1)[0]
         bases.append(U1)
         M.append(U1.T @ U[i])
@@ -202,12 +220,14 @@ def floor_augmented_bug_step(ops, Gc, Uc, core, U, h, rank):
     d = core.ndim
     ranks = core.shape
     B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
-    bases, M = [], []
+    fields, K0 = [], []
     for i in range(d):
         Q, R = _lapack_qr(_unfold(core, i).T)
         D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
-        A = ops[i]
-        K1 = _rk4(_mode_k_field(A, D, E), U[i] @ R.T, h)
+        fields.append(_mode_k_field(ops[i], D, E))
+        K0.append(U[i] @ R.T)
+    bases, M = [], []
+    for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
         U1 = _lapack_qr(np.concatenate([K1, U[i]], axis=1))[0]
         bases.append(U1)
         M.append(U1.T @ U[i])

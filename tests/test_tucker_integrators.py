@@ -480,3 +480,99 @@ def test_projected_operators_of_chosen_modes(rng):
         np.testing.assert_allclose(some[k], bases[k].T @ ops[k] @ bases[k], atol=1e-13)
     with pytest.raises(ValueError, match="modes"):
         problem.projected_operators(bases, modes=[3])
+
+
+# --- the cost of a step: operator products, stacked K-steps ---------------------------------------
+
+
+class CountingOperator:
+    """A dense operator that counts its products ``A @ X``."""
+
+    def __init__(self, A):
+        self.A = A
+        self.shape = A.shape
+        self.dtype = A.dtype
+        self.products = 0
+
+    def __matmul__(self, X):
+        self.products += 1
+        return self.A @ X
+
+
+@pytest.mark.parametrize(
+    ("method", "field_products_per_mode", "projected"),
+    [
+        # K-steps only: 4 RK4 stages per mode; projected operators of the old and new bases
+        (lri.TuckerBUG(), 4, 2 * 3),
+        (lri.TuckerBUG(lri.FixedRank(2)), 4, 2 * 3),
+        # K- and backward S-steps (4 stages each); modes 1, 2 start in old bases, then new ones
+        (lri.TuckerProjectorSplitting(), 8, 2 * 3 - 1),
+    ],
+    ids=["bug", "augmented-bug", "psi"],
+)
+def test_projected_operators_are_formed_once_per_basis_in_a_step(
+    method, field_products_per_mode, projected
+):
+    """``U_k^H A_k U_k`` is formed once per basis of a step: 2d products at d = 3 for BUG, not
+    the d (d - 1) + d = 9 of forming them in every mode field and again for the core."""
+    v8 = V8(n=10, r=2)
+    ops = [CountingOperator(A) for A in v8.problem.operators]
+    problem = lri.TensorSylvesterODE(ops)
+    state = method.init(problem, v8.Y0, 0.0)
+    for k in range(3):
+        state, _ = method.step(problem, state, 0.1 * k, 0.1)
+    per_step = [A.products / 3 for A in ops]
+    assert sum(per_step) == 3 * field_products_per_mode + projected
+    # the products agree with the uninstrumented problem
+    ref = lri.solve(v8.problem, v8.Y0, (0.0, 0.3), 0.1, method).Y.to_dense()
+    np.testing.assert_allclose(state.Y.to_dense(), ref, atol=1e-13)
+
+
+def test_the_stacked_k_steps_of_bug_are_the_mode_k_steps(rng):
+    """RK4 on the stacked state [vec K_1; ...; vec K_d] is RK4 on every mode's K-step."""
+    from lowrank_integrators.integrators.tucker_steps import (
+        ModeKStep,
+        ModeKSteps,
+        TuckerLedger,
+        mode_matrix_form,
+    )
+    from lowrank_integrators.protocol import answer_from_problem
+
+    v8 = V8(n=9, r=2)
+    Y = random_tucker(rng, (9, 9, 9), (2, 3, 2))
+    C, U = Y
+    led = TuckerLedger(Y.ranks)
+    forms = [mode_matrix_form(led, C, i) for i in range(3)]
+    solver = lri.RK4(steps=2)
+    stacked = ModeKSteps(led, list(U), [Q for _, Q in forms])
+    K0 = stacked.stack([Ui @ S for Ui, (S, _) in zip(U, forms, strict=True)])
+    K1 = answer_from_problem(v8.problem, solver.solve(stacked, 0.0, 0.1, K0))
+    assert K1.shape == (9 * 2 + 9 * 3 + 9 * 2, 1)
+    assert led.info.n_right == 3 * 4 * 2
+    for i, (S, Q) in enumerate(forms):
+        single = ModeKStep(TuckerLedger(Y.ranks), list(U), Q, i)
+        expected = answer_from_problem(v8.problem, solver.solve(single, 0.0, 0.1, U[i] @ S))
+        np.testing.assert_allclose(stacked.part(K1, i), expected, rtol=0, atol=1e-15)
+
+
+def test_a_mode_or_core_field_of_the_wrong_shape_is_refused():
+    v8 = V8(n=8, r=2)
+
+    class Wrong(lri.TensorSylvesterODE):
+        def __init__(self, ops, which):
+            super().__init__(ops)
+            self.which = which
+
+        def mode_field(self, bases, Q, mode, projected=None):
+            f = super().mode_field(bases, Q, mode, projected)
+            return (lambda t, K: f(t, K)[:, :1]) if self.which == "mode" else f
+
+        def core_field(self, bases, projected=None):
+            f = super().core_field(bases, projected)
+            return (lambda t, C: np.moveaxis(f(t, C), 0, 1)[:, :1]) if self.which == "core" else f
+
+    for which in ("mode", "core"):
+        problem = Wrong(list(v8.problem.operators), which)
+        for method in (lri.TuckerBUG(), lri.TuckerProjectorSplitting()):
+            with pytest.raises(ValueError, match=f"problem.{which}_field returned an array"):
+                lri.solve(problem, v8.Y0, (0.0, 0.1), 0.1, method)
