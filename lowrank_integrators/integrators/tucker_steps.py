@@ -154,13 +154,23 @@ class TuckerLedger(FactorisationLedger):
         Q, R, _, _ = _small_real_householder(X, None)
         return Q, R
 
+    def svd(self, X: Any) -> tuple[Any, Any, Any]:
+        if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind == "f"):
+            return super().svd(X)
+        if X.size > _SMALL_QR_ENTRIES or min(X.shape) >= bk._SCIPY_SVD_FROM:
+            return super().svd(X)
+        self.info.n_svd += 1
+        if not np.isfinite(X).all():
+            bk.require_finite(X, "a matrix to be factorised by SVD")
+        return np.linalg.svd(X, full_matrices=False)
+
     def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
         self.info.rank_after = tuple(int(r) for r in ranks_after)
         return self.info
 
 
-#: Largest QR input (entries) that takes the direct small route (far below the size where the
-#: library's QR leaves its own small route for the Cholesky passes).
+#: Largest QR or SVD input (entries) that takes the direct small route (far below the size
+#: where the library's QR leaves its own small route for the Cholesky passes).
 _SMALL_QR_ENTRIES = 4096
 
 
