@@ -21,6 +21,8 @@ fixed orthonormal bases (the defaults go through :meth:`TensorODE.project`):
 
 * ``mode_field(bases, Q, i)``: ``(t, K) -> Mat_i(F(t, Ten_i(K V_i^H))) V_i`` with
   ``V_i = (kron_{j != i} conj(bases[j])) Q``;
+* ``mode_s_field(bases, Q, i)``: ``(t, S) -> U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i`` with
+  ``U_i = bases[i]`` (the S-step of projector splitting, before its backward sign);
 * ``core_field(bases)``: ``(t, C) -> F(t, C x_j bases[j]) x_j bases[j]^H``.
 
 A problem may override them to precompute what depends on the bases only; for
@@ -115,6 +117,23 @@ class TensorODE(ABC):
                 "problem.project", self.project(t, Y, bases, skip=mode), shape, K.dtype
             )
             return unfold(out, mode) @ Q
+
+        return field
+
+    def mode_s_field(self, bases: Sequence[Any], Q: Any, mode: int) -> Callable[[float, Any], Any]:
+        """``(t, S) -> U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the mode-i S-step field.
+
+        ``U_i = bases[mode]`` (orthonormal); the default is ``U_i^H`` times
+        :meth:`mode_field` at ``K = U_i S``.
+        """
+        mode_field = self.mode_field(bases, Q, mode)
+        U = bases[mode]
+        U_H = matrix_adjoint(U)
+
+        def field(t: float, S: Any) -> Any:
+            out = mode_field(t, U @ S)
+            out = check_product("problem.mode_field", out, (U.shape[0], S.shape[1]), S.dtype)
+            return U_H @ out
 
         return field
 
@@ -302,15 +321,13 @@ class TensorSylvesterODE(TensorODE):
             for k, A in enumerate(self.operators)
         ]
 
-    def mode_field(
-        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
-    ) -> Callable[[float, Any], Any]:
-        """The mode-i K-step field; ``projected``: :meth:`projected_operators` of ``bases``."""
-        bases = list(bases)
+    def _mode_terms(
+        self, bases: list[Any], Q: Any, mode: int, projected: Sequence[Any] | None
+    ) -> tuple[Any, Any]:
+        """``(D, E)`` of the mode-i field ``K -> A_i K + K D + E`` (``None`` for no term)."""
         d = len(bases)
         ranks = [int(B.shape[1]) for B in bases]
         G = fold(matrix_adjoint(Q), mode, ranks)
-        A_i = self.operators[mode]
         D = None
         for k, A in enumerate(self.operators):
             if A is None or k == mode:
@@ -323,6 +340,14 @@ class TensorSylvesterODE(TensorODE):
             Gc, Uc = self.C
             mats = [None if j == mode else matrix_adjoint(bases[j]) @ Uc[j] for j in range(d)]
             E = Uc[mode] @ (unfold(multi_mode_product(Gc, mats), mode) @ Q)
+        return D, E
+
+    def mode_field(
+        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
+    ) -> Callable[[float, Any], Any]:
+        """The mode-i K-step field; ``projected``: :meth:`projected_operators` of ``bases``."""
+        D, E = self._mode_terms(list(bases), Q, mode, projected)
+        A_i = self.operators[mode]
 
         def field(t: float, K: Any) -> Any:
             out = None if A_i is None else A_i @ K
@@ -330,6 +355,34 @@ class TensorSylvesterODE(TensorODE):
                 out = K @ D if out is None else out + K @ D
             if E is not None:
                 out = E if out is None else out + E
+            return out
+
+        return field
+
+    def mode_s_field(
+        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
+    ) -> Callable[[float, Any], Any]:
+        """The mode-i S-step field ``S -> B_i S + S D + U_i^H E`` (``B_i = U_i^H A_i U_i``).
+
+        ``U_i^H`` times the mode field at ``K = U_i S``, with every product on ``r x r``
+        matrices; ``projected``: :meth:`projected_operators` of ``bases`` (mode ``i``
+        included).
+        """
+        bases = list(bases)
+        D, E = self._mode_terms(bases, Q, mode, projected)
+        B_i = None
+        if self.operators[mode] is not None:
+            B_i = projected[mode] if projected is not None else None
+            if B_i is None:
+                B_i = self._projected_operator(mode, bases[mode])
+        E_s = None if E is None else matrix_adjoint(bases[mode]) @ E
+
+        def field(t: float, S: Any) -> Any:
+            out = None if B_i is None else B_i @ S
+            if D is not None:
+                out = S @ D if out is None else out + S @ D
+            if E_s is not None:
+                out = E_s if out is None else out + E_s
             return out
 
         return field

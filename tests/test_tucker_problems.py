@@ -163,6 +163,15 @@ def test_sylvester_substep_fields_equal_the_generic_fields(rng, shape, ranks):
         fast = problem.mode_field(bases, Q, i)(0.2, K)
         generic = lri.TensorODE.mode_field(problem, bases, Q, i)(0.2, K)
         np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-12)
+        # the S-step field U_i^H Mat_i(F(Ten_i(U_i S V_i^H))) V_i, in r x r products
+        U = bases[i]
+        S = complex_matrix(rng, U.shape[1], Q.shape[1])
+        generic = U.conj().T @ lri.TensorODE.mode_field(problem, bases, Q, i)(0.2, U @ S)
+        for projected in (None, problem.projected_operators(bases)):
+            fast = problem.mode_s_field(bases, Q, i, projected=projected)(0.2, S)
+            np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-12)
+        default = lri.TensorODE.mode_s_field(problem, bases, Q, i)(0.2, S)
+        np.testing.assert_allclose(default, generic, rtol=1e-12, atol=1e-12)
     Cr = rng.standard_normal(ranks) + 1j * rng.standard_normal(ranks)
     fast = problem.core_field(bases)(0.2, Cr)
     generic = lri.TensorODE.core_field(problem, bases)(0.2, Cr)

@@ -10,13 +10,15 @@ With the mode-i matrix form ``Mat_i(Y) = U_i S_i V_i^H`` of :mod:`lowrank_integr
 
 ``V_i`` is never formed: ``Ten_i(K_i V_i^H)`` is the Tucker tensor with core ``Ten_i(Q_i^H)``
 and factor ``K_i`` in mode i, and ``Mat_i(Z) V_i = Mat_i(Z x_{j != i} U_j^H) Q_i``. The fields
-come from the problem (``problem.mode_field`` and ``problem.core_field``, built once per
-substep); the mode S-step is ``-U_i^H`` times the mode field at ``K = U_i S``.
+come from the problem (``problem.mode_field``, ``problem.mode_s_field`` and
+``problem.core_field``, built once per substep); the mode S-step field is ``-U_i^H`` times the
+mode field at ``K = U_i S``.
 
 A problem with ``projected_operators(bases, modes=...)`` (:class:`TensorSylvesterODE`) gets
 the projected operators ``U_k^H A_k U_k`` formed once per basis ``U_k`` within a step
 (:class:`ProjectedOperatorCache`) and handed to its fields as ``projected=``: ``2d`` operator
-products per BUG step instead of ``d (d - 1) + d``.
+products per BUG step instead of ``d (d - 1) + d`` (``2d - 1`` per projector-splitting step,
+whose S-steps use them too).
 
 Counting convention of :class:`TuckerStepInfo`: a K-step evaluation ``Mat_i(F) V_i`` counts
 as one ``n_right`` (it is the ``F V`` product of the mode-i matricization); an evaluation
@@ -122,10 +124,11 @@ class ProjectedOperatorCache:
 class TuckerLedger(FactorisationLedger):
     """Counts the requests and factorisations of one Tucker step and builds its info.
 
-    ``projected`` caches the projected operators of the step's bases. The QRs of a Tucker
-    step are small (a core unfolding, a basis of ``n_i x r_i``): small real NumPy arrays go
-    straight to the LAPACK route that :func:`~lowrank_integrators._backend.qr` takes for
-    them, with the same finiteness check and the same result.
+    ``projected`` caches the projected operators of the step's bases. The QRs and SVDs of a
+    Tucker step are small (core unfoldings, bases of ``n_i x r_i``): small real NumPy arrays
+    go straight to the LAPACK routes that :func:`~lowrank_integrators._backend.qr` and
+    :func:`~lowrank_integrators._backend.svd` take for them, with the same finiteness checks
+    and the same results.
     """
 
     def __init__(self, ranks_before: tuple[int, ...]) -> None:
@@ -282,24 +285,18 @@ class ModeSStep(SubstepField):
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
     counter = "n_project"
-    field_name = "mode_field"
+    field_name = "mode_s_field"
 
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
         super().__init__(ledger)
         self.factors, self.Q, self.mode = list(factors), Q, mode
-        self.U = factors[mode]
-        self.U_H = matrix_adjoint(self.U)
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
-        mode_field = _mode_field(problem, self.ledger, self.factors, self.Q, self.mode)
-        U, U_H = self.U, self.U_H
-
-        def field(t: float, S: Any) -> Any:
-            out = mode_field(t, U @ S)
-            out = check_product("problem.mode_field", out, (U.shape[0], S.shape[1]), S.dtype)
-            return U_H @ out
-
-        return field
+        factors = self.factors
+        projected = self.ledger.projected.get(problem, factors, list(range(len(factors))))
+        if projected is None:
+            return problem.mode_s_field(factors, self.Q, self.mode)
+        return problem.mode_s_field(factors, self.Q, self.mode, projected=projected)
 
     def finish(self, out: Any) -> Any:
         return -out
