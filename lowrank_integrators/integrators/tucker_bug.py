@@ -10,7 +10,8 @@ one-level tree; per-mode truncation of the core).
 
 One step from ``Y0 = C0 x_1 U_1^0 ... x_d U_d^0`` at ``t0`` to ``t1 = t0 + h``:
 
-1. For each mode i (independent of the other modes: they may run in parallel), with
+1. For each mode i (independent of the other modes: the d K-steps are solved together, as
+   one substep ODE on the stacked ``K_i``), with
    ``Mat_i(C0)^H = Q_i S_i^H`` and ``V_i = (kron_{j != i} conj(U_j^0)) Q_i``:
    K-step  ``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``K_i(t0) = U_i^0 S_i``.
    Fixed rank: ``U_i^1 = orth(K_i(t1))``. Rank-adaptive: ``U_i^1 = orth([K_i(t1), U_i^0])``
@@ -55,9 +56,10 @@ __all__ = ["TuckerBUG"]
 class TuckerBUG(TuckerIntegrator):
     """Tucker BUG integrator: fixed multilinear rank or rank-adaptive.
 
-    Costs per step with ``RK4(steps=s)`` substeps: ``4s`` K-step products per mode and ``4s``
-    core products; ``2d`` thin QRs (``d`` of the core unfoldings, ``d`` of the K-bases); with
-    a truncation rule, ``d`` SVDs of the unfoldings of the augmented core.
+    Costs per step with ``RK4(steps=s)`` substeps: ``4s`` K-step products per mode (asked
+    for all modes at once: ``4s`` requests) and ``4s`` core products; ``2d`` thin QRs (``d``
+    of the core unfoldings, ``d`` of the K-bases); with a truncation rule, ``d`` SVDs of the
+    unfoldings of the augmented core.
 
     Parameters
     ----------
