@@ -266,17 +266,26 @@ class ModeKSteps(SubstepField):
         fields = [
             _mode_field(problem, self.ledger, self.factors, Q, i) for i, Q in enumerate(self.Qs)
         ]
-        blocks = self.blocks
-        part, stack = self.part, self.stack
+        parts = [(f, b, shape) for f, (b, shape) in zip(fields, self.blocks, strict=True)]
+        stack = self.stack
 
         def field(t: float, X: Any) -> Any:
+            if type(X) is not np.ndarray:
+                xp = bk.namespace(X)
+                outs = [
+                    check_product(
+                        "problem.mode_field", f(t, xp.reshape(X[b, :], shape)), shape, X.dtype
+                    )
+                    for f, b, shape in parts
+                ]
+                return stack(outs)
             outs = []
-            for i, (mode_field, (_, shape)) in enumerate(zip(fields, blocks, strict=True)):
-                out = mode_field(t, part(X, i))
+            for f, b, shape in parts:
+                out = f(t, X[b].reshape(shape))
                 if type(out) is not np.ndarray or out.shape != shape or out.dtype != X.dtype:
                     out = check_product("problem.mode_field", out, shape, X.dtype)
-                outs.append(out)
-            return stack(outs)
+                outs.append(out.reshape(-1, 1))
+            return np.concatenate(outs)
 
         return field
 
@@ -328,10 +337,11 @@ class CoreStep(SubstepField):
         shape = self.shape
 
         def field(t: float, X: Any) -> Any:
-            out = core_field(t, fold(X, 0, shape))
+            numpy = type(X) is np.ndarray
+            out = core_field(t, X.reshape(shape) if numpy else fold(X, 0, shape))
             if type(out) is not np.ndarray or out.shape != shape:
                 out = check_product("problem.core_field", out, shape, X.dtype)
-            return unfold(out, 0)
+            return out.reshape(X.shape) if numpy and type(out) is np.ndarray else unfold(out, 0)
 
         return field
 
