@@ -510,11 +510,12 @@ class CountingOperator:
     ],
     ids=["bug", "augmented-bug", "psi"],
 )
-def test_projected_operators_are_formed_once_per_basis_in_a_step(
+def test_a_step_applies_each_operator_for_its_fields_and_once_per_basis(
     method, field_products_per_mode, projected
 ):
-    """``U_k^H A_k U_k`` is formed once per basis of a step: 2d products at d = 3 for BUG, not
-    the d (d - 1) + d = 9 of forming them in every mode field and again for the core."""
+    """Counted on the operators themselves: the K-step stages apply ``A_i``, and
+    ``U_k^H A_k U_k`` takes one product per basis of the step (2d at d = 3 for BUG, not the
+    d (d - 1) + d = 9 of forming it in every mode field and again for the core)."""
     v8 = V8(n=10, r=2)
     ops = [CountingOperator(A) for A in v8.problem.operators]
     problem = lri.TensorSylvesterODE(ops)
