@@ -132,7 +132,7 @@ class NetworkPass:
         if W0 is not None and W.shape[1] > W0.shape[1]:
             signs = leading_signs(W, W0)
             if signs is not None:
-                return _beside(got[product] * signs, A, W[:, W0.shape[1] :])
+                return _beside(got[product], signs, A, W[:, W0.shape[1] :])
         return A @ W
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
@@ -443,11 +443,14 @@ class MLP:
             raise ValueError(f"expected {self.n_params} parameters, got {len(params)}")
 
 
-def _beside(formed: np.ndarray, A: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``[formed, A @ new]``: the product with the new columns written into the result."""
+def _beside(formed: np.ndarray, signs: np.ndarray, A: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``[formed * signs, A @ new]``: the products written into the result's two blocks."""
     r = formed.shape[1]
-    out = np.empty((A.shape[0], r + new.shape[1]), dtype=np.result_type(formed, A, new))
-    out[:, :r] = formed
+    dtype = formed.dtype
+    if not (A.dtype == dtype and new.dtype == dtype):
+        dtype = np.result_type(formed, A, new)
+    out = np.empty((A.shape[0], r + new.shape[1]), dtype=dtype)
+    np.multiply(formed, signs, out=out[:, :r])
     np.matmul(A, new, out=out[:, r:])
     return out
 
