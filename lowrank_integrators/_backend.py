@@ -48,6 +48,7 @@ __all__ = [
     "require_finite",
     "row_blocks",
     "sandwich",
+    "single_block",
     "svd",
     "to_host",
     "transpose_operator",
@@ -462,6 +463,11 @@ def row_blocks(x: Any) -> list[slice]:
     budget = _BLOCK_ELEMENTS_NUMPY if isinstance(x, np.ndarray) else _BLOCK_ELEMENTS_OTHER
     step = max(1, budget // max(1, cols))
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
+
+
+def single_block(x: Any) -> bool:
+    """Whether ``x`` is a NumPy array that :func:`row_blocks` covers in one block."""
+    return type(x) is np.ndarray and x.size <= _BLOCK_ELEMENTS_NUMPY
 
 
 def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:

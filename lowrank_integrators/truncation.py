@@ -170,8 +170,13 @@ class TruncationRule(ABC):
                 f"{type(self).__name__}.select_rank chose rank {r1}; a rule must keep between "
                 f"1 and the {int(sig_host.shape[0])} available singular values"
             )
-        tail = float(tail_norms(sig_host)[r1])
-        if xp is np:
+        small = None
+        if xp is np and sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
+            small = _small_tail_norms(sig_host.tolist(), "frobenius")
+        tail = small[r1] if small is not None else float(tail_norms(sig_host)[r1])
+        if xp is np and sigma.dtype == S_hat.dtype:
+            S1 = np.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
+        elif xp is np:
             S1 = np.eye(r1, dtype=S_hat.dtype) * sigma[:r1].astype(S_hat.dtype)[None, :]
         else:
             eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
@@ -182,6 +187,8 @@ class TruncationRule(ABC):
             tail=tail,
             tolerance=self.tolerance(sig_host, h),
         )
+        if xp is np and Qh.dtype.kind != "c":
+            return P[:, :r1], S1, Qh[:r1, :].T, record
         return P[:, :r1], S1, bk.adjoint(Qh[:r1, :]), record
 
     def truncate(

@@ -378,12 +378,16 @@ class LowRankTraining:
         opt_state = self.optimizer.commit_layers(
             opt_state, views, state.weights, [st.Y for st in new_layers]
         )
-        new_state = replace(
-            state,
-            layers=new_layers,
-            params=tuple(new_params),
-            optimizer=opt_state,
-            step=state.step + 1,
+        new_state = (
+            TrainState(new_layers, tuple(new_params), opt_state, state.step + 1)
+            if type(state) is TrainState
+            else replace(
+                state,
+                layers=new_layers,
+                params=tuple(new_params),
+                optimizer=opt_state,
+                step=state.step + 1,
+            )
         )
         report = StepReport(
             loss=loss,
