@@ -361,7 +361,7 @@ def all_finite(*arrays: Any) -> bool:
     """
     for a in arrays:
         if type(a) is np.ndarray:  # the common case, without the namespace lookup
-            if not np.isfinite(a).all():
+            if not np.logical_and.reduce(np.isfinite(a), axis=None):
                 return False
             continue
         xp = array_namespace(a)
@@ -381,7 +381,7 @@ def require_finite(x: Any, what: str) -> None:
     """
     if isinstance(x, np.ndarray) and x.ndim == 2:
         if x.size <= _BLOCK_ELEMENTS_NUMPY:  # one block: no slices
-            finite = bool(np.isfinite(x).all())
+            finite = bool(np.logical_and.reduce(np.isfinite(x), axis=None))
         else:
             finite = all(np.isfinite(x[b, :]).all() for b in row_blocks(x))
     else:

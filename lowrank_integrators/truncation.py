@@ -100,8 +100,8 @@ def _small_tail_norms(s: list[float], kind: str) -> list[float] | None:
     """
     if kind == "frobenius":
         scale = max(s)
-        if not (scale > 0 and math.isfinite(scale)) or not all(math.isfinite(v) for v in s):
-            return None
+        if not (scale > 0 and math.isfinite(scale) and math.isfinite(sum(s))):
+            return None  # zero, not finite, or too large to be summed as it is
         tails = [0.0] * (len(s) + 1)
         acc = 0.0
         for j in range(len(s) - 1, -1, -1):
@@ -111,7 +111,7 @@ def _small_tail_norms(s: list[float], kind: str) -> list[float] | None:
             tails[j] = t if t >= s[j] else s[j]
         return tails
     if kind == "sum":
-        if not all(math.isfinite(v) for v in s):
+        if not math.isfinite(sum(s)):
             return None
         tails = [0.0] * (len(s) + 1)
         acc = 0.0

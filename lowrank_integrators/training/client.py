@@ -224,7 +224,7 @@ class _Rounds:
                 idx.append(j)
             points.append(pts)
             where.append(idx)
-        n = max(len(pts) for pts in points)
+        n = max(map(len, points))
         gps = []
         for j in range(n):
             combined = [
@@ -257,7 +257,7 @@ class _Rounds:
 
 
 def _key(points: Sequence[LowRankMatrix]) -> tuple[int, ...]:
-    return tuple(id(p) for p in points)
+    return tuple(map(id, points))
 
 
 def _checked(ans: Any, req: Request, kind: str, layer: int) -> Any:
