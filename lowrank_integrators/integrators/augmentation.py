@@ -172,6 +172,11 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     return xp.concat([U0 * d, Q], axis=1), xp.conj(d)
 
 
+def _real_numpy(x: Any) -> bool:
+    """Whether ``x`` is a real NumPy array (whose adjoint is its transpose)."""
+    return type(x) is np.ndarray and x.dtype.kind != "c"
+
+
 #: Arrays with at most this many entries are projected whole rather than by row blocks.
 _SMALL = 1 << 16
 
@@ -270,7 +275,8 @@ def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
     r, s = int(S0.shape[0]), int(S0.shape[1])
     if type(S0) is np.ndarray:
         out = np.zeros((max(rows, r), max(cols, s)), dtype=np.result_type(S0, m_left, m_right))
-        np.multiply(m_left[:, None] * S0, m_right.conj()[None, :], out=out[:r, :s])
+        right = m_right.conj() if m_right.dtype.kind == "c" else m_right
+        np.multiply(m_left[:, None] * S0, right[None, :], out=out[:r, :s])
         return out
     xp = bk.namespace(S0)
     S0 = m_left[:, None] * S0 * xp.conj(m_right)[None, :]
@@ -323,7 +329,7 @@ class AugmentedBases:
             self.U, lead["U"] = augment_projected(led, Z, U0)
 
         def l_step() -> StepGenerator:
-            L0 = method.start(V0, bk.adjoint(S0))
+            L0 = method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0))
             L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
             if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
