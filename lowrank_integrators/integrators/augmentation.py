@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import canonical_phases, tall_qr
+from .._qr import canonical_phases, tall_q
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -136,7 +136,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     xp = np if numpy else bk.namespace(U0, Z)
     if r == 0 or k == 0 or r + k > rows:
         return _augment_by_one_qr(led, Z, U0, xp)
-    Q = tall_qr(Z, overwrite_x=True)[0]  # NumPy: in the storage of Z
+    Q = tall_q(Z, overwrite_x=True)  # NumPy: in the storage of Z
     Z = None
     if int(Q.shape[1]) != k:
         return _augment_by_one_qr(led, Q, U0, xp)
