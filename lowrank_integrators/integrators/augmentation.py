@@ -64,7 +64,7 @@ def project_out(U0: Any, X: Any) -> Any:
     tall temporary besides ``Z``).
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``X`` or ``U0`` holds NaN
-    or infinity (checked on the small products ``U0^H X``, which they reach).
+    or infinity (checked on the small products of the projection, which they reach).
     """
     if int(U0.shape[1]) == 0:
         _require_finite_products(X, U0, X)
