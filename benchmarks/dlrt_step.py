@@ -175,24 +175,39 @@ def compare(arch: str, rank: int, data, lr: float, reps: int, seed: int) -> dict
     }
 
 
+class PassOnly:
+    """The forward/backward pass of a DLRT step alone (what the integrator adds is the rest)."""
+
+    def __init__(self, net: MLP) -> None:
+        self.net = net
+
+    def step(self, state: Any, batch: Any, lr: float) -> tuple[Any, None]:
+        self.net.gradient(state.weights, state.params, batch)
+        return state, None
+
+
 def fixed_cost(data, lr: float, reps: int, seed: int) -> dict[str, float]:
-    client, state, net = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
-    steps = step_times(client, state, data, lr, reps)
-    passes = []
-    for _ in range(reps):
-        b = next(data)
-        t = time.process_time()
-        net.gradient(state.weights, state.params, b)
-        passes.append(time.process_time() - t)
-    careful = CarefulDLRT(net, 4)
-    careful_steps = step_times(careful, careful.init(list(state.weights), list(state.params)),
-                               data, lr, reps)  # fmt: skip
-    step, grad = statistics.median(steps), statistics.median(passes)
+    """Step, pass and careful step at width 16, rank 4, side by side (``reps`` steps a block)."""
+
+    def dlrt():
+        client, state, _ = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
+        return client, state
+
+    def pass_only():
+        _, state, net = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
+        return PassOnly(net), state
+
+    def careful():
+        _, state, net = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
+        client = CarefulDLRT(net, 4)
+        return client, client.init(list(state.weights), list(state.params))
+
+    med = side_by_side({"dlrt": dlrt, "pass": pass_only, "careful": careful}, data, lr, reps)
     return {
-        "step_ms": 1e3 * step,
-        "pass_ms": 1e3 * grad,
-        "integrator_ms": 1e3 * (step - grad),
-        "careful_step_ms": 1e3 * statistics.median(careful_steps),
+        "step_ms": 1e3 * med["dlrt"],
+        "pass_ms": 1e3 * med["pass"],
+        "integrator_ms": 1e3 * (med["dlrt"] - med["pass"]),
+        "careful_step_ms": 1e3 * med["careful"],
     }
 
 
@@ -268,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"DLRT {res['dlrt_ms']:.1f} ms, careful NumPy DLRT {res['careful_ms']:.1f} ms; "
                 f"dense/DLRT {res['ratio']:.2f}, dense/careful {res['careful_ratio']:.2f}"
             )
-        fc = fixed_cost(data, args.lr, reps, args.seed)
+        fc = fixed_cost(data, args.lr, 50 * reps, args.seed)  # steps of ~1 ms: more of them
         out["fixed_cost_width_16_rank_4"] = fc
         print(
             f"width 16, rank 4: step {fc['step_ms']:.2f} ms, pass {fc['pass_ms']:.2f} ms, "

@@ -48,6 +48,7 @@ __all__ = [
     "require_finite",
     "row_blocks",
     "sandwich",
+    "single_block",
     "svd",
     "to_host",
     "transpose_operator",
@@ -102,6 +103,8 @@ def core_array(x: Any) -> Any:
 
 def is_complex(x: Any) -> bool:
     """Whether the array ``x`` has a complex floating dtype."""
+    if type(x) is np.ndarray:
+        return x.dtype.kind == "c"
     xp = array_namespace(x)
     return xp.isdtype(x.dtype, "complex floating")
 
@@ -136,6 +139,8 @@ def allows_inplace(x: Any) -> bool:
     portable subset: code that reuses workspace asks this and otherwise updates functionally.
     See also :func:`allows_item_assignment`.
     """
+    if type(x) is np.ndarray:
+        return bool(x.flags.writeable)
     from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
     if not (is_numpy_array(x) or is_cupy_array(x) or is_torch_array(x)):
@@ -153,6 +158,8 @@ def allows_item_assignment(x: Any) -> bool:
     expression and return it (callers use the return value). True for every other array,
     array-api-strict included (item assignment is part of the standard).
     """
+    if type(x) is np.ndarray:
+        return True
     from array_api_compat import is_jax_array
 
     return not (is_dask_array(x) or is_jax_array(x))
@@ -160,6 +167,8 @@ def allows_item_assignment(x: Any) -> bool:
 
 def eye_like(x: Any, n: int) -> Any:
     """The ``n x n`` identity with the dtype and device of ``x``."""
+    if type(x) is np.ndarray:
+        return np.eye(n, dtype=x.dtype)
     xp = array_namespace(x)
     return xp.eye(n, dtype=x.dtype, device=_array_device(x))
 
@@ -303,10 +312,17 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     infinity: LAPACK's SVD of such a matrix may never return. A (small) Dask array is
     computed to the host first: the results are NumPy arrays.
     """
+    if type(x) is np.ndarray:
+        require_finite(x, "a matrix to be factorised by SVD")
+        if min(x.shape) >= _SCIPY_SVD_FROM:
+            # SciPy's divide-and-conquer wrapper, finiteness checked above.
+            return scipy.linalg.svd(
+                x, full_matrices=False, lapack_driver="gesdd", check_finite=False
+            )
+        return np.linalg.svd(x, full_matrices=False)
     x = core_array(x)
     require_finite(x, "a matrix to be factorised by SVD")
     if type(x) is np.ndarray and min(x.shape) >= _SCIPY_SVD_FROM:
-        # SciPy's divide-and-conquer wrapper, finiteness checked above.
         return scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     xp = array_namespace(x)
     return xp.linalg.svd(x, full_matrices=False)
@@ -345,7 +361,7 @@ def all_finite(*arrays: Any) -> bool:
     """
     for a in arrays:
         if type(a) is np.ndarray:  # the common case, without the namespace lookup
-            if not np.isfinite(a).all():
+            if not np.logical_and.reduce(np.isfinite(a), axis=None):
                 return False
             continue
         xp = array_namespace(a)
@@ -364,7 +380,10 @@ def require_finite(x: Any, what: str) -> None:
     row block by row block, so that no boolean array of the size of a tall ``x`` is formed.
     """
     if isinstance(x, np.ndarray) and x.ndim == 2:
-        finite = all(np.isfinite(x[b, :]).all() for b in row_blocks(x))
+        if x.size <= _BLOCK_ELEMENTS_NUMPY:  # one block: no slices
+            finite = bool(np.logical_and.reduce(np.isfinite(x), axis=None))
+        else:
+            finite = all(np.isfinite(x[b, :]).all() for b in row_blocks(x))
     else:
         finite = all_finite(x)
     if not finite:
@@ -446,6 +465,11 @@ def row_blocks(x: Any) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
 
 
+def single_block(x: Any) -> bool:
+    """Whether ``x`` is a NumPy array that :func:`row_blocks` covers in one block."""
+    return type(x) is np.ndarray and x.size <= _BLOCK_ELEMENTS_NUMPY
+
+
 def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:
     """``out += alpha * (X @ M)`` in place, without a temporary of the size of ``out``.
 
@@ -482,6 +506,8 @@ def add_scaled(out: Any, alpha: float, k: Any) -> Any:
 
 def empty(like: Any) -> Any:
     """A new uninitialised array with the shape, dtype and device of ``like`` (C order)."""
+    if type(like) is np.ndarray:
+        return np.empty(like.shape, dtype=like.dtype)
     xp = array_namespace(like)
     return xp.empty(tuple(like.shape), dtype=like.dtype, device=_array_device(like))
 

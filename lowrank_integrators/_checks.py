@@ -50,6 +50,8 @@ def check_product(name: str, out: Any, shape: tuple[int, ...], dtype: Any) -> An
         When ``out`` is not an array, has a non-floating dtype, or a dtype that does not cast
         safely into ``dtype`` (complex into real, higher into lower precision).
     """
+    if type(out) is np.ndarray and out.dtype == dtype and out.shape == tuple(shape):
+        return out  # the common case, checked without converting the shapes
     expected = tuple(int(e) for e in shape)
     if type(out) is not np.ndarray and not bk.is_array(out):
         raise TypeError(

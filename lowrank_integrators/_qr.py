@@ -55,7 +55,7 @@ import numpy as np
 
 from . import _backend as bk
 
-__all__ = ["extend_basis", "tall_qr", "tall_qr_project"]
+__all__ = ["extend_basis", "tall_q", "tall_qr", "tall_qr_project"]
 
 #: Largest estimated ``kappa(X)^2 u`` for which an unshifted Cholesky pass is attempted.
 _MAX_KAPPA2_U = 1e-2
@@ -91,6 +91,19 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     """
     q, r, _, _ = _factor(x, None, overwrite=overwrite_x)
     return q, r
+
+
+def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
+    """The factor ``Q`` of :func:`tall_qr` alone, the same array bit for bit.
+
+    Small real NumPy inputs (the Householder route) skip forming ``R``; every other input
+    goes through :func:`tall_qr`.
+    """
+    if _is_numpy(x) and x.ndim == 2 and x.dtype.kind == "f":
+        m, k = x.shape
+        if 0 < k <= m and m * k <= _SMALL_ENTRIES:
+            return _small_real_q(x)
+    return _factor(x, None, overwrite=overwrite_x)[0]
 
 
 def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, Any, Any]:
@@ -397,6 +410,21 @@ def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any
     Q = np.multiply(q, d, order="C")  # the sign normalisation and the row-major copy at once
     r *= d[:, None]
     return Q, r, (None if w is None else _inner(Q, w)), "Householder"
+
+
+def _small_real_q(x: np.ndarray) -> np.ndarray:
+    """``_small_real_householder(x, None)[0]`` (``x`` real, ``0 < k <= m``) without ``R``."""
+    work = np.array(x, order="F", copy=True)
+    k = work.shape[1]
+    geqrf, orgqr = _lapack_qr_functions(work.dtype)
+    qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
+    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
+        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
+    q, _, info = orgqr(qr[:, :k], tau, lwork=max(1, 64 * k), overwrite_a=1)
+    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
+        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
+    d = canonical_phases(q.diagonal())
+    return np.multiply(q, d, order="C")
 
 
 def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -156,7 +156,8 @@ class Field(Request):
 
     @property
     def kind(self) -> str:
-        return str(self.ode.kind)
+        kind = self.ode.kind
+        return kind if type(kind) is str else str(kind)
 
     @property
     def point(self) -> LowRankMatrix:
@@ -164,7 +165,8 @@ class Field(Request):
 
     @property
     def bases(self) -> tuple[Any, ...]:
-        return tuple(self.ode.bases)
+        bases = self.ode.bases
+        return bases if type(bases) is tuple else tuple(bases)
 
 
 @dataclass(eq=False)
@@ -307,52 +309,88 @@ class _Node:
     def resume(self, answer: Any) -> None:
         """Send ``answer`` and run until the generator needs a field product or ends."""
         self.request = None
+        send = self.gen.send
         while True:
             try:
-                req = self.gen.send(answer)
+                req = send(answer)
             except StopIteration as stop:
                 self.done, self.value = True, stop.value
                 return
-            if isinstance(req, Parallel):
-                self.children = [_Node(b) for b in req.branches]
-                for child in self.children:
-                    child.resume(None)
-                if not all(c.done for c in self.children):
-                    return
-                answer = tuple(c.value for c in self.children)
-                self.children = None
-            elif isinstance(req, Increment):
-                answer = None  # a field given by products has no exact increments
-            elif isinstance(req, SubstepCall):
-                raise TypeError(
-                    f"the substep solver {req.solver!r} calls its field synchronously; a step "
-                    "driven by requests needs a solver written as requests, such as Euler() or "
-                    "RK4()"
-                )
-            elif isinstance(req, (Right, Left, Project, Field)):
+            kind = type(req)
+            if kind in _PRODUCT_REQUESTS:
                 self.request = req
                 return
+            if kind is Increment:
+                answer = None  # a field given by products has no exact increments
+            elif kind is Parallel:
+                children = [_Node(b) for b in req.branches]  # type: ignore[attr-defined]
+                for child in children:
+                    child.resume(None)
+                if not all(c.done for c in children):
+                    self.children = children
+                    return
+                answer = tuple(c.value for c in children)
             else:
-                raise TypeError(f"a step yielded {type(req).__name__}, which is not a request")
+                answer = self._other(req)
+                if answer is _WAIT:
+                    return
 
-    def leaves(self) -> list[_Node]:
+    def _other(self, req: Any) -> Any:
+        """A request of a subclass of the request types, or an error (not a request)."""
+        if isinstance(req, (Right, Left, Project, Field)):
+            self.request = req
+            return _WAIT
+        if isinstance(req, Increment):
+            return None
+        if isinstance(req, Parallel):
+            self.children = [_Node(b) for b in req.branches]
+            for child in self.children:
+                child.resume(None)
+            if not all(c.done for c in self.children):
+                return _WAIT
+            values = tuple(c.value for c in self.children)
+            self.children = None
+            return values
+        if isinstance(req, SubstepCall):
+            raise TypeError(
+                f"the substep solver {req.solver!r} calls its field synchronously; a step "
+                "driven by requests needs a solver written as requests, such as Euler() or "
+                "RK4()"
+            )
+        raise TypeError(f"a step yielded {type(req).__name__}, which is not a request")
+
+    def leaves(self, out: list[_Node]) -> None:
+        """Append the generators that wait for a product, in the order of the branches."""
         if self.done:
-            return []
-        if self.children is not None:
-            return [leaf for c in self.children for leaf in c.leaves()]
-        return [self]
+            return
+        if self.children is None:
+            if self.request is not None:
+                out.append(self)
+            return
+        for c in self.children:
+            c.leaves(out)
 
     def settle(self) -> None:
         """Resume every generator whose branches have all returned."""
-        if self.children is None:
+        children = self.children
+        if children is None:
             return
-        for c in self.children:
-            c.settle()
-        if all(c.done for c in self.children):
-            values = tuple(c.value for c in self.children)
+        for c in children:
+            if c.children is not None:
+                c.settle()
+        if all(c.done for c in children):
+            values = tuple(c.value for c in children)
             self.children = None
             self.resume(values)
             self.settle()
+
+
+#: The requests a driver in rounds answers from products (exact types; subclasses are
+#: recognised too, on a slower path).
+_PRODUCT_REQUESTS = frozenset({Right, Left, Project, Field})
+
+#: Returned by ``_Node._other`` when the generator waits (for a product or its branches).
+_WAIT: Any = object()
 
 
 class StepTask:
@@ -369,9 +407,12 @@ class StepTask:
         The step, e.g. ``method.step_requests(state, t, h)``.
     """
 
+    __slots__ = ("_open", "_root")
+
     def __init__(self, gen: StepGenerator) -> None:
         self._root = _Node(gen)
         self._root.resume(None)
+        self._open: list[_Node] | None = None
 
     @property
     def done(self) -> bool:
@@ -385,15 +426,27 @@ class StepTask:
             raise RuntimeError("the step has not finished")
         return self._root.value
 
+    def _waiting(self) -> list[_Node]:
+        """The generators that wait for a product this round (found once per round)."""
+        if self._open is None:
+            root = self._root
+            if root.children is None:
+                self._open = [] if root.done or root.request is None else [root]
+            else:
+                self._open = []
+                root.leaves(self._open)
+        return self._open
+
     def open_requests(self) -> list[Request]:
         """The product requests of this round (``Right``, ``Left``, ``Project`` or ``Field``)."""
-        return [leaf.request for leaf in self._root.leaves() if leaf.request is not None]
+        return [leaf.request for leaf in self._waiting()]  # type: ignore[misc]
 
     def answer(self, answers: Sequence[Any]) -> None:
         """Answer this round's requests (in the order of :meth:`open_requests`)."""
-        leaves = [leaf for leaf in self._root.leaves() if leaf.request is not None]
+        leaves = self._waiting()
         if len(answers) != len(leaves):
             raise ValueError(f"expected {len(leaves)} answers, got {len(answers)}")
+        self._open = None
         for leaf, ans in zip(leaves, answers, strict=True):
             leaf.resume(ans)
         self._root.settle()

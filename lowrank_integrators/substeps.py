@@ -108,6 +108,9 @@ def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
         out[...] = start_array(X0) + alpha * k
         return out
     factored = isinstance(X0, FactoredStart)
+    if bk.single_block(out):  # updated whole, without slices
+        np.add(X0.left @ X0.right if factored else X0, alpha * k, out=out)
+        return out
     for b in bk.row_blocks(out):
         out[b, :] = (X0.rows(b) if factored else X0[b, :]) + alpha * k[b, :]
     return out

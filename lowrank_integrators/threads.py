@@ -169,17 +169,36 @@ def _limit_torch(limit: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _limit_pools(limit: int) -> Iterator[None]:
+    """The BLAS/OpenMP pools at ``limit`` threads for the block, restored afterwards.
+
+    When every pool already runs ``limit`` threads (an enclosing ``threadpool_limits`` of the
+    caller's, or the previous entry point's), there is nothing to set or restore, and the
+    block runs without threadpoolctl's limiter (which reads every library's full description
+    twice: tens of microseconds per call).
+    """
+    controller = _get_controller()
+    if all(lib.num_threads == limit for lib in controller.lib_controllers):
+        yield
+        return
+    with controller.limit(limits=limit):
+        yield
+
+
+@contextlib.contextmanager
 def _apply(limit: int | None, torch: bool) -> Iterator[None]:
     """Apply ``limit`` (``None``: nothing) and mark the block as limited."""
     torch_now = torch and limit is not None and "torch" in sys.modules
     token = _active.set((limit, torch_now))
     try:
-        with contextlib.ExitStack() as stack:
-            if limit is not None:
-                stack.enter_context(_get_controller().limit(limits=limit))
-            if torch_now:
-                stack.enter_context(_limit_torch(limit))
+        if limit is None:
             yield
+        elif torch_now:
+            with _limit_pools(limit), _limit_torch(limit):
+                yield
+        else:
+            with _limit_pools(limit):
+                yield
     finally:
         _active.reset(token)
 
@@ -210,8 +229,7 @@ def thread_limit(limit: int | None) -> Iterator[None]:
         _scoped_choice.reset(token)
 
 
-@contextlib.contextmanager
-def limit_threads(*, torch: bool = False) -> Iterator[None]:
+def limit_threads(*, torch: bool = False) -> contextlib.AbstractContextManager[None]:
     """The limit of a library entry point: :func:`current_limit` threads for the block.
 
     A no-op inside another entry point or a :func:`thread_limit` block (which already chose),
@@ -221,19 +239,22 @@ def limit_threads(*, torch: bool = False) -> Iterator[None]:
     """
     outer = _active.get()
     if outer is None:
-        with _apply(current_limit(), torch=torch):
-            yield
-        return
+        return _apply(current_limit(), torch=torch)
     limit, torch_done = outer
     if torch and not torch_done and limit is not None and "torch" in sys.modules:
-        token = _active.set((limit, True))
-        try:
-            with _limit_torch(limit):
-                yield
-        finally:
-            _active.reset(token)
-        return
-    yield
+        return _torch_inside(limit)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _torch_inside(limit: int) -> Iterator[None]:
+    """PyTorch limited inside an enclosing block that limited the BLAS pools only."""
+    token = _active.set((limit, True))
+    try:
+        with _limit_torch(limit):
+            yield
+    finally:
+        _active.reset(token)
 
 
 def limited(func: F | None = None, *, torch: bool = False) -> Any:

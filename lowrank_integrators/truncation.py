@@ -68,6 +68,10 @@ def tail_norms(sigma: np.ndarray, kind: str = "frobenius") -> np.ndarray:
     power of two multiplies every tail by it exactly. A tail is never below its own leading
     value ``sigma_{j+1}``, even where smaller squares underflow.
     """
+    if type(sigma) is np.ndarray and 0 < sigma.size <= _SMALL_TAILS and sigma.ndim == 1:
+        small = _small_tail_norms(sigma.tolist(), kind)
+        if small is not None:
+            return np.array(small)
     s = np.asarray(sigma, dtype=float)
     if kind == "frobenius":
         scale = float(s.max()) if s.size else 0.0
@@ -82,6 +86,40 @@ def tail_norms(sigma: np.ndarray, kind: str = "frobenius") -> np.ndarray:
     else:
         raise ValueError(f"tail kind must be 'frobenius' or 'sum', got {kind!r}")
     return np.concatenate([tails, [0.0]])
+
+
+#: Singular values up to this many have their tails summed in Python floats.
+_SMALL_TAILS = 32
+
+
+def _small_tail_norms(s: list[float], kind: str) -> list[float] | None:
+    """:func:`tail_norms` of a few finite values, the same operations in the same order.
+
+    ``None`` where the NumPy path is needed (a value that is not finite, all zero, or an
+    unknown kind, which it reports).
+    """
+    if kind == "frobenius":
+        scale = max(s)
+        if not (scale > 0 and math.isfinite(scale) and math.isfinite(sum(s))):
+            return None  # zero, not finite, or too large to be summed as it is
+        tails = [0.0] * (len(s) + 1)
+        acc = 0.0
+        for j in range(len(s) - 1, -1, -1):
+            q = s[j] / scale
+            acc += q * q
+            t = scale * math.sqrt(acc)
+            tails[j] = t if t >= s[j] else s[j]
+        return tails
+    if kind == "sum":
+        if not math.isfinite(sum(s)):
+            return None
+        tails = [0.0] * (len(s) + 1)
+        acc = 0.0
+        for j in range(len(s) - 1, -1, -1):
+            acc += s[j]
+            tails[j] = acc
+        return tails
+    return None
 
 
 def frobenius_norm(sigma: np.ndarray) -> float:
@@ -117,25 +155,40 @@ class TruncationRule(ABC):
         Integrators that form them one at a time (releasing ``U_hat`` before ``V_hat Q`` is
         formed) keep one tall array fewer alive than :meth:`truncate`.
         """
-        S_hat = bk.core_array(S_hat)  # a lazy core is computed once, on the host
-        xp = bk.namespace(S_hat)
-        P, sigma, Qh = bk.svd(S_hat)
-        sig_host = bk.to_host(sigma)
+        if type(S_hat) is np.ndarray:  # the common case: no namespace, no host copy
+            xp: Any = np
+            P, sigma, Qh = bk.svd(S_hat)
+            sig_host = sigma
+        else:
+            S_hat = bk.core_array(S_hat)  # a lazy core is computed once, on the host
+            xp = bk.namespace(S_hat)
+            P, sigma, Qh = bk.svd(S_hat)
+            sig_host = bk.to_host(sigma)
         r1 = int(self.select_rank(sig_host, h, mode))
         if not 1 <= r1 <= int(sig_host.shape[0]):
             raise ValueError(
                 f"{type(self).__name__}.select_rank chose rank {r1}; a rule must keep between "
                 f"1 and the {int(sig_host.shape[0])} available singular values"
             )
-        tail = float(tail_norms(sig_host)[r1])
-        eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
-        S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
+        small = None
+        if xp is np and sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
+            small = _small_tail_norms(sig_host.tolist(), "frobenius")
+        tail = small[r1] if small is not None else float(tail_norms(sig_host)[r1])
+        if xp is np and sigma.dtype == S_hat.dtype:
+            S1 = np.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
+        elif xp is np:
+            S1 = np.eye(r1, dtype=S_hat.dtype) * sigma[:r1].astype(S_hat.dtype)[None, :]
+        else:
+            eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
+            S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
         record = TruncationRecord(
             rank_before=int(sig_host.shape[0]),
             rank_after=r1,
             tail=tail,
             tolerance=self.tolerance(sig_host, h),
         )
+        if xp is np and Qh.dtype.kind != "c":
+            return P[:, :r1], S1, Qh[:r1, :].T, record
         return P[:, :r1], S1, bk.adjoint(Qh[:r1, :]), record
 
     def truncate(

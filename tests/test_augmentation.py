@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from lowrank_integrators.errors import NonFiniteError
-from lowrank_integrators.integrators.augmentation import augment, augment_projected, project_out
+from lowrank_integrators.integrators.augmentation import (
+    augment,
+    augment_projected,
+    leading_signs,
+    project_out,
+)
 from lowrank_integrators.integrators.base import Ledger
 
 TOL = {np.float32: 1e-5, np.float64: 1e-13}
@@ -78,3 +83,39 @@ def test_non_finite_input_is_refused_before_any_factorisation(rng, bad):
     X[7, 1] = bad
     with pytest.raises(NonFiniteError, match="non-finite"):
         project_out(U0, X)
+
+
+def augmented(rng, U0, signs, k):
+    """``[U0 diag(signs), Q]`` as the augmentation builds it."""
+    W = np.empty((U0.shape[0], U0.shape[1] + k), U0.dtype)
+    np.multiply(U0, signs, out=W[:, : U0.shape[1]])
+    W[:, U0.shape[1] :] = rng.standard_normal((U0.shape[0], k))
+    return W
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leading_signs_recognise_an_augmented_basis_exactly(rng, dtype):
+    U0 = np.linalg.qr(rng.standard_normal((30, 4)))[0].astype(dtype)
+    signs = np.array([1, -1, -1, 1], dtype)
+    W = augmented(rng, U0, signs, 3)
+    np.testing.assert_array_equal(leading_signs(W, U0), signs)
+    assert leading_signs(W[:, :4].copy(), U0) is not None  # U0 D alone
+    W[11, 2] = np.nextafter(W[11, 2], dtype(0))  # one entry off by one unit in the last place
+    assert leading_signs(W, U0) is None
+
+
+def test_leading_signs_read_columns_that_vanish_in_the_first_row(rng):
+    # the signs cannot be read off the first row where U0 vanishes there: the inner products
+    # of the columns decide, and the check on every entry stays exact
+    U0 = np.vstack([np.zeros((1, 3)), np.linalg.qr(rng.standard_normal((19, 3)))[0]])
+    U0[0, 0] = 0.0
+    signs = np.array([-1.0, 1.0, -1.0])
+    W = augmented(rng, U0, signs, 2)
+    np.testing.assert_array_equal(leading_signs(W, U0), signs)
+
+
+def test_leading_signs_refuse_other_shapes_and_complex_bases(rng):
+    U0 = np.linalg.qr(rng.standard_normal((12, 3)))[0]
+    assert leading_signs(np.ones((11, 5)), U0) is None
+    assert leading_signs(U0[:, :2].copy(), U0) is None
+    assert leading_signs(augmented(rng, U0, np.ones(3), 2).astype(complex), U0 + 0j) is None

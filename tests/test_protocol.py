@@ -236,3 +236,29 @@ def test_a_wrongly_shaped_product_is_named(rng):
     Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
     with pytest.raises(ValueError, match="s_field"):
         lri.solve(Broken(np.ones((9, 8))), Y0, (0.0, 0.1), 0.1, method=lri.BUG())
+
+
+def test_a_request_of_a_subclass_is_answered_in_rounds(rng):
+    class MyRight(lri.protocol.Right):
+        pass
+
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((6, 5)), rank=2)
+
+    def step():
+        out = yield MyRight(0.0, Y0, Y0.V)
+        return out
+
+    task = StepTask(step())
+    (req,) = task.open_requests()
+    assert type(req) is MyRight and not task.done
+    task.answer([np.ones((6, 2))])
+    assert task.done
+    np.testing.assert_array_equal(task.value, np.ones((6, 2)))
+
+
+def test_a_step_that_yields_something_else_is_refused(rng):
+    def step():
+        yield 42
+
+    with pytest.raises(TypeError, match="int, which is not a request"):
+        StepTask(step())

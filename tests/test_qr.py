@@ -16,7 +16,7 @@ import pytest
 
 from lowrank_integrators import _backend as bk
 from lowrank_integrators import _qr
-from lowrank_integrators._qr import extend_basis, tall_qr, tall_qr_project
+from lowrank_integrators._qr import extend_basis, tall_q, tall_qr, tall_qr_project
 
 DTYPES = {
     "float64": (np.float64, 1e-13),
@@ -269,3 +269,13 @@ def test_small_row_blocks_change_nothing(rng, route, monkeypatch):
     check_qr(X, Qb, Rb, 1e-13)
     U0 = np.linalg.qr(W)[0]
     check_extension(U0, X, extend_basis(U0, X), 1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("shape", [(40, 3), (784, 4), (9, 9), (3000, 40), (5, 8)])
+def test_the_q_factor_alone_is_the_q_of_the_full_qr(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    expected = tall_qr(x)[0]
+    got = tall_q(x.copy(), overwrite_x=True)
+    assert got.dtype == expected.dtype and got.flags.c_contiguous == expected.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)

@@ -136,3 +136,16 @@ def test_a_torch_entry_point_inside_a_numpy_one_limits_torch_too():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_pools_already_at_the_limit_are_left_alone(monkeypatch):
+    import scipy.linalg  # noqa: F401
+    import threadpoolctl
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("threadpoolctl's limiter entered for pools already at the limit")
+
+    with threadpool_limits(limits=1):
+        monkeypatch.setattr(threadpoolctl.ThreadpoolController, "limit", refuse)
+        assert threads_seen_by_solve() == {1}
+        assert blas_threads() == {1}

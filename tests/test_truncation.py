@@ -139,3 +139,32 @@ def test_tolerance_rejects_bad_parameters(kwargs, exc, match):
 def test_fixed_rank_rejects_bad_ranks(bad):
     with pytest.raises((ValueError, TypeError), match="rank"):
         lri.FixedRank(bad)
+
+
+def numpy_tails(sigma, kind):
+    """The tails by whole-array NumPy operations (cumulative sums from the small end)."""
+    s = np.asarray(sigma, dtype=float)
+    if kind == "sum":
+        return np.concatenate([np.cumsum(s[::-1])[::-1], [0.0]])
+    scale = float(s.max())
+    if scale > 0 and np.isfinite(scale):
+        tails = np.maximum(scale * np.sqrt(np.cumsum((s[::-1] / scale) ** 2)[::-1]), s)
+    else:
+        tails = np.sqrt(np.cumsum(s[::-1] ** 2)[::-1])
+    return np.concatenate([tails, [0.0]])
+
+
+@given(
+    arrays(np.float64, st.integers(1, 40), elements=st.floats(0, 1e30)),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from(["frobenius", "sum"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_tails_of_few_values_are_the_whole_array_sums_bit_for_bit(sigma, dtype, kind):
+    # up to 32 values the tails are summed in Python floats: the same operations, same order
+    sigma = np.sort(sigma)[::-1].astype(dtype)
+    expected = numpy_tails(sigma, kind)
+    got = tail_norms(sigma, kind)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))

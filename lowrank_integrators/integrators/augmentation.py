@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import canonical_phases, tall_qr
+from .._qr import canonical_phases, tall_q
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -64,33 +64,48 @@ def project_out(U0: Any, X: Any) -> Any:
     tall temporary besides ``Z``).
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``X`` or ``U0`` holds NaN
-    or infinity (checked on the small products ``U0^H X``, which they reach).
+    or infinity (checked on the small products of the projection, which they reach).
     """
-    U0h = bk.adjoint(U0)
     if int(U0.shape[1]) == 0:
         _require_finite_products(X, U0, X)
         return bk.copy(X)
-    numpy = type(U0) is np.ndarray and type(X) is np.ndarray
-    if numpy:
-        with np.errstate(invalid="ignore", over="ignore"):  # reported below, not warned
-            C = U0h @ X
-        _require_finite_products(C, U0, X)
-        Z = np.empty(X.shape, dtype=np.result_type(U0, X))
-        blocks = bk.row_blocks(Z) if Z.size > _SMALL else (slice(None),)
-        for b in blocks:
-            np.subtract(X[b], U0[b] @ C, out=Z[b])
-        with np.errstate(invalid="ignore", over="ignore"):
-            C = U0h @ Z
-        _require_finite_products(C, U0, Z)
-        for b in blocks:
-            Z[b] -= U0[b] @ C
-        return Z
+    if type(U0) is np.ndarray and type(X) is np.ndarray:
+        return _project_out_numpy(U0, X)
+    U0h = bk.adjoint(U0)
     C = U0h @ X
     _require_finite_products(C, U0, X)
     Z = X - U0 @ C
     C = U0h @ Z
     _require_finite_products(C, U0, Z)
     return Z - U0 @ C
+
+
+def _project_out_numpy(U0: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """:func:`project_out` of NumPy arrays, in place in ``Z`` (by row blocks when large).
+
+    Non-finite entries of ``X`` or ``U0`` and overflows reach the second products
+    ``U0^H Z`` (a NaN or an infinity of ``U0^H X`` spreads into ``Z`` in the rows where ``U0``
+    does not vanish, which the second products sum): they are checked there, once.
+    """
+    U0h = U0.T if U0.dtype.kind != "c" else U0.conj().T
+    Z = np.empty(X.shape, dtype=np.result_type(U0, X))
+    with np.errstate(invalid="ignore", over="ignore"):  # reported below, not warned
+        C = U0h @ X
+        if Z.size <= _SMALL:
+            np.subtract(X, U0 @ C, out=Z)
+            C = U0h @ Z
+        else:
+            blocks = bk.row_blocks(Z)
+            for b in blocks:
+                np.subtract(X[b], U0[b] @ C, out=Z[b])
+            C = U0h @ Z
+    _require_finite_products(C, U0, Z)
+    if Z.size <= _SMALL:
+        Z -= U0 @ C
+    else:
+        for b in blocks:
+            Z[b] -= U0[b] @ C
+    return Z
 
 
 def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, Any]:
@@ -121,7 +136,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     xp = np if numpy else bk.namespace(U0, Z)
     if r == 0 or k == 0 or r + k > rows:
         return _augment_by_one_qr(led, Z, U0, xp)
-    Q = tall_qr(Z, overwrite_x=True)[0]  # NumPy: in the storage of Z
+    Q = tall_q(Z, overwrite_x=True)  # NumPy: in the storage of Z
     Z = None
     if int(Q.shape[1]) != k:
         return _augment_by_one_qr(led, Q, U0, xp)
@@ -129,9 +144,14 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     # of Z, leaves U0^H Q = C of size eps kappa(Z); one more projection Q - U0 C leaves
     # ||U0^H Q|| ~ eps ||C|| and ||Q^H Q - I|| ~ ||C||^2, both at working precision when
     # ||C||^2 is. Larger C (Z at the level of rounding): the one-QR path.
-    eps = float(np.finfo(U0.dtype).eps) if numpy else float(xp.finfo(U0.dtype).eps)
-    C = bk.adjoint(U0) @ Q
-    size = float(abs(bk.to_host(C)).max())
+    if numpy:
+        eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
+        C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
+        size = float(np.maximum.reduce(np.abs(C), axis=None))
+    else:
+        eps = float(xp.finfo(U0.dtype).eps)
+        C = bk.adjoint(U0) @ Q
+        size = float(abs(bk.to_host(C)).max())
     if not size <= _CROSS_TOLERANCE * eps:
         if not size * size * k <= _CROSS_TOLERANCE * eps:
             return _augment_by_one_qr(led, Q, U0, xp)
@@ -143,17 +163,25 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
-    d = canonical_phases(np.diagonal(U0[:r, :r]) if numpy else xp.linalg.diagonal(U0[:r, :r]))
+    d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0[:r, :r]))
     if numpy:
         U_hat = np.empty((rows, r + k), dtype=U0.dtype)
         np.multiply(U0, d, out=U_hat[:, :r])
         U_hat[:, r:] = Q
-        return U_hat, d.conj()
+        return U_hat, (d.conj() if d.dtype.kind == "c" else d)
     return xp.concat([U0 * d, Q], axis=1), xp.conj(d)
+
+
+def _real_numpy(x: Any) -> bool:
+    """Whether ``x`` is a real NumPy array (whose adjoint is its transpose)."""
+    return type(x) is np.ndarray and x.dtype.kind != "c"
 
 
 #: Arrays with at most this many entries are projected whole rather than by row blocks.
 _SMALL = 1 << 16
+
+#: Machine epsilon by NumPy dtype, looked up once.
+_EPS: dict[Any, float] = {}
 
 #: Largest entry of ``U0^H Q`` (in units of the dtype's epsilon) accepted for the new columns:
 #: leaves ``U_hat`` orthonormal to ``4e-6`` in float32 and ``8e-15`` in float64.
@@ -201,19 +229,41 @@ def leading_signs(W: Any, W0: Any) -> Any | None:
     the products with the new columns. Complex bases, other shapes and any other leading block
     give ``None``.
     """
+    if type(W) is np.ndarray and type(W0) is np.ndarray:
+        return _leading_signs_numpy(W, W0)
     r = int(W0.shape[1])
     if int(W.shape[0]) != int(W0.shape[0]) or int(W.shape[1]) < r:
         return None
     if bk.is_complex(W) or bk.is_complex(W0):
         return None
     lead = W[:, :r]
-    if type(lead) is np.ndarray and type(W0) is np.ndarray:
-        d = np.where(np.einsum("ij,ij->j", lead, W0) < 0, -1, 1).astype(W0.dtype)
-        return d if (lead == W0 * d).all() else None
     xp = bk.namespace(lead, W0)
     one = xp.ones((), dtype=W0.dtype, device=bk.device(W0))
     d = xp.where(xp.sum(lead * W0, axis=0) < 0, -one, one)
     return d if bool(xp.all(lead == W0 * d)) else None
+
+
+def _leading_signs_numpy(W: np.ndarray, W0: np.ndarray) -> np.ndarray | None:
+    """:func:`leading_signs` of NumPy arrays."""
+    m, r = W0.shape
+    if W.shape[0] != m or W.shape[1] < r or W.dtype.kind != "f" or W0.dtype.kind != "f":
+        return None
+    lead = W[:, :r]
+    minus, plus = _UNITS.get(W0.dtype) or _UNITS.setdefault(
+        W0.dtype, (W0.dtype.type(-1), W0.dtype.type(1))
+    )
+    if m > 0:
+        # The signs read off the first row (right wherever W0 does not vanish there), checked
+        # on every entry; only when that fails, the signs of the columns' inner products.
+        d = np.where(lead[0] == W0[0], plus, minus)
+        if np.logical_and.reduce(lead == W0 * d, axis=None):
+            return d
+    d = np.where(np.einsum("ij,ij->j", lead, W0) < 0, minus, plus)
+    return d if np.logical_and.reduce(lead == W0 * d, axis=None) else None
+
+
+#: ``(-1, 1)`` as scalars of each NumPy dtype.
+_UNITS: dict[Any, tuple[Any, Any]] = {}
 
 
 def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
@@ -225,7 +275,8 @@ def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
     r, s = int(S0.shape[0]), int(S0.shape[1])
     if type(S0) is np.ndarray:
         out = np.zeros((max(rows, r), max(cols, s)), dtype=np.result_type(S0, m_left, m_right))
-        np.multiply(m_left[:, None] * S0, m_right.conj()[None, :], out=out[:r, :s])
+        right = m_right.conj() if m_right.dtype.kind == "c" else m_right
+        np.multiply(m_left[:, None] * S0, right[None, :], out=out[:r, :s])
         return out
     xp = bk.namespace(S0)
     S0 = m_left[:, None] * S0 * xp.conj(m_right)[None, :]
@@ -268,7 +319,7 @@ class AugmentedBases:
         def k_step() -> StepGenerator:
             K0 = method.start(U0, S0)
             K1 = yield from method.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
-            if bk.is_lazy(K1):
+            if type(K1) is not np.ndarray and bk.is_lazy(K1):
                 # one QR of [U0, K1] over the row chunks: projecting out first would
                 # evaluate the lazy K-step twice
                 self.U, lead["U"] = augment(led, K1, U0)
@@ -278,9 +329,9 @@ class AugmentedBases:
             self.U, lead["U"] = augment_projected(led, Z, U0)
 
         def l_step() -> StepGenerator:
-            L0 = method.start(V0, bk.adjoint(S0))
+            L0 = method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0))
             L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
-            if bk.is_lazy(L1):
+            if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
                 return
             Z = project_out(V0, L1)

@@ -131,6 +131,8 @@ class State:
     data: dict[str, Any] = field(default_factory=dict)
 
     def with_Y(self, Y: Any, t: float) -> State:
+        if type(self) is State:  # the common case, without dataclasses.replace
+            return State(Y, t, self.data)
         return replace(self, Y=Y, t=t)
 
 

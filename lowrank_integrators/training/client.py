@@ -61,7 +61,7 @@ from ..errors import StepFailure
 from ..factors import LowRankMatrix
 from ..integrators.base import Integrator, State, StepInfo
 from ..problems import MatrixODE
-from ..protocol import Request, StepTask, expected_dtype, expected_shape
+from ..protocol import Field, Request, StepTask, expected_dtype, expected_shape
 from ..threads import limited
 from .optimizers import SGD, Optimizer
 
@@ -194,7 +194,8 @@ class _Rounds:
 
     def run(self) -> list[tuple[State, StepInfo]]:
         method = self.client.method
-        tasks = [StepTask(method.step_requests(st, st.t, self.lr)) for st in self.state.layers]
+        lr = self.lr
+        tasks = [StepTask(method.step_requests(st, st.t, lr)) for st in self.state.layers]
         while True:
             rounds = [task.open_requests() if not task.done else [] for task in tasks]
             if not any(rounds):
@@ -206,21 +207,24 @@ class _Rounds:
         return [task.value for task in tasks]
 
     def _serve(self, rounds: list[list[Request]]) -> list[list[Any]]:
+        # The distinct points of every layer in this round, in the order of its requests, and
+        # for every request the index of its point.
         points: list[list[LowRankMatrix]] = []
-        where: list[list[tuple[int, LowRankMatrix]]] = []
+        where: list[list[int]] = []
         for reqs in rounds:
             pts: list[LowRankMatrix] = []
-            idx: list[tuple[int, LowRankMatrix]] = []
+            idx: list[int] = []
             for req in reqs:
                 p = req.point  # type: ignore[attr-defined]
-                j = next((j for j, q in enumerate(pts) if q is p), None)
-                if j is None:
+                j = 0
+                while j < len(pts) and pts[j] is not p:
+                    j += 1
+                if j == len(pts):
                     pts.append(p)
-                    j = len(pts) - 1
-                idx.append((j, p))
+                idx.append(j)
             points.append(pts)
             where.append(idx)
-        n = max(len(pts) for pts in points)
+        n = max(map(len, points))
         gps = []
         for j in range(n):
             combined = [
@@ -228,15 +232,16 @@ class _Rounds:
                 for pts, start in zip(points, self.starts, strict=True)
             ]
             gps.append(self._pass_at(combined))
+        lr = self.lr
         answers: list[list[Any]] = []
-        for i, (reqs, idx) in enumerate(zip(rounds, where, strict=True)):
+        for i, (reqs, idx, pts) in enumerate(zip(rounds, where, points, strict=True)):
+            product = self.views[i].product
             out = []
-            for req, (j, p) in zip(reqs, idx, strict=True):
-                kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
-                ans = self.views[i].product(kind, gps[j], i, p, bases, self.lr)
-                name = f"the {kind} product of layer {i} of the gradient pass"
-                out.append(check_product(name, ans, expected_shape(req), expected_dtype(req)))
-                self.n_requests += 1
+            for req, j in zip(reqs, idx, strict=True):
+                kind = req.kind  # type: ignore[attr-defined]
+                ans = product(kind, gps[j], i, pts[j], req.bases, lr)  # type: ignore[attr-defined]
+                out.append(_checked(ans, req, kind, i))
+            self.n_requests += len(reqs)
             answers.append(out)
         return answers
 
@@ -252,7 +257,17 @@ class _Rounds:
 
 
 def _key(points: Sequence[LowRankMatrix]) -> tuple[int, ...]:
-    return tuple(id(p) for p in points)
+    return tuple(map(id, points))
+
+
+def _checked(ans: Any, req: Request, kind: str, layer: int) -> Any:
+    """The answer to ``req``, checked against the shape and dtype the step expects."""
+    if type(ans) is np.ndarray and type(req) is Field:
+        X = req.X  # the substep's value (an array or a factored start): the answer's model
+        if ans.shape == X.shape and ans.dtype == X.dtype:
+            return ans  # the common case, without building the check's arguments
+    name = f"the {kind} product of layer {layer} of the gradient pass"
+    return check_product(name, ans, expected_shape(req), expected_dtype(req))
 
 
 class LowRankTraining:
@@ -363,12 +378,16 @@ class LowRankTraining:
         opt_state = self.optimizer.commit_layers(
             opt_state, views, state.weights, [st.Y for st in new_layers]
         )
-        new_state = replace(
-            state,
-            layers=new_layers,
-            params=tuple(new_params),
-            optimizer=opt_state,
-            step=state.step + 1,
+        new_state = (
+            TrainState(new_layers, tuple(new_params), opt_state, state.step + 1)
+            if type(state) is TrainState
+            else replace(
+                state,
+                layers=new_layers,
+                params=tuple(new_params),
+                optimizer=opt_state,
+                step=state.step + 1,
+            )
         )
         report = StepReport(
             loss=loss,

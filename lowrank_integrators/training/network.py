@@ -20,6 +20,7 @@ all biases) form one flat list, layer by layer: ``[W, b]``, ``[U, V, b]`` or ``[
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +133,7 @@ class NetworkPass:
         if W0 is not None and W.shape[1] > W0.shape[1]:
             signs = leading_signs(W, W0)
             if signs is not None:
-                return _beside(got[product] * signs, A, W[:, W0.shape[1] :])
+                return _beside(got[product], signs, A, W[:, W0.shape[1] :])
         return A @ W
 
     def right(self, layer: int, V: np.ndarray) -> np.ndarray:
@@ -393,7 +394,7 @@ class MLP:
         lowrank_acts: list[Any] = [None] * self.n_lowrank
         for li in range(len(self.layers) - 1, -1, -1):
             lay, idx, a_in = self.layers[li], self._index[li], acts[li]
-            grads[idx["b"]] = G.sum(axis=0)
+            grads[idx["b"]] = np.add.reduce(G, axis=0)  # G.sum(axis=0)
             if lay.kind == "lowrank":
                 U, S, V = weights[idx["W"]]
                 lowrank_acts[idx["W"]] = (a_in, G)
@@ -443,11 +444,14 @@ class MLP:
             raise ValueError(f"expected {self.n_params} parameters, got {len(params)}")
 
 
-def _beside(formed: np.ndarray, A: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``[formed, A @ new]``: the product with the new columns written into the result."""
+def _beside(formed: np.ndarray, signs: np.ndarray, A: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``[formed * signs, A @ new]``: the products written into the result's two blocks."""
     r = formed.shape[1]
-    out = np.empty((A.shape[0], r + new.shape[1]), dtype=np.result_type(formed, A, new))
-    out[:, :r] = formed
+    dtype = formed.dtype
+    if not (A.dtype == dtype and new.dtype == dtype):
+        dtype = np.result_type(formed, A, new)
+    out = np.empty((A.shape[0], r + new.shape[1]), dtype=dtype)
+    np.multiply(formed, signs, out=out[:, :r])
     np.matmul(A, new, out=out[:, r:])
     return out
 
@@ -463,7 +467,7 @@ def _check_batch(batch: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"batch must be X of shape (B, n_in) and y of shape (B,), got {X.shape} and {y.shape}"
         )
-    if not np.issubdtype(y.dtype, np.integer):
+    if y.dtype.kind not in "iu":
         raise TypeError(f"labels y must be integers, got {y.dtype}")
     return X, y
 
@@ -475,15 +479,17 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     be scored as the last class).
     """
     B, n_classes = logits.shape
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+    if y.size and (int(np.minimum.reduce(y)) < 0 or int(np.maximum.reduce(y)) >= n_classes):
         raise ValueError(
             f"labels y must be class indices in [0, {n_classes}) for a network with "
             f"{n_classes} outputs, got labels from {int(y.min())} to {int(y.max())}"
         )
-    z = logits - logits.max(axis=1, keepdims=True)
-    logsum = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    # The reductions called directly: ``max``, ``sum`` and ``mean`` compute exactly these.
+    z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+    logsum = np.log(np.add.reduce(np.exp(z), axis=1, keepdims=True))
     logp = z - logsum
-    loss = float(-logp[np.arange(B), y].mean())
+    rows = np.arange(B)
+    loss = float(-(np.add.reduce(logp[rows, y], axis=None) / B)) if B else math.nan
     G = np.exp(logp)
-    G[np.arange(B), y] -= 1.0
+    G[rows, y] -= 1.0
     return loss, G / B
