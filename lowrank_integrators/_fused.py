@@ -28,7 +28,7 @@ __all__ = [
     "clear_spare",
     "numba_available",
     "offer_spare",
-    "rk4_axpy",
+    "rk4_update",
     "start_asking",
     "supports",
     "take_spare",
@@ -102,18 +102,18 @@ class CSRStage:
     def _compile(self, dtype: Any) -> None:
         """Compile the kernel for ``dtype`` now (on empty arrays), not inside a stage."""
         empty = np.zeros((0, 1), dtype)
-        index = np.zeros(1, self.A.indptr.dtype)
         _kernel()(
-            index,
+            np.zeros(1, self.A.indptr.dtype),
             np.zeros(0, self.A.indices.dtype),
             np.zeros(0, dtype),
             empty,
-            empty,
+            np.zeros((1, 1), dtype),
+            True,
             empty,
             np.zeros((1, 1), dtype),
-            0,
-            0,
-            True,
+            empty,
+            1,
+            np.zeros(1, dtype),
         )
 
     def __call__(self, X: Any) -> Any:
@@ -125,23 +125,29 @@ class CSRStage:
         out = take_spare(X.shape, dtype)
         if out is None:
             out = np.empty(X.shape, dtype=dtype)
-        M = None if self.M is None else np.asarray(self.M, dtype=dtype)
+        M = None if self.M is None else np.ascontiguousarray(self.M, dtype=dtype)
         if self.U is None:
             U = np.zeros((X.shape[0], 0), dtype)
             coef = np.zeros((0, X.shape[1]), dtype)
         else:
             U = np.ascontiguousarray(self.U, dtype=dtype)
             coef = np.ascontiguousarray(self.coef, dtype=dtype)
-        kernel = _kernel()
-        data = self._data(dtype)
-        indptr, indices = self.A.indptr, self.A.indices
+        if M is None:
+            M = np.zeros((X.shape[1], X.shape[1]), dtype)
         rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
-        for start in range(0, out.shape[0], rows):
-            b = slice(start, min(start + rows, out.shape[0]))
-            # the BLAS block of X M is still in cache when the sparse rows are added to it
-            if M is not None:
-                np.matmul(X[b], M, out=out[b])
-            kernel(indptr, indices, data, X, out, U, coef, b.start, b.stop, M is not None)
+        _kernel()(
+            self.A.indptr,
+            self.A.indices,
+            self._data(dtype),
+            X,
+            M,
+            self.M is not None,
+            U,
+            coef,
+            out,
+            rows,
+            np.empty(X.shape[1], dtype),
+        )
         return out
 
     def _data(self, dtype: Any) -> Any:
@@ -154,69 +160,108 @@ class CSRStage:
 
 
 def _kernel() -> Any:
-    """The compiled row loop (built on first use)."""
+    """The compiled stage (built on first use)."""
     global _KERNEL
     if _KERNEL is None:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def rows_add(indptr, indices, data, X, out, U, coef, lo, hi, accumulate):
-            k = X.shape[1]
+        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, row):
+            n, k = X.shape
             q = U.shape[1]
-            for i in range(lo, hi):
-                if not accumulate:
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                if has_m:
+                    # BLAS writes the block of X M; it is still in cache below
+                    np.dot(X[lo:hi], M, out[lo:hi])
+                for i in range(lo, hi):
                     for c in range(k):
-                        out[i, c] = 0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    a = data[p]
+                        row[c] = out[i, c] if has_m else 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        a = data[p]
+                        for c in range(k):
+                            row[c] += a * X[j, c]
+                    for s in range(q):
+                        u = U[i, s]
+                        for c in range(k):
+                            row[c] += u * coef[s, c]
                     for c in range(k):
-                        out[i, c] += a * X[j, c]
-                for s in range(q):
-                    u = U[i, s]
-                    for c in range(k):
-                        out[i, c] += u * coef[s, c]
+                        out[i, c] = row[c]
 
-        _KERNEL = rows_add
+        _KERNEL = stage
     return _KERNEL
 
 
-def rk4_axpy(acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool) -> bool:
-    """The RK4 register updates of one block in one loop, if numba is there (else False).
+def rk4_update(
+    acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool, rows: int
+) -> bool:
+    """The RK4 register updates in one pass, if numba is there (else False).
 
     ``acc = x0 + c k`` (``first``) or ``acc += c k``, and ``stage = x0 + a k``, entry by
-    entry (``stage`` may be ``k``: each entry of ``k`` is read before it is overwritten).
-    Same operations as the NumPy path: results agree bit for bit.
+    entry (``stage`` may be ``k``, and ``acc`` may be ``x0``: each entry is read before it is
+    overwritten). ``x0`` is an array or a pair ``(left, right)`` of factors of the start value,
+    whose product is formed by BLAS block by block of ``rows`` rows into a small buffer that
+    is still in cache when the registers are updated. The entrywise operations are those of
+    the NumPy path: with an array ``x0`` the results agree bit for bit.
     """
     if not (use_numba and numba_available()):
         return False
     dtype = k.dtype
-    if dtype.kind not in "fc" or not (acc.dtype == stage.dtype == x0.dtype == dtype):
+    if isinstance(x0, tuple):  # the small factor may have any layout (S0^H for an L-step)
+        x0 = (x0[0], np.ascontiguousarray(x0[1]))
+    arrays = [acc, stage, k, *(x0 if isinstance(x0, tuple) else (x0,))]
+    if dtype.kind not in "fc" or any(
+        type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous for x in arrays
+    ):
         return False
-    _axpy()(acc, stage, k, x0, dtype.type(c), dtype.type(a), first)
+    if isinstance(x0, tuple):
+        left, right = x0
+        buf = np.empty((min(rows, k.shape[0]), k.shape[1]), dtype)
+        _fold()(acc, stage, k, k[:0], left, right, True, dtype.type(c), dtype.type(a), first, buf)
+    else:
+        _fold()(acc, stage, k, x0, k[:0], k[:0, :0], False, dtype.type(c), dtype.type(a), first, k[:0])
     return True
 
 
-def _axpy() -> Any:
+def _fold() -> Any:
     """The compiled register update (built on first use)."""
     global _AXPY
     if _AXPY is None:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def axpy2(acc, stage, k, x0, c, a, first):
-            rows, cols = k.shape
-            for i in range(rows):
-                for j in range(cols):
-                    kij = k[i, j]
-                    x = x0[i, j]
-                    if first:
-                        acc[i, j] = x + c * kij
-                    else:
+        def update(acc, stage, k, x, shift, lo, hi, c, a, first):
+            # x[i - shift] is row i of the start value
+            cols = k.shape[1]
+            if first:
+                for i in range(lo, hi):
+                    for j in range(cols):
+                        kij = k[i, j]
+                        xij = x[i - shift, j]
+                        acc[i, j] = xij + c * kij
+                        stage[i, j] = xij + a * kij
+            else:
+                for i in range(lo, hi):
+                    for j in range(cols):
+                        kij = k[i, j]
+                        xij = x[i - shift, j]
                         acc[i, j] += c * kij
-                    stage[i, j] = x + a * kij
+                        stage[i, j] = xij + a * kij
 
-        _AXPY = axpy2
+        @numba.njit(cache=True, nogil=True)
+        def fold(acc, stage, k, x0, left, right, factored, c, a, first, buf):
+            n = k.shape[0]
+            if not factored:
+                update(acc, stage, k, x0, 0, 0, n, c, a, first)
+                return
+            rows = buf.shape[0]
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                np.dot(left[lo:hi], right, buf[: hi - lo])
+                update(acc, stage, k, buf, lo, lo, hi, c, a, first)
+
+        _AXPY = fold
     return _AXPY
 
 
