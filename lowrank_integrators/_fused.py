@@ -29,6 +29,7 @@ __all__ = [
     "numba_available",
     "offer_spare",
     "rk4_update",
+    "sandwich",
     "start_asking",
     "supports",
     "take_spare",
@@ -215,12 +216,13 @@ def rk4_update(
         type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous for x in arrays
     ):
         return False
+    c, a = dtype.type(c), dtype.type(a)
     if isinstance(x0, tuple):
         left, right = x0
         buf = np.empty((min(rows, k.shape[0]), k.shape[1]), dtype)
-        _fold()(acc, stage, k, k[:0], left, right, True, dtype.type(c), dtype.type(a), first, buf)
+        _fold()(acc, stage, k, k[:0], left, right, True, c, a, first, buf)
     else:
-        _fold()(acc, stage, k, x0, k[:0], k[:0, :0], False, dtype.type(c), dtype.type(a), first, k[:0])
+        _fold()(acc, stage, k, x0, k[:0], k[:0, :0], False, c, a, first, k[:0])
     return True
 
 
@@ -263,6 +265,65 @@ def _fold() -> Any:
 
         _AXPY = fold
     return _AXPY
+
+
+def sandwich(W: Any, A: Any, V: Any) -> Any | None:
+    """``W^H (A V)`` for a real CSR ``A`` and real row-major ``W``, ``V`` (numba), else None.
+
+    The rows of ``A V`` are formed block by block into a small buffer (a few kB, in cache)
+    and multiplied into the ``k x k`` result by BLAS at once: no tall temporary, and the
+    operator's rows are not sliced into new sparse matrices. Returns ``None`` (the caller
+    takes its NumPy path) without numba, for complex or mixed dtypes, or for arrays that are
+    not C-ordered.
+    """
+    if not (use_numba and numba_available()):
+        return None
+    if not (type(W) is np.ndarray and type(V) is np.ndarray and W.ndim == V.ndim == 2):
+        return None
+    dtype = V.dtype
+    if dtype.kind != "f" or W.dtype != dtype or A.dtype != dtype:
+        return None
+    if not (W.flags.c_contiguous and V.flags.c_contiguous) or W.shape[0] != V.shape[0]:
+        return None
+    k = max(1, int(V.shape[1]))
+    rows = max(1, _SANDWICH_BLOCK_ELEMENTS // k)
+    buf = np.empty((min(rows, V.shape[0]), V.shape[1]), dtype)
+    out = np.zeros((W.shape[1], V.shape[1]), dtype)
+    part = np.empty_like(out)
+    _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
+    return out
+
+
+#: Elements of the block of ``A V`` in :func:`sandwich` (larger blocks measured slower).
+_SANDWICH_BLOCK_ELEMENTS = 1 << 13
+_SANDWICH: Any = None
+
+
+def _sandwich_kernel() -> Any:
+    """The compiled sandwich (built on first use)."""
+    global _SANDWICH
+    if _SANDWICH is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(indptr, indices, data, W, V, buf, part, out):
+            n, k = V.shape
+            rows = buf.shape[0]
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                for i in range(lo, hi):
+                    for c in range(k):
+                        buf[i - lo, c] = 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        a = data[p]
+                        for c in range(k):
+                            buf[i - lo, c] += a * V[j, c]
+                np.dot(W[lo:hi].T, buf[: hi - lo], part)
+                out += part
+
+        _SANDWICH = kernel
+    return _SANDWICH
 
 
 # --- one spare work array per thread ----------------------------------------------------------

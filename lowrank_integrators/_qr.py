@@ -69,7 +69,7 @@ _FILL_SEED = 0x5EED
 _SMALL_ENTRIES = 2**16
 
 
-def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
+def tall_qr(x: Any, *, overwrite_x: bool = False, check: str | None = None) -> tuple[Any, Any]:
     """Thin QR ``x = Q R`` of a 2-D array, CholeskyQR2 with robust fallbacks.
 
     Parameters
@@ -81,6 +81,12 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
         ``Q``: on NumPy this saves one tall array. Should the Cholesky passes then fail, the
         Householder fallback factors the partially orthogonalised array ``x R_1^{-1}`` and
         returns the product of the triangular factors.
+    check : str, optional
+        When given, a :class:`~lowrank_integrators.errors.NonFiniteError` naming ``x`` as
+        ``check`` is raised if ``x`` holds NaN or infinity, before ``x`` is modified. On the
+        Cholesky path this is read off the Gram matrix (a non-finite entry of ``x`` makes its
+        column's diagonal entry non-finite), so that finite input costs no extra pass; only a
+        non-finite Gram matrix (or an overflow in it) is settled on ``x`` itself.
 
     Returns
     -------
@@ -89,11 +95,13 @@ def tall_qr(x: Any, *, overwrite_x: bool = False) -> tuple[Any, Any]:
     R : array, shape (min(m, k), k)
         Upper triangular. ``Q_jj`` is real and <= 0 for every column ``j`` of ``Q``.
     """
-    q, r, _, _ = _factor(x, None, overwrite=overwrite_x)
+    q, r, _, _ = _factor(x, None, overwrite=overwrite_x, check=check)
     return q, r
 
 
-def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, Any, Any]:
+def tall_qr_project(
+    x: Any, w: Any, *, overwrite_x: bool = False, check: str | None = None
+) -> tuple[Any, Any, Any]:
     """Thin QR ``x = Q R`` as :func:`tall_qr`, and ``M = Q^H w`` formed in the last pass.
 
     On NumPy, ``M`` is accumulated block by block of rows while each block of ``Q`` is still in
@@ -105,7 +113,7 @@ def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, 
         The matrix to factor.
     w : array, shape (m, p)
         A second tall array of the same namespace (typically the previous basis ``U0``).
-    overwrite_x : bool, default False
+    overwrite_x, check
         As for :func:`tall_qr`.
 
     Returns
@@ -120,7 +128,7 @@ def tall_qr_project(x: Any, w: Any, *, overwrite_x: bool = False) -> tuple[Any, 
             f"w must be a 2-D array with {int(x.shape[0])} rows (those of x), got shape "
             f"{tuple(w.shape)}"
         )
-    q, r, m, _ = _factor(x, w, overwrite=overwrite_x)
+    q, r, m, _ = _factor(x, w, overwrite=overwrite_x, check=check)
     return q, r, m
 
 
@@ -181,11 +189,20 @@ def extend_basis(U0: Any, X: Any) -> Any:
 # --- the Cholesky QR driver --------------------------------------------------------------------
 
 
-def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any, Any, str]:
-    """``(Q, R, Q^H w or None, name of the method that produced them)``."""
+def _factor(
+    x: Any, w: Any | None, *, overwrite: bool = False, check: str | None = None
+) -> tuple[Any, Any, Any, str]:
+    """``(Q, R, Q^H w or None, name of the method that produced them)``.
+
+    ``check``: see :func:`tall_qr`.
+    """
     if len(x.shape) != 2:
         raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
     m, k = int(x.shape[0]), int(x.shape[1])
+    gram_check = check is not None and _is_numpy(x)
+    if check is not None and not (gram_check and k > 0 and m >= k and m * k > _SMALL_ENTRIES):
+        bk.require_finite(x, check)
+        gram_check = False
     if k == 0 or m < k or m * k <= _SMALL_ENTRIES:
         if _is_numpy(x) and x.dtype.kind == "f" and k > 0:
             return _small_real_householder(x, w)
@@ -196,6 +213,8 @@ def _factor(x: Any, w: Any | None, *, overwrite: bool = False) -> tuple[Any, Any
     R = None
     shifted = False
     G = _gram(Q)
+    if gram_check and not np.all(np.isfinite(np.diagonal(G))):
+        bk.require_finite(x, check)  # raises for non-finite x; else an overflow in G
     for passes in range(_MAX_PASSES):
         last = passes > 0 and _distance_to_identity(G) <= _NEAR_ORTHONORMAL
         Ri = _cholesky_upper(G)
