@@ -32,6 +32,7 @@ __all__ = [
     "sandwich",
     "start_asking",
     "supports",
+    "take_back_spare",
     "take_spare",
     "was_asked",
 ]
@@ -370,6 +371,12 @@ def was_asked() -> bool:
     for a spare once asks at every evaluation, so only then is offering one worth it (an
     offered spare that no one takes is one more array alive)."""
     return _SPARE.asked
+
+
+def take_back_spare() -> Any:
+    """The spare array if no one took it (it is then no longer spare), else None."""
+    buffer, _SPARE.buffer = _SPARE.buffer, None
+    return buffer
 
 
 def clear_spare() -> None:
