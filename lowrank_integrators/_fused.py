@@ -7,11 +7,15 @@ A K-stage of ``F = A Y + Y B^T + C`` (``C`` of low rank) evaluates
 with ``Bv = V^H B^T V`` and ``coef = Sc Vc^H V`` fixed over the substep (the L-stage has the
 same form). Written as three operations, ``out`` goes through memory three times. Here the
 rows of ``out`` are processed block by block: the thin product ``K[b] Bv`` is written by BLAS
-into a cache-sized block of ``out``, and the sparse rows of ``A`` and the source are added to
-that block while it is still in cache, so that ``out`` is written once.
+into a cache-sized block of ``out`` and the source ``Uc[b] coef`` into a small buffer, and the
+source and the sparse rows of ``A`` are added to that block while it is still in cache, so
+that ``out`` is written once.
 
-The sparse rows and the source are added by one loop compiled with numba (the optional extra
-``fast``). Without numba, :func:`supports` answers False and the fields use their NumPy path
+The whole stage is one call compiled with numba (the optional extra ``fast``); the RK4
+register updates that follow a stage (:func:`rk4_update`) and the projected operators
+``W^H A V`` (:func:`sandwich`) are compiled the same way.
+
+Without numba, :func:`supports` answers False and the fields use their NumPy path
 (operator product, then the thin terms added block by block); both give the same result to
 round-off. numba is imported only when a field with a CSR operator is built.
 """
@@ -115,7 +119,7 @@ class CSRStage:
             np.zeros((1, 1), dtype),
             empty,
             1,
-            np.zeros(1, dtype),
+            np.zeros((1, 1), dtype),
         )
 
     def __call__(self, X: Any) -> Any:
@@ -148,7 +152,7 @@ class CSRStage:
             coef,
             out,
             rows,
-            np.empty(X.shape[1], dtype),
+            np.empty((min(rows, X.shape[0]), X.shape[1]), dtype),
         )
         return out
 
@@ -168,28 +172,35 @@ def _kernel() -> Any:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, row):
+        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, source):
             n, k = X.shape
             q = U.shape[1]
             for lo in range(0, n, rows):
                 hi = min(lo + rows, n)
+                # BLAS writes the block of X M, and the block of the source U coef into a
+                # small buffer; both are still in cache when the sparse rows are added
                 if has_m:
-                    # BLAS writes the block of X M; it is still in cache below
                     np.dot(X[lo:hi], M, out[lo:hi])
+                if q > 0:
+                    np.dot(U[lo:hi], coef, source[: hi - lo])
                 for i in range(lo, hi):
-                    for c in range(k):
-                        row[c] = out[i, c] if has_m else 0
+                    o = out[i]
+                    if q > 0:
+                        s = source[i - lo]
+                        if has_m:
+                            for c in range(k):
+                                o[c] += s[c]
+                        else:
+                            for c in range(k):
+                                o[c] = s[c]
+                    elif not has_m:
+                        for c in range(k):
+                            o[c] = 0
                     for p in range(indptr[i], indptr[i + 1]):
-                        j = indices[p]
+                        x = X[indices[p]]
                         a = data[p]
                         for c in range(k):
-                            row[c] += a * X[j, c]
-                    for s in range(q):
-                        u = U[i, s]
-                        for c in range(k):
-                            row[c] += u * coef[s, c]
-                    for c in range(k):
-                        out[i, c] = row[c]
+                            o[c] += a * x[c]
 
         _KERNEL = stage
     return _KERNEL
