@@ -1,7 +1,14 @@
 """Per-step time and peak memory of the matrix integrators on a large structured problem.
 
 Problem: ``F(Y) = A Y + Y B^T + C`` with sparse ``A = B = tridiag(1, -2, 1)`` (n x n) and a
-rank-4 non-symmetric ``C`` kept factored, RK4 substeps (one internal step), rank r.
+rank-4 non-symmetric ``C`` kept factored, RK4 substeps (one internal step), rank r. The start
+``Y0 = U0 S0 V0^T`` has random orthonormal ``U0``, ``V0`` and a diagonal core with
+``sigma_i = eps^(i / 52)``, ``eps`` the machine epsilon of the dtype: ``2^-i`` in float64, and
+in float32 the same fraction of the precision's range per index (``2^(-23 i / 52)``, down to
+``7.5e-5`` at ``r = 32``). A float32 run with the float64 core would time another problem:
+``2^-31`` lies below float32's epsilon (``2^-23``), a rank-32 state is then numerically of rank
+about 24, and every QR of its factors is that of a rank-deficient matrix, which the robust QR
+hands to Householder; with the scaled core the QRs take the same routes as in float64.
 Beside the library's integrators, the same run times a minimal hand-written NumPy BUG step
 on the same structured F (the K-, L- and S-fields with their r x r coefficients formed once
 per substep), so the library's overhead is measured side by side, not against a number from
@@ -96,7 +103,8 @@ def build_methods(lri, r):
 # product). A phase cannot take less than max(flops / DGEMM peak, bytes / bandwidth); the
 # floor of a step is the sum over its phases. The operator products and the elementwise RK4
 # updates are counted in bytes only (a few flops per byte moved). The QRs are counted as
-# CholeskyQR2 (two passes of Gram matrix plus triangular product), the cheapest factorisation
+# CholeskyQR2 (two passes of Gram matrix plus triangular product, n w^2 flops each: both
+# factors are triangular or symmetric), the cheapest factorisation
 # that stays orthonormal for the conditioning these bases have; M = U1^H U0 is taken as formed
 # in the QR's last pass (only U0 read). Rates are measured on the machine at start.
 
@@ -142,8 +150,10 @@ class StepModel:
         self.add(name + " RK4 stages", 4 * per_stage_flops, 4 * per_stage_bytes)
 
     def qr(self, w, name="QR"):
+        # two passes of a Gram matrix (symmetric: n w^2 flops) and a triangular product
+        # (n w^2 flops), each reading the array twice and writing it once
         n, s = self.n, self.s
-        self.add(name, 2 * (n * w * w + 2 * n * w * w), 2 * 3 * s * n * w)
+        self.add(name, 2 * (n * w * w + n * w * w), 2 * 3 * s * n * w)
 
     def inner(self, w1, w2, name="M"):
         self.add(name, 2 * self.n * w1 * w2, self.s * self.n * w2)
@@ -297,6 +307,12 @@ def minimal_bug_step(np, A, B, C, U0, S0, V0, h, qr=None):
     return U1, S1, V1
 
 
+def core_singular_values(np, r, dtype):
+    """``eps^(i / 52)`` for ``i < r`` (``2^-i`` in float64; see the module docstring)."""
+    eps = np.finfo(dtype).eps
+    return (eps ** (np.arange(r) / 52.0)).astype(dtype)
+
+
 def _read_status_mb(field):
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -314,14 +330,16 @@ def _reset_hwm():
         return False
 
 
-def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
+def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True):
     import numpy as np
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
     import lowrank_integrators as lri
+    from lowrank_integrators import _fused
 
-    threadpool_limits(threads)
+    threadpool_limits(threads)  # after the imports: every BLAS library is loaded by then
+    _fused.use_numba = numba
 
     rng = np.random.default_rng(0)
     T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
@@ -332,7 +350,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
     problem = lri.SylvesterODE(T, T, C)
     U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
     V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    S0 = np.diag(2.0 ** -np.arange(r)).astype(dtype)
+    S0 = np.diag(core_singular_values(np, r, dtype))
     Y0 = lri.LowRankMatrix(U0, S0, V0)
     h = 1e-3
     state_mb = (U0.nbytes + V0.nbytes + S0.nbytes) / 2**20
@@ -404,17 +422,27 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--phases", action="store_true", help="print the floor model's phases")
+    parser.add_argument(
+        "--no-numba", action="store_true", help="the NumPy path even where numba is installed"
+    )
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         n, r, repeats = args.worker
-        worker(n, r, repeats, set(args.methods), args.dtype, args.threads)
+        worker(n, r, repeats, set(args.methods), args.dtype, args.threads, not args.no_numba)
         return 0
 
     import numpy as np
     from threadpoolctl import threadpool_limits
 
+    from lowrank_integrators import _fused
+
+    numba = None
+    if _fused.numba_available() and not args.no_numba:
+        import numba as numba_module
+
+        numba = numba_module.__version__
     with threadpool_limits(args.threads):
         rates = measure_rates(np, np.dtype(args.dtype))
     itemsize = np.dtype(args.dtype).itemsize
@@ -425,6 +453,11 @@ def main(argv=None):
     print(
         f"# step_cost: F = A Y + Y B^T + C, tridiagonal A = B, rank-4 C, RK4 substeps, "
         f"{args.dtype}, {args.threads} BLAS thread(s), CPU time"
+    )
+    print(
+        f"# numba {numba} (extra 'fast'): compiled stages, register updates and sandwiches"
+        if numba
+        else "# without numba: the NumPy path of the fields"
     )
     thin = ", ".join(f"r={w}: {rate / 1e9:.1f}" for w, rate in rates["thin"].items())
     print(
@@ -456,6 +489,7 @@ def main(argv=None):
                 str(args.threads),
                 "--methods",
                 *args.methods,
+                *(["--no-numba"] if args.no_numba else []),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -509,7 +543,20 @@ def main(argv=None):
         rates_json = {**rates, "thin": {str(k): v for k, v in rates["thin"].items()}}
         with open(args.json, "w") as fh:
             json.dump(
-                {"threads": args.threads, "dtype": args.dtype, "rates": rates_json, "rows": rows},
+                {
+                    "command": " ".join(
+                        [
+                            "python",
+                            "benchmarks/step_cost.py",
+                            *(sys.argv[1:] if argv is None else argv),
+                        ]
+                    ),
+                    "threads": args.threads,
+                    "dtype": args.dtype,
+                    "numba": numba,
+                    "rates": rates_json,
+                    "rows": rows,
+                },
                 fh,
                 indent=1,
             )
