@@ -509,7 +509,10 @@ def sandwich(W: Any, op: Any, V: Any) -> Any:
         if real:
             from . import _fused
 
-            fused = _fused.sandwich(W, op, V) if fmt == "csr" else _fused.sandwich(V, op.T, W)
+            if fmt == "csr":
+                fused = _fused.sandwich(W, op, V)
+            else:  # W^H C V = (V^H C^T W)^H, C^T the CSR matrix of C's arrays
+                fused = _fused.sandwich(V, op, W, transposed=True)
             if fused is not None:
                 return fused if fmt == "csr" else adjoint(fused)
         if real and len(blocks) > 1:

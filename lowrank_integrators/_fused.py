@@ -101,9 +101,12 @@ class CSRStage:
         self.M = M
         self.U = U
         self.coef = coef
-        self._converted: Any = None
-        small = [a for a in (M, coef, U) if a is not None]
-        self._compile(np.result_type(A.dtype, *small))
+        self._cache: dict[Any, tuple[Any, Any, Any, Any]] = {}
+        small = [a for a in (M, coef) if a is not None]
+        #: The dtype of the operator and the small factors: a stage is computed in the
+        #: result type of this and the stage's dtype.
+        self._dtype = np.result_type(A.dtype, *small)
+        self._compile(np.result_type(self._dtype, *([] if U is None else [U])))
 
     def _compile(self, dtype: Any) -> None:
         """Compile the kernel for ``dtype`` now (on empty arrays), not inside a stage."""
@@ -125,44 +128,36 @@ class CSRStage:
     def __call__(self, X: Any) -> Any:
         """``A X + X M + U coef`` as a new C-ordered array."""
         X = np.ascontiguousarray(X)
-        small = [a for a in (self.M, self.coef) if a is not None]
-        dtype = np.result_type(X, self.A.dtype, *small)
+        dtype = np.result_type(X.dtype, self._dtype)
         X = X.astype(dtype, copy=False)
         out = take_spare(X.shape, dtype)
         if out is None:
             out = np.empty(X.shape, dtype=dtype)
-        M = None if self.M is None else np.ascontiguousarray(self.M, dtype=dtype)
-        if self.U is None:
-            U = np.zeros((X.shape[0], 0), dtype)
-            coef = np.zeros((0, X.shape[1]), dtype)
-        else:
-            U = np.ascontiguousarray(self.U, dtype=dtype)
-            coef = np.ascontiguousarray(self.coef, dtype=dtype)
-        if M is None:
-            M = np.zeros((X.shape[1], X.shape[1]), dtype)
+        data, M, U, coef = self._operands(dtype, X.shape)
         rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
-        _kernel()(
-            self.A.indptr,
-            self.A.indices,
-            self._data(dtype),
-            X,
-            M,
-            self.M is not None,
-            U,
-            coef,
-            out,
-            rows,
-            np.empty((min(rows, X.shape[0]), X.shape[1]), dtype),
-        )
+        source = np.empty((min(rows, X.shape[0]), X.shape[1]), dtype)
+        has_m = self.M is not None
+        _kernel()(self.A.indptr, self.A.indices, data, X, M, has_m, U, coef, out, rows, source)
         return out
 
-    def _data(self, dtype: Any) -> Any:
-        """The operator's values in ``dtype`` (converted once, not per stage)."""
-        if self.A.data.dtype == dtype:
-            return self.A.data
-        if self._converted is None or self._converted.dtype != dtype:
-            self._converted = self.A.data.astype(dtype)
-        return self._converted
+    def _operands(self, dtype: Any, shape: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+        """The operator's values and the factors in ``dtype``, row-major (converted once)."""
+        key = (np.dtype(dtype), shape)
+        cached = self._cache.get(key)
+        if cached is None:
+            n, k = shape
+            data = self.A.data.astype(dtype, copy=False)
+            if self.M is None:
+                M = np.zeros((k, k), dtype)
+            else:
+                M = np.ascontiguousarray(self.M, dtype=dtype)
+            if self.U is None:
+                U, coef = np.zeros((n, 0), dtype), np.zeros((0, k), dtype)
+            else:
+                U = np.ascontiguousarray(self.U, dtype=dtype)
+                coef = np.ascontiguousarray(self.coef, dtype=dtype)
+            cached = self._cache[key] = (data, M, U, coef)
+        return cached
 
 
 def _kernel() -> Any:
@@ -279,8 +274,11 @@ def _fold() -> Any:
     return _AXPY
 
 
-def sandwich(W: Any, A: Any, V: Any) -> Any | None:
+def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
     """``W^H (A V)`` for a real CSR ``A`` and real row-major ``W``, ``V`` (numba), else None.
+
+    ``transposed``: ``A`` is a CSC matrix and the product is taken with its transpose, whose
+    CSR arrays are those of ``A`` (no transposed matrix is built).
 
     The rows of ``A V`` are formed block by block into a small buffer (a few kB, in cache)
     and multiplied into the ``k x k`` result by BLAS at once: no tall temporary, and the
@@ -302,6 +300,8 @@ def sandwich(W: Any, A: Any, V: Any) -> Any | None:
     buf = np.empty((min(rows, V.shape[0]), V.shape[1]), dtype)
     out = np.zeros((W.shape[1], V.shape[1]), dtype)
     part = np.empty_like(out)
+    if (A.format != "csc") if transposed else (A.format != "csr"):
+        return None
     _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
     return out
 
