@@ -233,7 +233,9 @@ class Workspace:
 
     An RK4 substep from a :class:`FactoredStart` that carries a workspace forms its start and
     its first derivatives in arrays taken from it, and leaves its dead registers there at the
-    end (NumPy arrays that no one else references). A step that keeps one workspace over a
+    end (NumPy arrays that no one else references): two when its field writes its results
+    into spare arrays (the compiled fields of :class:`~lowrank_integrators.SylvesterODE`),
+    else one (the next start). A step that keeps one workspace over a
     sequence of steps then allocates one new tall array per substep (its result) instead of
     three: at ``n ~ 1e6`` fresh arrays cost page faults. At most :attr:`keep` arrays of at
     least :data:`TALL_ENTRIES` entries are kept, all of one shape and dtype; a step whose peak
@@ -581,14 +583,18 @@ class RK4(SubstepSolver):
                 stage = k if _owned(k, refs) else bk.empty(k)
                 rk4_update(acc, stage, X, k, c, a, first=False)
                 k = None
+            _fused.start_asking()
             k = yield from f(t_end, stage, False)
+            # the next substep forms its start in one kept array, and its first derivatives
+            # in the others only if its field asks for spare arrays (as this one did)
+            asks = _fused.was_asked()
             refs = sys.getrefcount(stage)
             if workspace is not None and _owned(stage, refs):
                 workspace.give(stage)
             stage = None
             acc = bk.add_scaled(acc, dt / 6.0, k)
             refs = sys.getrefcount(k)
-            if workspace is not None and _owned(k, refs):
+            if workspace is not None and asks and _owned(k, refs):
                 workspace.give(k)
             k = None
             return acc

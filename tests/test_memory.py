@@ -219,15 +219,18 @@ def test_a_step_keeps_few_tall_arrays_alive(sylvester, name):
 
 @pytest.mark.parametrize("name", ["BUG", "KSL", "Strang"])
 def test_work_arrays_kept_between_steps_add_nothing_to_the_peak(sylvester, name):
-    """The two tall arrays a step method keeps for its next substeps count towards its peak,
+    """The tall arrays a step method keeps for its next substeps (two with the compiled
+    fields, which write their results into spare arrays, else one) count towards its peak,
     which stays that of a first step; the steps give the results of a fresh method."""
+    from lowrank_integrators import _fused
+
     make, tall_arrays = STEP_PEAKS[name]
     T, C, Y0 = sylvester
     problem = lri.SylvesterODE(T, T, C)
     method = make()
     first, _ = method.step(problem, method.init(problem, Y0, 0.0), 0.0, 1e-3)
     kept = len(method.__dict__["_workspace"])
-    assert kept == 2
+    assert kept == (2 if _fused.numba_available() else 1)
     peak, (second, _) = peak_in_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
     assert peak + kept <= tall_arrays + SLACK
     fresh, _ = make().step(problem, first, 1e-3, 1e-3)
