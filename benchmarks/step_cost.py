@@ -36,7 +36,11 @@ does not see, together with the interpreter, the operators and the state; "step 
 peak minus the resident set right before the step, and "state MB" the size of U, S, V.
 "step adds" is exact only for arrays that the C library maps and unmaps on their own (above
 its mmap threshold, 32 MB by default): smaller freed arrays stay in the process's heap and
-are counted in the resident set before the step. "traced MB" is the peak of the memory
+are counted in the resident set before the step. "kept MB" is what the method keeps between
+steps for its substeps (BUG and the projector splittings: two tall work arrays, see
+``lowrank_integrators.substeps.Workspace``): resident before the step and reused in it, so
+that a step's memory is "step adds" plus "kept"; each method is released (with what it
+keeps) before the next one runs. "traced MB" is the peak of the memory
 allocated during one more step as Python's tracemalloc sees it (NumPy and SciPy arrays,
 LAPACK work arrays included), at every size.
 
@@ -365,9 +369,11 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
         "minimal-BUG": lambda: minimal_bug_step(np, T, T, factors, U0, S0, V0, h),
         "minimal-BUG-sqr": lambda: minimal_bug_step(np, T, T, factors, U0, S0, V0, h, scipy_qr),
     }
-    for name, method in build_methods(lri, r).items():
+    methods = build_methods(lri, r)
+    for name, method in methods.items():
         state = method.init(problem, Y0, 0.0)
         runners[name] = lambda method=method, state=state: method.step(problem, state, 0.0, h)
+    method = state = None
 
     results = []
     for name in [m for m in METHOD_NAMES if m in runners and m in methods_wanted]:
@@ -388,6 +394,13 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
         run()
         traced = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
+        # work arrays the method keeps between steps (resident before each step, so not in
+        # "step adds"); the method is then released, with them, before the next one runs
+        workspace = getattr(methods.get(name), "__dict__", {}).get("_workspace")
+        kept = workspace.nbytes / 2**20 if workspace is not None else 0.0
+        runners[name] = run = None
+        methods.pop(name, None)
+        gc.collect()
         results.append(
             {
                 "n": n,
@@ -399,6 +412,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
                 "peak_rss_mb": hwm,
                 "rss_before_mb": before,
                 "traced_peak_mb": traced,
+                "kept_mb": kept,
                 "state_mb": state_mb,
             }
         )
@@ -471,7 +485,8 @@ def main(argv=None):
     header = (
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'floor ms':>9} {'x floor':>8} "
         f"{'vs minimal':>10} {'vs best':>9} "
-        f"{'peak RSS MB':>11} {'step adds MB':>12} {'traced MB':>9} {'state MB':>9}"
+        f"{'peak RSS MB':>11} {'step adds MB':>12} {'kept MB':>8} {'traced MB':>9} "
+        f"{'state MB':>9}"
     )
     print(header)
     for n in sizes:
@@ -511,8 +526,8 @@ def main(argv=None):
                     f"{n:>8} {r:>3} {x['method']:>15} {1e3 * x['median_s']:>10.2f} "
                     f"{1e3 * x['floor_s']:>9.2f} {x['ratio_to_floor']:>8.2f} "
                     f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
-                    f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['traced_peak_mb']:>9.1f} "
-                    f"{x['state_mb']:>9.1f}",
+                    f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['kept_mb']:>8.0f} "
+                    f"{x['traced_peak_mb']:>9.1f} {x['state_mb']:>9.1f}",
                     flush=True,
                 )
                 if args.phases and x["method"] in ("BUG", "AugmentedBUG"):

@@ -235,12 +235,12 @@ class Workspace:
     its first derivatives in arrays taken from it, and leaves its dead registers there at the
     end (NumPy arrays that no one else references): two when its field writes its results
     into spare arrays (the compiled fields of :class:`~lowrank_integrators.SylvesterODE`),
-    else one (the next start). A step that keeps one workspace over a
-    sequence of steps then allocates one new tall array per substep (its result) instead of
-    three: at ``n ~ 1e6`` fresh arrays cost page faults. At most :attr:`keep` arrays of at
-    least :data:`TALL_ENTRIES` entries are kept, all of one shape and dtype; a step whose peak
-    memory lies outside its substeps should not hand one over (the kept arrays would add to
-    it). :meth:`clear` releases them; a copied or unpickled workspace is empty.
+    else one (the next start). A step that keeps one workspace over a sequence of steps then
+    allocates one new tall array per substep (its result) instead of three: at ``n ~ 1e6``
+    fresh arrays cost page faults. At most :attr:`keep` arrays of at least ``TALL_ENTRIES``
+    entries are kept, all of one shape and dtype. A step whose peak memory lies outside its
+    substeps should not lend one (the kept arrays would add to that peak). :meth:`clear`
+    releases them; a copied or unpickled workspace is empty.
     """
 
     #: Largest number of arrays kept.
@@ -274,6 +274,11 @@ class Workspace:
 
     def __len__(self) -> int:
         return len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the kept arrays."""
+        return sum(int(x.nbytes) for x in self._free)
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
