@@ -426,6 +426,30 @@ def repeats_for(n):
     return 15 if n <= 4096 else (5 if n <= 65536 else 2)
 
 
+def summarize(paths):
+    """Median time and ``x floor`` of each (dtype, n, r, method) over the runs in ``paths``."""
+    runs = {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        for x in data["rows"]:
+            key = (data["dtype"], x["n"], x["r"], x["method"])
+            runs.setdefault(key, []).append(x)
+    print(f"# median over runs of: {' '.join(paths)}")
+    print(
+        f"{'dtype':>8} {'n':>8} {'r':>3} {'method':>15} {'runs':>4} {'median ms':>10} "
+        f"{'floor ms':>9} {'x floor':>8} {'x floor min..max':>17}"
+    )
+    for (dtype, n, r, name), xs in sorted(runs.items(), key=lambda kv: kv[0][:3]):
+        ratios = [x["ratio_to_floor"] for x in xs]
+        print(
+            f"{dtype:>8} {n:>8} {r:>3} {name:>15} {len(xs):>4} "
+            f"{1e3 * statistics.median(x['median_s'] for x in xs):>10.2f} "
+            f"{1e3 * statistics.median(x['floor_s'] for x in xs):>9.2f} "
+            f"{statistics.median(ratios):>8.2f} {min(ratios):>8.2f}..{max(ratios):<8.2f}"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n in {1024, 4096} only")
@@ -439,8 +463,18 @@ def main(argv=None):
     parser.add_argument(
         "--no-numba", action="store_true", help="the NumPy path even where numba is installed"
     )
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="JSON",
+        help="print the median over runs (JSON files written by --json) of each row and exit",
+    )
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
 
     if args.worker:
         n, r, repeats = args.worker
