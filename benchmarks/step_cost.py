@@ -1,7 +1,14 @@
 """Per-step time and peak memory of the matrix integrators on a large structured problem.
 
 Problem: ``F(Y) = A Y + Y B^T + C`` with sparse ``A = B = tridiag(1, -2, 1)`` (n x n) and a
-rank-4 non-symmetric ``C`` kept factored, RK4 substeps (one internal step), rank r.
+rank-4 non-symmetric ``C`` kept factored, RK4 substeps (one internal step), rank r. The start
+``Y0 = U0 S0 V0^T`` has random orthonormal ``U0``, ``V0`` and a diagonal core with
+``sigma_i = eps^(i / 52)``, ``eps`` the machine epsilon of the dtype: ``2^-i`` in float64, and
+in float32 the same fraction of the precision's range per index (``2^(-23 i / 52)``, down to
+``7.5e-5`` at ``r = 32``). A float32 run with the float64 core would time another problem:
+``2^-31`` lies below float32's epsilon (``2^-23``), a rank-32 state is then numerically of rank
+about 24, and every QR of its factors is that of a rank-deficient matrix, which the robust QR
+hands to Householder; with the scaled core the QRs take the same routes as in float64.
 Beside the library's integrators, the same run times a minimal hand-written NumPy BUG step
 on the same structured F (the K-, L- and S-fields with their r x r coefficients formed once
 per substep), so the library's overhead is measured side by side, not against a number from
@@ -29,7 +36,11 @@ does not see, together with the interpreter, the operators and the state; "step 
 peak minus the resident set right before the step, and "state MB" the size of U, S, V.
 "step adds" is exact only for arrays that the C library maps and unmaps on their own (above
 its mmap threshold, 32 MB by default): smaller freed arrays stay in the process's heap and
-are counted in the resident set before the step. "traced MB" is the peak of the memory
+are counted in the resident set before the step. "kept MB" is what the method keeps between
+steps for its substeps (BUG and the projector splittings: two tall work arrays, see
+``lowrank_integrators.substeps.Workspace``): resident before the step and reused in it, so
+that a step's memory is "step adds" plus "kept"; each method is released (with what it
+keeps) before the next one runs. "traced MB" is the peak of the memory
 allocated during one more step as Python's tracemalloc sees it (NumPy and SciPy arrays,
 LAPACK work arrays included), at every size.
 
@@ -96,7 +107,8 @@ def build_methods(lri, r):
 # product). A phase cannot take less than max(flops / DGEMM peak, bytes / bandwidth); the
 # floor of a step is the sum over its phases. The operator products and the elementwise RK4
 # updates are counted in bytes only (a few flops per byte moved). The QRs are counted as
-# CholeskyQR2 (two passes of Gram matrix plus triangular product), the cheapest factorisation
+# CholeskyQR2 (two passes of Gram matrix plus triangular product, n w^2 flops each: both
+# factors are triangular or symmetric), the cheapest factorisation
 # that stays orthonormal for the conditioning these bases have; M = U1^H U0 is taken as formed
 # in the QR's last pass (only U0 read). Rates are measured on the machine at start.
 
@@ -142,8 +154,10 @@ class StepModel:
         self.add(name + " RK4 stages", 4 * per_stage_flops, 4 * per_stage_bytes)
 
     def qr(self, w, name="QR"):
+        # two passes of a Gram matrix (symmetric: n w^2 flops) and a triangular product
+        # (n w^2 flops), each reading the array twice and writing it once
         n, s = self.n, self.s
-        self.add(name, 2 * (n * w * w + 2 * n * w * w), 2 * 3 * s * n * w)
+        self.add(name, 2 * (n * w * w + n * w * w), 2 * 3 * s * n * w)
 
     def inner(self, w1, w2, name="M"):
         self.add(name, 2 * self.n * w1 * w2, self.s * self.n * w2)
@@ -297,6 +311,12 @@ def minimal_bug_step(np, A, B, C, U0, S0, V0, h, qr=None):
     return U1, S1, V1
 
 
+def core_singular_values(np, r, dtype):
+    """``eps^(i / 52)`` for ``i < r`` (``2^-i`` in float64; see the module docstring)."""
+    eps = np.finfo(dtype).eps
+    return (eps ** (np.arange(r) / 52.0)).astype(dtype)
+
+
 def _read_status_mb(field):
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -314,14 +334,16 @@ def _reset_hwm():
         return False
 
 
-def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
+def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True):
     import numpy as np
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
     import lowrank_integrators as lri
+    from lowrank_integrators import _fused
 
-    threadpool_limits(threads)
+    threadpool_limits(threads)  # after the imports: every BLAS library is loaded by then
+    _fused.use_numba = numba
 
     rng = np.random.default_rng(0)
     T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
@@ -332,7 +354,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
     problem = lri.SylvesterODE(T, T, C)
     U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
     V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    S0 = np.diag(2.0 ** -np.arange(r)).astype(dtype)
+    S0 = np.diag(core_singular_values(np, r, dtype))
     Y0 = lri.LowRankMatrix(U0, S0, V0)
     h = 1e-3
     state_mb = (U0.nbytes + V0.nbytes + S0.nbytes) / 2**20
@@ -347,9 +369,11 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
         "minimal-BUG": lambda: minimal_bug_step(np, T, T, factors, U0, S0, V0, h),
         "minimal-BUG-sqr": lambda: minimal_bug_step(np, T, T, factors, U0, S0, V0, h, scipy_qr),
     }
-    for name, method in build_methods(lri, r).items():
+    methods = build_methods(lri, r)
+    for name, method in methods.items():
         state = method.init(problem, Y0, 0.0)
         runners[name] = lambda method=method, state=state: method.step(problem, state, 0.0, h)
+    method = state = None
 
     results = []
     for name in [m for m in METHOD_NAMES if m in runners and m in methods_wanted]:
@@ -370,6 +394,13 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
         run()
         traced = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
+        # work arrays the method keeps between steps (resident before each step, so not in
+        # "step adds"); the method is then released, with them, before the next one runs
+        workspace = getattr(methods.get(name), "__dict__", {}).get("_workspace")
+        kept = workspace.nbytes / 2**20 if workspace is not None else 0.0
+        runners[name] = run = None
+        methods.pop(name, None)
+        gc.collect()
         results.append(
             {
                 "n": n,
@@ -381,6 +412,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1):
                 "peak_rss_mb": hwm,
                 "rss_before_mb": before,
                 "traced_peak_mb": traced,
+                "kept_mb": kept,
                 "state_mb": state_mb,
             }
         )
@@ -394,6 +426,30 @@ def repeats_for(n):
     return 15 if n <= 4096 else (5 if n <= 65536 else 2)
 
 
+def summarize(paths):
+    """Median time and ``x floor`` of each (dtype, n, r, method) over the runs in ``paths``."""
+    runs = {}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        for x in data["rows"]:
+            key = (data["dtype"], x["n"], x["r"], x["method"])
+            runs.setdefault(key, []).append(x)
+    print(f"# median over runs of: {' '.join(paths)}")
+    print(
+        f"{'dtype':>8} {'n':>8} {'r':>3} {'method':>15} {'runs':>4} {'median ms':>10} "
+        f"{'floor ms':>9} {'x floor':>8} {'x floor min..max':>17}"
+    )
+    for (dtype, n, r, name), xs in sorted(runs.items(), key=lambda kv: kv[0][:3]):
+        ratios = [x["ratio_to_floor"] for x in xs]
+        print(
+            f"{dtype:>8} {n:>8} {r:>3} {name:>15} {len(xs):>4} "
+            f"{1e3 * statistics.median(x['median_s'] for x in xs):>10.2f} "
+            f"{1e3 * statistics.median(x['floor_s'] for x in xs):>9.2f} "
+            f"{statistics.median(ratios):>8.2f} {min(ratios):>8.2f}..{max(ratios):<8.2f}"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n in {1024, 4096} only")
@@ -404,17 +460,37 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--phases", action="store_true", help="print the floor model's phases")
+    parser.add_argument(
+        "--no-numba", action="store_true", help="the NumPy path even where numba is installed"
+    )
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="JSON",
+        help="print the median over runs (JSON files written by --json) of each row and exit",
+    )
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
+
     if args.worker:
         n, r, repeats = args.worker
-        worker(n, r, repeats, set(args.methods), args.dtype, args.threads)
+        worker(n, r, repeats, set(args.methods), args.dtype, args.threads, not args.no_numba)
         return 0
 
     import numpy as np
     from threadpoolctl import threadpool_limits
 
+    from lowrank_integrators import _fused
+
+    numba = None
+    if _fused.numba_available() and not args.no_numba:
+        import numba as numba_module
+
+        numba = numba_module.__version__
     with threadpool_limits(args.threads):
         rates = measure_rates(np, np.dtype(args.dtype))
     itemsize = np.dtype(args.dtype).itemsize
@@ -425,6 +501,11 @@ def main(argv=None):
     print(
         f"# step_cost: F = A Y + Y B^T + C, tridiagonal A = B, rank-4 C, RK4 substeps, "
         f"{args.dtype}, {args.threads} BLAS thread(s), CPU time"
+    )
+    print(
+        f"# numba {numba} (extra 'fast'): compiled stages, register updates and sandwiches"
+        if numba
+        else "# without numba: the NumPy path of the fields"
     )
     thin = ", ".join(f"r={w}: {rate / 1e9:.1f}" for w, rate in rates["thin"].items())
     print(
@@ -438,7 +519,8 @@ def main(argv=None):
     header = (
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'floor ms':>9} {'x floor':>8} "
         f"{'vs minimal':>10} {'vs best':>9} "
-        f"{'peak RSS MB':>11} {'step adds MB':>12} {'traced MB':>9} {'state MB':>9}"
+        f"{'peak RSS MB':>11} {'step adds MB':>12} {'kept MB':>8} {'traced MB':>9} "
+        f"{'state MB':>9}"
     )
     print(header)
     for n in sizes:
@@ -456,6 +538,7 @@ def main(argv=None):
                 str(args.threads),
                 "--methods",
                 *args.methods,
+                *(["--no-numba"] if args.no_numba else []),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -477,8 +560,8 @@ def main(argv=None):
                     f"{n:>8} {r:>3} {x['method']:>15} {1e3 * x['median_s']:>10.2f} "
                     f"{1e3 * x['floor_s']:>9.2f} {x['ratio_to_floor']:>8.2f} "
                     f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
-                    f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['traced_peak_mb']:>9.1f} "
-                    f"{x['state_mb']:>9.1f}",
+                    f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['kept_mb']:>8.0f} "
+                    f"{x['traced_peak_mb']:>9.1f} {x['state_mb']:>9.1f}",
                     flush=True,
                 )
                 if args.phases and x["method"] in ("BUG", "AugmentedBUG"):
@@ -509,7 +592,20 @@ def main(argv=None):
         rates_json = {**rates, "thin": {str(k): v for k, v in rates["thin"].items()}}
         with open(args.json, "w") as fh:
             json.dump(
-                {"threads": args.threads, "dtype": args.dtype, "rates": rates_json, "rows": rows},
+                {
+                    "command": " ".join(
+                        [
+                            "python",
+                            "benchmarks/step_cost.py",
+                            *(sys.argv[1:] if argv is None else argv),
+                        ]
+                    ),
+                    "threads": args.threads,
+                    "dtype": args.dtype,
+                    "numba": numba,
+                    "rates": rates_json,
+                    "rows": rows,
+                },
                 fh,
                 indent=1,
             )

@@ -184,7 +184,10 @@ GROUPS = [
         "Substeps",
         "Solvers of the small K-, L- and S-ODEs inside a step.",
         ("lowrank_integrators.substeps",),
-        extras=("lowrank_integrators.substeps.FactoredStart",),
+        extras=(
+            "lowrank_integrators.substeps.FactoredStart",
+            "lowrank_integrators.substeps.Workspace",
+        ),
     ),
     Group(
         "integrators",

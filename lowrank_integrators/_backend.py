@@ -191,8 +191,8 @@ def qr(x: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
         return dask_qr(x)
     from ._qr import tall_qr
 
-    require_finite(x, "a matrix to be factorised by QR")
-    return tall_qr(x, overwrite_x=overwrite)
+    # NumPy: the check is read off the Gram matrix of the factorisation (no extra pass)
+    return tall_qr(x, overwrite_x=overwrite, check="a matrix to be factorised by QR")
 
 
 def qr_project(x: Any, w: Any, *, overwrite: bool = False) -> tuple[Any, Any, Any]:
@@ -207,8 +207,7 @@ def qr_project(x: Any, w: Any, *, overwrite: bool = False) -> tuple[Any, Any, An
         return dask_qr_project(x, w)
     from ._qr import tall_qr_project
 
-    require_finite(x, "a matrix to be factorised by QR")
-    return tall_qr_project(x, w, overwrite_x=overwrite)
+    return tall_qr_project(x, w, overwrite_x=overwrite, check="a matrix to be factorised by QR")
 
 
 def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
@@ -533,6 +532,15 @@ def sandwich(W: Any, op: Any, V: Any) -> Any:
         fmt = getattr(op, "format", None) if _returns_fresh(op) else None
         real = fmt in ("csr", "csc") and not np.iscomplexobj(op.dtype.type(0))
         blocks = row_blocks(V)
+        if real:
+            from . import _fused
+
+            if fmt == "csr":
+                fused = _fused.sandwich(W, op, V)
+            else:  # W^H C V = (V^H C^T W)^H, C^T the CSR matrix of C's arrays
+                fused = _fused.sandwich(V, op, W, transposed=True)
+            if fused is not None:
+                return fused if fmt == "csr" else adjoint(fused)
         if real and len(blocks) > 1:
             if fmt == "csr":
                 return _sandwich_csr_rows(W, op, V)

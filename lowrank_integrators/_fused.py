@@ -7,11 +7,15 @@ A K-stage of ``F = A Y + Y B^T + C`` (``C`` of low rank) evaluates
 with ``Bv = V^H B^T V`` and ``coef = Sc Vc^H V`` fixed over the substep (the L-stage has the
 same form). Written as three operations, ``out`` goes through memory three times. Here the
 rows of ``out`` are processed block by block: the thin product ``K[b] Bv`` is written by BLAS
-into a cache-sized block of ``out``, and the sparse rows of ``A`` and the source are added to
-that block while it is still in cache, so that ``out`` is written once.
+into a cache-sized block of ``out`` and the source ``Uc[b] coef`` into a small buffer, and the
+source and the sparse rows of ``A`` are added to that block while it is still in cache, so
+that ``out`` is written once.
 
-The sparse rows and the source are added by one loop compiled with numba (the optional extra
-``fast``). Without numba, :func:`supports` answers False and the fields use their NumPy path
+The whole stage is one call compiled with numba (the optional extra ``fast``); the RK4
+register updates that follow a stage (:func:`rk4_update`) and the projected operators
+``W^H A V`` (:func:`sandwich`) are compiled the same way.
+
+Without numba, :func:`supports` answers False and the fields use their NumPy path
 (operator product, then the thin terms added block by block); both give the same result to
 round-off. numba is imported only when a field with a CSR operator is built.
 """
@@ -28,9 +32,11 @@ __all__ = [
     "clear_spare",
     "numba_available",
     "offer_spare",
-    "rk4_axpy",
+    "rk4_update",
+    "sandwich",
     "start_asking",
     "supports",
+    "take_back_spare",
     "take_spare",
     "was_asked",
 ]
@@ -95,129 +101,241 @@ class CSRStage:
         self.M = M
         self.U = U
         self.coef = coef
-        self._converted: Any = None
-        small = [a for a in (M, coef, U) if a is not None]
-        self._compile(np.result_type(A.dtype, *small))
+        self._cache: dict[Any, tuple[Any, Any, Any, Any]] = {}
+        small = [a for a in (M, coef) if a is not None]
+        #: The dtype of the operator and the small factors: a stage is computed in the
+        #: result type of this and the stage's dtype.
+        self._dtype = np.result_type(A.dtype, *small)
+        self._compile(np.result_type(self._dtype, *([] if U is None else [U])))
 
     def _compile(self, dtype: Any) -> None:
         """Compile the kernel for ``dtype`` now (on empty arrays), not inside a stage."""
         empty = np.zeros((0, 1), dtype)
-        index = np.zeros(1, self.A.indptr.dtype)
         _kernel()(
-            index,
+            np.zeros(1, self.A.indptr.dtype),
             np.zeros(0, self.A.indices.dtype),
             np.zeros(0, dtype),
             empty,
-            empty,
+            np.zeros((1, 1), dtype),
+            True,
             empty,
             np.zeros((1, 1), dtype),
-            0,
-            0,
-            True,
+            empty,
+            1,
+            np.zeros((1, 1), dtype),
         )
 
     def __call__(self, X: Any) -> Any:
         """``A X + X M + U coef`` as a new C-ordered array."""
         X = np.ascontiguousarray(X)
-        small = [a for a in (self.M, self.coef) if a is not None]
-        dtype = np.result_type(X, self.A.dtype, *small)
+        dtype = np.result_type(X.dtype, self._dtype)
         X = X.astype(dtype, copy=False)
         out = take_spare(X.shape, dtype)
         if out is None:
             out = np.empty(X.shape, dtype=dtype)
-        M = None if self.M is None else np.asarray(self.M, dtype=dtype)
-        if self.U is None:
-            U = np.zeros((X.shape[0], 0), dtype)
-            coef = np.zeros((0, X.shape[1]), dtype)
-        else:
-            U = np.ascontiguousarray(self.U, dtype=dtype)
-            coef = np.ascontiguousarray(self.coef, dtype=dtype)
-        kernel = _kernel()
-        data = self._data(dtype)
-        indptr, indices = self.A.indptr, self.A.indices
+        data, M, U, coef = self._operands(dtype, X.shape)
         rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
-        for start in range(0, out.shape[0], rows):
-            b = slice(start, min(start + rows, out.shape[0]))
-            # the BLAS block of X M is still in cache when the sparse rows are added to it
-            if M is not None:
-                np.matmul(X[b], M, out=out[b])
-            kernel(indptr, indices, data, X, out, U, coef, b.start, b.stop, M is not None)
+        source = np.empty((min(rows, X.shape[0]), X.shape[1]), dtype)
+        has_m = self.M is not None
+        _kernel()(self.A.indptr, self.A.indices, data, X, M, has_m, U, coef, out, rows, source)
         return out
 
-    def _data(self, dtype: Any) -> Any:
-        """The operator's values in ``dtype`` (converted once, not per stage)."""
-        if self.A.data.dtype == dtype:
-            return self.A.data
-        if self._converted is None or self._converted.dtype != dtype:
-            self._converted = self.A.data.astype(dtype)
-        return self._converted
+    def _operands(self, dtype: Any, shape: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
+        """The operator's values and the factors in ``dtype``, row-major (converted once)."""
+        key = (np.dtype(dtype), shape)
+        cached = self._cache.get(key)
+        if cached is None:
+            n, k = shape
+            data = self.A.data.astype(dtype, copy=False)
+            if self.M is None:
+                M = np.zeros((k, k), dtype)
+            else:
+                M = np.ascontiguousarray(self.M, dtype=dtype)
+            if self.U is None:
+                U, coef = np.zeros((n, 0), dtype), np.zeros((0, k), dtype)
+            else:
+                U = np.ascontiguousarray(self.U, dtype=dtype)
+                coef = np.ascontiguousarray(self.coef, dtype=dtype)
+            cached = self._cache[key] = (data, M, U, coef)
+        return cached
 
 
 def _kernel() -> Any:
-    """The compiled row loop (built on first use)."""
+    """The compiled stage (built on first use)."""
     global _KERNEL
     if _KERNEL is None:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def rows_add(indptr, indices, data, X, out, U, coef, lo, hi, accumulate):
-            k = X.shape[1]
+        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, source):
+            n, k = X.shape
             q = U.shape[1]
-            for i in range(lo, hi):
-                if not accumulate:
-                    for c in range(k):
-                        out[i, c] = 0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    a = data[p]
-                    for c in range(k):
-                        out[i, c] += a * X[j, c]
-                for s in range(q):
-                    u = U[i, s]
-                    for c in range(k):
-                        out[i, c] += u * coef[s, c]
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                # BLAS writes the block of X M, and the block of the source U coef into a
+                # small buffer; both are still in cache when the sparse rows are added
+                if has_m:
+                    np.dot(X[lo:hi], M, out[lo:hi])
+                if q > 0:
+                    np.dot(U[lo:hi], coef, source[: hi - lo])
+                for i in range(lo, hi):
+                    o = out[i]
+                    if q > 0:
+                        s = source[i - lo]
+                        if has_m:
+                            for c in range(k):
+                                o[c] += s[c]
+                        else:
+                            for c in range(k):
+                                o[c] = s[c]
+                    elif not has_m:
+                        for c in range(k):
+                            o[c] = 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        x = X[indices[p]]
+                        a = data[p]
+                        for c in range(k):
+                            o[c] += a * x[c]
 
-        _KERNEL = rows_add
+        _KERNEL = stage
     return _KERNEL
 
 
-def rk4_axpy(acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool) -> bool:
-    """The RK4 register updates of one block in one loop, if numba is there (else False).
+def rk4_update(
+    acc: Any, stage: Any, k: Any, x0: Any, c: float, a: float, first: bool, rows: int
+) -> bool:
+    """The RK4 register updates in one pass, if numba is there (else False).
 
     ``acc = x0 + c k`` (``first``) or ``acc += c k``, and ``stage = x0 + a k``, entry by
-    entry (``stage`` may be ``k``: each entry of ``k`` is read before it is overwritten).
-    Same operations as the NumPy path: results agree bit for bit.
+    entry (``stage`` may be ``k``, and ``acc`` may be ``x0``: each entry is read before it is
+    overwritten). ``x0`` is an array or a pair ``(left, right)`` of factors of the start value,
+    whose product is formed by BLAS block by block of ``rows`` rows into a small buffer that
+    is still in cache when the registers are updated. The entrywise operations are those of
+    the NumPy path: with an array ``x0`` the results agree bit for bit.
     """
     if not (use_numba and numba_available()):
         return False
     dtype = k.dtype
-    if dtype.kind not in "fc" or not (acc.dtype == stage.dtype == x0.dtype == dtype):
+    if isinstance(x0, tuple):  # the small factor may have any layout (S0^H for an L-step)
+        x0 = (x0[0], np.ascontiguousarray(x0[1]))
+    arrays = [acc, stage, k, *(x0 if isinstance(x0, tuple) else (x0,))]
+    if dtype.kind not in "fc" or any(
+        type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous for x in arrays
+    ):
         return False
-    _axpy()(acc, stage, k, x0, dtype.type(c), dtype.type(a), first)
+    c, a = dtype.type(c), dtype.type(a)
+    if isinstance(x0, tuple):
+        left, right = x0
+        buf = np.empty((min(rows, k.shape[0]), k.shape[1]), dtype)
+        _fold()(acc, stage, k, k[:0], left, right, True, c, a, first, buf)
+    else:
+        _fold()(acc, stage, k, x0, k[:0], k[:0, :0], False, c, a, first, k[:0])
     return True
 
 
-def _axpy() -> Any:
+def _fold() -> Any:
     """The compiled register update (built on first use)."""
     global _AXPY
     if _AXPY is None:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def axpy2(acc, stage, k, x0, c, a, first):
-            rows, cols = k.shape
-            for i in range(rows):
-                for j in range(cols):
-                    kij = k[i, j]
-                    x = x0[i, j]
-                    if first:
-                        acc[i, j] = x + c * kij
-                    else:
+        def update(acc, stage, k, x, shift, lo, hi, c, a, first):
+            # x[i - shift] is row i of the start value
+            cols = k.shape[1]
+            if first:
+                for i in range(lo, hi):
+                    for j in range(cols):
+                        kij = k[i, j]
+                        xij = x[i - shift, j]
+                        acc[i, j] = xij + c * kij
+                        stage[i, j] = xij + a * kij
+            else:
+                for i in range(lo, hi):
+                    for j in range(cols):
+                        kij = k[i, j]
+                        xij = x[i - shift, j]
                         acc[i, j] += c * kij
-                    stage[i, j] = x + a * kij
+                        stage[i, j] = xij + a * kij
 
-        _AXPY = axpy2
+        @numba.njit(cache=True, nogil=True)
+        def fold(acc, stage, k, x0, left, right, factored, c, a, first, buf):
+            n = k.shape[0]
+            if not factored:
+                update(acc, stage, k, x0, 0, 0, n, c, a, first)
+                return
+            rows = buf.shape[0]
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                np.dot(left[lo:hi], right, buf[: hi - lo])
+                update(acc, stage, k, buf, lo, lo, hi, c, a, first)
+
+        _AXPY = fold
     return _AXPY
+
+
+def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
+    """``W^H (A V)`` for a real CSR ``A`` and real row-major ``W``, ``V`` (numba), else None.
+
+    ``transposed``: ``A`` is a CSC matrix and the product is taken with its transpose, whose
+    CSR arrays are those of ``A`` (no transposed matrix is built).
+
+    The rows of ``A V`` are formed block by block into a small buffer (a few kB, in cache)
+    and multiplied into the ``k x k`` result by BLAS at once: no tall temporary, and the
+    operator's rows are not sliced into new sparse matrices. Returns ``None`` (the caller
+    takes its NumPy path) without numba, for complex or mixed dtypes, or for arrays that are
+    not C-ordered.
+    """
+    if not (use_numba and numba_available()):
+        return None
+    if not (type(W) is np.ndarray and type(V) is np.ndarray and W.ndim == V.ndim == 2):
+        return None
+    dtype = V.dtype
+    if dtype.kind != "f" or W.dtype != dtype or A.dtype != dtype:
+        return None
+    if not (W.flags.c_contiguous and V.flags.c_contiguous) or W.shape[0] != V.shape[0]:
+        return None
+    k = max(1, int(V.shape[1]))
+    rows = max(1, _SANDWICH_BLOCK_ELEMENTS // k)
+    buf = np.empty((min(rows, V.shape[0]), V.shape[1]), dtype)
+    out = np.zeros((W.shape[1], V.shape[1]), dtype)
+    part = np.empty_like(out)
+    if (A.format != "csc") if transposed else (A.format != "csr"):
+        return None
+    _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
+    return out
+
+
+#: Elements of the block of ``A V`` in :func:`sandwich` (larger blocks measured slower).
+_SANDWICH_BLOCK_ELEMENTS = 1 << 13
+_SANDWICH: Any = None
+
+
+def _sandwich_kernel() -> Any:
+    """The compiled sandwich (built on first use)."""
+    global _SANDWICH
+    if _SANDWICH is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(indptr, indices, data, W, V, buf, part, out):
+            n, k = V.shape
+            rows = buf.shape[0]
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                for i in range(lo, hi):
+                    for c in range(k):
+                        buf[i - lo, c] = 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        a = data[p]
+                        for c in range(k):
+                            buf[i - lo, c] += a * V[j, c]
+                np.dot(W[lo:hi].T, buf[: hi - lo], part)
+                out += part
+
+        _SANDWICH = kernel
+    return _SANDWICH
 
 
 # --- one spare work array per thread ----------------------------------------------------------
@@ -264,6 +382,12 @@ def was_asked() -> bool:
     for a spare once asks at every evaluation, so only then is offering one worth it (an
     offered spare that no one takes is one more array alive)."""
     return _SPARE.asked
+
+
+def take_back_spare() -> Any:
+    """The spare array if no one took it (it is then no longer spare), else None."""
+    buffer, _SPARE.buffer = _SPARE.buffer, None
+    return buffer
 
 
 def clear_spare() -> None:

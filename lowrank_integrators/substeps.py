@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import threading
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ __all__ = [
     "FactoredStart",
     "SubstepODE",
     "SubstepSolver",
+    "Workspace",
     "as_substep",
     "evaluate",
 ]
@@ -53,15 +55,18 @@ class FactoredStart:
         Tall factor (a basis of the step).
     right : array, shape (r, k)
         Small factor.
+    workspace : Workspace, optional
+        Work arrays of the step, lent to the solver (see :class:`Workspace`).
     """
 
-    def __init__(self, left: Any, right: Any) -> None:
+    def __init__(self, left: Any, right: Any, workspace: Workspace | None = None) -> None:
         if int(left.shape[1]) != int(right.shape[0]):
             raise ValueError(
                 f"left has {left.shape[1]} columns but right has {right.shape[0]} rows"
             )
         self.left = left
         self.right = right
+        self.workspace = workspace
         #: The product, when a solver has formed it for an evaluation (else ``None``).
         self.formed: Any = None
 
@@ -194,9 +199,12 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
             acc += k * c
         np.add(x0, k * a, out=stage)
         return
-    alias = X0 is acc  # the start formed in acc, overwritten block by block
     blocks = _stage_blocks(k)
     rows = blocks[0].stop - blocks[0].start
+    # numba (the extra ``fast``): one compiled pass over all rows, same entrywise operations
+    if _fused.rk4_update(acc, stage, k, (X0.left, X0.right) if factored else X0, c, a, first, rows):
+        return
+    alias = X0 is acc  # the start formed in acc, overwritten block by block
     x0 = np.empty((rows, k.shape[1]), dtype=k.dtype) if factored else None
     tmp = None
     for b in blocks:
@@ -206,8 +214,6 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
             np.matmul(X0.left[b], X0.right, out=x0b)
         else:
             x0b = X0[b]
-        if _fused.rk4_axpy(ab, sb, kb, x0b, c, a, first):
-            continue
         if tmp is None:
             tmp = np.empty((rows, k.shape[1]), dtype=k.dtype)
             if alias:
@@ -223,6 +229,114 @@ def rk4_update(acc: Any, stage: Any, X0: Any, k: Any, c: float, a: float, first:
             ab += t
         np.multiply(kb, a, out=t)
         np.add(x0b, t, out=sb)
+
+
+class Workspace:
+    """Tall work arrays that a step owns and lends to its RK4 substeps, kept across steps.
+
+    An RK4 substep from a :class:`FactoredStart` that carries a workspace forms its start and
+    its first derivatives in arrays taken from it, and leaves its dead registers there at the
+    end (NumPy arrays that no one else references): two when its field writes its results
+    into spare arrays (the compiled fields of :class:`~lowrank_integrators.SylvesterODE`),
+    else one (the next start). A step that keeps one workspace over a sequence of steps then
+    allocates one new tall array per substep (its result) instead of three: at ``n ~ 1e6``
+    fresh arrays cost page faults. At most :attr:`keep` arrays of at least ``TALL_ENTRIES``
+    entries are kept, all of one shape and dtype. A step whose peak memory lies outside its
+    substeps should not lend one (the kept arrays would add to that peak). :meth:`clear`
+    releases them; a copied or unpickled workspace is empty.
+    """
+
+    #: Largest number of arrays kept.
+    keep = 2
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
+        """A kept array of this shape and dtype (no longer kept), or None."""
+        with self._lock:
+            for i, x in enumerate(self._free):
+                if x.shape == tuple(shape) and x.dtype == dtype:
+                    return self._free.pop(i)
+        return None
+
+    def give(self, x: np.ndarray) -> None:
+        """Keep the dead array ``x`` if it is tall (the caller drops its reference)."""
+        if type(x) is not np.ndarray or x.size < TALL_ENTRIES:
+            return
+        with self._lock:
+            self._free = [y for y in self._free if y.shape == x.shape and y.dtype == x.dtype]
+            self._free.append(x)
+            del self._free[: -self.keep]
+
+    def clear(self) -> None:
+        """Release the kept arrays."""
+        with self._lock:
+            self._free = []
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the kept arrays."""
+        return sum(int(x.nbytes) for x in self._free)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Workspace:
+        return Workspace()
+
+    def __repr__(self) -> str:
+        return f"Workspace(kept={len(self._free)})"
+
+
+def lend_workspace(X0: Any, owner: Any) -> Any:
+    """``X0`` with the :class:`Workspace` of ``owner`` (a step method) when it is factored.
+
+    The workspace is created on first use and kept in ``owner`` (across its steps); an array
+    ``X0`` (a solver without factored starts) is returned as it is.
+    """
+    if isinstance(X0, FactoredStart):
+        workspace = owner.__dict__.get("_workspace")
+        if workspace is None:
+            workspace = owner.__dict__["_workspace"] = Workspace()
+        X0.workspace = workspace
+    return X0
+
+
+#: Arrays with fewer entries than this are not kept by a :class:`Workspace` (fresh small
+#: arrays cost no page faults).
+TALL_ENTRIES = 1 << 15
+
+
+def _call_with_spare(
+    f: Evaluate, t: float, X: Any, start: bool, workspace: Workspace | None
+) -> Generator[Any, Any, Any]:
+    """``f(t, X, start)`` with an array of ``workspace`` offered as the spare for its result.
+
+    A field that asks for a spare (see :func:`lowrank_integrators._fused.take_spare`) writes
+    its result there; an offered array that it did not take goes back to the workspace.
+    """
+    _fused.start_asking()
+    if workspace is None:
+        return (yield from f(t, X, start))
+    shape = tuple(int(d) for d in X.shape)
+    numpy = type(X) is np.ndarray or (isinstance(X, FactoredStart) and _formable(X))
+    spare = workspace.take(shape, X.dtype) if numpy and len(shape) == 2 else None
+    if spare is not None:
+        _fused.offer_spare(spare)
+        spare = None
+    k = yield from f(t, X, start)
+    spare = _fused.take_back_spare()
+    if spare is not None:
+        workspace.give(spare)
+    return k
 
 
 class SubstepODE(Protocol):
@@ -393,16 +507,24 @@ class RK4(SubstepSolver):
     def stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
         dt = (t1 - t0) / self.steps
         X = X0
+        workspace = X0.workspace if isinstance(X0, FactoredStart) else None
         for i in range(self.steps):
             # t from the start point, not accumulated, so the last stage hits t1 exactly.
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
-            X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0)
+            X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
         return X
 
     @staticmethod
     def _step(
-        f: Evaluate, t: float, t_mid: float, t_end: float, dt: float, X: Any, first: bool
+        f: Evaluate,
+        t: float,
+        t_mid: float,
+        t_end: float,
+        dt: float,
+        X: Any,
+        first: bool,
+        workspace: Workspace | None,
     ) -> Generator[Any, Any, Any]:
         # Three arrays of the size of X are alive at a time: the accumulator, one stage and its
         # derivative. Each is released before the next of its size is allocated, the start
@@ -413,20 +535,27 @@ class RK4(SubstepSolver):
         # next stage in one pass (rk4_update), the start formed once for both updates of the
         # first stage. A derivative that no one else references becomes the next stage (in
         # place), and a stage that f kept no reference to is left as the spare array for the
-        # next derivative of a field that asks for one (see _fused.take_spare): after the
-        # second stage nothing new of the size of X is allocated, which at n ~ 1e6 saves the
-        # page faults of fresh arrays.
+        # next derivative of a field that asks for one (see _fused.take_spare). With a
+        # workspace of the step, the start and the first two derivatives are written into its
+        # arrays and the registers left dead at the end go back to it: over a sequence of
+        # steps one array of the size of X is allocated per substep (the one that leaves as
+        # the result) instead of three, which at n ~ 1e6 saves the page faults of fresh arrays.
         # Other arrays are updated functionally (_functional_step).
         formed = None
         if first and isinstance(X, FactoredStart) and _formable(X):
             # the start formed once, here, for the first evaluation: a driver that answers
             # from a problem uses it, and it becomes the accumulator if f kept no reference
             start = FactoredStart(X.left, X.right)
-            start.formed = formed = X.left @ X.right
-            k = yield from f(t, start, first)
+            formed = None if workspace is None else workspace.take(start.shape, X.left.dtype)
+            if formed is None:
+                formed = X.left @ X.right
+            else:
+                np.matmul(X.left, X.right, out=formed)
+            start.formed = formed
+            k = yield from _call_with_spare(f, t, start, first, workspace)
             start.formed = start = None
         else:
-            k = yield from f(t, X, first)
+            k = yield from _call_with_spare(f, t, X, first, workspace)
         if not (type(k) is np.ndarray and k.ndim == 2 and bk.allows_inplace(k)):
             formed = None
             return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
@@ -445,9 +574,13 @@ class RK4(SubstepSolver):
             rk4_update(acc, stage, X0, k, dt / 6.0, 0.5 * dt, first=True)
             X0 = None
             k = None
-            for c, a in ((dt / 3.0, 0.5 * dt), (dt / 3.0, dt)):  # k2 -> stage 3, k3 -> stage 4
-                _fused.start_asking()
-                k = yield from f(t_mid, stage, False)
+            for i, (c, a) in enumerate(((dt / 3.0, 0.5 * dt), (dt / 3.0, dt))):
+                # k2 -> stage 3, k3 -> stage 4
+                if i == 0:
+                    k = yield from _call_with_spare(f, t_mid, stage, False, workspace)
+                else:
+                    _fused.start_asking()
+                    k = yield from f(t_mid, stage, False)
                 # a stage that f kept no reference to is left for the next stage's result, if
                 # the field asks for one
                 refs = sys.getrefcount(stage)
@@ -458,11 +591,26 @@ class RK4(SubstepSolver):
                 stage = k if _owned(k, refs) else bk.empty(k)
                 rk4_update(acc, stage, X, k, c, a, first=False)
                 k = None
+            _fused.start_asking()
             k = yield from f(t_end, stage, False)
+            # the next substep forms its start in one kept array, and its first derivatives
+            # in the others only if its field asks for spare arrays (as this one did)
+            asks = _fused.was_asked()
+            refs = sys.getrefcount(stage)
+            if workspace is not None and _owned(stage, refs):
+                workspace.give(stage)
             stage = None
-            return bk.add_scaled(acc, dt / 6.0, k)
+            acc = bk.add_scaled(acc, dt / 6.0, k)
+            refs = sys.getrefcount(k)
+            if workspace is not None and asks and _owned(k, refs):
+                workspace.give(k)
+            k = None
+            return acc
         finally:
-            _fused.clear_spare()
+            spare = _fused.take_back_spare()
+            if spare is not None and workspace is not None:
+                workspace.give(spare)
+            spare = None
 
     @staticmethod
     def _functional_step(

@@ -172,3 +172,30 @@ def test_tucker_fields_with_shared_projected_operators_equal_their_own(rng):
         )
     with pytest.raises(ValueError, match="bases"):
         problem.projected_operators(bases[:2])
+
+
+@needs_numba
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32"])
+def test_compiled_sandwich_equals_the_numpy_path(rng, monkeypatch, fmt, dtype_name):
+    """W^H (A V) with the rows of A V formed block by block (numba) equals the NumPy path."""
+    dtype, tol = CASES[dtype_name]
+    n = 5000
+    A = sp.random(n, n, density=5 / n, random_state=4, format=fmt).astype(dtype)
+    W = rng.standard_normal((n, 6)).astype(dtype)
+    V = rng.standard_normal((n, 4)).astype(dtype)
+    fused = bk.sandwich(W, A, V)
+    monkeypatch.setattr(_fused, "use_numba", False)
+    plain = bk.sandwich(W, A, V)
+    assert fused.shape == plain.shape == (6, 4) and fused.dtype == plain.dtype == dtype
+    np.testing.assert_allclose(fused, plain, rtol=0, atol=tol * np.abs(plain).max())
+
+
+@needs_numba
+def test_compiled_sandwich_declines_what_it_does_not_handle(rng):
+    A = sp.random(50, 50, density=0.1, random_state=5, format="csr")
+    V = rng.standard_normal((50, 3))
+    assert _fused.sandwich(V, A, V) is not None
+    assert _fused.sandwich(V, (A * 1j).tocsr(), V) is None  # complex operator
+    assert _fused.sandwich(V.astype(np.float32), A, V.astype(np.float32)) is None  # mixed
+    assert _fused.sandwich(np.asfortranarray(V), A, V) is None  # not row-major

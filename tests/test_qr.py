@@ -279,3 +279,46 @@ def test_the_q_factor_alone_is_the_q_of_the_full_qr(rng, dtype, shape):
     got = tall_q(x.copy(), overwrite_x=True)
     assert got.dtype == expected.dtype and got.flags.c_contiguous == expected.flags.c_contiguous
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("project", [False, True], ids=["qr", "qr_project"])
+def test_a_non_finite_tall_input_is_refused_before_it_is_overwritten(route, rng, bad, project):
+    from lowrank_integrators.errors import NonFiniteError
+
+    X = rng.standard_normal((3000, 4))
+    X[1234, 2] = bad
+    kept = X.copy()
+    with pytest.raises(NonFiniteError, match=r"QR \(shape \(3000, 4\)\)"):
+        if project:
+            bk.qr_project(X, rng.standard_normal((3000, 2)), overwrite=True)
+        else:
+            bk.qr(X, overwrite=True)
+    np.testing.assert_array_equal(X, kept)
+
+
+def test_a_finite_input_whose_gram_matrix_overflows_is_factorised(route):
+    """The finiteness test read off the Gram matrix does not refuse finite input."""
+    X = graded(np.random.default_rng(3), 3000, 4, 1e-3, np.float64) * 1e160
+    Q, R = bk.qr(X.copy(), overwrite=True)
+    assert np.all(np.isfinite(Q))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(4), atol=1e-13)
+    np.testing.assert_allclose(Q @ R, X, rtol=0, atol=1e-13 * np.abs(X).max())
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_triangular_products_in_place_equal_the_general_product(rng, monkeypatch, dtype_name):
+    """The passes of CholeskyQR apply R^{-1} by trmm in place: the same as Q @ R^{-1}."""
+    dtype, tol = DTYPES[dtype_name]
+    monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 50)
+    Q = graded(rng, 400, 6, 1.0, dtype)
+    Ri = np.triu(graded(rng, 6, 6, 0.5, dtype))
+    w = graded(rng, 400, 3, 1.0, dtype)
+    expected = Q @ Ri
+    for owned in (False, True):
+        x = Q.copy()
+        out, M = _qr._times_inverse(x, Ri, owned=owned, w=w, triangular=True)
+        assert (out is x) == owned and out.flags.c_contiguous
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(out, expected, rtol=0, atol=tol * scale)
+        np.testing.assert_allclose(M, expected.conj().T @ w, rtol=0, atol=tol * scale * 20)

@@ -233,3 +233,48 @@ def test_substep_results_someone_holds_are_not_overwritten_by_the_step(method):
     plain = method(substep=lri.RK4())
     reference, _ = plain.step(problem, plain.init(problem, Y0, 0.0), 0.0, 0.01)
     np.testing.assert_allclose(new.Y.to_dense(), reference.Y.to_dense(), atol=1e-12)
+
+
+def test_a_workspace_keeps_two_tall_arrays_of_the_last_shape():
+    import copy
+    import pickle
+
+    from lowrank_integrators.substeps import TALL_ENTRIES, Workspace
+
+    rows = TALL_ENTRIES // 4
+    ws = Workspace()
+    a, b, c = (np.empty((rows, 4)) for _ in range(3))
+    for x in (a, b, c):
+        ws.give(x)
+    assert len(ws) == 2  # the oldest is dropped
+    ws.give(np.empty((3, 4)))  # small arrays are not kept
+    assert len(ws) == 2
+    assert ws.take((rows, 4), np.float32) is None  # another dtype
+    assert ws.take((rows, 4), np.float64) is b
+    ws.give(np.empty((rows, 8)))  # another shape replaces the kept ones
+    assert len(ws) == 1 and ws.take((rows, 4), np.float64) is None
+    assert len(copy.deepcopy(ws)) == 0 and len(pickle.loads(pickle.dumps(ws))) == 0
+    ws.clear()
+    assert len(ws) == 0
+
+
+def test_rk4_substeps_with_a_workspace_give_the_same_results(monkeypatch):
+    """Registers taken from a workspace change nothing: same values as fresh arrays."""
+    pytest.importorskip("numba")
+    import scipy.sparse as sp
+
+    from lowrank_integrators.substeps import FactoredStart, Workspace
+
+    n, r = 6000, 6
+    rng = np.random.default_rng(11)
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    problem = lri.SylvesterODE(T, T)
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    U, S = np.linalg.qr(rng.standard_normal((n, r)))[0], rng.standard_normal((r, r))
+    ode = lri.integrators.base.KStep(lri.integrators.base.Ledger(rank_before=r), V).bind(problem)
+    plain = lri.RK4()(ode, 0.0, 0.1, FactoredStart(U, S))
+    ws = Workspace()
+    for _ in range(3):  # the second and third substeps run in kept arrays
+        again = lri.RK4()(ode, 0.0, 0.1, FactoredStart(U, S, workspace=ws))
+        np.testing.assert_array_equal(again, plain)
+    assert len(ws) == 2

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..substeps import SubstepSolver, owned_result
+from ..substeps import SubstepSolver, lend_workspace, owned_result
 from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepGenerator
 
 __all__ = ["ProjectorSplitting"]
@@ -40,6 +40,10 @@ class ProjectorSplitting(Integrator):
     for each of the three (Strang: five) sequential substeps; 2 thin QRs (Strang: 3). With
     Euler substeps every substep starts at a new point: three forward/backward passes per
     training step (Strang: five).
+
+    With RK4 substeps on NumPy arrays the integrator keeps two tall work arrays between
+    steps for its substeps (see :class:`~lowrank_integrators.substeps.Workspace`); the peak
+    memory of a step is unchanged.
 
     Parameters
     ----------
@@ -85,7 +89,9 @@ class ProjectorSplitting(Integrator):
         self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float
     ) -> StepGenerator:
         U0, S0, V0 = Y0
-        K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
+        K0 = lend_workspace(self.start(U0, S0), self)
+        K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
+        K0 = None
         refs = sys.getrefcount(K1)  # before any call holds it
         owned = owned_result(K1, refs)
         U1, S_hat = led.qr(K1, overwrite=owned)
@@ -95,8 +101,9 @@ class ProjectorSplitting(Integrator):
     def _ksl(self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float) -> StepGenerator:
         V0 = Y0.V
         U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t0, t1)
-        L0 = self.start(V0, bk.adjoint(S_tilde))
+        L0 = lend_workspace(self.start(V0, bk.adjoint(S_tilde)), self)
         L1 = yield from self.substep.solve(LStep(led, U1), t0, t1, L0)
+        L0 = None
         refs = sys.getrefcount(L1)  # before any call holds it
         owned = owned_result(L1, refs)
         V1, R = led.qr(L1, overwrite=owned)
@@ -108,14 +115,23 @@ class ProjectorSplitting(Integrator):
         # KSL over [t, t + h/2] up to its L-step ...
         U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t, t_half)
         # ... whose L-step merges with the L-step of LSK over [t + h/2, t1].
-        L0 = self.start(V0, bk.adjoint(S_tilde))
-        V1, R = led.qr((yield from self.substep.solve(LStep(led, U1), t, t1, L0)))
+        L0 = lend_workspace(self.start(V0, bk.adjoint(S_tilde)), self)
+        L1 = yield from self.substep.solve(LStep(led, U1), t, t1, L0)
+        L0 = None
+        refs = sys.getrefcount(L1)  # before any call holds it
+        owned = owned_result(L1, refs)
+        V1, R = led.qr(L1, overwrite=owned)
+        L1 = None
         # LSK continues: backward S-step with (U1, V1), then the K-step with V1.
         S_tilde2 = yield from self.substep.solve(
             SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R)
         )
-        K1 = yield from self.substep.solve(KStep(led, V1), t_half, t1, self.start(U1, S_tilde2))
-        U2, S1 = led.qr(K1)
+        K0 = lend_workspace(self.start(U1, S_tilde2), self)
+        K1 = yield from self.substep.solve(KStep(led, V1), t_half, t1, K0)
+        K0 = None
+        refs = sys.getrefcount(K1)  # before any call holds it
+        owned = owned_result(K1, refs)
+        U2, S1 = led.qr(K1, overwrite=owned)
         return U2, S1, V1
 
     def __repr__(self) -> str:
