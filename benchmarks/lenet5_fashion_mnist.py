@@ -9,11 +9,11 @@ accuracy, evaluation and training compression (``1 - params / dense params``), r
 time per epoch (wall and CPU), and per epoch the loss, accuracy and ranks (for the figures of
 ``paper_figures/lenet5_fashion_mnist.py``). All runs take the same batches in the same order.
 
-Needs the Debian package ``dataset-fashion-mnist`` and the ``torch`` extra. A quick run on a
-subset (the committed results say which)::
+Needs the Debian package ``dataset-fashion-mnist`` and the ``torch`` extra. The committed
+run (the whole training set, 10 epochs; ``--quick`` for a smoke test)::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/lenet5_fashion_mnist.py --threads 1 \\
-        --n-train 6000 --n-test 2000 --epochs 3 --batch-size 64 --lr 0.1 \\
+        --n-train 60000 --n-test 10000 --epochs 10 --batch-size 64 --lr 0.1 \\
         --out benchmarks/results/lenet5_fashion_mnist.json
 """
 
