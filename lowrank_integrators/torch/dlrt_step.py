@@ -11,8 +11,9 @@ both give the same weights):
 
 1. ``K1 = U0 S0 - h grad(W) V0`` and ``L1 = V0 S0^T - h grad(W)^T U0``; autograd formed both
    products (``U.grad`` and ``V.grad`` of a :class:`~lowrank_integrators.torch.FactoredLayer`);
-2. ``U_hat = [U0, Q1]`` with ``Q1`` the new columns of one Householder QR of ``[U0, K1]``
-   (orthonormal to ``U0`` whatever the rank of ``K1``), likewise ``V_hat = [V0, P1]``;
+2. ``U_hat = [U0, Q1]`` with ``Q1`` an orthonormal basis of the part of ``K1`` outside
+   ``range(U0)`` (the QR of the projected ``K1``, or where that part is rank-deficient one
+   Householder QR of ``[U0, K1]``), likewise ``V_hat = [V0, P1]``;
 3. the Galerkin step ``S_hat = [S0, 0; 0, 0] - h U_hat^T grad(W) V_hat``, of whose four
    blocks three come from the products autograd formed (``U0^T grad(W) V0 = S.grad``,
    ``(grad(W)^T U0)^T P1``, ``Q1^T grad(W) V0``) and one, ``Q1^T (grad(W) P1)``, from the
@@ -34,6 +35,7 @@ from .layers import FactoredLayer
 
 __all__ = [
     "AugmentedCore",
+    "augmented_bases",
     "augmented_core",
     "direct_applies",
     "require_finite_cores",
@@ -87,8 +89,80 @@ def _augmented_basis(B0: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return torch.cat([B0, Q[:, r:]], dim=1)
 
 
-def augmented_core(layer: FactoredLayer, h: float) -> AugmentedCore:
-    """Steps 1-3 of the module docstring for one layer (its factors are not changed).
+def _projected_columns(B0: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New columns for ``B0`` from the QR of ``X`` projected out of ``range(B0)`` alone.
+
+    ``Z = X - B0 (B0^T X)``, projected twice (block Gram-Schmidt with reorthogonalisation),
+    ``Z = Q R``, and ``Q1 = Q - B0 (B0^T Q)``: a QR of half the columns of ``[B0, X]``.
+    Returns ``Q1`` and ``max |B0^T Q|``: ``[B0, Q1]`` is orthonormal to working precision
+    when that is small (see :func:`augmented_bases`), not when ``Z`` is rank-deficient (``X``
+    nearly inside ``range(B0)``), where the QR's columns carry no direction of ``Z``.
+    """
+    Z = X - B0 @ (B0.mT @ X)
+    Z = Z - B0 @ (B0.mT @ Z)
+    Q = torch.linalg.qr(Z).Q
+    C = B0.mT @ Q
+    return Q - B0 @ C, C.abs().amax()
+
+
+#: Largest ``max |B0^T Q|^2 k`` (in units of the dtype's epsilon) for which the projected
+#: columns are taken: ``[B0, Q1]`` is then orthonormal to working precision.
+_CROSS_TOLERANCE = 32.0
+
+
+def augmented_bases(
+    steps: list[tuple[FactoredLayer, float]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Steps 1-2 of the module docstring for several layers: ``(U_hat, V_hat)`` of each.
+
+    The new columns come from the QR of the projected ``K1`` (``L1``) where ``2 r <= n`` and
+    the projected columns pass the orthogonality check; otherwise from one QR of
+    ``[U0, K1]``. The checks of all layers are read back together (one host
+    synchronisation).
+
+    Parameters
+    ----------
+    steps : list of (FactoredLayer, float)
+        Each layer (see :func:`direct_applies`) with its step ``h`` (the learning rate).
+    """
+    with torch.no_grad():
+        pending = []
+        sizes = []
+        for layer, h in steps:
+            U0, S0, V0 = layer.U.detach(), layer.S.detach(), layer.V.detach()
+            gK, gL = layer.U.grad, layer.V.grad
+            assert gK is not None and gL is not None
+            pair = []
+            for B0, X in (
+                (U0, torch.sub(U0 @ S0, gK, alpha=h)),
+                (V0, torch.sub(V0 @ S0.mT, gL, alpha=h)),
+            ):
+                cand = None
+                if 2 * int(B0.shape[1]) <= int(B0.shape[0]):
+                    cand = _projected_columns(B0, X)
+                    sizes.append(cand[1])
+                pair.append((B0, X, cand))
+            pending.append(pair)
+        checks = iter(torch.stack(sizes).tolist() if sizes else [])
+        out = []
+        for pair in pending:
+            bases = []
+            for B0, X, cand in pair:
+                if cand is not None:
+                    size = next(checks)
+                    eps = float(torch.finfo(B0.dtype).eps)
+                    if size * size * int(cand[0].shape[1]) <= _CROSS_TOLERANCE * eps:
+                        bases.append(torch.cat([B0, cand[0]], dim=1))
+                        continue
+                bases.append(_augmented_basis(B0, X))
+            out.append((bases[0], bases[1]))
+    return out
+
+
+def augmented_core(
+    layer: FactoredLayer, h: float, U_hat: torch.Tensor, V_hat: torch.Tensor
+) -> AugmentedCore:
+    """Step 3 of the module docstring for one layer (its factors are not changed).
 
     Parameters
     ----------
@@ -96,18 +170,18 @@ def augmented_core(layer: FactoredLayer, h: float) -> AugmentedCore:
         With recorded backward passes (see :func:`direct_applies`).
     h : float
         The step: the learning rate.
+    U_hat, V_hat : torch.Tensor
+        ``[U0, Q1]`` and ``[V0, P1]`` from :func:`augmented_bases`.
 
     Returns
     -------
     AugmentedCore
     """
     with torch.no_grad():
-        U0, S0, V0 = layer.U.detach(), layer.S.detach(), layer.V.detach()
+        S0 = layer.S.detach()
         gK, gS, gL = layer.U.grad, layer.S.grad, layer.V.grad
         assert gK is not None and gS is not None and gL is not None
         r = int(S0.shape[0])
-        U_hat = _augmented_basis(U0, torch.sub(U0 @ S0, gK, alpha=h))
-        V_hat = _augmented_basis(V0, torch.sub(V0 @ S0.mT, gL, alpha=h))
         Q1, P1 = U_hat[:, r:], V_hat[:, r:]
         k, q = int(Q1.shape[1]), int(P1.shape[1])
         S_hat = torch.zeros(r + k, r + q, dtype=S0.dtype, device=S0.device)

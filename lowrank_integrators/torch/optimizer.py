@@ -46,6 +46,7 @@ from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
 from ..truncation import Tolerance, TruncationRule
 from ._tucker_fields import TuckerDirection, TuckerLayerField
 from .dlrt_step import (
+    augmented_bases,
     augmented_core,
     direct_applies,
     require_finite_cores,
@@ -434,7 +435,10 @@ class DLRTOptimizer(torch.optim.Optimizer):
                     steps.append(self._prepare(layer, lr))
         rounds = _Rounds(self, steps, closure)
         rounds.run()
-        cores = [augmented_core(layer, lr) for layer, lr in direct]
+        cores = [
+            augmented_core(layer, lr, U_hat, V_hat)
+            for (layer, lr), (U_hat, V_hat) in zip(direct, augmented_bases(direct), strict=True)
+        ]
         require_finite_cores(cores)
         truncation = getattr(self.method, "truncation", None)
         direct_results = [
