@@ -493,7 +493,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
         """Whether the steps take the direct evaluation of :mod:`.dlrt_step` (DLRT with SGD)."""
         m = self.method
         return (
-            self.direct
+            getattr(self, "direct", True)
             and type(m) is AugmentedBUG
             and isinstance(getattr(m, "substep", None), Euler)
             and isinstance(getattr(m, "truncation", None), TruncationRule)
