@@ -258,7 +258,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
     direct : bool, default True
         For DLRT (``AugmentedBUG`` with ``Euler()`` substeps and any truncation rule) with
         ``SGD()``: evaluate each layer's step in closed form from its backward pass (see
-        :mod:`lowrank_integrators.torch.dlrt_step`: the same equations, without the
+        ``lowrank_integrators.torch.dlrt_step``: the same equations, without the
         request-by-request bookkeeping of the step protocol, which costs more than the
         arithmetic at the sizes of small networks). ``False`` drives every method through the
         protocol.
