@@ -59,8 +59,9 @@ def test_tucker_convolution_is_the_convolution_with_the_tucker_kernel(stride, pa
     assert layer.ranks == (3, 2, 2, 3)
 
 
+@pytest.mark.parametrize("route", ["kernel-gradient", "products"])
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_exact(kind):
+def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_exact(kind, route):
     g = torch.Generator().manual_seed(2)
     if kind == "linear":
         layer = LowRankLinear(7, 5, 3, dtype=F64, generator=g)
@@ -72,9 +73,15 @@ def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_e
         x = torch.randn(2, 3, 9, 9, dtype=F64, generator=g)
         W = (layer.U @ layer.S @ layer.V.T).detach().requires_grad_(True)
         dense = dense_conv(layer, W.reshape(6, 3, 3, 3), x)
+    # either way of taking the products: from grad(W) formed once, or from x V and G U
+    layer.forms_gradient = lambda rank: route == "kernel-gradient"
+    with torch.no_grad():
+        layer.bias.normal_(generator=g)
     c = torch.randn(dense.shape, dtype=F64, generator=g)
-    (gW,) = torch.autograd.grad((dense * c).sum(), W)
+    gW, gb = torch.autograd.grad((dense * c).sum(), (W, layer.bias))
     (layer(x) * c).sum().backward()
+    assert (layer._records[0].grad is not None) == (route == "kernel-gradient")
+    torch.testing.assert_close(layer.bias.grad, gb)
     U, V = layer.U.detach(), layer.V.detach()
     torch.testing.assert_close(layer.U.grad, gW @ V)
     torch.testing.assert_close(layer.V.grad, gW.T @ U)
@@ -86,9 +93,21 @@ def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_e
     torch.testing.assert_close(layer.grad_project(B, A), B.T @ gW @ A)
 
 
-def test_input_gradients_are_those_of_the_dense_layer():
+def test_a_layer_forms_its_kernel_gradient_only_where_that_costs_less_than_the_products():
+    # LeNet5's layers: conv1 (20 x 25), conv2 (50 x 500), fc1 (500 x 800)
+    conv1, conv2 = LowRankConv2d(1, 20, 5, rank=13), LowRankConv2d(20, 50, 5, rank=16)
+    fc1 = LowRankLinear(800, 500, rank=32)
+    assert conv1.forms_gradient(13)  # 20 * 25 < (20 + 25) * (13 + 12)
+    assert not conv2.forms_gradient(16)  # 50 * 500 > 550 * 32
+    assert conv2.forms_gradient(28)  # 50 * 500 < 550 * 56
+    assert not fc1.forms_gradient(32)
+
+
+@pytest.mark.parametrize("route", ["kernel-gradient", "products"])
+def test_input_gradients_are_those_of_the_dense_layer(route):
     g = torch.Generator().manual_seed(3)
     layer = LowRankConv2d(2, 4, 3, rank=2, padding=1, dtype=F64, generator=g)
+    layer.forms_gradient = lambda rank: route == "kernel-gradient"
     x = torch.randn(1, 2, 6, 6, dtype=F64, generator=g, requires_grad=True)
     c = torch.randn(1, 4, 6, 6, dtype=F64, generator=g)
     (gx,) = torch.autograd.grad((layer(x) * c).sum(), x)

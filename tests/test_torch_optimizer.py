@@ -112,6 +112,45 @@ def test_multi_pass_methods_take_a_closure_and_match_the_client(rng, method, dir
         np.testing.assert_allclose(p.detach().numpy(), a, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("accumulate", [1, 2], ids=["one-pass", "two-passes"])
+def test_the_direct_dlrt_step_is_the_protocols_step(accumulate):
+    # convolutions taking both routes (kernel gradient, products) and a linear layer
+    torch.manual_seed(0)
+    start = convert(lenet5(dtype=F64), 8, exclude=("fc2",))
+    models = [copy.deepcopy(start), copy.deepcopy(start)]
+    method = AugmentedBUG(Tolerance(0.1, relative=True), substep=Euler())
+    opts = [
+        DLRTOptimizer(m.parameters(), lr=0.2, method=method, direct=d)
+        for m, d in zip(models, (True, False), strict=True)
+    ]
+    assert opts[0]._direct_method() and not opts[1]._direct_method()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        batches = [
+            (torch.randn(6, 1, 28, 28, dtype=F64, generator=g), torch.randint(0, 10, (6,)))
+            for _ in range(accumulate)
+        ]
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad()
+            for x, y in batches:
+                CE(model(x), y).backward()
+            opt.step()
+        a, b = opts[0].last_infos, opts[1].last_infos
+        assert [i.rank_after for i in a] == [i.rank_after for i in b]
+        assert [(i.n_right, i.n_left, i.n_project, i.n_qr, i.n_svd) for i in a] == [
+            (i.n_right, i.n_left, i.n_project, i.n_qr, i.n_svd) for i in b
+        ]
+        for i, j in zip(a, b, strict=True):
+            assert i.truncation.tail == pytest.approx(j.truncation.tail, rel=1e-9)
+    for name in ("conv1", "conv2", "fc1"):
+        la, lb = (getattr(m, name) for m in models)
+        torch.testing.assert_close(
+            (la.U @ la.S @ la.V.T).detach(), (lb.U @ lb.S @ lb.V.T).detach(), rtol=1e-10, atol=1e-12
+        )
+    for pa, pb in zip(models[0].fc2.parameters(), models[1].fc2.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+
+
 def test_a_multi_pass_method_without_closure_says_what_to_do(rng):
     *_, model, _lowrank, _ = twin_models(rng)
     opt = DLRTOptimizer(model.parameters(), lr=0.1, method=BUG(substep=Euler()))

@@ -27,14 +27,14 @@ arXiv:2205.13571.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as tf
 
 from ..integrators.augmentation import leading_signs
 
-__all__ = ["FactoredLayer", "LowRankConv2d", "LowRankLinear"]
+__all__ = ["FactoredLayer", "LowRankConv2d", "LowRankLinear", "Record"]
 
 _PAIR = tuple[int, int]
 
@@ -65,13 +65,19 @@ def replace_data(p: torch.nn.Parameter, new: torch.Tensor) -> None:
     p.data = new
 
 
-def channel_map(M: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def channel_map(M: torch.Tensor, t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The ``1 x 1`` convolution of ``t`` (``(N, c, H, W)``) with the ``k x c`` matrix ``M``.
 
     A batched matrix product over the flattened positions: on the CPU several times faster
-    than ``conv2d`` with a ``1 x 1`` kernel, and the same numbers up to round-off.
+    than ``conv2d`` with a ``1 x 1`` kernel, and the same numbers up to round-off. A ``bias``
+    (``k`` entries) is added to the product in place.
     """
-    return torch.matmul(M, t.flatten(2)).unflatten(2, t.shape[2:])
+    out = torch.matmul(M, t.flatten(2))
+    if bias is not None:
+        # in place on the fresh product: baddbmm would first copy the broadcast bias over
+        # the whole output
+        out.add_(bias.to(out.dtype)[None, :, None])
+    return out.unflatten(2, t.shape[2:])
 
 
 def channel_contract(G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -85,13 +91,38 @@ def _check_positive(name: str, value: Any) -> int:
     return int(value)
 
 
+class Record(NamedTuple):
+    """One recorded backward pass of a :class:`FactoredLayer`.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        The layer's input.
+    G : torch.Tensor
+        The gradient of the loss with respect to the layer's output (before the bias).
+    formed : tuple or None
+        ``(U0, G U0, V0, x V0)``: the products with the factors that the pass formed, for
+        bases that extend them; None where none is to be reused.
+    grad : torch.Tensor or None
+        ``grad(W)`` (``n_out x n_in``) where the pass formed it (see
+        :meth:`FactoredLayer.forms_gradient`); every product of the step is then taken from it.
+    """
+
+    x: torch.Tensor
+    G: torch.Tensor
+    formed: tuple[torch.Tensor, ...] | None
+    grad: torch.Tensor | None
+
+
 class _FactoredProduct(torch.autograd.Function):
     """``z = out(in(x, V), U S)`` with DLRT-coordinate gradients and a record of ``(x, G)``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, U: Any, S: Any, V: Any, layer: Any) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, U: Any, S: Any, V: Any, bias: Any, layer: Any
+    ) -> torch.Tensor:
         a = layer._apply_in(x, V)
-        z = layer._apply_out(a, U @ S)
+        z = layer._apply_out(a, U @ S, bias)
         ctx.save_for_backward(x, a, U, S, V)
         ctx.layer = layer
         return z
@@ -103,18 +134,30 @@ class _FactoredProduct(torch.autograd.Function):
         # under autocast (bfloat16 forward, float32 factors) the backward runs in the dtype of
         # the output gradient; autograd casts the gradients to the dtypes of the inputs
         cd = G.dtype
-        x, a, U, S, V = (t.to(cd) for t in (x, a, U0, S, V0))
+        # detached: a 2-D by 3-D matmul with an operand that requires grad is folded into one
+        # product over copies of transposes (the channel maps of a convolution)
+        x, a, U, S, V = (t.detach().to(cd) for t in (x, a, U0, S, V0))
+        G = G.detach()
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[4]:
+            grad_b = layer._bias_gradient(G)
+        if layer.forms_gradient(int(S.shape[0])):
+            gW = layer._kernel_gradient(x, G)  # grad(W), n_out x n_in
+            if ctx.needs_input_grad[0]:
+                grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
+            layer._records.append(Record(x, G, None, gW))
+            gK = gW @ V  # grad(W) V
+            gL = gW.mT @ U  # grad(W)^T U
+            return grad_x, gK, U.mT @ gK, gL, grad_b, None
         gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
-        grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
         # the products with U and V that this pass formed, for bases that extend them
-        formed = (U0.detach(), gu.detach(), V0.detach(), a.detach())
-        layer._records.append((x.detach(), G.detach(), formed))
+        layer._records.append(Record(x, G, (U0.detach(), gu, V0.detach(), a), None))
         gK = layer._contract(G, a)  # grad(W) V
         gL = layer._apply_in_adjoint(x, gu)  # grad(W)^T U
-        gS = layer._contract_core(gu, a)  # U^T grad(W) V
-        return grad_x, gK, gS, gL, None
+        gS = U.mT @ gK  # U^T grad(W) V, from the small product
+        return grad_x, gK, gS, gL, grad_b, None
 
 
 class FactoredLayer(torch.nn.Module):
@@ -133,7 +176,7 @@ class FactoredLayer(torch.nn.Module):
         self.U = torch.nn.Parameter(U.contiguous())
         self.S = torch.nn.Parameter(S.contiguous())
         self.V = torch.nn.Parameter(V.contiguous())
-        self._records: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
+        self._records: list[Record] = []
         self._tag()
 
     def _tag(self) -> None:
@@ -182,7 +225,7 @@ class FactoredLayer(torch.nn.Module):
 
     def clear_records(self) -> None:
         """Forget the recorded inputs and output gradients of the backward passes."""
-        self._records = []
+        self._records.clear()
 
     def _load_from_state_dict(
         self,
@@ -215,11 +258,12 @@ class FactoredLayer(torch.nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _factored(self, x: torch.Tensor) -> torch.Tensor:
+    def _factored(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` through ``W = U S V^T``, plus ``bias`` (added in the same product)."""
         U, S, V = self.U, self.S, self.V
         if torch.is_grad_enabled() and (U.requires_grad or S.requires_grad or V.requires_grad):
-            return _FactoredProduct.apply(x, U, S, V, self)
-        return self._apply_out(self._apply_in(x, V), U @ S)
+            return _FactoredProduct.apply(x, U, S, V, bias, self)
+        return self._apply_out(self._apply_in(x, V), U @ S, bias)
 
     # --- what a subclass provides -----------------------------------------------------------
     def _apply_in(self, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -232,7 +276,13 @@ class FactoredLayer(torch.nn.Module):
         """``sum over samples`` of the input map's adjoint: an ``n_in x k`` matrix."""
         raise NotImplementedError
 
-    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    def _apply_out(
+        self, a: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _bias_gradient(self, G: torch.Tensor) -> torch.Tensor:
+        """The gradient of a bias added to the output, from the output gradient ``G``."""
         raise NotImplementedError
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -271,9 +321,9 @@ class FactoredLayer(torch.nn.Module):
         signs = signs.to(formed.dtype).reshape(shape)
         return torch.cat([formed * signs, new(B[:, r:])], dim=self._column_axis)
 
-    def _products(self, rec: Any, U: Any, V: Any) -> tuple[Any, Any]:
+    def _products(self, rec: Record, U: Any, V: Any) -> tuple[Any, Any]:
         """``G U`` and ``x V`` (in the layouts of the layer) of one recorded pass."""
-        x, G, formed = rec
+        x, G, formed, _ = rec
         cd = G.dtype  # the dtype of the pass (bfloat16 under autocast)
         gu = a = None
         if U is not None:
@@ -290,41 +340,82 @@ class FactoredLayer(torch.nn.Module):
             a = a_of(V) if formed is None else self._extend(V, formed[2], formed[3], a_of)
         return gu, a
 
-    def grad_right(self, V: torch.Tensor) -> torch.Tensor:
+    def grad_right(self, V: torch.Tensor, *, records: list[Any] | None = None) -> torch.Tensor:
         """``grad(W) V`` from the recorded backward passes.
 
         Parameters
         ----------
         V : torch.Tensor, shape (n_in, k)
+        records : list, optional
+            The passes to use instead of the layer's own (entries ``(x, G, formed)``;
+            ``formed`` None where no product of the pass is to be reused).
 
         Returns
         -------
         torch.Tensor, shape (n_out, k)
         """
-        self._require_records()
-        out = sum(self._contract(rec[1], self._products(rec, None, V)[1]) for rec in self._records)
+        recs = self._require_records(records)
+        out = sum(
+            rec.grad @ V.to(rec.grad.dtype)
+            if rec.grad is not None
+            else self._contract(rec.G, self._products(rec, None, V)[1])
+            for rec in recs
+        )
         return out.to(V.dtype)
 
-    def grad_left(self, U: torch.Tensor) -> torch.Tensor:
+    def grad_left(self, U: torch.Tensor, *, records: list[Any] | None = None) -> torch.Tensor:
         """``grad(W)^T U`` from the recorded backward passes (shape ``(n_in, k)``)."""
-        self._require_records()
+        recs = self._require_records(records)
         out = sum(
-            self._apply_in_adjoint(rec[0], self._products(rec, U, None)[0]) for rec in self._records
+            rec.grad.mT @ U.to(rec.grad.dtype)
+            if rec.grad is not None
+            else self._apply_in_adjoint(rec.x, self._products(rec, U, None)[0])
+            for rec in recs
         )
         return out.to(U.dtype)
 
-    def grad_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    def grad_project(
+        self, U: torch.Tensor, V: torch.Tensor, *, records: list[Any] | None = None
+    ) -> torch.Tensor:
         """``U^T grad(W) V`` from the recorded backward passes (shape ``(k_U, k_V)``)."""
-        self._require_records()
-        out = sum(self._contract_core(*self._products(rec, U, V)) for rec in self._records)
+        recs = self._require_records(records)
+        out = sum(
+            U.to(rec.grad.dtype).mT @ (rec.grad @ V.to(rec.grad.dtype))
+            if rec.grad is not None
+            else self._contract_core(*self._products(rec, U, V))
+            for rec in recs
+        )
         return out.to(U.dtype)
 
-    def _require_records(self) -> None:
-        if not self._records:
+    def forms_gradient(self, rank: int) -> bool:
+        """Whether a backward pass at ``rank`` forms ``grad(W)`` instead of products with it.
+
+        Per sample (and output position of a convolution), forming ``grad(W)`` costs
+        ``n_out n_in`` multiply-adds; the products of a DLRT step (``grad(W) V``,
+        ``grad(W)^T U``, and for the new columns ``q = min(n_in, 2r) - r`` of the augmented
+        ``V`` the product ``x V1`` and its contraction with the output gradient) cost
+        ``(n_out + n_in)(r + q)``. The cheaper is taken: ``grad(W)`` for small kernels (such
+        as a first convolution) and ranks near the break-even; the products otherwise. Either
+        way the step sees the same numbers up to round-off, and the weight is never formed.
+        """
+        if type(self)._kernel_gradient is FactoredLayer._kernel_gradient:
+            return False  # a layer that does not say how to form it
+        m, n = int(self.U.shape[0]), int(self.V.shape[0])
+        q = min(n, 2 * rank) - rank
+        return m * n < (m + n) * (rank + q)
+
+    def _kernel_gradient(self, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """``grad(W)`` (``n_out x n_in``) of one pass."""
+        raise NotImplementedError
+
+    def _require_records(self, records: list[Any] | None = None) -> list[Any]:
+        recs = self._records if records is None else records
+        if not recs:
             raise RuntimeError(
                 f"{type(self).__name__} has no recorded backward pass: call loss.backward() "
                 "after a forward pass with gradients enabled"
             )
+        return recs
 
 
 def _initial_factors(
@@ -412,8 +503,7 @@ class LowRankLinear(FactoredLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x W^T + b`` without forming ``W``."""
-        z = self._factored(x)
-        return z if self.bias is None else z + self.bias
+        return self._factored(x, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -430,14 +520,22 @@ class LowRankLinear(FactoredLayer):
     def _apply_in_adjoint(self, x: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1]).mT @ ga.reshape(-1, ga.shape[-1])
 
-    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return a @ K.mT
+    def _apply_out(
+        self, a: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return tf.linear(a, K, bias)
+
+    def _bias_gradient(self, G: torch.Tensor) -> torch.Tensor:
+        return G.reshape(-1, G.shape[-1]).sum(0)
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         return G @ U
 
     def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return G.reshape(-1, G.shape[-1]).mT @ a.reshape(-1, a.shape[-1])
+
+    def _kernel_gradient(self, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        return self._contract(G, x)
 
 
 class LowRankConv2d(FactoredLayer):
@@ -517,8 +615,7 @@ class LowRankConv2d(FactoredLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of ``x`` (``(N, in, H, W)``) without forming the kernel."""
-        z = self._factored(x)
-        return z if self.bias is None else z + self.bias[:, None, None]
+        return self._factored(x, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -546,11 +643,21 @@ class LowRankConv2d(FactoredLayer):
         w = torch.nn.grad.conv2d_weight(x, shape, ga, self.stride, self.padding, self.dilation)
         return w.reshape(k, -1).mT
 
-    def _apply_out(self, a: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        return channel_map(K, a)  # the 1 x 1 convolution with K
+    def _apply_out(
+        self, a: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return channel_map(K, a, bias)  # the 1 x 1 convolution with K
+
+    def _bias_gradient(self, G: torch.Tensor) -> torch.Tensor:
+        return G.sum((0, 2, 3))
 
     def _apply_out_adjoint(self, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         return channel_map(U.mT, G)
 
     def _contract(self, G: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return channel_contract(G, a)
+
+    def _kernel_gradient(self, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        w = torch.nn.grad.conv2d_weight(x, shape, G, self.stride, self.padding, self.dilation)
+        return w.reshape(self.out_channels, -1)

@@ -34,6 +34,7 @@ import torch
 
 from .._checks import check_product
 from ..factors import LowRankMatrix
+from ..integrators.augmentation import leading_signs
 from ..integrators.augmented_bug import AugmentedBUG
 from ..integrators.base import Integrator, State, StepInfo
 from ..integrators.tucker_bug import TuckerBUG
@@ -42,8 +43,15 @@ from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from ..substeps import Euler
 from ..threads import limited
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
-from ..truncation import Tolerance
+from ..truncation import Tolerance, TruncationRule
 from ._tucker_fields import TuckerDirection, TuckerLayerField
+from .dlrt_step import (
+    augmented_bases,
+    augmented_core,
+    direct_applies,
+    require_finite_cores,
+    truncate_augmented,
+)
 from .layers import FactoredLayer, replace_data
 from .tucker_layers import TuckerConv2d
 
@@ -62,28 +70,51 @@ class _RecordedPass:
         self.gL = layer.V.grad
         self.gS = layer.S.grad
 
-    def _with_records(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        saved = self.layer._records
-        self.layer._records = self.records
-        try:
-            return fn()
-        finally:
-            self.layer._records = saved
-
     def right(self, layer: int, V: torch.Tensor) -> torch.Tensor:
         if V is self.start.V and self.gK is not None:
             return self.gK
-        return self._with_records(lambda: self.layer.grad_right(V))
+        return self.layer.grad_right(V, records=self.records)
 
     def left(self, layer: int, U: torch.Tensor) -> torch.Tensor:
         if U is self.start.U and self.gL is not None:
             return self.gL
-        return self._with_records(lambda: self.layer.grad_left(U))
+        return self.layer.grad_left(U, records=self.records)
 
     def project(self, layer: int, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         if U is self.start.U and V is self.start.V and self.gS is not None:
             return self.gS
-        return self._with_records(lambda: self.layer.grad_project(U, V))
+        blocks = self._augmented_project(U, V)
+        if blocks is not None:
+            return blocks
+        return self.layer.grad_project(U, V, records=self.records)
+
+    def _augmented_project(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor | None:
+        """``U^T grad(W) V`` for augmented bases ``U = [U0 D, U1]``, ``V = [V0 E, V1]``.
+
+        Of the four blocks only ``U1^T grad(W) V1`` needs the recorded passes; the others
+        come from the products autograd formed: ``D (U0^T grad(W) V0) E``, ``D (grad(W)^T
+        U0)^T V1`` and ``U1^T (grad(W) V0) E``. ``None`` where the bases are not of that form.
+        """
+        gK, gL, gS = self.gK, self.gL, self.gS
+        U0, V0 = self.start.U, self.start.V
+        if gK is None or gL is None or gS is None:
+            return None
+        r, s = int(U0.shape[1]), int(V0.shape[1])
+        if int(U.shape[1]) <= r or int(V.shape[1]) <= s:
+            return None
+        d = leading_signs(U, U0)
+        e = leading_signs(V, V0) if d is not None else None
+        if d is None or e is None:
+            return None
+        U1, V1 = U[:, r:], V[:, s:]
+        out = torch.empty(int(U.shape[1]), int(V.shape[1]), dtype=U.dtype, device=U.device)
+        torch.mul(gS, d[:, None] * e[None, :], out=out[:r, :s])
+        torch.mul(gL.mT @ V1, d[:, None], out=out[:r, s:])
+        torch.mul(U1.mT @ gK, e[None, :], out=out[r:, :s])
+        # the new columns share no block with the products the passes formed
+        fresh = [rec._replace(formed=None) for rec in self.records]
+        out[r:, s:] = self.layer.grad_project(U1, V1, records=fresh)
+        return out
 
 
 class _LayerStep:
@@ -224,6 +255,13 @@ class DLRTOptimizer(torch.optim.Optimizer):
         2023, arXiv:2305.19059). Default
         ``TuckerBUG(Tolerance(tau, relative=True, rmax=rmax), substep=Euler())``: with Euler
         substeps every product is taken at the start point, from the gradient of the kernel.
+    direct : bool, default True
+        For DLRT (``AugmentedBUG`` with ``Euler()`` substeps and any truncation rule) with
+        ``SGD()``: evaluate each layer's step in closed form from its backward pass (see
+        ``lowrank_integrators.torch.dlrt_step``: the same equations, without the
+        request-by-request bookkeeping of the step protocol, which costs more than the
+        arithmetic at the sizes of small networks). ``False`` drives every method through the
+        protocol.
 
     Attributes
     ----------
@@ -257,6 +295,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
         rmax: int | None = None,
         direction: Optimizer | None = None,
         tucker_method: Integrator | None = None,
+        direct: bool = True,
     ) -> None:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             raise TypeError(f"lr must be a positive number, got {type(lr).__name__}")
@@ -295,6 +334,9 @@ class DLRTOptimizer(torch.optim.Optimizer):
         self.direction = direction
         self.last_infos: list[StepInfo] = []
         self.last_passes = 0
+        if not isinstance(direct, bool):
+            raise TypeError(f"direct must be a bool, got {type(direct).__name__}")
+        self.direct = direct
 
     # --- groups and layers ---------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -323,6 +365,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
         "_direction_arg",
         "last_infos",
         "last_passes",
+        "direct",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -366,7 +409,9 @@ class DLRTOptimizer(torch.optim.Optimizer):
         roles = self._roles()
         dense: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
         steps: list[_LayerStep] = []
+        direct: list[tuple[FactoredLayer, float]] = []
         tucker_steps: list[tuple[TuckerConv2d, float]] = []
+        use_direct = self._direct_method()
         for group in self.param_groups:
             lr = float(group["lr"])
             if not (math.isfinite(lr) and lr > 0):
@@ -384,15 +429,38 @@ class DLRTOptimizer(torch.optim.Optimizer):
                     continue
                 if isinstance(layer, TuckerConv2d):
                     tucker_steps.append((layer, lr))
+                elif use_direct and direct_applies(layer):
+                    direct.append((layer, lr))
                 else:
                     steps.append(self._prepare(layer, lr))
         rounds = _Rounds(self, steps, closure)
         rounds.run()
+        cores = [
+            augmented_core(layer, lr, U_hat, V_hat)
+            for (layer, lr), (U_hat, V_hat) in zip(direct, augmented_bases(direct), strict=True)
+        ]
+        require_finite_cores(cores)
+        truncation = getattr(self.method, "truncation", None)
+        direct_results = [
+            truncate_augmented(core, truncation, lr)
+            for core, (_layer, lr) in zip(cores, direct, strict=True)
+        ]
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
         # The integrators refuse non-finite bases and cores (NonFiniteError) while the rounds
         # run, before any layer below is changed: a failing step leaves the model as it was.
         self.last_infos = []
-        self.last_passes = (1 if steps or tucker_steps else 0) + rounds.n_passes
+        self.last_passes = (1 if steps or direct or tucker_steps else 0) + rounds.n_passes
+        for (layer, lr), (U1, S1, V1, info) in zip(direct, direct_results, strict=True):
+            state = self.state[layer.U]
+            if not state:
+                state.update({"step": 0, "t": 0.0, "slot": {}})
+            state["t"] = float(state["t"]) + lr
+            state["step"] += 1
+            layer.set_factors(U1, S1, V1)
+            for p in (layer.U, layer.S, layer.V):
+                p.grad = None
+            layer.clear_records()
+            self.last_infos.append(info)
         for ls in steps:
             layer, state = ls.layer, ls.state
             new, info = ls.task.value
@@ -420,6 +488,17 @@ class DLRTOptimizer(torch.optim.Optimizer):
         for group, p, g in dense:
             self._dense_update(p, g, float(group["lr"]))
         return loss
+
+    def _direct_method(self) -> bool:
+        """Whether the steps take the direct evaluation of :mod:`.dlrt_step` (DLRT with SGD)."""
+        m = self.method
+        return (
+            getattr(self, "direct", True)
+            and type(m) is AugmentedBUG
+            and isinstance(getattr(m, "substep", None), Euler)
+            and isinstance(getattr(m, "truncation", None), TruncationRule)
+            and isinstance(self.direction, SGD)
+        )
 
     def _tucker_step(
         self, layer: TuckerConv2d, lr: float
