@@ -171,17 +171,23 @@ def _core_rk4(ops, Gc, Uc, factors, B, C, h):
     return _rk4(field, C, h)
 
 
-def floor_bug_step(ops, Gc, Uc, core, U, h):
-    """The kernels of one fixed-rank Tucker BUG step with RK4 substeps."""
-    d = core.ndim
+def _bug_k_steps(ops, Gc, Uc, core, U):
+    """The mode K-step fields of a BUG step and their starts ``U_i R_i^T``."""
     ranks = core.shape
     B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
     fields, K0 = [], []
-    for i in range(d):
+    for i in range(core.ndim):
         Q, R = _lapack_qr(_unfold(core, i).T)
         D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
         fields.append(_mode_k_field(ops[i], D, E))
         K0.append(U[i] @ R.T)
+    return fields, K0
+
+
+def floor_bug_step(ops, Gc, Uc, core, U, h):
+    """The kernels of one fixed-rank Tucker BUG step with RK4 substeps."""
+    d = core.ndim
+    fields, K0 = _bug_k_steps(ops, Gc, Uc, core, U)
     bases, M = [], []
     for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
         U1 = _lapack_qr(K1)[0]
@@ -218,14 +224,7 @@ def floor_projector_splitting_step(ops, Gc, Uc, core, U, h):
 def floor_augmented_bug_step(ops, Gc, Uc, core, U, h, rank):
     """The kernels of one rank-adaptive Tucker BUG step truncated back to ``rank`` per mode."""
     d = core.ndim
-    ranks = core.shape
-    B0 = [u.T @ (A @ u) for A, u in zip(ops, U, strict=True)]
-    fields, K0 = [], []
-    for i in range(d):
-        Q, R = _lapack_qr(_unfold(core, i).T)
-        D, E = _mode_field_data(ops, Gc, Uc, U, B0, Q, i, ranks)
-        fields.append(_mode_k_field(ops[i], D, E))
-        K0.append(U[i] @ R.T)
+    fields, K0 = _bug_k_steps(ops, Gc, Uc, core, U)
     bases, M = [], []
     for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
         U1 = _lapack_qr(np.concatenate([K1, U[i]], axis=1))[0]

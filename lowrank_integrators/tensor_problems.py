@@ -347,17 +347,7 @@ class TensorSylvesterODE(TensorODE):
     ) -> Callable[[float, Any], Any]:
         """The mode-i K-step field; ``projected``: :meth:`projected_operators` of ``bases``."""
         D, E = self._mode_terms(list(bases), Q, mode, projected)
-        A_i = self.operators[mode]
-
-        def field(t: float, K: Any) -> Any:
-            out = None if A_i is None else A_i @ K
-            if D is not None:
-                out = K @ D if out is None else out + K @ D
-            if E is not None:
-                out = E if out is None else out + E
-            return out
-
-        return field
+        return _affine_field(self.operators[mode], D, E)
 
     def mode_s_field(
         self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
@@ -376,16 +366,7 @@ class TensorSylvesterODE(TensorODE):
             if B_i is None:
                 B_i = self._projected_operator(mode, bases[mode])
         E_s = None if E is None else matrix_adjoint(bases[mode]) @ E
-
-        def field(t: float, S: Any) -> Any:
-            out = None if B_i is None else B_i @ S
-            if D is not None:
-                out = S @ D if out is None else out + S @ D
-            if E_s is not None:
-                out = E_s if out is None else out + E_s
-            return out
-
-        return field
+        return _affine_field(B_i, D, E_s)
 
     def core_field(
         self, bases: Sequence[Any], projected: Sequence[Any] | None = None
@@ -438,6 +419,20 @@ class TensorSylvesterODE(TensorODE):
 
     def __repr__(self) -> str:
         return f"TensorSylvesterODE(shape={self.shape}, C={self.C is not None})"
+
+
+def _affine_field(L: Any, D: Any, E: Any) -> Callable[[float, Any], Any]:
+    """The field ``X -> L X + X D + E`` of the Sylvester mode steps (``None`` terms absent)."""
+
+    def field(t: float, X: Any) -> Any:
+        out = None if L is None else L @ X
+        if D is not None:
+            out = X @ D if out is None else out + X @ D
+        if E is not None:
+            out = E if out is None else out + E
+        return out
+
+    return field
 
 
 def _check_bases(bases: Sequence[Any], Y: TuckerTensor) -> None:
