@@ -78,6 +78,7 @@ Worked example: the fixed-rank BUG step (Ceruti, Lubich 2022, arXiv:2010.02022):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -95,7 +96,7 @@ from ..protocol import (
     StepGenerator,
     answer_from_problem,
 )
-from ..substeps import FactoredStart, SubstepSolver, as_substep
+from ..substeps import FactoredStart, SubstepSolver, as_substep, lend_workspace, owned_result
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
 
 __all__ = [
@@ -544,6 +545,29 @@ class StepMethod:
         if getattr(self.substep, "accepts_factored_start", False):
             return FactoredStart(left, right)
         return left @ right
+
+    def substep_then(
+        self,
+        request: Any,
+        left: Any,
+        right: Any,
+        t0: float,
+        t1: float,
+        factor: Callable[..., Any],
+    ) -> StepGenerator:
+        """Solve the substep ``request`` from ``left @ right`` over ``[t0, t1]``, then ``factor``.
+
+        The start lends the step's work arrays (:func:`~lowrank_integrators.substeps.
+        lend_workspace`), and ``factor(X1, overwrite=owned)`` receives the result, ``owned``
+        true when no one else holds it, so that its QR may work in place (``Ledger.qr``) (see
+        :func:`~lowrank_integrators.substeps.owned_result`). The result is not kept beyond
+        ``factor``: no tall temporary outlives the substep.
+        """
+        X0 = lend_workspace(self.start(left, right), self)
+        X1 = yield from self.substep.solve(request, t0, t1, X0)
+        X0 = None
+        refs = sys.getrefcount(X1)  # before any call holds it
+        return factor(X1, overwrite=owned_result(X1, refs))
 
     def citation(self) -> str:
         """The references as text, one per line."""

@@ -17,12 +17,10 @@ norm of Schrodinger-type problems (the Galerkin step starts from a projection).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..substeps import lend_workspace, owned_result
 from .base import Integrator, KStep, Ledger, LStep, Parallel, SStep, State, StepGenerator
 
 __all__ = ["BUG"]
@@ -65,23 +63,23 @@ class BUG(Integrator):
 
         # K1 and L1 are consumed by their QR at once (in place when no one else holds them):
         # tall temporaries are not kept. M = U1^H U0 is formed in the QR's last pass.
-        def k_step() -> StepGenerator:
-            K0 = lend_workspace(self.start(U0, S0), self)
-            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, K0)
-            K0 = None
-            refs = sys.getrefcount(K1)  # before any call holds it
-            owned = owned_result(K1, refs)
-            return _orth_project(led, K1, U0, owned)
-
-        def l_step() -> StepGenerator:
-            L0 = lend_workspace(self.start(V0, bk.adjoint(S0)), self)
-            L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t, t1, L0)
-            L0 = None
-            refs = sys.getrefcount(L1)  # before any call holds it
-            owned = owned_result(L1, refs)
-            return _orth_project(led, L1, V0, owned)
-
-        (U1, M), (V1, N) = yield Parallel(k_step(), l_step())
+        k_step = self.substep_then(
+            KStep(led, V0, at=Y0),
+            U0,
+            S0,
+            t,
+            t1,
+            lambda K1, overwrite: _orth_project(led, K1, U0, overwrite),
+        )
+        l_step = self.substep_then(
+            LStep(led, U0, at=Y0),
+            V0,
+            bk.adjoint(S0),
+            t,
+            t1,
+            lambda L1, overwrite: _orth_project(led, L1, V0, overwrite),
+        )
+        (U1, M), (V1, N) = yield Parallel(k_step, l_step)
 
         S1 = yield from self.substep.solve(SStep(led, U1, V1), t, t1, M @ S0 @ bk.adjoint(N))
 

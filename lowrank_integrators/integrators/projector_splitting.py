@@ -20,13 +20,12 @@ sharp test of the sign of the S-step) and for rank-r explicit data.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..factors import LowRankMatrix
-from ..substeps import SubstepSolver, lend_workspace, owned_result
+from ..substeps import SubstepSolver
 from .base import Integrator, KStep, Ledger, LStep, SStep, State, StepGenerator
 
 __all__ = ["ProjectorSplitting"]
@@ -89,24 +88,15 @@ class ProjectorSplitting(Integrator):
         self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float
     ) -> StepGenerator:
         U0, S0, V0 = Y0
-        K0 = lend_workspace(self.start(U0, S0), self)
-        K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
-        K0 = None
-        refs = sys.getrefcount(K1)  # before any call holds it
-        owned = owned_result(K1, refs)
-        U1, S_hat = led.qr(K1, overwrite=owned)
+        U1, S_hat = yield from self.substep_then(KStep(led, V0, at=Y0), U0, S0, t0, t1, led.qr)
         S_tilde = yield from self.substep.solve(SStep(led, U1, V0, sign=-1), t0, t1, S_hat)
         return U1, S_tilde
 
     def _ksl(self, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float) -> StepGenerator:
         V0 = Y0.V
         U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t0, t1)
-        L0 = lend_workspace(self.start(V0, bk.adjoint(S_tilde)), self)
-        L1 = yield from self.substep.solve(LStep(led, U1), t0, t1, L0)
-        L0 = None
-        refs = sys.getrefcount(L1)  # before any call holds it
-        owned = owned_result(L1, refs)
-        V1, R = led.qr(L1, overwrite=owned)
+        L_step = LStep(led, U1)
+        V1, R = yield from self.substep_then(L_step, V0, bk.adjoint(S_tilde), t0, t1, led.qr)
         return U1, bk.adjoint(R), V1
 
     def _strang(self, led: Ledger, Y0: LowRankMatrix, t: float, h: float) -> StepGenerator:
@@ -115,23 +105,13 @@ class ProjectorSplitting(Integrator):
         # KSL over [t, t + h/2] up to its L-step ...
         U1, S_tilde = yield from self._k_then_backward_s(led, Y0, t, t_half)
         # ... whose L-step merges with the L-step of LSK over [t + h/2, t1].
-        L0 = lend_workspace(self.start(V0, bk.adjoint(S_tilde)), self)
-        L1 = yield from self.substep.solve(LStep(led, U1), t, t1, L0)
-        L0 = None
-        refs = sys.getrefcount(L1)  # before any call holds it
-        owned = owned_result(L1, refs)
-        V1, R = led.qr(L1, overwrite=owned)
-        L1 = None
+        L_step = LStep(led, U1)
+        V1, R = yield from self.substep_then(L_step, V0, bk.adjoint(S_tilde), t, t1, led.qr)
         # LSK continues: backward S-step with (U1, V1), then the K-step with V1.
         S_tilde2 = yield from self.substep.solve(
             SStep(led, U1, V1, sign=-1), t_half, t1, bk.adjoint(R)
         )
-        K0 = lend_workspace(self.start(U1, S_tilde2), self)
-        K1 = yield from self.substep.solve(KStep(led, V1), t_half, t1, K0)
-        K0 = None
-        refs = sys.getrefcount(K1)  # before any call holds it
-        owned = owned_result(K1, refs)
-        U2, S1 = led.qr(K1, overwrite=owned)
+        U2, S1 = yield from self.substep_then(KStep(led, V1), U1, S_tilde2, t_half, t1, led.qr)
         return U2, S1, V1
 
     def __repr__(self) -> str:
