@@ -184,20 +184,24 @@ def _bug_k_steps(ops, Gc, Uc, core, U):
     return fields, K0
 
 
-def floor_bug_step(ops, Gc, Uc, core, U, h):
-    """The kernels of one fixed-rank Tucker BUG step with RK4 substeps."""
-    d = core.ndim
+def _bug_core_step(ops, Gc, Uc, core, U, h, augment):
+    """The K-steps, the new bases (of ``[K1, U0]`` with ``augment``) and the core step."""
     fields, K0 = _bug_k_steps(ops, Gc, Uc, core, U)
     bases, M = [], []
     for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
-        U1 = _lapack_qr(K1)[0]
+        U1 = _lapack_qr(np.concatenate([K1, U[i]], axis=1) if augment else K1)[0]
         bases.append(U1)
         M.append(U1.T @ U[i])
     C = core
-    for j in range(d):
+    for j in range(core.ndim):
         C = _mode(C, M[j], j)
     B1 = [u.T @ (A @ u) for A, u in zip(ops, bases, strict=True)]
     return _core_rk4(ops, Gc, Uc, bases, B1, C, h), bases
+
+
+def floor_bug_step(ops, Gc, Uc, core, U, h):
+    """The kernels of one fixed-rank Tucker BUG step with RK4 substeps."""
+    return _bug_core_step(ops, Gc, Uc, core, U, h, augment=False)
 
 
 def floor_projector_splitting_step(ops, Gc, Uc, core, U, h):
@@ -224,17 +228,7 @@ def floor_projector_splitting_step(ops, Gc, Uc, core, U, h):
 def floor_augmented_bug_step(ops, Gc, Uc, core, U, h, rank):
     """The kernels of one rank-adaptive Tucker BUG step truncated back to ``rank`` per mode."""
     d = core.ndim
-    fields, K0 = _bug_k_steps(ops, Gc, Uc, core, U)
-    bases, M = [], []
-    for i, K1 in enumerate(_stacked_rk4(fields, K0, h)):
-        U1 = _lapack_qr(np.concatenate([K1, U[i]], axis=1))[0]
-        bases.append(U1)
-        M.append(U1.T @ U[i])
-    C = core
-    for j in range(d):
-        C = _mode(C, M[j], j)
-    B1 = [u.T @ (A @ u) for A, u in zip(ops, bases, strict=True)]
-    C_hat = _core_rk4(ops, Gc, Uc, bases, B1, C, h)
+    C_hat, bases = _bug_core_step(ops, Gc, Uc, core, U, h, augment=True)
     kept = [_SVD(_unfold(C_hat, i), full_matrices=0)[0][:, :rank] for i in range(d)]
     for j in range(d):
         C_hat = _mode(C_hat, kept[j].T, j)
