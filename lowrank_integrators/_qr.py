@@ -453,15 +453,7 @@ def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any
 
 def _small_real_q(x: np.ndarray) -> np.ndarray:
     """``_small_real_householder(x, None)[0]`` (``x`` real, ``0 < k <= m``) without ``R``."""
-    work = np.array(x, order="F", copy=True)
-    k = work.shape[1]
-    geqrf, orgqr = _lapack_qr_functions(work.dtype)
-    qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
-    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
-        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
-    q, _, info = orgqr(qr[:, :k], tau, lwork=max(1, 64 * k), overwrite_a=1)
-    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
-        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
+    q = _lapack_qr(x, with_r=False)[0]
     d = canonical_phases(q.diagonal())
     return np.multiply(q, d, order="C")
 
@@ -496,8 +488,10 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     return out, R
 
 
-def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Economic Householder QR of a block through LAPACK ``geqrf`` and ``orgqr``/``ungqr``.
+
+    ``with_r=False`` skips forming ``R`` (returned as ``None``); ``Q`` is the same.
 
     The block is copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a
     row-major block makes further copies and is several times slower on tall blocks, and
@@ -512,8 +506,10 @@ def _lapack_qr(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
     if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
         raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
-    r = qr[:p, :].copy(order="C")
-    np.copyto(r, 0, where=_strictly_lower(p, k))
+    r = None
+    if with_r:
+        r = qr[:p, :].copy(order="C")
+        np.copyto(r, 0, where=_strictly_lower(p, k))
     q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
     if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
         raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
