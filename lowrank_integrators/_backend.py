@@ -311,18 +311,16 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     infinity: LAPACK's SVD of such a matrix may never return. A (small) Dask array is
     computed to the host first: the results are NumPy arrays.
     """
+    if type(x) is not np.ndarray:
+        x = core_array(x)
+    require_finite(x, "a matrix to be factorised by SVD")
     if type(x) is np.ndarray:
-        require_finite(x, "a matrix to be factorised by SVD")
         if min(x.shape) >= _SCIPY_SVD_FROM:
             # SciPy's divide-and-conquer wrapper, finiteness checked above.
             return scipy.linalg.svd(
                 x, full_matrices=False, lapack_driver="gesdd", check_finite=False
             )
         return np.linalg.svd(x, full_matrices=False)
-    x = core_array(x)
-    require_finite(x, "a matrix to be factorised by SVD")
-    if type(x) is np.ndarray and min(x.shape) >= _SCIPY_SVD_FROM:
-        return scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     xp = array_namespace(x)
     return xp.linalg.svd(x, full_matrices=False)
 
