@@ -119,3 +119,33 @@ def test_leading_signs_refuse_other_shapes_and_complex_bases(rng):
     assert leading_signs(np.ones((11, 5)), U0) is None
     assert leading_signs(U0[:, :2].copy(), U0) is None
     assert leading_signs(augmented(rng, U0, np.ones(3), 2).astype(complex), U0 + 0j) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_an_ill_conditioned_new_part_costs_a_qr_of_its_own_columns(monkeypatch, dtype, seed):
+    # A new part with condition number 2000 whose projection left 100 eps in span(U0) (as a
+    # training step's does): its QR's trailing columns leave span(U0) by ~eps kappa only, too
+    # little for one more projection. They are projected and factored once more (k columns)
+    # instead of one QR of all r + k columns.
+    import lowrank_integrators.integrators.augmentation as augmentation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fell back to the QR of [U0, Q]")
+
+    monkeypatch.setattr(augmentation, "_augment_by_one_qr", refuse)
+    rng = np.random.default_rng(seed)
+    m, r, k = 500, 32, 32
+    U0 = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    N = rng.standard_normal((m, k))
+    N = np.linalg.qr(N - U0 @ (U0.T @ N))[0] * np.logspace(0, -3.3, k)
+    residual = U0 @ rng.standard_normal((r, k)) * (100 * np.finfo(dtype).eps / np.sqrt(r * k))
+    U0, Z = U0.astype(dtype), (N + residual).astype(dtype)
+    led = Ledger()
+    U_hat, d = augment_projected(led, Z, U0)
+    U = U_hat.astype(np.float64)
+    assert np.abs(U.T @ U - np.eye(r + k)).max() <= TOL[dtype]
+    assert np.array_equal(U_hat[:, :r], U0 * d)
+    N64 = N.astype(np.float64)  # the new part lies in the basis
+    assert np.linalg.norm(N64 - U @ (U.T @ N64)) <= 10 * TOL[dtype]
+    assert led.info.n_qr == 1

@@ -117,11 +117,12 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     ``Z`` is orthonormalised by the robust thin QR (CholeskyQR2, shifted CholeskyQR3,
     Householder; see :mod:`lowrank_integrators._qr`) in its own storage, and
     ``U_hat = [U0, Q]`` (``D = I``). One product ``U0^H Q`` checks that the new columns are
-    orthogonal to ``U0`` to working precision; where they are not (``Z`` at the level of
-    rounding, such as ``X = 0`` or ``X`` inside ``span(U0)``), one thin QR of ``[U0, Q]``
-    follows (see :func:`~lowrank_integrators._backend.qr_augment`), whose leading block is
-    ``U0 D`` up to rounding, ``D`` diagonal with unimodular entries, and is replaced by
-    ``U0 D`` itself. Either way ``U_hat^H U0 = [D^H; 0]`` holds by construction and the
+    orthogonal to ``U0`` to working precision; where they are not (``Z`` near the level of
+    rounding, such as ``X = 0`` or ``X`` inside ``span(U0)``), ``Q`` is projected once more
+    and factored again (``k`` columns), and only where that still fails, one thin QR of
+    ``[U0, Q]`` follows (see :func:`~lowrank_integrators._backend.qr_augment`), whose leading
+    block is ``U0 D`` up to rounding, ``D`` diagonal with unimodular entries, and is replaced
+    by ``U0 D`` itself. Either way ``U_hat^H U0 = [D^H; 0]`` holds by construction and the
     Galerkin start needs no product over tall arrays (see :func:`embed_core`). One QR is
     counted.
 
@@ -143,23 +144,23 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     # Orthogonality of the new columns to U0. The QR's rounding, amplified by the condition
     # of Z, leaves U0^H Q = C of size eps kappa(Z); one more projection Q - U0 C leaves
     # ||U0^H Q|| ~ eps ||C|| and ||Q^H Q - I|| ~ ||C||^2, both at working precision when
-    # ||C||^2 is. Larger C (Z at the level of rounding): the one-QR path.
-    if numpy:
-        eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
-        C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
-        size = float(np.maximum.reduce(np.abs(C), axis=None))
-    else:
-        eps = float(xp.finfo(U0.dtype).eps)
-        C = bk.adjoint(U0) @ Q
-        size = float(abs(bk.to_host(C)).max())
+    # ||C||^2 is. Larger C (Z near the level of rounding, where the QR's trailing columns are
+    # directions of its rounding): the projected Q - U0 C keeps singular values
+    # sqrt(1 - sigma_i(C)^2), so one more QR of these k columns makes them orthonormal and
+    # orthogonal to U0 to about eps ||C|| / sqrt(1 - ||C||^2). Only where that still fails
+    # (a column of Q nearly inside span(U0)), the one-QR path of r + k columns.
+    eps, C, size = _cross(U0, Q, numpy, xp)
     if not size <= _CROSS_TOLERANCE * eps:
+        Q = _subtract_products(Q, U0, C, numpy)
         if not size * size * k <= _CROSS_TOLERANCE * eps:
-            return _augment_by_one_qr(led, Q, U0, xp)
-        if numpy:
-            for b in bk.row_blocks(Q):
-                Q[b] -= U0[b] @ C
-        else:
-            Q = Q - U0 @ C
+            Q = tall_q(Q, overwrite_x=True)
+            if int(Q.shape[1]) != k:
+                return _augment_by_one_qr(led, Q, U0, xp)
+            _, C, size = _cross(U0, Q, numpy, xp)
+            if not size * size * k <= _CROSS_TOLERANCE * eps:
+                return _augment_by_one_qr(led, Q, U0, xp)
+            if not size <= _CROSS_TOLERANCE * eps:
+                Q = _subtract_products(Q, U0, C, numpy)
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
@@ -170,6 +171,25 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
         U_hat[:, r:] = Q
         return U_hat, (d.conj() if d.dtype.kind == "c" else d)
     return xp.concat([U0 * d, Q], axis=1), xp.conj(d)
+
+
+def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
+    """``(eps, C, max |C|)`` with ``C = U0^H Q``, the largest entry read on the host."""
+    if numpy:
+        eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
+        C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
+        return eps, C, float(np.maximum.reduce(np.abs(C), axis=None))
+    C = bk.adjoint(U0) @ Q
+    return float(xp.finfo(U0.dtype).eps), C, float(abs(bk.to_host(C)).max())
+
+
+def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
+    """``Q - U0 C``: NumPy arrays in place, by row blocks (no tall temporary)."""
+    if numpy:
+        for b in bk.row_blocks(Q):
+            Q[b] -= U0[b] @ C
+        return Q
+    return Q - U0 @ C
 
 
 def _real_numpy(x: Any) -> bool:
