@@ -40,7 +40,10 @@ from lowrank_integrators.training.data import load_dataset
 def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"name": "dense", "kind": "dense"}]
     out += [{"name": f"DLRT tau={t:g}", "kind": "matrix", "tau": t} for t in args.taus]
-    out.append({"name": f"TDLRT tau={args.tucker_tau:g}", "kind": "tucker", "tau": args.tucker_tau})
+    if not args.no_tdlrt:
+        out.append(
+            {"name": f"TDLRT tau={args.tucker_tau:g}", "kind": "tucker", "tau": args.tucker_tau}
+        )
     return out
 
 
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.1, 0.15])
     p.add_argument("--tucker-tau", type=float, default=0.1)
+    p.add_argument("--no-tdlrt", action="store_true", help="leave out the TDLRT run")
     p.add_argument("--rank0", type=int, default=32, help="initial rank, clipped per layer")
     p.add_argument("--rmax", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
