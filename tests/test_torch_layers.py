@@ -59,28 +59,48 @@ def test_tucker_convolution_is_the_convolution_with_the_tucker_kernel(stride, pa
     assert layer.ranks == (3, 2, 2, 3)
 
 
-@pytest.mark.parametrize("route", ["kernel-gradient", "products"])
+def take(layer, route):
+    """Make ``layer`` take one way of its forward and backward pass whatever its rank.
+
+    "kernel": forms the weight and its gradient; "kernel-gradient": the factored forward and
+    the weight's gradient; "products": the factored forward and the products with the factors.
+    """
+    layer.forms_kernel = lambda rank: route == "kernel"
+    layer.forms_gradient = lambda rank: route != "products"
+
+
+ROUTES = ["kernel", "kernel-gradient", "products"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_exact(kind, route):
     g = torch.Generator().manual_seed(2)
     if kind == "linear":
         layer = LowRankLinear(7, 5, 3, dtype=F64, generator=g)
         x = torch.randn(4, 7, dtype=F64, generator=g)
-        W = (layer.U @ layer.S @ layer.V.T).detach().requires_grad_(True)
-        dense = x @ W.T + layer.bias
+
+        def dense_layer(W):
+            return x @ W.T + layer.bias
     else:
         layer = LowRankConv2d(3, 6, 3, rank=4, stride=2, padding=1, dtype=F64, generator=g)
         x = torch.randn(2, 3, 9, 9, dtype=F64, generator=g)
-        W = (layer.U @ layer.S @ layer.V.T).detach().requires_grad_(True)
-        dense = dense_conv(layer, W.reshape(6, 3, 3, 3), x)
-    # either way of taking the products: from grad(W) formed once, or from x V and G U
-    layer.forms_gradient = lambda rank: route == "kernel-gradient"
+
+        def dense_layer(W):
+            return dense_conv(layer, W.reshape(6, 3, 3, 3), x)
+
+    # every way of taking the products: from grad(W) formed once, or from x V and G U
+    take(layer, route)
     with torch.no_grad():
         layer.bias.normal_(generator=g)
+    W = (layer.U @ layer.S @ layer.V.T).detach().requires_grad_(True)
+    dense = dense_layer(W)
     c = torch.randn(dense.shape, dtype=F64, generator=g)
     gW, gb = torch.autograd.grad((dense * c).sum(), (W, layer.bias))
-    (layer(x) * c).sum().backward()
-    assert (layer._records[0].grad is not None) == (route == "kernel-gradient")
+    out = layer(x)
+    torch.testing.assert_close(out, dense.detach())
+    (out * c).sum().backward()
+    assert (layer._records[0].grad is not None) == (route != "products")
     torch.testing.assert_close(layer.bias.grad, gb)
     U, V = layer.U.detach(), layer.V.detach()
     torch.testing.assert_close(layer.U.grad, gW @ V)
@@ -93,6 +113,20 @@ def test_factor_gradients_are_the_dlrt_gradients_and_the_recorded_products_are_e
     torch.testing.assert_close(layer.grad_project(B, A), B.T @ gW @ A)
 
 
+def test_a_layer_forms_its_weight_only_where_the_factors_do_not_compress_it():
+    # the entries of the weight against those of U, S and V
+    conv1, conv2 = LowRankConv2d(1, 20, 5, rank=11), LowRankConv2d(20, 50, 5, rank=25)
+    assert conv1.forms_kernel(11)  # 20 * 25 <= 11 * (20 + 25 + 11)
+    assert conv1.forms_kernel(10)  # 500 <= 10 * 55
+    assert not conv1.forms_kernel(9)  # 500 > 9 * 54
+    assert not conv2.forms_kernel(25)
+    assert not LowRankLinear(800, 500, rank=32).forms_kernel(32)
+    assert LowRankLinear(4, 3, rank=2).forms_kernel(2)  # 12 <= 2 * 9
+    with torch.no_grad():  # the evaluation forward takes the same way
+        x = torch.randn(2, 1, 8, 8)
+        torch.testing.assert_close(conv1(x), dense_conv(conv1, matrix_kernel(conv1), x))
+
+
 def test_a_layer_forms_its_kernel_gradient_only_where_that_costs_less_than_the_products():
     # LeNet5's layers: conv1 (20 x 25), conv2 (50 x 500), fc1 (500 x 800)
     conv1, conv2 = LowRankConv2d(1, 20, 5, rank=13), LowRankConv2d(20, 50, 5, rank=16)
@@ -103,11 +137,11 @@ def test_a_layer_forms_its_kernel_gradient_only_where_that_costs_less_than_the_p
     assert not fc1.forms_gradient(32)
 
 
-@pytest.mark.parametrize("route", ["kernel-gradient", "products"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_input_gradients_are_those_of_the_dense_layer(route):
     g = torch.Generator().manual_seed(3)
     layer = LowRankConv2d(2, 4, 3, rank=2, padding=1, dtype=F64, generator=g)
-    layer.forms_gradient = lambda rank: route == "kernel-gradient"
+    take(layer, route)
     x = torch.randn(1, 2, 6, 6, dtype=F64, generator=g, requires_grad=True)
     c = torch.randn(1, 4, 6, 6, dtype=F64, generator=g)
     (gx,) = torch.autograd.grad((layer(x) * c).sum(), x)

@@ -1,7 +1,8 @@
 r"""Low-rank linear and convolution layers whose factors the integrators move.
 
 A layer holds its weight as ``W = U S V^T`` with ``U`` (``n_out x r``), ``S`` (``r x r``) and
-``V`` (``n_in x r``) as :class:`torch.nn.Parameter`\ s, and never forms ``W``. For a
+``V`` (``n_in x r``) as :class:`torch.nn.Parameter`\ s, and forms ``W`` only where the factors
+do not compress it (see :meth:`FactoredLayer.forms_kernel`). For a
 convolution the kernel ``(out, in, kh, kw)`` is matricised as ``out x (in kh kw)`` (as in
 Schotthöfer et al. 2022, arXiv:2205.13571): the layer is a convolution with the ``r`` filters
 ``V^T`` followed by the ``1 x 1`` convolution with ``U S``.
@@ -121,8 +122,13 @@ class _FactoredProduct(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, U: Any, S: Any, V: Any, bias: Any, layer: Any
     ) -> torch.Tensor:
-        a = layer._apply_in(x, V)
-        z = layer._apply_out(a, U @ S, bias)
+        if layer.forms_kernel(int(S.shape[0])):
+            # the factored product would cost at least the dense one
+            z = layer._apply_kernel(x, (U @ S) @ V.mT, bias)
+            a = None
+        else:
+            a = layer._apply_in(x, V)
+            z = layer._apply_out(a, U @ S, bias)
         ctx.save_for_backward(x, a, U, S, V)
         ctx.layer = layer
         return z
@@ -136,19 +142,23 @@ class _FactoredProduct(torch.autograd.Function):
         cd = G.dtype
         # detached: a 2-D by 3-D matmul with an operand that requires grad is folded into one
         # product over copies of transposes (the channel maps of a convolution)
-        x, a, U, S, V = (t.detach().to(cd) for t in (x, a, U0, S, V0))
+        x, U, S, V = (t.detach().to(cd) for t in (x, U0, S, V0))
         G = G.detach()
         grad_x = grad_b = None
         if ctx.needs_input_grad[4]:
             grad_b = layer._bias_gradient(G)
-        if layer.forms_gradient(int(S.shape[0])):
+        if a is None or layer.forms_gradient(int(S.shape[0])):
             gW = layer._kernel_gradient(x, G)  # grad(W), n_out x n_in
             if ctx.needs_input_grad[0]:
-                grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
+                if a is None:  # the forward formed the kernel
+                    grad_x = layer._apply_kernel_input_grad(x, (U @ S) @ V.mT, G)
+                else:
+                    grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
             layer._records.append(Record(x, G, None, gW))
             gK = gW @ V  # grad(W) V
             gL = gW.mT @ U  # grad(W)^T U
             return grad_x, gK, U.mT @ gK, gL, grad_b, None
+        a = a.detach().to(cd)
         gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
         if ctx.needs_input_grad[0]:
             grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint_core(gu, S))
@@ -263,6 +273,8 @@ class FactoredLayer(torch.nn.Module):
         U, S, V = self.U, self.S, self.V
         if torch.is_grad_enabled() and (U.requires_grad or S.requires_grad or V.requires_grad):
             return _FactoredProduct.apply(x, U, S, V, bias, self)
+        if self.forms_kernel(int(S.shape[0])):
+            return self._apply_kernel(x, (U @ S) @ V.mT, bias)
         return self._apply_out(self._apply_in(x, V), U @ S, bias)
 
     # --- what a subclass provides -----------------------------------------------------------
@@ -396,13 +408,43 @@ class FactoredLayer(torch.nn.Module):
         ``V`` the product ``x V1`` and its contraction with the output gradient) cost
         ``(n_out + n_in)(r + q)``. The cheaper is taken: ``grad(W)`` for small kernels (such
         as a first convolution) and ranks near the break-even; the products otherwise. Either
-        way the step sees the same numbers up to round-off, and the weight is never formed.
+        way the step sees the same numbers up to round-off. The weight itself is formed only
+        where :meth:`forms_kernel` says.
         """
         if type(self)._kernel_gradient is FactoredLayer._kernel_gradient:
             return False  # a layer that does not say how to form it
         m, n = int(self.U.shape[0]), int(self.V.shape[0])
         q = min(n, 2 * rank) - rank
         return m * n < (m + n) * (rank + q)
+
+    def forms_kernel(self, rank: int) -> bool:
+        """Whether a forward pass at ``rank`` forms the weight ``W = U S V^T`` itself.
+
+        Only where the factors do not compress it: ``n_out n_in <= r (n_out + n_in) + r^2``,
+        the entries of ``U``, ``S`` and ``V``, such as a first convolution with one input
+        channel (``20 x 25``) at rank 10 or more. The product with ``W`` then costs at most
+        ``r^2`` multiply-adds per sample (and output position) more than the two factored
+        products together, and it is one operation instead of two (on a CPU a convolution
+        with few filters costs about as much as one with 16). The backward pass then forms
+        ``grad(W)`` (see :meth:`forms_gradient`). The outputs and gradients are the same up to
+        round-off.
+        """
+        if type(self)._apply_kernel is FactoredLayer._apply_kernel:
+            return False  # a layer that does not say how to apply it
+        m, n = int(self.U.shape[0]), int(self.V.shape[0])
+        return m * n <= rank * (m + n + rank)
+
+    def _apply_kernel(
+        self, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` through the formed weight ``W`` (``n_out x n_in``), plus ``bias``."""
+        raise NotImplementedError
+
+    def _apply_kernel_input_grad(
+        self, x: torch.Tensor, W: torch.Tensor, G: torch.Tensor
+    ) -> torch.Tensor:
+        """The gradient with respect to the input ``x`` of :meth:`_apply_kernel`."""
+        raise NotImplementedError
 
     def _kernel_gradient(self, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         """``grad(W)`` (``n_out x n_in``) of one pass."""
@@ -502,7 +544,7 @@ class LowRankLinear(FactoredLayer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` without forming ``W``."""
+        """``x W^T + b``, without forming ``W`` where the factors compress it."""
         return self._factored(x, self.bias)
 
     def extra_repr(self) -> str:
@@ -536,6 +578,16 @@ class LowRankLinear(FactoredLayer):
 
     def _kernel_gradient(self, x: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         return self._contract(G, x)
+
+    def _apply_kernel(
+        self, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return tf.linear(x, W, bias)
+
+    def _apply_kernel_input_grad(
+        self, x: torch.Tensor, W: torch.Tensor, G: torch.Tensor
+    ) -> torch.Tensor:
+        return G @ W
 
 
 class LowRankConv2d(FactoredLayer):
@@ -614,7 +666,8 @@ class LowRankConv2d(FactoredLayer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution of ``x`` (``(N, in, H, W)``) without forming the kernel."""
+        """The convolution of ``x`` (``(N, in, H, W)``), without forming the kernel where the
+        factors compress it."""
         return self._factored(x, self.bias)
 
     def extra_repr(self) -> str:
@@ -661,3 +714,18 @@ class LowRankConv2d(FactoredLayer):
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         w = torch.nn.grad.conv2d_weight(x, shape, G, self.stride, self.padding, self.dilation)
         return w.reshape(self.out_channels, -1)
+
+    def _kernel(self, W: torch.Tensor) -> torch.Tensor:
+        return W.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _apply_kernel(
+        self, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return tf.conv2d(x, self._kernel(W), bias, self.stride, self.padding, self.dilation)
+
+    def _apply_kernel_input_grad(
+        self, x: torch.Tensor, W: torch.Tensor, G: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(
+            x.shape, self._kernel(W), G, self.stride, self.padding, self.dilation
+        )
