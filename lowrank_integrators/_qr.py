@@ -109,6 +109,11 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
         m, k = x.shape
         if 0 < k <= m and m * k <= _SMALL_ENTRIES:
             return _small_real_q(x)
+    elif len(x.shape) == 2 and not bk.is_lazy(x):
+        m, k = int(x.shape[0]), int(x.shape[1])
+        if 0 < k <= m and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
+            Q = bk.namespace_of(x).linalg.qr(x, mode="reduced")[0]
+            return Q * canonical_phases(_diagonal(Q[:k, :k]))  # each column by its sign
     return _factor(x, None, overwrite=overwrite_x)[0]
 
 
@@ -295,7 +300,7 @@ def _kappa2(G: Any, R: Any) -> float:
 def _diagonal(a: Any) -> Any:
     if isinstance(a, np.ndarray):
         return np.diagonal(a)
-    return bk.namespace(a).linalg.diagonal(a)
+    return bk.namespace_of(a).linalg.diagonal(a)
 
 
 # --- kernels: NumPy through BLAS/LAPACK without tall copies; other libraries through the API --
@@ -548,7 +553,10 @@ def canonical_phases(diag: Any) -> Any:
     """
     if type(diag) is np.ndarray and diag.dtype.kind == "f":
         return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)
-    xp = bk.namespace(diag)
+    xp = bk.namespace_of(diag)
+    if not bk.is_complex(diag):
+        one = xp.ones_like(diag)
+        return xp.where(diag > 0, -one, one)
     mag = xp.abs(diag)
     one = xp.ones_like(mag)
     if xp.isdtype(diag.dtype, "complex floating"):

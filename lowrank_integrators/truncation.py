@@ -171,7 +171,7 @@ class TruncationRule(ABC):
                 f"1 and the {int(sig_host.shape[0])} available singular values"
             )
         small = None
-        if xp is np and sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
+        if sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
             small = _small_tail_norms(sig_host.tolist(), "frobenius")
         tail = small[r1] if small is not None else float(tail_norms(sig_host)[r1])
         if xp is np and sigma.dtype == S_hat.dtype:
@@ -180,7 +180,8 @@ class TruncationRule(ABC):
             S1 = np.eye(r1, dtype=S_hat.dtype) * sigma[:r1].astype(S_hat.dtype)[None, :]
         else:
             eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
-            S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
+            diag = sigma[:r1] if sigma.dtype == S_hat.dtype else xp.astype(sigma[:r1], S_hat.dtype)
+            S1 = eye * diag  # diag scales the columns
         record = TruncationRecord(
             rank_before=int(sig_host.shape[0]),
             rank_after=r1,
