@@ -375,6 +375,8 @@ def to_host(x: Any) -> np.ndarray:
     if mod.startswith("cupy"):
         return x.get()
     if mod.startswith("torch"):
+        if x.device.type == "cpu" and not x.requires_grad:
+            return x.numpy()
         return x.detach().cpu().numpy()
     if mod.startswith("dask"):
         return np.asarray(x.compute())

@@ -111,9 +111,10 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
             return _small_real_q(x)
     elif len(x.shape) == 2 and not bk.is_lazy(x):
         m, k = int(x.shape[0]), int(x.shape[1])
-        if 0 < k <= m and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
+        if m > 0 and k > 0 and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
             Q = bk.namespace_of(x).linalg.qr(x, mode="reduced")[0]
-            return Q * canonical_phases(_diagonal(Q[:k, :k]))  # each column by its sign
+            # each column by its sign: Q has min(m, k) columns, its diagonal as many entries
+            return Q * canonical_phases(_diagonal(Q))
     return _factor(x, None, overwrite=overwrite_x)[0]
 
 
@@ -555,14 +556,23 @@ def canonical_phases(diag: Any) -> Any:
         return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)
     xp = bk.namespace_of(diag)
     if not bk.is_complex(diag):
-        one = xp.ones_like(diag)
-        return xp.where(diag > 0, -one, one)
+        key = (type(diag), diag.dtype, bk.device(diag))
+        units = _UNITS.get(key)
+        if units is None:
+            units = _UNITS[key] = tuple(
+                xp.asarray(v, dtype=diag.dtype, device=key[2]) for v in (-1, 1)
+            )
+        return xp.where(diag > 0, *units)
     mag = xp.abs(diag)
     one = xp.ones_like(mag)
     if xp.isdtype(diag.dtype, "complex floating"):
         safe = xp.astype(xp.where(mag > 0, mag, one), diag.dtype)
         return xp.where(mag > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
     return xp.where(diag > 0, -one, one)
+
+
+#: ``(-1, 1)`` as 0-d arrays, by array type, dtype and device (made once).
+_UNITS: dict[tuple[Any, Any, Any], tuple[Any, Any]] = {}
 
 
 def _conj(d: Any) -> Any:

@@ -172,7 +172,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
-    d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0[:r, :r]))
+    d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0))  # r <= rows
     if numpy:
         U_hat = np.empty((rows, r + k), dtype=U0.dtype)
         np.multiply(U0, d, out=U_hat[:, :r])
@@ -212,6 +212,9 @@ def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
 
 def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tuple[Any, Any]:
     """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`)."""
+    if bk.allows_inplace(U0) and type(U0) is not np.ndarray and type(X) is type(U0):
+        if not (bk.is_complex(U0) or bk.is_complex(X)):
+            return _augment_by_one_qr_real(led, X, U0, xp)
     U_hat = led.qr_augment(U0, X)[0]
     r = int(U0.shape[1])
     lead = U_hat[:, :r]
@@ -237,6 +240,49 @@ def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tu
         return U_hat, m
     tall = bk.namespace(U_hat)
     return tall.concat([U0 * signs, U_hat[:, r:]], axis=1), m
+
+
+def _augment_by_one_qr_real(
+    led: FactorisationLedger, X: Any, U0: Any, xp: Any
+) -> tuple[Any, Any]:
+    """:func:`_augment_by_one_qr` of real arrays of other libraries than NumPy (GPU tensors).
+
+    The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, with one
+    value read back for the finiteness of both blocks and the factor ``R`` not formed.
+    """
+    led.info.n_qr += 1
+    if not bk.all_finite(xp.sum(U0) + xp.sum(X)):  # a sum that overflows is checked entrywise
+        bk.require_finite(U0, "an orthonormal basis to be augmented")
+        bk.require_finite(X, "a block of a matrix to be factorised by QR")
+    r = int(U0.shape[1])
+    Z = X
+    if r > 0:
+        U0h = bk.adjoint(U0)
+        for _ in range(2):
+            Z = Z - U0 @ (U0h @ Z)
+    Q = tall_q(xp.concat([U0, Z], axis=1), overwrite_x=True)
+    Z = None
+    c = xp.sum(Q[:, :r] * U0, axis=0)
+    m = xp.where(c < 0, *_units(c))
+    Q[:, :r] = U0 * m  # in the factorisation's own array (and memory layout)
+    _remember_leading(Q, U0, m)
+    return Q, m
+
+
+def _units(x: Any) -> tuple[Any, Any]:
+    """``(-1, 1)`` as 0-d arrays of the dtype and device of ``x`` (made once)."""
+    key = (type(x), x.dtype, bk.device(x))
+    units = _UNITS_OTHER.get(key)
+    if units is None:
+        xp = bk.namespace_of(x)
+        units = _UNITS_OTHER[key] = tuple(
+            xp.asarray(v, dtype=x.dtype, device=key[2]) for v in (-1, 1)
+        )
+    return units
+
+
+#: ``(-1, 1)`` as 0-d arrays of other libraries than NumPy, by type, dtype and device.
+_UNITS_OTHER: dict[tuple[Any, Any, Any], tuple[Any, Any]] = {}
 
 
 def leading_signs(W: Any, W0: Any) -> Any | None:

@@ -107,14 +107,12 @@ class _RecordedPass:
         if d is None or e is None:
             return None
         U1, V1 = U[:, r:], V[:, s:]
-        out = torch.empty(int(U.shape[1]), int(V.shape[1]), dtype=U.dtype, device=U.device)
-        torch.mul(gS, d[:, None] * e[None, :], out=out[:r, :s])
-        torch.mul(gL.mT @ V1, d[:, None], out=out[:r, s:])
-        torch.mul(U1.mT @ gK, e[None, :], out=out[r:, :s])
+        # the signs are +-1: the blocks are scaled exactly, in any order
+        top = torch.cat([gS * e, gL.mT @ V1], dim=1).mul_(d[:, None])
         # the new columns share no block with the products the passes formed
         fresh = [rec._replace(formed=None) for rec in self.records]
-        out[r:, s:] = self.layer.grad_project(U1, V1, records=fresh)
-        return out
+        new = self.layer.grad_project(U1, V1, records=fresh)
+        return torch.cat([top, torch.cat([(U1.mT @ gK) * e, new], dim=1)], dim=0)
 
 
 class _LayerStep:
