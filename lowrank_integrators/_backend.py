@@ -363,6 +363,36 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     return xp.linalg.svd(x, full_matrices=False)
 
 
+def svd_reports_non_finite(x: Any) -> bool:
+    """Whether :func:`svd_to_host` may take ``x``: a PyTorch tensor.
+
+    PyTorch's SVD returns (or raises) for input holding NaN or infinity, so that the check
+    can follow the factorisation on the singular values the caller reads back anyway.
+    """
+    return type(x).__module__ == "torch" and type(x) in _BY_TYPE
+
+
+def svd_to_host(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
+    """:func:`svd` and the singular values on the host, reading back one array.
+
+    For the arrays of :func:`svd_reports_non_finite`: the factorisation runs first and
+    non-finite input is reported from its failure or its singular values (raises
+    :class:`~lowrank_integrators.errors.NonFiniteError` as :func:`svd` does).
+    """
+    xp = namespace_of(x)
+    try:
+        P, sigma, Qh = xp.linalg.svd(x, full_matrices=False)
+    except Exception as exc:  # each library raises its own error type
+        if not is_linalg_error(exc):
+            raise
+        require_finite(x, "a matrix to be factorised by SVD")
+        raise
+    sig_host = to_host(sigma)
+    if not np.logical_and.reduce(np.isfinite(sig_host), axis=None):
+        require_finite(x, "a matrix to be factorised by SVD")
+    return P, sigma, Qh, sig_host
+
+
 def to_host(x: Any) -> np.ndarray:
     """Copy a (small) array to a NumPy array on the host.
 

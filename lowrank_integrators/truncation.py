@@ -159,6 +159,10 @@ class TruncationRule(ABC):
             xp: Any = np
             P, sigma, Qh = bk.svd(S_hat)
             sig_host = sigma
+        elif bk.svd_reports_non_finite(S_hat):
+            # one value read back (the singular values) instead of a check before the SVD
+            xp = bk.namespace_of(S_hat)
+            P, sigma, Qh, sig_host = bk.svd_to_host(S_hat)
         else:
             S_hat = bk.core_array(S_hat)  # a lazy core is computed once, on the host
             xp = bk.namespace(S_hat)
@@ -178,6 +182,8 @@ class TruncationRule(ABC):
             S1 = np.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
         elif xp is np:
             S1 = np.eye(r1, dtype=S_hat.dtype) * sigma[:r1].astype(S_hat.dtype)[None, :]
+        elif sigma.dtype == S_hat.dtype and hasattr(xp, "diag"):
+            S1 = xp.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
         else:
             eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
             diag = sigma[:r1] if sigma.dtype == S_hat.dtype else xp.astype(sigma[:r1], S_hat.dtype)

@@ -130,7 +130,9 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     Galerkin start needs no product over tall arrays (see :func:`embed_core`). One QR is
     counted. A ``Z`` holding NaN or infinity raises
     :class:`~lowrank_integrators.errors.NonFiniteError` (found on ``U0^H Q``, whose largest
-    entry the check reads back).
+    entry the check reads back); for real arrays of other libraries than NumPy that take the
+    one-QR path nothing is read back, and the NaN reaches ``U_hat``: the rank-adaptive steps
+    report it at the SVD of their core, before they return.
 
     Returns
     -------
@@ -142,11 +144,11 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     numpy = type(U0) is np.ndarray and type(Z) is np.ndarray and U0.dtype == Z.dtype
     xp = np if numpy else bk.namespace(U0, Z)
     if r == 0 or k == 0 or r + k > rows:
-        return _augment_by_one_qr(led, Z, U0, xp)
+        return _augment_by_one_qr(led, Z, U0, xp, in_step=True)
     Q = tall_q(Z, overwrite_x=True)  # NumPy: in the storage of Z
     Z = None
     if int(Q.shape[1]) != k:
-        return _augment_by_one_qr(led, Q, U0, xp)
+        return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
     # Orthogonality of the new columns to U0. The QR's rounding, amplified by the condition
     # of Z, leaves U0^H Q = C of size eps kappa(Z); one more projection Q - U0 C leaves
     # ||U0^H Q|| ~ eps ||C|| and ||Q^H Q - I|| ~ ||C||^2, both at working precision when
@@ -163,7 +165,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
         if not size * size * k <= _CROSS_TOLERANCE * eps:
             if not numpy and not math.isfinite(size):
                 _require_finite_products(C, U0, Q)  # names a non-finite input
-            return _augment_by_one_qr(led, Q, U0, xp)
+            return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
         if numpy:
             for b in bk.row_blocks(Q):
                 Q[b] -= U0[b] @ C
@@ -210,9 +212,15 @@ def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
     raise NonFiniteError(f"an overflow in the products of a basis augmentation ({C.shape})")
 
 
-def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tuple[Any, Any]:
-    """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`)."""
-    if bk.allows_inplace(U0) and type(U0) is not np.ndarray and type(X) is type(U0):
+def _augment_by_one_qr(
+    led: FactorisationLedger, X: Any, U0: Any, xp: Any, *, in_step: bool = False
+) -> tuple[Any, Any]:
+    """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`).
+
+    ``in_step``: called within a step whose core is factorised by SVD, which reports
+    non-finite input, so that real arrays of other libraries than NumPy need no check here.
+    """
+    if in_step and bk.allows_inplace(U0) and type(U0) is not np.ndarray and type(X) is type(U0):
         if not (bk.is_complex(U0) or bk.is_complex(X)):
             return _augment_by_one_qr_real(led, X, U0, xp)
     U_hat = led.qr_augment(U0, X)[0]
@@ -247,13 +255,12 @@ def _augment_by_one_qr_real(
 ) -> tuple[Any, Any]:
     """:func:`_augment_by_one_qr` of real arrays of other libraries than NumPy (GPU tensors).
 
-    The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, with one
-    value read back for the finiteness of both blocks and the factor ``R`` not formed.
+    The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, without
+    reading a value back and without forming ``R``. Their Householder QR returns for any input;
+    NaN or infinity in ``X`` or ``U0`` reaches the basis, hence the step's core, whose SVD
+    reports it (:class:`~lowrank_integrators.errors.NonFiniteError`) before the step returns.
     """
     led.info.n_qr += 1
-    if not bk.all_finite(xp.sum(U0) + xp.sum(X)):  # a sum that overflows is checked entrywise
-        bk.require_finite(U0, "an orthonormal basis to be augmented")
-        bk.require_finite(X, "a block of a matrix to be factorised by QR")
     r = int(U0.shape[1])
     Z = X
     if r > 0:
