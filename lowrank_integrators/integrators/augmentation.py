@@ -250,9 +250,7 @@ def _augment_by_one_qr(
     return tall.concat([U0 * signs, U_hat[:, r:]], axis=1), m
 
 
-def _augment_by_one_qr_real(
-    led: FactorisationLedger, X: Any, U0: Any, xp: Any
-) -> tuple[Any, Any]:
+def _augment_by_one_qr_real(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tuple[Any, Any]:
     """:func:`_augment_by_one_qr` of real arrays of other libraries than NumPy (GPU tensors).
 
     The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, without
