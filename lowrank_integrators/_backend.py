@@ -105,8 +105,8 @@ _BY_TYPE: dict[type, Any] = {np.ndarray: _NUMPY}
 #: The remembered types with a matrix transpose property ``mT``.
 _TRANSPOSABLE: set[type] = set()
 
-#: Whether a dtype (of any library) is complex, by dtype.
-_COMPLEX: dict[Any, bool] = {}
+#: Whether a dtype of another library than NumPy is complex, by array type and dtype.
+_COMPLEX: dict[tuple[type, Any], bool] = {}
 
 
 def is_array(x: Any) -> bool:
@@ -139,10 +139,10 @@ def is_complex(x: Any) -> bool:
     """Whether the array ``x`` has a complex floating dtype."""
     if type(x) is np.ndarray:
         return x.dtype.kind == "c"
-    dtype = x.dtype
-    known = _COMPLEX.get(dtype)
+    key = (type(x), x.dtype)  # dtypes of different libraries are never compared
+    known = _COMPLEX.get(key)
     if known is None:
-        known = _COMPLEX[dtype] = bool(namespace_of(x).isdtype(dtype, "complex floating"))
+        known = _COMPLEX[key] = bool(namespace_of(x).isdtype(x.dtype, "complex floating"))
     return known
 
 

@@ -158,7 +158,8 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
         C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
         size = float(np.maximum.reduce(np.abs(C), axis=None))
     else:
-        eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(xp.finfo(U0.dtype).eps))
+        key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
+        eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
         C = bk.adjoint(U0) @ Q
         size = float(xp.max(xp.abs(C)))  # one number to the host
     if not size <= _CROSS_TOLERANCE * eps:
@@ -197,6 +198,9 @@ _SMALL = 1 << 16
 
 #: Machine epsilon by NumPy dtype, looked up once.
 _EPS: dict[Any, float] = {}
+
+#: Machine epsilon by array type and dtype of other libraries, looked up once.
+_EPS_OTHER: dict[tuple[Any, Any], float] = {}
 
 #: Largest entry of ``U0^H Q`` (in units of the dtype's epsilon) accepted for the new columns:
 #: leaves ``U_hat`` orthonormal to ``4e-6`` in float32 and ``8e-15`` in float64.
