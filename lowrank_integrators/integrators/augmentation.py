@@ -166,7 +166,7 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
         if not size * size * k <= _CROSS_TOLERANCE * eps:
             if not numpy and not math.isfinite(size):
                 _require_finite_products(C, U0, Q)  # names a non-finite input
-            return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
+            return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
         if numpy:
             for b in bk.row_blocks(Q):
                 Q[b] -= U0[b] @ C
@@ -217,16 +217,24 @@ def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
 
 
 def _augment_by_one_qr(
-    led: FactorisationLedger, X: Any, U0: Any, xp: Any, *, in_step: bool = False
+    led: FactorisationLedger,
+    X: Any,
+    U0: Any,
+    xp: Any,
+    *,
+    in_step: bool = False,
+    inner: Any = None,
 ) -> tuple[Any, Any]:
     """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`).
 
     ``in_step``: called within a step whose core is factorised by SVD, which reports
     non-finite input, so that real arrays of other libraries than NumPy need no check here.
+    ``inner``: ``U0^H X`` where the caller formed it (``bk.adjoint(U0) @ X``), for the first
+    projection.
     """
     if in_step and bk.allows_inplace(U0) and type(U0) is not np.ndarray and type(X) is type(U0):
         if not (bk.is_complex(U0) or bk.is_complex(X)):
-            return _augment_by_one_qr_real(led, X, U0, xp)
+            return _augment_by_one_qr_real(led, X, U0, xp, inner)
     U_hat = led.qr_augment(U0, X)[0]
     r = int(U0.shape[1])
     lead = U_hat[:, :r]
@@ -254,7 +262,9 @@ def _augment_by_one_qr(
     return tall.concat([U0 * signs, U_hat[:, r:]], axis=1), m
 
 
-def _augment_by_one_qr_real(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tuple[Any, Any]:
+def _augment_by_one_qr_real(
+    led: FactorisationLedger, X: Any, U0: Any, xp: Any, inner: Any = None
+) -> tuple[Any, Any]:
     """:func:`_augment_by_one_qr` of real arrays of other libraries than NumPy (GPU tensors).
 
     The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, without
@@ -267,8 +277,8 @@ def _augment_by_one_qr_real(led: FactorisationLedger, X: Any, U0: Any, xp: Any) 
     Z = X
     if r > 0:
         U0h = bk.adjoint(U0)
-        for _ in range(2):
-            Z = Z - U0 @ (U0h @ Z)
+        Z = Z - U0 @ (U0h @ Z if inner is None else inner)
+        Z = Z - U0 @ (U0h @ Z)
     Q = tall_q(xp.concat([U0, Z], axis=1), overwrite_x=True)
     Z = None
     c = xp.sum(Q[:, :r] * U0, axis=0)
