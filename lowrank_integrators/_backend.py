@@ -39,6 +39,7 @@ __all__ = [
     "is_lazy",
     "is_linalg_error",
     "namespace",
+    "namespace_of",
     "orth",
     "qr",
     "qr_augment",
@@ -50,6 +51,8 @@ __all__ = [
     "sandwich",
     "single_block",
     "svd",
+    "svd_reports_non_finite",
+    "svd_to_host",
     "to_host",
     "transpose_operator",
 ]
