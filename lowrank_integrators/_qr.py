@@ -556,13 +556,8 @@ def canonical_phases(diag: Any) -> Any:
         return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)
     xp = bk.namespace_of(diag)
     if not bk.is_complex(diag):
-        key = (type(diag), diag.dtype, bk.device(diag))
-        units = _UNITS.get(key)
-        if units is None:
-            units = _UNITS[key] = tuple(
-                xp.asarray(v, dtype=diag.dtype, device=key[2]) for v in (-1, 1)
-            )
-        return xp.where(diag > 0, *units)
+        one, two = unit_scalars(diag)
+        return one - two * xp.astype(diag > 0, diag.dtype)  # exactly -1 or 1
     mag = xp.abs(diag)
     one = xp.ones_like(mag)
     if xp.isdtype(diag.dtype, "complex floating"):
@@ -571,7 +566,24 @@ def canonical_phases(diag: Any) -> Any:
     return xp.where(diag > 0, -one, one)
 
 
-#: ``(-1, 1)`` as 0-d arrays, by array type, dtype and device (made once).
+def unit_scalars(x: Any) -> tuple[Any, Any]:
+    """``(1, 2)`` as 0-d arrays of the type, dtype and device of ``x`` (made once).
+
+    Signs ``1 - 2 b`` of a boolean ``b`` formed with them cost three elementwise operations
+    and no type promotion.
+    """
+    key = (type(x), x.dtype, bk.device(x))
+    units = _UNITS.get(key)
+    if units is None:
+        xp = bk.namespace_of(x)
+        units = _UNITS[key] = (
+            xp.asarray(1, dtype=x.dtype, device=key[2]),
+            xp.asarray(2, dtype=x.dtype, device=key[2]),
+        )
+    return units
+
+
+#: ``(1, 2)`` as 0-d arrays, by array type, dtype and device.
 _UNITS: dict[tuple[Any, Any, Any], tuple[Any, Any]] = {}
 
 

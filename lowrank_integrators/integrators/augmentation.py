@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import canonical_phases, tall_q
+from .._qr import canonical_phases, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -282,26 +282,11 @@ def _augment_by_one_qr_real(
     Q = tall_q(xp.concat([U0, Z], axis=1), overwrite_x=True)
     Z = None
     c = xp.sum(Q[:, :r] * U0, axis=0)
-    m = xp.where(c < 0, *_units(c))
+    one, two = unit_scalars(c)
+    m = one - two * xp.astype(c < 0, c.dtype)  # exactly -1 or 1
     Q[:, :r] = U0 * m  # in the factorisation's own array (and memory layout)
     _remember_leading(Q, U0, m)
     return Q, m
-
-
-def _units(x: Any) -> tuple[Any, Any]:
-    """``(-1, 1)`` as 0-d arrays of the dtype and device of ``x`` (made once)."""
-    key = (type(x), x.dtype, bk.device(x))
-    units = _UNITS_OTHER.get(key)
-    if units is None:
-        xp = bk.namespace_of(x)
-        units = _UNITS_OTHER[key] = tuple(
-            xp.asarray(v, dtype=x.dtype, device=key[2]) for v in (-1, 1)
-        )
-    return units
-
-
-#: ``(-1, 1)`` as 0-d arrays of other libraries than NumPy, by type, dtype and device.
-_UNITS_OTHER: dict[tuple[Any, Any, Any], tuple[Any, Any]] = {}
 
 
 def leading_signs(W: Any, W0: Any) -> Any | None:
