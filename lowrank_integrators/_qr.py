@@ -112,9 +112,12 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
     elif len(x.shape) == 2 and not bk.is_lazy(x):
         m, k = int(x.shape[0]), int(x.shape[1])
         if m > 0 and k > 0 and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
-            Q = bk.namespace_of(x).linalg.qr(x, mode="reduced")[0]
+            xp = bk.namespace_of(x)
+            Q = xp.linalg.qr(x, mode="reduced")[0]
             # each column by its sign: Q has min(m, k) columns, its diagonal as many entries
-            return Q * canonical_phases(_diagonal(Q))
+            if bk.is_complex(Q):
+                return Q * canonical_phases(_diagonal(Q))
+            return xp.where(_diagonal(Q) > 0, -Q, Q)  # Q times the signs, exactly
     return _factor(x, None, overwrite=overwrite_x)[0]
 
 
