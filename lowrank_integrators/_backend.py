@@ -39,6 +39,7 @@ __all__ = [
     "is_lazy",
     "is_linalg_error",
     "namespace",
+    "namespace_of",
     "orth",
     "qr",
     "qr_augment",
@@ -50,6 +51,8 @@ __all__ = [
     "sandwich",
     "single_block",
     "svd",
+    "svd_reports_non_finite",
+    "svd_to_host",
     "to_host",
     "transpose_operator",
 ]
@@ -61,23 +64,57 @@ def namespace(*arrays: Any) -> Any:
     # Plain NumPy arrays, by far the most frequent input, skip the generic dispatch.
     if present and all(type(a) is np.ndarray for a in present):
         return _NUMPY
+    if present:
+        kind = type(present[0])
+        xp = _BY_TYPE.get(kind)
+        if xp is not None and all(type(a) is kind for a in present):
+            return xp
     try:
-        return array_namespace(*present)
+        xp = array_namespace(*present)
     except TypeError:
         # Dask factors with a small NumPy core: Dask takes NumPy operands in every operation.
         lazy = [a for a in present if is_dask_array(a)]
         if lazy and all(is_dask_array(a) or type(a) is np.ndarray for a in present):
             return array_namespace(lazy[0])
         raise
+    kind = type(present[0])
+    if (kind.__module__, kind.__name__) in _TYPED_NAMESPACES and all(
+        type(a) is kind for a in present
+    ):
+        _BY_TYPE[kind] = xp
+        if hasattr(kind, "mT"):
+            _TRANSPOSABLE.add(kind)
+    return xp
+
+
+def namespace_of(x: Any) -> Any:
+    """The namespace of one array: :func:`namespace` without the argument handling."""
+    if type(x) is np.ndarray:
+        return _NUMPY
+    xp = _BY_TYPE.get(type(x))
+    return xp if xp is not None else namespace(x)
 
 
 #: The namespace ``array_namespace`` gives for NumPy arrays.
 _NUMPY = array_namespace(np.empty(0))
 
+#: Exact array types whose namespace follows from the type alone, by module and name:
+#: ``namespace`` remembers it at the first call (the libraries are never imported here).
+_TYPED_NAMESPACES = frozenset({("torch", "Tensor"), ("cupy", "ndarray")})
+
+#: The namespaces remembered so far, by exact type.
+_BY_TYPE: dict[type, Any] = {np.ndarray: _NUMPY}
+
+#: The remembered types with a matrix transpose property ``mT``.
+_TRANSPOSABLE: set[type] = set()
+
+#: Whether a dtype of another library than NumPy is complex, by array type and dtype.
+_COMPLEX: dict[tuple[type, Any], bool] = {}
+
 
 def is_array(x: Any) -> bool:
     """Whether ``x`` is an array of a library that array-api-compat recognises."""
-    return is_array_api_obj(x)
+    return type(x) in _BY_TYPE or is_array_api_obj(x)
 
 
 def is_lazy(x: Any) -> bool:
@@ -85,7 +122,7 @@ def is_lazy(x: Any) -> bool:
 
     Answered without importing Dask.
     """
-    return is_dask_array(x)
+    return type(x) not in _BY_TYPE and is_dask_array(x)
 
 
 def core_array(x: Any) -> Any:
@@ -94,7 +131,7 @@ def core_array(x: Any) -> Any:
     A lazy (Dask) array is computed to a NumPy array on the host; any other array is returned
     as it is.
     """
-    if is_dask_array(x):
+    if type(x) not in _BY_TYPE and is_dask_array(x):
         from ._dask import core_to_host
 
         return core_to_host(x)
@@ -105,8 +142,11 @@ def is_complex(x: Any) -> bool:
     """Whether the array ``x`` has a complex floating dtype."""
     if type(x) is np.ndarray:
         return x.dtype.kind == "c"
-    xp = array_namespace(x)
-    return xp.isdtype(x.dtype, "complex floating")
+    key = (type(x), x.dtype)  # dtypes of different libraries are never compared
+    known = _COMPLEX.get(key)
+    if known is None:
+        known = _COMPLEX[key] = bool(namespace_of(x).isdtype(x.dtype, "complex floating"))
+    return known
 
 
 def real_dtype(xp: Any, dtype: Any) -> Any:
@@ -124,11 +164,9 @@ def adjoint(x: Any) -> Any:
     if type(x) is np.ndarray:
         xt = np.swapaxes(x, -1, -2)
         return np.conj(xt) if np.iscomplexobj(x) else xt
-    xp = array_namespace(x)
-    xt = xp.matrix_transpose(x)
-    if xp.isdtype(x.dtype, "complex floating"):
-        return xp.conj(xt)
-    return xt
+    xp = namespace_of(x)
+    xt = x.mT if type(x) in _TRANSPOSABLE else xp.matrix_transpose(x)
+    return xp.conj(xt) if is_complex(x) else xt
 
 
 def allows_inplace(x: Any) -> bool:
@@ -141,6 +179,8 @@ def allows_inplace(x: Any) -> bool:
     """
     if type(x) is np.ndarray:
         return bool(x.flags.writeable)
+    if type(x) in _BY_TYPE:  # an exact torch.Tensor or cupy.ndarray seen before
+        return True
     from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
     if not (is_numpy_array(x) or is_cupy_array(x) or is_torch_array(x)):
@@ -158,7 +198,7 @@ def allows_item_assignment(x: Any) -> bool:
     expression and return it (callers use the return value). True for every other array,
     array-api-strict included (item assignment is part of the standard).
     """
-    if type(x) is np.ndarray:
+    if type(x) in _BY_TYPE:  # NumPy, or an exact torch.Tensor or cupy.ndarray seen before
         return True
     from array_api_compat import is_jax_array
 
@@ -169,8 +209,8 @@ def eye_like(x: Any, n: int) -> Any:
     """The ``n x n`` identity with the dtype and device of ``x``."""
     if type(x) is np.ndarray:
         return np.eye(n, dtype=x.dtype)
-    xp = array_namespace(x)
-    return xp.eye(n, dtype=x.dtype, device=_array_device(x))
+    xp = namespace_of(x)
+    return xp.eye(n, dtype=x.dtype, device=device(x))
 
 
 def qr(x: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
@@ -274,11 +314,12 @@ def qr_augment(U0: Any, X: Any) -> tuple[Any, Any]:
                 for b in row_blocks(Z):
                     Z[b] -= U0[b] @ C
         return tall_qr(work, overwrite_x=True)
-    xp = array_namespace(U0, X)
+    xp = namespace(U0, X)
     Z = X
     if r > 0:
+        U0h = adjoint(U0)
         for _ in range(2):
-            Z = Z - U0 @ (adjoint(U0) @ Z)
+            Z = Z - U0 @ (U0h @ Z)
     return tall_qr(xp.concat([U0, Z], axis=1), overwrite_x=True)
 
 
@@ -325,6 +366,36 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
     return xp.linalg.svd(x, full_matrices=False)
 
 
+def svd_reports_non_finite(x: Any) -> bool:
+    """Whether :func:`svd_to_host` may take ``x``: a PyTorch tensor.
+
+    PyTorch's SVD returns (or raises) for input holding NaN or infinity, so that the check
+    can follow the factorisation on the singular values the caller reads back anyway.
+    """
+    return type(x).__module__ == "torch" and type(x) in _BY_TYPE
+
+
+def svd_to_host(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
+    """:func:`svd` and the singular values on the host, reading back one array.
+
+    For the arrays of :func:`svd_reports_non_finite`: the factorisation runs first and
+    non-finite input is reported from its failure or its singular values (raises
+    :class:`~lowrank_integrators.errors.NonFiniteError` as :func:`svd` does).
+    """
+    xp = namespace_of(x)
+    try:
+        P, sigma, Qh = xp.linalg.svd(x, full_matrices=False)
+    except Exception as exc:  # each library raises its own error type
+        if not is_linalg_error(exc):
+            raise
+        require_finite(x, "a matrix to be factorised by SVD")
+        raise
+    sig_host = to_host(sigma)
+    if not np.logical_and.reduce(np.isfinite(sig_host), axis=None):
+        require_finite(x, "a matrix to be factorised by SVD")
+    return P, sigma, Qh, sig_host
+
+
 def to_host(x: Any) -> np.ndarray:
     """Copy a (small) array to a NumPy array on the host.
 
@@ -337,6 +408,8 @@ def to_host(x: Any) -> np.ndarray:
     if mod.startswith("cupy"):
         return x.get()
     if mod.startswith("torch"):
+        if x.device.type == "cpu" and not x.requires_grad:
+            return x.numpy()
         return x.detach().cpu().numpy()
     if mod.startswith("dask"):
         return np.asarray(x.compute())
@@ -361,7 +434,7 @@ def all_finite(*arrays: Any) -> bool:
             if not np.logical_and.reduce(np.isfinite(a), axis=None):
                 return False
             continue
-        xp = array_namespace(a)
+        xp = namespace_of(a)
         if type(a).__module__.startswith("torch") and a.numel() > 0:
             if bool(xp.isfinite(xp.sum(a))):
                 continue
@@ -438,6 +511,8 @@ def transpose_operator(op: Any) -> Any:
 
 def device(x: Any) -> Any:
     """The device an array lives on."""
+    if type(x) in _BY_TYPE and type(x) is not np.ndarray:
+        return x.device  # torch.Tensor, cupy.ndarray
     return _array_device(x)
 
 
@@ -505,8 +580,8 @@ def empty(like: Any) -> Any:
     """A new uninitialised array with the shape, dtype and device of ``like`` (C order)."""
     if type(like) is np.ndarray:
         return np.empty(like.shape, dtype=like.dtype)
-    xp = array_namespace(like)
-    return xp.empty(tuple(like.shape), dtype=like.dtype, device=_array_device(like))
+    xp = namespace_of(like)
+    return xp.empty(tuple(like.shape), dtype=like.dtype, device=device(like))
 
 
 def copy(x: Any) -> Any:

@@ -109,6 +109,15 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
         m, k = x.shape
         if 0 < k <= m and m * k <= _SMALL_ENTRIES:
             return _small_real_q(x)
+    elif len(x.shape) == 2 and not bk.is_lazy(x):
+        m, k = int(x.shape[0]), int(x.shape[1])
+        if m > 0 and k > 0 and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
+            xp = bk.namespace_of(x)
+            Q = xp.linalg.qr(x, mode="reduced")[0]
+            # each column by its sign: Q has min(m, k) columns, its diagonal as many entries
+            if bk.is_complex(Q):
+                return Q * canonical_phases(_diagonal(Q))
+            return xp.where(_diagonal(Q) > 0, -Q, Q)  # Q times the signs, exactly
     return _factor(x, None, overwrite=overwrite_x)[0]
 
 
@@ -295,7 +304,7 @@ def _kappa2(G: Any, R: Any) -> float:
 def _diagonal(a: Any) -> Any:
     if isinstance(a, np.ndarray):
         return np.diagonal(a)
-    return bk.namespace(a).linalg.diagonal(a)
+    return bk.namespace_of(a).linalg.diagonal(a)
 
 
 # --- kernels: NumPy through BLAS/LAPACK without tall copies; other libraries through the API --
@@ -548,13 +557,37 @@ def canonical_phases(diag: Any) -> Any:
     """
     if type(diag) is np.ndarray and diag.dtype.kind == "f":
         return np.where(diag > 0, -1.0, 1.0).astype(diag.dtype)
-    xp = bk.namespace(diag)
+    xp = bk.namespace_of(diag)
+    if not bk.is_complex(diag):
+        one, two = unit_scalars(diag)
+        return one - two * xp.astype(diag > 0, diag.dtype)  # exactly -1 or 1
     mag = xp.abs(diag)
     one = xp.ones_like(mag)
     if xp.isdtype(diag.dtype, "complex floating"):
         safe = xp.astype(xp.where(mag > 0, mag, one), diag.dtype)
         return xp.where(mag > 0, -xp.conj(diag) / safe, xp.astype(one, diag.dtype))
     return xp.where(diag > 0, -one, one)
+
+
+def unit_scalars(x: Any) -> tuple[Any, Any]:
+    """``(1, 2)`` as 0-d arrays of the type, dtype and device of ``x`` (made once).
+
+    Signs ``1 - 2 b`` of a boolean ``b`` formed with them cost three elementwise operations
+    and no type promotion.
+    """
+    key = (type(x), x.dtype, bk.device(x))
+    units = _UNITS.get(key)
+    if units is None:
+        xp = bk.namespace_of(x)
+        units = _UNITS[key] = (
+            xp.asarray(1, dtype=x.dtype, device=key[2]),
+            xp.asarray(2, dtype=x.dtype, device=key[2]),
+        )
+    return units
+
+
+#: ``(1, 2)`` as 0-d arrays, by array type, dtype and device.
+_UNITS: dict[tuple[Any, Any, Any], tuple[Any, Any]] = {}
 
 
 def _conj(d: Any) -> Any:

@@ -116,7 +116,11 @@ def assign_stage(out: Any, X0: Any, alpha: float, k: Any) -> Any:
     if bk.single_block(out):  # updated whole, without slices
         np.add(X0.left @ X0.right if factored else X0, alpha * k, out=out)
         return out
-    for b in bk.row_blocks(out):
+    blocks = bk.row_blocks(out)
+    if len(blocks) == 1:  # other libraries: one block, updated whole
+        out[...] = (X0.left @ X0.right if factored else X0) + alpha * k
+        return out
+    for b in blocks:
         out[b, :] = (X0.rows(b) if factored else X0[b, :]) + alpha * k[b, :]
     return out
 
@@ -474,6 +478,9 @@ class Euler(SubstepSolver):
         # The start is handed over as it is (possibly factored): a driver that answers from
         # the point it was declared at never forms it.
         k = yield from f(t0, X0, True)
+        if type(k) is not np.ndarray and (len(k.shape) != 2 or len(bk.row_blocks(k)) == 1):
+            # other libraries, one block: the sum is the new array (no work array to fill)
+            return start_array(X0) + (t1 - t0) * k
         return assign_stage(bk.empty(k), X0, t1 - t0, k)
 
     def __repr__(self) -> str:

@@ -159,6 +159,10 @@ class TruncationRule(ABC):
             xp: Any = np
             P, sigma, Qh = bk.svd(S_hat)
             sig_host = sigma
+        elif bk.svd_reports_non_finite(S_hat):
+            # one value read back (the singular values) instead of a check before the SVD
+            xp = bk.namespace_of(S_hat)
+            P, sigma, Qh, sig_host = bk.svd_to_host(S_hat)
         else:
             S_hat = bk.core_array(S_hat)  # a lazy core is computed once, on the host
             xp = bk.namespace(S_hat)
@@ -171,16 +175,19 @@ class TruncationRule(ABC):
                 f"1 and the {int(sig_host.shape[0])} available singular values"
             )
         small = None
-        if xp is np and sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
+        if sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
             small = _small_tail_norms(sig_host.tolist(), "frobenius")
         tail = small[r1] if small is not None else float(tail_norms(sig_host)[r1])
         if xp is np and sigma.dtype == S_hat.dtype:
             S1 = np.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
         elif xp is np:
             S1 = np.eye(r1, dtype=S_hat.dtype) * sigma[:r1].astype(S_hat.dtype)[None, :]
+        elif sigma.dtype == S_hat.dtype and hasattr(xp, "diag"):
+            S1 = xp.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
         else:
             eye = xp.eye(r1, dtype=S_hat.dtype, device=bk.device(S_hat))
-            S1 = eye * xp.astype(sigma[:r1], S_hat.dtype)[None, :]
+            diag = sigma[:r1] if sigma.dtype == S_hat.dtype else xp.astype(sigma[:r1], S_hat.dtype)
+            S1 = eye * diag  # diag scales the columns
         record = TruncationRecord(
             rank_before=int(sig_host.shape[0]),
             rank_after=r1,

@@ -17,12 +17,15 @@ before ``V_hat Q`` is formed. ``tests/test_memory.py`` counts the tall arrays of
 
 from __future__ import annotations
 
+import math
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import canonical_phases, tall_q
+from .._qr import canonical_phases, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -55,7 +58,7 @@ def augment(led: FactorisationLedger, X: Any, U0: Any) -> tuple[Any, Any]:
     return _augment_by_one_qr(led, X, U0, bk.namespace(U0, X))
 
 
-def project_out(U0: Any, X: Any) -> Any:
+def project_out(U0: Any, X: Any, *, check: bool = True) -> Any:
     """``Z = X - U0 (U0^H X)``, projected twice, as a new array (``X`` is not modified).
 
     Block classical Gram-Schmidt with reorthogonalisation: for orthonormal ``U0`` the columns
@@ -64,7 +67,10 @@ def project_out(U0: Any, X: Any) -> Any:
     tall temporary besides ``Z``).
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``X`` or ``U0`` holds NaN
-    or infinity (checked on the small products of the projection, which they reach).
+    or infinity (checked on the small products of the projection, which they reach). With
+    ``check=False`` arrays of other libraries than NumPy are not checked here (a value read
+    back to the host): for a caller that passes ``Z`` to :func:`augment_projected`, which
+    reads a product of it back and reports a non-finite one.
     """
     if int(U0.shape[1]) == 0:
         _require_finite_products(X, U0, X)
@@ -72,11 +78,10 @@ def project_out(U0: Any, X: Any) -> Any:
     if type(U0) is np.ndarray and type(X) is np.ndarray:
         return _project_out_numpy(U0, X)
     U0h = bk.adjoint(U0)
-    C = U0h @ X
-    _require_finite_products(C, U0, X)
-    Z = X - U0 @ C
+    Z = X - U0 @ (U0h @ X)
     C = U0h @ Z
-    _require_finite_products(C, U0, Z)
+    if check:  # as on NumPy: non-finite entries and overflows reach the second products
+        _require_finite_products(C, U0, Z)
     return Z - U0 @ C
 
 
@@ -124,7 +129,11 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     block is ``U0 D`` up to rounding, ``D`` diagonal with unimodular entries, and is replaced
     by ``U0 D`` itself. Either way ``U_hat^H U0 = [D^H; 0]`` holds by construction and the
     Galerkin start needs no product over tall arrays (see :func:`embed_core`). One QR is
-    counted.
+    counted. A ``Z`` holding NaN or infinity raises
+    :class:`~lowrank_integrators.errors.NonFiniteError` (found on ``U0^H Q``, whose largest
+    entry the check reads back); for real arrays of other libraries than NumPy that take the
+    one-QR path nothing is read back, and the NaN reaches ``U_hat``: the rank-adaptive steps
+    report it at the SVD of their core, before they return.
 
     Returns
     -------
@@ -136,11 +145,11 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     numpy = type(U0) is np.ndarray and type(Z) is np.ndarray and U0.dtype == Z.dtype
     xp = np if numpy else bk.namespace(U0, Z)
     if r == 0 or k == 0 or r + k > rows:
-        return _augment_by_one_qr(led, Z, U0, xp)
+        return _augment_by_one_qr(led, Z, U0, xp, in_step=True)
     Q = tall_q(Z, overwrite_x=True)  # NumPy: in the storage of Z
     Z = None
     if int(Q.shape[1]) != k:
-        return _augment_by_one_qr(led, Q, U0, xp)
+        return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
     # Orthogonality of the new columns to U0. The QR's rounding, amplified by the condition
     # of Z, leaves U0^H Q = C of size eps kappa(Z); one more projection Q - U0 C leaves
     # ||U0^H Q|| ~ eps ||C|| and ||Q^H Q - I|| ~ ||C||^2, both at working precision when
@@ -151,26 +160,34 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     # (a column of Q nearly inside span(U0)), the one-QR path of r + k columns.
     eps, C, size = _cross(U0, Q, numpy, xp)
     if not size <= _CROSS_TOLERANCE * eps:
+        if not math.isfinite(size):
+            if not numpy:
+                _require_finite_products(C, U0, Q)  # names a non-finite input
+            return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
         Q = _subtract_products(Q, U0, C, numpy)
         if not size * size * k <= _CROSS_TOLERANCE * eps:
             Q = tall_q(Q, overwrite_x=True)
             if int(Q.shape[1]) != k:
-                return _augment_by_one_qr(led, Q, U0, xp)
+                return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
             _, C, size = _cross(U0, Q, numpy, xp)
             if not size * size * k <= _CROSS_TOLERANCE * eps:
-                return _augment_by_one_qr(led, Q, U0, xp)
+                return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
             if not size <= _CROSS_TOLERANCE * eps:
                 Q = _subtract_products(Q, U0, C, numpy)
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
-    d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0[:r, :r]))
+    d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0))  # r <= rows
     if numpy:
         U_hat = np.empty((rows, r + k), dtype=U0.dtype)
         np.multiply(U0, d, out=U_hat[:, :r])
         U_hat[:, r:] = Q
         return U_hat, (d.conj() if d.dtype.kind == "c" else d)
-    return xp.concat([U0 * d, Q], axis=1), xp.conj(d)
+    U_hat = xp.concat([U0 * d, Q], axis=1)
+    if bk.is_complex(d):
+        return U_hat, xp.conj(d)
+    _remember_leading(U_hat, U0, d)
+    return U_hat, d
 
 
 def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
@@ -179,8 +196,10 @@ def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
         eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
         C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
         return eps, C, float(np.maximum.reduce(np.abs(C), axis=None))
+    key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
+    eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
     C = bk.adjoint(U0) @ Q
-    return float(xp.finfo(U0.dtype).eps), C, float(abs(bk.to_host(C)).max())
+    return eps, C, float(xp.max(xp.abs(C)))  # one number to the host
 
 
 def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
@@ -203,6 +222,9 @@ _SMALL = 1 << 16
 #: Machine epsilon by NumPy dtype, looked up once.
 _EPS: dict[Any, float] = {}
 
+#: Machine epsilon by array type and dtype of other libraries, looked up once.
+_EPS_OTHER: dict[tuple[Any, Any], float] = {}
+
 #: Largest entry of ``U0^H Q`` (in units of the dtype's epsilon) accepted for the new columns:
 #: leaves ``U_hat`` orthonormal to ``4e-6`` in float32 and ``8e-15`` in float64.
 _CROSS_TOLERANCE = 32.0
@@ -217,28 +239,77 @@ def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
     raise NonFiniteError(f"an overflow in the products of a basis augmentation ({C.shape})")
 
 
-def _augment_by_one_qr(led: FactorisationLedger, X: Any, U0: Any, xp: Any) -> tuple[Any, Any]:
-    """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`)."""
+def _augment_by_one_qr(
+    led: FactorisationLedger,
+    X: Any,
+    U0: Any,
+    xp: Any,
+    *,
+    in_step: bool = False,
+    inner: Any = None,
+) -> tuple[Any, Any]:
+    """``[U0 D, Q]`` from one thin QR of ``[U0, Z]`` (the robust path of :func:`augment`).
+
+    ``in_step``: called within a step whose core is factorised by SVD, which reports
+    non-finite input, so that real arrays of other libraries than NumPy need no check here.
+    ``inner``: ``U0^H X`` where the caller formed it (``bk.adjoint(U0) @ X``), for the first
+    projection.
+    """
+    if in_step and bk.allows_inplace(U0) and type(U0) is not np.ndarray and type(X) is type(U0):
+        if not (bk.is_complex(U0) or bk.is_complex(X)):
+            return _augment_by_one_qr_real(led, X, U0, xp, inner)
     U_hat = led.qr_augment(U0, X)[0]
     r = int(U0.shape[1])
     lead = U_hat[:, :r]
+    complex_ = bk.is_complex(U0) or bk.is_complex(lead)
     if type(lead) is np.ndarray:  # no tall temporary
-        c = np.einsum("ij,ij->j", lead.conj() if bk.is_complex(lead) else lead, U0)
+        c = np.einsum("ij,ij->j", lead.conj() if complex_ else lead, U0)
     else:
         # the r signs are decided on the host (one small compute for lazy arrays)
-        c = bk.core_array(xp.sum(xp.conj(lead) * U0, axis=0))
+        c = bk.core_array(xp.sum((xp.conj(lead) if complex_ else lead) * U0, axis=0))
         xp = bk.namespace(c)
-    if bk.is_complex(U0):
+    if complex_:
         size = xp.abs(c)
         m = xp.where(size > 0, c / xp.where(size > 0, size, 1), xp.ones_like(c))
+        signs = xp.conj(m)
     else:
-        m = xp.where(c < 0, -xp.ones_like(c), xp.ones_like(c))
+        one = xp.ones_like(c)
+        m = signs = xp.where(c < 0, -one, one)
     if bk.allows_inplace(U_hat):
         U_hat[:, :r] = U0
-        U_hat[:, :r] *= xp.conj(m)
+        U_hat[:, :r] *= signs
+        if type(U_hat) is not np.ndarray and not complex_:
+            _remember_leading(U_hat, U0, m)
         return U_hat, m
     tall = bk.namespace(U_hat)
-    return tall.concat([U0 * xp.conj(m), U_hat[:, r:]], axis=1), m
+    return tall.concat([U0 * signs, U_hat[:, r:]], axis=1), m
+
+
+def _augment_by_one_qr_real(
+    led: FactorisationLedger, X: Any, U0: Any, xp: Any, inner: Any = None
+) -> tuple[Any, Any]:
+    """:func:`_augment_by_one_qr` of real arrays of other libraries than NumPy (GPU tensors).
+
+    The same operations as :meth:`FactorisationLedger.qr_augment` and the sign fix, without
+    reading a value back and without forming ``R``. Their Householder QR returns for any input;
+    NaN or infinity in ``X`` or ``U0`` reaches the basis, hence the step's core, whose SVD
+    reports it (:class:`~lowrank_integrators.errors.NonFiniteError`) before the step returns.
+    """
+    led.info.n_qr += 1
+    r = int(U0.shape[1])
+    Z = X
+    if r > 0:
+        U0h = bk.adjoint(U0)
+        Z = Z - U0 @ (U0h @ Z if inner is None else inner)
+        Z = Z - U0 @ (U0h @ Z)
+    Q = tall_q(xp.concat([U0, Z], axis=1), overwrite_x=True)
+    Z = None
+    c = xp.sum(Q[:, :r] * U0, axis=0)
+    one, two = unit_scalars(c)
+    m = one - two * xp.astype(c < 0, c.dtype)  # exactly -1 or 1
+    Q[:, :r] = U0 * m  # in the factorisation's own array (and memory layout)
+    _remember_leading(Q, U0, m)
+    return Q, m
 
 
 def leading_signs(W: Any, W0: Any) -> Any | None:
@@ -251,6 +322,9 @@ def leading_signs(W: Any, W0: Any) -> Any | None:
     """
     if type(W) is np.ndarray and type(W0) is np.ndarray:
         return _leading_signs_numpy(W, W0)
+    built = _BUILT.get(id(W))
+    if built is not None and built[0]() is W and built[1]() is W0:
+        return built[2]  # built here from W0: no check (which would read a value back)
     r = int(W0.shape[1])
     if int(W.shape[0]) != int(W0.shape[0]) or int(W.shape[1]) < r:
         return None
@@ -261,6 +335,26 @@ def leading_signs(W: Any, W0: Any) -> Any | None:
     one = xp.ones((), dtype=W0.dtype, device=bk.device(W0))
     d = xp.where(xp.sum(lead * W0, axis=0) < 0, -one, one)
     return d if bool(xp.all(lead == W0 * d)) else None
+
+
+#: The augmented bases of other libraries than NumPy built here, by ``id``: weak references to
+#: the basis and to its start basis, and the signs of the leading block. A bounded record of
+#: the last few bases, so that :func:`leading_signs` answers for them without a check.
+_BUILT: dict[int, tuple[Any, Any, Any]] = {}
+_BUILT_KEEP = 64
+_BUILT_LOCK = threading.Lock()
+
+
+def _remember_leading(W: Any, W0: Any, d: Any) -> None:
+    """Record that ``W[:, :r] == W0 * d`` holds exactly (``W`` built here, real)."""
+    try:
+        entry = (weakref.ref(W), weakref.ref(W0), d)
+    except TypeError:  # arrays without weak references are checked instead
+        return
+    with _BUILT_LOCK:
+        while len(_BUILT) >= _BUILT_KEEP:
+            del _BUILT[next(iter(_BUILT))]
+        _BUILT[id(W)] = entry
 
 
 def _leading_signs_numpy(W: np.ndarray, W0: np.ndarray) -> np.ndarray | None:
@@ -299,8 +393,13 @@ def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
         np.multiply(m_left[:, None] * S0, right[None, :], out=out[:r, :s])
         return out
     xp = bk.namespace(S0)
-    S0 = m_left[:, None] * S0 * xp.conj(m_right)[None, :]
+    right = xp.conj(m_right) if bk.is_complex(m_right) else m_right
+    S0 = m_left[:, None] * S0 * right  # right scales the columns
     dev = bk.device(S0)
+    if bk.allows_item_assignment(S0) and (rows > r or cols > s):
+        out = xp.zeros((max(rows, r), max(cols, s)), dtype=S0.dtype, device=dev)
+        out[:r, :s] = S0
+        return out
     if cols > s:
         S0 = xp.concat([S0, xp.zeros((r, cols - s), dtype=S0.dtype, device=dev)], axis=1)
     if rows > r:
@@ -344,7 +443,7 @@ class AugmentedBases:
                 # evaluate the lazy K-step twice
                 self.U, lead["U"] = augment(led, K1, U0)
                 return
-            Z = project_out(U0, K1)
+            Z = project_out(U0, K1, check=False)  # augment_projected reports non-finite Z
             K0 = K1 = None
             self.U, lead["U"] = augment_projected(led, Z, U0)
 
@@ -354,7 +453,7 @@ class AugmentedBases:
             if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
                 return
-            Z = project_out(V0, L1)
+            Z = project_out(V0, L1, check=False)
             L0 = L1 = None
             self.V, lead["V"] = augment_projected(led, Z, V0)
 

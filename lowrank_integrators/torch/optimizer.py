@@ -107,14 +107,12 @@ class _RecordedPass:
         if d is None or e is None:
             return None
         U1, V1 = U[:, r:], V[:, s:]
-        out = torch.empty(int(U.shape[1]), int(V.shape[1]), dtype=U.dtype, device=U.device)
-        torch.mul(gS, d[:, None] * e[None, :], out=out[:r, :s])
-        torch.mul(gL.mT @ V1, d[:, None], out=out[:r, s:])
-        torch.mul(U1.mT @ gK, e[None, :], out=out[r:, :s])
+        # the signs are +-1: the blocks are scaled exactly, in any order
+        top = torch.cat([gS * e, gL.mT @ V1], dim=1).mul_(d[:, None])
         # the new columns share no block with the products the passes formed
         fresh = [rec._replace(formed=None) for rec in self.records]
-        out[r:, s:] = self.layer.grad_project(U1, V1, records=fresh)
-        return out
+        new = self.layer.grad_project(U1, V1, records=fresh)
+        return torch.cat([top, torch.cat([(U1.mT @ gK) * e, new], dim=1)], dim=0)
 
 
 class _LayerStep:
@@ -168,6 +166,14 @@ class _Rounds:
                     st.task.answer(ans)
 
     def _serve(self, rounds: list[list[Request]]) -> list[list[Any]]:
+        steps = self.steps
+        pairs = list(zip(steps, rounds, strict=True))
+        if all(r.point is st.start for st, reqs in pairs for r in reqs):  # type: ignore[attr-defined]
+            # every request declared at its layer's start: the backward pass answers them
+            return [
+                [self._answer(st, i, req, st.start_pass, st.start) for req in reqs]
+                for i, (st, reqs) in enumerate(pairs)
+            ]
         points: list[list[LowRankMatrix]] = []
         where: list[list[int]] = []
         for reqs in rounds:
@@ -190,16 +196,23 @@ class _Rounds:
                 for pts, st in zip(points, self.steps, strict=True)
             ]
             passes.append(self._pass_at(combined))
-        answers: list[list[Any]] = []
-        for i, (st, reqs, idx) in enumerate(zip(self.steps, rounds, where, strict=True)):
-            out = []
-            for req, j in zip(reqs, idx, strict=True):
-                kind, bases = req.kind, req.bases  # type: ignore[attr-defined]
-                ans = st.view.product(kind, passes[j][i], i, points[i][j], bases, st.lr)
-                name = f"the {kind} product of low-rank layer {i}"
-                out.append(check_product(name, ans, expected_shape(req), expected_dtype(req)))
-            answers.append(out)
-        return answers
+        return [
+            [
+                self._answer(st, i, req, passes[j][i], points[i][j])
+                for req, j in zip(reqs, idx, strict=True)
+            ]
+            for i, (st, reqs, idx) in enumerate(zip(self.steps, rounds, where, strict=True))
+        ]
+
+    @staticmethod
+    def _answer(st: _LayerStep, i: int, req: Request, gp: _RecordedPass, point: Any) -> Any:
+        """The answer to one request of layer ``i`` from the pass ``gp`` at ``point``."""
+        kind = req.kind  # type: ignore[attr-defined]
+        ans = st.view.product(kind, gp, i, point, req.bases, st.lr)  # type: ignore[attr-defined]
+        shape, dtype = expected_shape(req), expected_dtype(req)
+        if type(ans) is torch.Tensor and ans.dtype == dtype and tuple(ans.shape) == shape:
+            return ans  # the common case, without the message
+        return check_product(f"the {kind} product of low-rank layer {i}", ans, shape, dtype)
 
     def _pass_at(self, points: list[LowRankMatrix]) -> list[_RecordedPass]:
         if all(p is st.start for p, st in zip(points, self.steps, strict=True)):
