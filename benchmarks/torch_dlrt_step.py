@@ -7,10 +7,8 @@ truncated to a fixed rank ``r``:
 
 * ``numpy``: ``LowRankTraining.step`` of the NumPy MLP;
 * ``torch``: ``opt.zero_grad(); loss.backward(); opt.step()`` with ``DLRTOptimizer`` on the
-  model converted by ``lowrank_integrators.torch.convert`` (its default direct evaluation of
-  the DLRT step, :mod:`lowrank_integrators.torch.dlrt_step`);
-* ``torch_protocol``: the same with ``direct=False``: the step driven request by request
-  through the step protocol, as for any other integrator;
+  same network as ``LowRankLinear`` layers (the integrator's step driven through the step
+  protocol, its requests answered from the backward pass);
 * ``dense``: the same torch loop with the unconverted model (``torch.optim.SGD``).
 
 Printed: the median CPU time of a step of each and the ratios torch / numpy and dense / torch.
@@ -77,10 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
             )  # fmt: skip
         return model
 
-    model, model_p = converted(), converted()
+    model = converted()
     opt = DLRTOptimizer(model.parameters(), lr=args.lr, method=method)
-    # the same method driven request by request through the step protocol
-    opt_p = DLRTOptimizer(model_p.parameters(), lr=args.lr, method=method, direct=False)
     tb = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
 
     def numpy_step(k: int) -> None:
@@ -96,7 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {
         "numpy": numpy_step,
         "torch": lambda k: torch_step(k, model, opt),
-        "torch_protocol": lambda k: torch_step(k, model_p, opt_p),
         "dense": lambda k: torch_step(k, dense, dense_opt),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -118,17 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "median_cpu_seconds": med,
         "torch_over_numpy": med["torch"] / med["numpy"],
-        "torch_protocol_over_numpy": med["torch_protocol"] / med["numpy"],
         "dense_over_torch": med["dense"] / med["torch"],
         "platform": platform.platform(),
         "torch": torch.__version__,
     }
     print(
         f"{arch}, rank {args.rank}, batch {args.batch_size}: numpy DLRT {1e3 * med['numpy']:.1f} "
-        f"ms, torch DLRT {1e3 * med['torch']:.1f} ms (through the protocol "
-        f"{1e3 * med['torch_protocol']:.1f} ms), torch dense {1e3 * med['dense']:.1f} ms; "
-        f"torch / numpy {result['torch_over_numpy']:.2f} (protocol "
-        f"{result['torch_protocol_over_numpy']:.2f}), dense / torch "
+        f"ms, torch DLRT {1e3 * med['torch']:.1f} ms, torch dense {1e3 * med['dense']:.1f} ms; "
+        f"torch / numpy {result['torch_over_numpy']:.2f}, dense / torch "
         f"{result['dense_over_torch']:.2f}"
     )
     if args.out:

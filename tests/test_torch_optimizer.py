@@ -112,43 +112,67 @@ def test_multi_pass_methods_take_a_closure_and_match_the_client(rng, method, dir
         np.testing.assert_allclose(p.detach().numpy(), a, rtol=1e-10, atol=1e-12)
 
 
+def dense_twin(model):
+    """LeNet5 with the dense weights ``U S V^T`` of a converted ``model`` (same biases)."""
+    dense = lenet5(dtype=F64)
+    with torch.no_grad():
+        for name in ("conv1", "conv2", "fc1"):
+            low, full = getattr(model, name), getattr(dense, name)
+            full.weight.copy_((low.U @ low.S @ low.V.T).reshape(full.weight.shape))
+            full.bias.copy_(low.bias)
+        dense.fc2.load_state_dict(model.fc2.state_dict())
+    return dense
+
+
+def augmented_bug_euler_step(U0, S0, V0, gW, h, tau):
+    """DLRT's step written out (Ceruti, Kusch, Lubich 2022, arXiv:2104.05247; one Euler step
+    per substep): ``K1 = U0 S0 - h G V0``, ``L1 = V0 S0^T - h G^T U0``, orthonormal bases of
+    ``[U0, K1]`` and ``[V0, L1]``, the Galerkin core of ``W0 - h G`` in them, its SVD truncated
+    to the smallest rank whose discarded tail is at most ``tau`` times the core's norm."""
+    K1, L1 = U0 @ S0 - h * gW @ V0, V0 @ S0.T - h * gW.T @ U0
+    U_hat = torch.linalg.qr(torch.cat([U0, K1], dim=1)).Q
+    V_hat = torch.linalg.qr(torch.cat([V0, L1], dim=1)).Q
+    P, sigma, Qh = torch.linalg.svd(U_hat.T @ (U0 @ S0 @ V0.T - h * gW) @ V_hat)
+    tails = torch.sqrt(torch.flip(torch.cumsum(torch.flip(sigma**2, [0]), 0), [0]))
+    tails = torch.cat([tails[1:], tails.new_zeros(1)])  # tails[k]: the norm beyond rank k + 1
+    r1 = int(torch.nonzero(tails <= tau * torch.linalg.norm(sigma))[0]) + 1
+    return (U_hat @ P[:, :r1]) @ torch.diag(sigma[:r1]) @ (Qh[:r1] @ V_hat.T), r1
+
+
+@pytest.mark.parametrize("rank", [8, 12], ids=["factored-conv1", "conv1-forms-its-kernel"])
 @pytest.mark.parametrize("accumulate", [1, 2], ids=["one-pass", "two-passes"])
-def test_the_direct_dlrt_step_is_the_protocols_step(accumulate):
-    # convolutions taking both routes (kernel gradient, products) and a linear layer
+def test_the_default_step_is_dlrts_augmented_bug_step_written_out(rank, accumulate):
+    # convolutions taking every route (kernel, kernel gradient, products) and a linear layer
     torch.manual_seed(0)
-    start = convert(lenet5(dtype=F64), 8, exclude=("fc2",))
-    models = [copy.deepcopy(start), copy.deepcopy(start)]
-    method = AugmentedBUG(Tolerance(0.1, relative=True), substep=Euler())
-    opts = [
-        DLRTOptimizer(m.parameters(), lr=0.2, method=method, direct=d)
-        for m, d in zip(models, (True, False), strict=True)
-    ]
-    assert opts[0]._direct_method() and not opts[1]._direct_method()
+    model = convert(lenet5(dtype=F64), rank, exclude=("fc2",))
+    opt = DLRTOptimizer(model.parameters(), lr=0.2, tau=0.1)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         batches = [
             (torch.randn(6, 1, 28, 28, dtype=F64, generator=g), torch.randint(0, 10, (6,)))
             for _ in range(accumulate)
         ]
-        for model, opt in zip(models, opts, strict=True):
-            opt.zero_grad()
-            for x, y in batches:
-                CE(model(x), y).backward()
-            opt.step()
-        a, b = opts[0].last_infos, opts[1].last_infos
-        assert [i.rank_after for i in a] == [i.rank_after for i in b]
-        assert [(i.n_right, i.n_left, i.n_project, i.n_qr, i.n_svd) for i in a] == [
-            (i.n_right, i.n_left, i.n_project, i.n_qr, i.n_svd) for i in b
-        ]
-        for i, j in zip(a, b, strict=True):
-            assert i.truncation.tail == pytest.approx(j.truncation.tail, rel=1e-9)
-    for name in ("conv1", "conv2", "fc1"):
-        la, lb = (getattr(m, name) for m in models)
-        torch.testing.assert_close(
-            (la.U @ la.S @ la.V.T).detach(), (lb.U @ lb.S @ lb.V.T).detach(), rtol=1e-10, atol=1e-12
-        )
-    for pa, pb in zip(models[0].fc2.parameters(), models[1].fc2.parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+        dense = dense_twin(model)
+        for x, y in batches:
+            CE(dense(x), y).backward()
+        expected = {}
+        for name in ("conv1", "conv2", "fc1"):
+            low, full = getattr(model, name), getattr(dense, name)
+            gW = full.weight.grad.reshape(full.weight.shape[0], -1)
+            U0, S0, V0 = (p.detach() for p in (low.U, low.S, low.V))
+            expected[name] = augmented_bug_euler_step(U0, S0, V0, gW, 0.2, 0.1)
+        opt.zero_grad()
+        for x, y in batches:
+            CE(model(x), y).backward()
+        opt.step()
+        assert [i.rank_after for i in opt.last_infos] == [r for _, r in expected.values()]
+        for name, (W1, _) in expected.items():
+            low = getattr(model, name)
+            torch.testing.assert_close(
+                (low.U @ low.S @ low.V.T).detach(), W1, rtol=1e-10, atol=1e-12
+            )
+        for p, q in zip(model.fc2.parameters(), dense.fc2.parameters(), strict=True):
+            torch.testing.assert_close(p.detach(), (q - 0.2 * q.grad).detach())
 
 
 def test_a_multi_pass_method_without_closure_says_what_to_do(rng):

@@ -43,15 +43,8 @@ from ..protocol import Request, StepTask, expected_dtype, expected_shape
 from ..substeps import Euler
 from ..threads import limited
 from ..training.optimizers import SGD, Adam, HeavyBall, Optimizer
-from ..truncation import Tolerance, TruncationRule
+from ..truncation import Tolerance
 from ._tucker_fields import TuckerDirection, TuckerLayerField
-from .dlrt_step import (
-    augmented_bases,
-    augmented_core,
-    direct_applies,
-    require_finite_cores,
-    truncate_augmented,
-)
 from .layers import FactoredLayer, replace_data
 from .tucker_layers import TuckerConv2d
 
@@ -268,13 +261,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
         2023, arXiv:2305.19059). Default
         ``TuckerBUG(Tolerance(tau, relative=True, rmax=rmax), substep=Euler())``: with Euler
         substeps every product is taken at the start point, from the gradient of the kernel.
-    direct : bool, default True
-        For DLRT (``AugmentedBUG`` with ``Euler()`` substeps and any truncation rule) with
-        ``SGD()``: evaluate each layer's step in closed form from its backward pass (see
-        ``lowrank_integrators.torch.dlrt_step``: the same equations, without the
-        request-by-request bookkeeping of the step protocol, which costs more than the
-        arithmetic at the sizes of small networks). ``False`` drives every method through the
-        protocol.
 
     Attributes
     ----------
@@ -308,7 +294,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
         rmax: int | None = None,
         direction: Optimizer | None = None,
         tucker_method: Integrator | None = None,
-        direct: bool = True,
     ) -> None:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             raise TypeError(f"lr must be a positive number, got {type(lr).__name__}")
@@ -347,9 +332,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
         self.direction = direction
         self.last_infos: list[StepInfo] = []
         self.last_passes = 0
-        if not isinstance(direct, bool):
-            raise TypeError(f"direct must be a bool, got {type(direct).__name__}")
-        self.direct = direct
 
     # --- groups and layers ---------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -378,7 +360,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
         "_direction_arg",
         "last_infos",
         "last_passes",
-        "direct",
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -422,9 +403,7 @@ class DLRTOptimizer(torch.optim.Optimizer):
         roles = self._roles()
         dense: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
         steps: list[_LayerStep] = []
-        direct: list[tuple[FactoredLayer, float]] = []
         tucker_steps: list[tuple[TuckerConv2d, float]] = []
-        use_direct = self._direct_method()
         for group in self.param_groups:
             lr = float(group["lr"])
             if not (math.isfinite(lr) and lr > 0):
@@ -442,38 +421,15 @@ class DLRTOptimizer(torch.optim.Optimizer):
                     continue
                 if isinstance(layer, TuckerConv2d):
                     tucker_steps.append((layer, lr))
-                elif use_direct and direct_applies(layer):
-                    direct.append((layer, lr))
                 else:
                     steps.append(self._prepare(layer, lr))
         rounds = _Rounds(self, steps, closure)
         rounds.run()
-        cores = [
-            augmented_core(layer, lr, U_hat, V_hat)
-            for (layer, lr), (U_hat, V_hat) in zip(direct, augmented_bases(direct), strict=True)
-        ]
-        require_finite_cores(cores)
-        truncation = getattr(self.method, "truncation", None)
-        direct_results = [
-            truncate_augmented(core, truncation, lr)
-            for core, (_layer, lr) in zip(cores, direct, strict=True)
-        ]
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
         # The integrators refuse non-finite bases and cores (NonFiniteError) while the rounds
         # run, before any layer below is changed: a failing step leaves the model as it was.
         self.last_infos = []
-        self.last_passes = (1 if steps or direct or tucker_steps else 0) + rounds.n_passes
-        for (layer, lr), (U1, S1, V1, info) in zip(direct, direct_results, strict=True):
-            state = self.state[layer.U]
-            if not state:
-                state.update({"step": 0, "t": 0.0, "slot": {}})
-            state["t"] = float(state["t"]) + lr
-            state["step"] += 1
-            layer.set_factors(U1, S1, V1)
-            for p in (layer.U, layer.S, layer.V):
-                p.grad = None
-            layer.clear_records()
-            self.last_infos.append(info)
+        self.last_passes = (1 if steps or tucker_steps else 0) + rounds.n_passes
         for ls in steps:
             layer, state = ls.layer, ls.state
             new, info = ls.task.value
@@ -501,17 +457,6 @@ class DLRTOptimizer(torch.optim.Optimizer):
         for group, p, g in dense:
             self._dense_update(p, g, float(group["lr"]))
         return loss
-
-    def _direct_method(self) -> bool:
-        """Whether the steps take the direct evaluation of :mod:`.dlrt_step` (DLRT with SGD)."""
-        m = self.method
-        return (
-            getattr(self, "direct", True)
-            and type(m) is AugmentedBUG
-            and isinstance(getattr(m, "substep", None), Euler)
-            and isinstance(getattr(m, "truncation", None), TruncationRule)
-            and isinstance(self.direction, SGD)
-        )
 
     def _tucker_step(
         self, layer: TuckerConv2d, lr: float
