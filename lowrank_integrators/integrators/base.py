@@ -93,6 +93,7 @@ from ..protocol import (
     Project,
     Request,
     Right,
+    StageUpdate,
     StepGenerator,
     answer_from_problem,
 )
@@ -312,12 +313,23 @@ class SubstepField:
         self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
         self._problem: Any = None
 
+    #: The requests may carry a solver's register updates (see :meth:`request`).
+    accepts_update: ClassVar[bool] = True
+
     # --- the protocol --------------------------------------------------------------------
-    def request(self, t: float, X: Any, start: bool = False) -> Field:
-        """The request for the field at ``(t, X)``; ``start`` marks the substep's start value."""
+    def request(
+        self, t: float, X: Any, start: bool = False, update: StageUpdate | None = None
+    ) -> Field:
+        """The request for the field at ``(t, X)``; ``start`` marks the substep's start value.
+
+        ``update`` (a stage's register updates, see
+        :class:`~lowrank_integrators.protocol.StageUpdate`) travels with the request of a
+        forward substep; a backward one (``sign = -1``) drops it, and its solver updates the
+        registers from the answer.
+        """
         info = self.ledger.info
         setattr(info, self.counter, getattr(info, self.counter) + 1)
-        return Field(self, t, X, self.at if start else None)
+        return Field(self, t, X, self.at if start else None, update if self.sign == 1 else None)
 
     def finish(self, out: Any) -> Any:
         """The substep's right-hand side from the answer (applies the sign)."""
