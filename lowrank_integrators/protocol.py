@@ -188,8 +188,8 @@ class StageUpdate:
 
     * ``acc = x0 + c F`` when ``first`` (``acc`` is ``None``: the driver makes it), else
       ``acc += c F`` in place;
-    * unless ``a`` is ``None``, the next stage ``x0 + a F``, a new array (or a spare one, see
-      :func:`lowrank_integrators._fused.take_spare`) that must not be the stage itself.
+    * unless ``a`` is ``None``, the next stage ``x0 + a F``, in a new array or in a dead work
+      array that the solver offers (never the stage itself, which the evaluation reads).
 
     ``x0`` is the substep's start: an array, or a factored start (``left @ right``) that the
     driver forms block by block. A driver that folds the updates into the evaluation answers
@@ -227,7 +227,7 @@ class StageUpdate:
 class Updated:
     """The answer to a :class:`Field` whose :class:`StageUpdate` the driver folded in.
 
-    Attributes
+    Parameters
     ----------
     stage : array or None
         The next stage (``None`` for the last stage).

@@ -313,8 +313,9 @@ class SubstepField:
         self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
         self._problem: Any = None
 
-    #: The requests may carry a solver's register updates (see :meth:`request`).
-    accepts_update: ClassVar[bool] = True
+    #: Whether :meth:`request` passes on a solver's register updates (set by the matrix
+    #: substeps; a subclass that overrides ``request`` keeps the default, False).
+    accepts_update: ClassVar[bool] = False
 
     # --- the protocol --------------------------------------------------------------------
     def request(
@@ -377,6 +378,7 @@ class KStep(SubstepField):
     r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed orthonormal right basis ``V0``)."""
 
     kind = "right"
+    accepts_update = True
     counter = "n_right"
     field_name = "k_field"
 
@@ -402,6 +404,7 @@ class LStep(SubstepField):
     r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed orthonormal left basis ``U0``)."""
 
     kind = "left"
+    accepts_update = True
     counter = "n_left"
     field_name = "l_field"
 
@@ -427,6 +430,7 @@ class SStep(SubstepField):
     r"""``S' = sign * U^H F(t, U S V^H) V``: Galerkin (``sign=+1``) or backward (``sign=-1``)."""
 
     kind = "project"
+    accepts_update = True
     counter = "n_project"
     field_name = "s_field"
 
