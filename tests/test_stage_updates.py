@@ -157,6 +157,9 @@ def test_folded_steps_equal_steps_answered_with_derivatives(rng, monkeypatch, na
     def declined(self, t, X, update):
         return None
 
+    def first_only(self, t, X, update):  # later stages answered with the derivative
+        return fold(self, t, X, update) if update.first else None
+
     def two_steps():
         method = STEPS[name]()
         state = method.init(problem, Y0, 0.0)
@@ -167,10 +170,11 @@ def test_folded_steps_equal_steps_answered_with_derivatives(rng, monkeypatch, na
     monkeypatch.setattr(problems._CompiledField, "fold", counted)
     folded = two_steps()
     assert folds and all(folds)
-    monkeypatch.setattr(problems._CompiledField, "fold", declined)
-    generic = two_steps()
-    for a, b in zip(folded, generic, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for answer in (declined, first_only):
+        monkeypatch.setattr(problems._CompiledField, "fold", answer)
+        generic = two_steps()
+        for a, b in zip(folded, generic, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_driver_in_rounds_answers_stage_requests_with_derivatives(rng):
