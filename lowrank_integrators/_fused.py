@@ -13,7 +13,12 @@ that ``out`` is written once.
 
 The whole stage is one call compiled with numba (the optional extra ``fast``); the RK4
 register updates that follow a stage (:func:`rk4_update`) and the projected operators
-``W^H A V`` (:func:`sandwich`) are compiled the same way.
+``W^H A V`` (:func:`sandwich`) are compiled the same way. A stage request that carries its RK4
+register updates (:class:`~lowrank_integrators.protocol.StageUpdate`) is answered by
+:meth:`CSRStage.fold` in one pass: each block of rows of the stage is computed into a
+cache-sized buffer and added into the accumulator and the next stage at once, so the stage
+itself is never written to memory, and the registers get the same entries as from the stage
+followed by :func:`rk4_update`.
 
 Without numba, :func:`supports` answers False and the fields use their NumPy path
 (operator product, then the thin terms added block by block); both give the same result to

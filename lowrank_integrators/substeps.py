@@ -656,16 +656,17 @@ class RK4(SubstepSolver):
         registers: list[Any],
         workspace: Workspace | None,
     ) -> Generator[Any, Any, Any]:
-        """Stages 2 to 4 of an RK4 step whose stages carry their register updates.
+        """Stages 2 to 4 of an RK4 step whose first stage the driver answered folded.
 
-        Each stage request carries its :class:`~lowrank_integrators.protocol.StageUpdate`;
-        a driver that folds it writes the next stage into the array offered as the spare:
-        the stage before the current one, dead once no one else holds it (``dead``: the start
-        formed for the first stage, or ``None``). Three arrays of the size of ``X`` are
-        alive, as in :meth:`_step`, and no stage derivative is written as a tall array. An
-        answer that is the derivative itself takes the generic updates (:func:`rk4_update`),
-        with the same arithmetic. At the end the dead stages go back to ``workspace``.
-        ``registers`` is ``[acc, stage, dead]`` (emptied: only this generator holds them).
+        ``registers`` is ``[acc, stage, dead]``: the accumulator, the second stage and the
+        start formed for the first stage (or ``None``); the list is emptied, so that only this
+        generator holds them. Each stage request carries its
+        :class:`~lowrank_integrators.protocol.StageUpdate`; a driver that folds it writes the
+        next stage into the array offered as the spare: the stage before the current one,
+        dead once no one else holds it. Three arrays of the size of ``X`` are alive, as in
+        :meth:`_step`, and no stage derivative is written as a tall array. An answer that is
+        the derivative itself takes the generic updates (:func:`rk4_update`), with the same
+        arithmetic. At the end the last two stages go back to ``workspace``.
         """
         acc, stage, prev = registers
         registers.clear()
