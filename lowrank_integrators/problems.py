@@ -60,7 +60,11 @@ class MatrixODE(ABC):
 
     # The right-hand sides of the substeps. Bases passed here have orthonormal columns; a
     # problem may precompute whatever depends only on them (e.g. V^H B^T V for Sylvester
-    # fields), which is what makes a factored step as cheap as a hand-written one.
+    # fields), which is what makes a factored step as cheap as a hand-written one. A returned
+    # field may also offer ``fold(t, X, update)``: the stage with the solver's register updates
+    # (lowrank_integrators.protocol.StageUpdate) done in the same pass, or None where it
+    # cannot; the problem driver then answers RK4 stages that way (SylvesterODE with CSR
+    # operators and numba).
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         """``(t, K) -> F(t, K V^H) V``: the K-step field for a fixed orthonormal ``V``."""
         eye = bk.eye_like(V, int(V.shape[1]))

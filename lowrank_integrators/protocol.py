@@ -10,7 +10,10 @@ The integrator never sees the problem. Two drivers answer the same requests:
 
 * :func:`answer_from_problem` (used by ``Integrator.step`` and :func:`~lowrank_integrators.solve`)
   answers every request from a :class:`~lowrank_integrators.MatrixODE` (or a tensor problem),
-  in order, one at a time; the branches of a :class:`Parallel` run one after the other.
+  in order, one at a time; the branches of a :class:`Parallel` run one after the other. Where
+  the problem's substep field offers ``fold`` (the compiled fields of
+  :class:`~lowrank_integrators.SylvesterODE`), it answers a stage that carries its register
+  updates with the updates done in the field's pass.
 * :class:`StepTask` lets an outside driver advance a step in rounds: it hands out every open
   request of the step at once (all branches of a :class:`Parallel`), takes the answers and
   resumes. The training client drives the steps of all layers this way and answers each round
