@@ -153,28 +153,33 @@ class CSRStage:
         arrays are not C-ordered NumPy arrays of one dtype that holds the products, or when a
         register overlaps ``X``.
         """
-        shape, dtype = X.shape, X.dtype
-        if not _foldable(X, dtype, shape) or np.result_type(dtype, self._dtype) != dtype:
+        if type(X) is not np.ndarray or X.ndim != 2:
+            return None
+        (n, k), dtype = X.shape, X.dtype
+        if not _c_array(X, dtype, n, k) or np.result_type(dtype, self._dtype) != dtype:
             return None
         acc, x0 = update.acc, update.x0
-        if acc is not None and not (_foldable(acc, dtype, shape) and _apart(acc, X)):
+        if acc is not None and not (
+            _c_array(acc, dtype, n, k) and acc.flags.writeable and _apart(acc, X)
+        ):
             return None
         factored = type(x0) is not np.ndarray
         if factored:
             left, right = getattr(x0, "left", None), getattr(x0, "right", None)
             if not (
-                _foldable(left, dtype, (shape[0], -1))
+                _c_array(left, dtype, n)
                 and type(right) is np.ndarray
                 and right.dtype == dtype
-                and right.shape == (left.shape[1], shape[1])
+                and right.shape == (left.shape[1], k)
             ):
                 return None
             right = np.ascontiguousarray(right)  # S0^H of an L-step is a transposed view
             x0 = X[:0]
-        elif not _foldable(x0, dtype, shape):
+        elif not _c_array(x0, dtype, n, k):
             return None
         else:
             left, right = X[:0], X[:0, :0]
+        shape = (n, k)
         if acc is None:
             acc = _fresh(shape, dtype, X)
         nxt = _fresh(shape, dtype, X, acc) if update.a is not None else None
@@ -212,15 +217,16 @@ class CSRStage:
         return cached
 
 
-def _foldable(x: Any, dtype: Any, shape: tuple[int, ...]) -> bool:
-    """Whether ``x`` is a C-ordered 2-D NumPy array of ``dtype`` and ``shape`` (-1: any)."""
+def _c_array(x: Any, dtype: Any, rows: int, cols: int = -1) -> bool:
+    """Whether ``x`` is a C-ordered NumPy array of ``dtype`` and shape ``(rows, cols)``
+    (``cols`` -1: any)."""
     return (
         type(x) is np.ndarray
         and x.ndim == 2
         and x.dtype == dtype
         and x.flags.c_contiguous
-        and x.flags.writeable
-        and all(s == -1 or s == d for s, d in zip(shape, x.shape, strict=True))
+        and x.shape[0] == rows
+        and (cols < 0 or x.shape[1] == cols)
     )
 
 
