@@ -503,7 +503,7 @@ def main(argv=None):
         f"{args.dtype}, {args.threads} BLAS thread(s), CPU time"
     )
     print(
-        f"# numba {numba} (extra 'fast'): compiled stages, register updates and sandwiches"
+        f"# numba {numba} (extra 'fast'): compiled stages with their RK4 updates, sandwiches"
         if numba
         else "# without numba: the NumPy path of the fields"
     )

@@ -13,7 +13,12 @@ that ``out`` is written once.
 
 The whole stage is one call compiled with numba (the optional extra ``fast``); the RK4
 register updates that follow a stage (:func:`rk4_update`) and the projected operators
-``W^H A V`` (:func:`sandwich`) are compiled the same way.
+``W^H A V`` (:func:`sandwich`) are compiled the same way. A stage request that carries its RK4
+register updates (:class:`~lowrank_integrators.protocol.StageUpdate`) is answered by
+:meth:`CSRStage.fold` in one pass: each block of rows of the stage is computed into a
+cache-sized buffer and added into the accumulator and the next stage at once, so the stage
+itself is never written to memory, and the registers get the same entries as from the stage
+followed by :func:`rk4_update`.
 
 Without numba, :func:`supports` answers False and the fields use their NumPy path
 (operator product, then the thin terms added block by block); both give the same result to
@@ -26,6 +31,8 @@ import threading
 from typing import Any
 
 import numpy as np
+
+from .protocol import Updated
 
 __all__ = [
     "CSRStage",
@@ -109,21 +116,16 @@ class CSRStage:
         self._compile(np.result_type(self._dtype, *([] if U is None else [U])))
 
     def _compile(self, dtype: Any) -> None:
-        """Compile the kernel for ``dtype`` now (on empty arrays), not inside a stage."""
-        empty = np.zeros((0, 1), dtype)
-        _kernel()(
-            np.zeros(1, self.A.indptr.dtype),
-            np.zeros(0, self.A.indices.dtype),
-            np.zeros(0, dtype),
-            empty,
-            np.zeros((1, 1), dtype),
-            True,
-            empty,
-            np.zeros((1, 1), dtype),
-            empty,
-            1,
-            np.zeros((1, 1), dtype),
-        )
+        """Compile the kernels for ``dtype`` now (on empty arrays), not inside a stage."""
+        empty, one = np.zeros((0, 1), dtype), np.zeros((1, 1), dtype)
+        indptr, indices = np.zeros(1, self.A.indptr.dtype), np.zeros(0, self.A.indices.dtype)
+        data = np.zeros(0, dtype)
+        _kernel()(indptr, indices, data, empty, one, True, empty, one, empty, 1, one)
+        zero = dtype.type(0)
+        _fold_kernel()(
+            indptr, indices, data, empty, one, True, empty, one, one, one, empty, empty, True,
+            empty, empty, one, True, one, zero, zero, True,
+        )  # fmt: skip
 
     def __call__(self, X: Any) -> Any:
         """``A X + X M + U coef`` as a new C-ordered array."""
@@ -139,6 +141,61 @@ class CSRStage:
         has_m = self.M is not None
         _kernel()(self.A.indptr, self.A.indices, data, X, M, has_m, U, coef, out, rows, source)
         return out
+
+    def fold(self, X: Any, update: Any) -> Updated | None:
+        """The stage at ``X`` with the register updates of ``update`` done in its pass.
+
+        ``update`` is a :class:`~lowrank_integrators.protocol.StageUpdate`. Each block of
+        rows of the stage is computed into a cache-sized buffer and folded into the
+        accumulator and the next stage at once: the stage is never written as a tall array.
+        The entries are those of :meth:`__call__` followed by the solver's updates. Returns
+        ``None`` (the caller evaluates the stage and updates the registers itself) when the
+        arrays are not C-ordered NumPy arrays of one dtype that holds the products, or when a
+        register overlaps ``X``.
+        """
+        if type(X) is not np.ndarray or X.ndim != 2:
+            return None
+        (n, k), dtype = X.shape, X.dtype
+        if not _c_array(X, dtype, n, k) or np.result_type(dtype, self._dtype) != dtype:
+            return None
+        acc, x0 = update.acc, update.x0
+        if acc is not None and not (
+            _c_array(acc, dtype, n, k) and acc.flags.writeable and _apart(acc, X)
+        ):
+            return None
+        factored = type(x0) is not np.ndarray
+        if factored:
+            left, right = getattr(x0, "left", None), getattr(x0, "right", None)
+            if not (
+                _c_array(left, dtype, n)
+                and type(right) is np.ndarray
+                and right.dtype == dtype
+                and right.shape == (left.shape[1], k)
+            ):
+                return None
+            right = np.ascontiguousarray(right)  # S0^H of an L-step is a transposed view
+            x0 = X[:0]
+        elif not _c_array(x0, dtype, n, k):
+            return None
+        else:
+            left, right = X[:0], X[:0, :0]
+        shape = (n, k)
+        if acc is None:
+            acc = _fresh(shape, dtype, X)
+        nxt = _fresh(shape, dtype, X, acc) if update.a is not None else None
+        data, M, U, coef = self._operands(dtype, shape)
+        rows = max(1, _BLOCK_ELEMENTS // max(1, shape[1]))
+        source = np.empty((min(rows, shape[0]), shape[1]), dtype)
+        block = np.empty_like(source)
+        start = np.empty_like(source) if factored else source[:0]
+        c = dtype.type(update.c)
+        a = dtype.type(0 if update.a is None else update.a)
+        _fold_kernel()(
+            self.A.indptr, self.A.indices, data, X, M, self.M is not None, U, coef, source,
+            block, acc, X[:0] if nxt is None else nxt, nxt is not None, x0, left, right,
+            factored, start, c, a, bool(update.first),
+        )  # fmt: skip
+        return Updated(nxt, acc)
 
     def _operands(self, dtype: Any, shape: tuple[int, ...]) -> tuple[Any, Any, Any, Any]:
         """The operator's values and the factors in ``dtype``, row-major (converted once)."""
@@ -160,44 +217,130 @@ class CSRStage:
         return cached
 
 
+def _c_array(x: Any, dtype: Any, rows: int, cols: int = -1) -> bool:
+    """Whether ``x`` is a C-ordered NumPy array of ``dtype`` and shape ``(rows, cols)``
+    (``cols`` -1: any)."""
+    return (
+        type(x) is np.ndarray
+        and x.ndim == 2
+        and x.dtype == dtype
+        and x.flags.c_contiguous
+        and x.shape[0] == rows
+        and (cols < 0 or x.shape[1] == cols)
+    )
+
+
+def _apart(x: Any, *others: Any) -> bool:
+    """Whether ``x`` overlaps none of ``others`` in memory."""
+    return not any(np.may_share_memory(x, y) for y in others)
+
+
+def _fresh(shape: tuple[int, ...], dtype: Any, *apart: Any) -> Any:
+    """The spare array if it fits and overlaps none of ``apart``, else a new one."""
+    out = take_spare(shape, dtype)
+    if out is not None and not _apart(out, *apart):
+        offer_spare(out)
+        out = None
+    return np.empty(shape, dtype=dtype) if out is None else out
+
+
 def _kernel() -> Any:
     """The compiled stage (built on first use)."""
+    return _kernels()[0]
+
+
+def _fold_kernel() -> Any:
+    """The compiled stage with its folded register updates (built on first use)."""
+    return _kernels()[1]
+
+
+def _kernels() -> tuple[Any, Any]:
+    """The compiled stage and folded stage, which share the computation of a block of rows."""
     global _KERNEL
     if _KERNEL is None:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, source):
-            n, k = X.shape
+        def rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, out, source):
+            # rows lo:hi of A X + X M + U coef into out[: hi - lo]: BLAS writes the block of
+            # X M, and the block of the source U coef into a small buffer; both are still in
+            # cache when the sparse rows are added
+            k = X.shape[1]
             q = U.shape[1]
+            if has_m:
+                np.dot(X[lo:hi], M, out[: hi - lo])
+            if q > 0:
+                np.dot(U[lo:hi], coef, source[: hi - lo])
+            for i in range(lo, hi):
+                o = out[i - lo]
+                if q > 0:
+                    s = source[i - lo]
+                    if has_m:
+                        for c in range(k):
+                            o[c] += s[c]
+                    else:
+                        for c in range(k):
+                            o[c] = s[c]
+                elif not has_m:
+                    for c in range(k):
+                        o[c] = 0
+                for p in range(indptr[i], indptr[i + 1]):
+                    x = X[indices[p]]
+                    a = data[p]
+                    for c in range(k):
+                        o[c] += a * x[c]
+
+        @numba.njit(cache=True, nogil=True)
+        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, source):
+            n = X.shape[0]
             for lo in range(0, n, rows):
                 hi = min(lo + rows, n)
-                # BLAS writes the block of X M, and the block of the source U coef into a
-                # small buffer; both are still in cache when the sparse rows are added
-                if has_m:
-                    np.dot(X[lo:hi], M, out[lo:hi])
-                if q > 0:
-                    np.dot(U[lo:hi], coef, source[: hi - lo])
-                for i in range(lo, hi):
-                    o = out[i]
-                    if q > 0:
-                        s = source[i - lo]
-                        if has_m:
-                            for c in range(k):
-                                o[c] += s[c]
-                        else:
-                            for c in range(k):
-                                o[c] = s[c]
-                    elif not has_m:
-                        for c in range(k):
-                            o[c] = 0
-                    for p in range(indptr[i], indptr[i + 1]):
-                        x = X[indices[p]]
-                        a = data[p]
-                        for c in range(k):
-                            o[c] += a * x[c]
+                rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, out[lo:hi], source)
 
-        _KERNEL = stage
+        @numba.njit(cache=True, nogil=True)
+        def fold_rows(acc, nxt, F, x, shift, lo, hi, c, a, mode):
+            # rows lo:hi of the registers from the stage's rows F[i - lo] and the start's rows
+            # x[i - shift]: mode 0 acc = x + c F, nxt = x + a F; 1 acc += c F, nxt = x + a F;
+            # 2 acc += c F
+            k = F.shape[1]
+            if mode == 0:
+                for i in range(lo, hi):
+                    for j in range(k):
+                        f = F[i - lo, j]
+                        xij = x[i - shift, j]
+                        acc[i, j] = xij + c * f
+                        nxt[i, j] = xij + a * f
+            elif mode == 1:
+                for i in range(lo, hi):
+                    for j in range(k):
+                        f = F[i - lo, j]
+                        acc[i, j] += c * f
+                        nxt[i, j] = x[i - shift, j] + a * f
+            else:
+                for i in range(lo, hi):
+                    for j in range(k):
+                        acc[i, j] += c * F[i - lo, j]
+
+        @numba.njit(cache=True, nogil=True)
+        def folded(
+            indptr, indices, data, X, M, has_m, U, coef, source, block,
+            acc, nxt, has_next, x0, left, right, factored, start, c, a, first,
+        ):  # fmt: skip
+            # the stage's block of rows is computed into ``block`` (in cache) and folded into
+            # the registers at once: acc = x0 + c F (first) or acc += c F, nxt = x0 + a F
+            n = X.shape[0]
+            rows = block.shape[0]
+            mode = 0 if first else 1 if has_next else 2
+            for lo in range(0, n, rows):
+                hi = min(lo + rows, n)
+                rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, block, source)
+                if factored and mode < 2:
+                    np.dot(left[lo:hi], right, start[: hi - lo])
+                    fold_rows(acc, nxt, block, start, lo, lo, hi, c, a, mode)
+                else:
+                    fold_rows(acc, nxt, block, x0, 0, lo, hi, c, a, mode)
+
+        _KERNEL = (stage, folded)
     return _KERNEL
 
 

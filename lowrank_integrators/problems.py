@@ -60,7 +60,11 @@ class MatrixODE(ABC):
 
     # The right-hand sides of the substeps. Bases passed here have orthonormal columns; a
     # problem may precompute whatever depends only on them (e.g. V^H B^T V for Sylvester
-    # fields), which is what makes a factored step as cheap as a hand-written one.
+    # fields), which is what makes a factored step as cheap as a hand-written one. A returned
+    # field may also offer ``fold(t, X, update)``: the stage with the solver's register updates
+    # (lowrank_integrators.protocol.StageUpdate) done in the same pass, or None where it
+    # cannot; the problem driver then answers RK4 stages that way (SylvesterODE with CSR
+    # operators and numba).
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         """``(t, K) -> F(t, K V^H) V``: the K-step field for a fixed orthonormal ``V``."""
         eye = bk.eye_like(V, int(V.shape[1]))
@@ -317,7 +321,7 @@ class SylvesterODE(MatrixODE):
         Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
         stage = self._fused_stage(self.A, Bv, right=V)
         if stage is not None:
-            return lambda t, K: stage(K)
+            return _CompiledField(stage)
         add_source = self._source(right=V)
         # Arrays and sparse matrices return a fresh product, which the sums below may update
         # in place; a general operator (an identity LinearOperator returns K itself) may not.
@@ -341,7 +345,7 @@ class SylvesterODE(MatrixODE):
         AhU = bk.sandwich(U, self.A_H, U)
         stage = self._fused_stage(self.B_conj, AhU, left=U) if self.B is not None else None
         if stage is not None:
-            return lambda t, L: stage(L)
+            return _CompiledField(stage)
         add_source = self._source(left=U)
         fresh = self.B is not None and _returns_fresh(self.B)
 
@@ -527,6 +531,27 @@ class DataODE(MatrixODE):
 
     def __repr__(self) -> str:
         return f"DataODE({getattr(self.A, '__name__', self.A)!r})"
+
+
+class _CompiledField:
+    """A substep field ``(t, X) -> stage(X)`` evaluated by a compiled one-pass stage.
+
+    Besides the field's value it offers :meth:`fold`, which a problem driver uses to answer a
+    stage request carrying Runge-Kutta register updates
+    (:class:`~lowrank_integrators.protocol.StageUpdate`) in the same pass.
+    """
+
+    __slots__ = ("stage",)
+
+    def __init__(self, stage: Any) -> None:
+        self.stage = stage
+
+    def __call__(self, t: float, X: Any) -> Any:
+        return self.stage(X)
+
+    def fold(self, t: float, X: Any, update: Any) -> Any:
+        """The stage at ``X`` with ``update`` folded in, or ``None`` where it cannot be."""
+        return self.stage.fold(X, update)
 
 
 def _returns_fresh(op: Any) -> bool:

@@ -10,7 +10,10 @@ The integrator never sees the problem. Two drivers answer the same requests:
 
 * :func:`answer_from_problem` (used by ``Integrator.step`` and :func:`~lowrank_integrators.solve`)
   answers every request from a :class:`~lowrank_integrators.MatrixODE` (or a tensor problem),
-  in order, one at a time; the branches of a :class:`Parallel` run one after the other.
+  in order, one at a time; the branches of a :class:`Parallel` run one after the other. Where
+  the problem's substep field offers ``fold`` (the compiled fields of
+  :class:`~lowrank_integrators.SylvesterODE`), it answers a stage that carries its register
+  updates with the updates done in the field's pass.
 * :class:`StepTask` lets an outside driver advance a step in rounds: it hands out every open
   request of the step at once (all branches of a :class:`Parallel`), takes the answers and
   resumes. The training client drives the steps of all layers this way and answers each round
@@ -25,6 +28,14 @@ Requests
     method) at ``(t, X)``, *before* the substep's sign: one of the three products above at the
     point ``ode.point(X)``, in the substep's own coordinates, so that a problem driver may use
     the problem's precomputed substep fields (``k_field`` and friends).
+``Field(..., update=StageUpdate(acc, x0, c, a, first))``
+    A stage of an explicit Runge-Kutta solver that carries its register updates: with ``F``
+    the field (after the substep's sign), ``acc = x0 + c F`` (``first``) or ``acc += c F``,
+    and, unless ``a`` is ``None``, the next stage ``x0 + a F``. A driver may answer it
+    *folded*, doing the updates in the pass that evaluates ``F``, with an :class:`Updated`
+    (the next stage, and the accumulator when it made one); any other answer is the
+    derivative itself, and the solver does the updates (the generic path, with the same
+    arithmetic). Drivers that do not know of updates answer every ``Field`` the same way.
 ``Increment(ode, t0, t1)``
     The exact integral of a state-independent substep field over ``[t0, t1]``, or ``None``.
 ``Parallel(*branches)``
@@ -59,9 +70,11 @@ __all__ = [
     "Project",
     "Request",
     "Right",
+    "StageUpdate",
     "StepGenerator",
     "StepTask",
     "SubstepCall",
+    "Updated",
     "answer_from_problem",
     "received",
     "run_to_end",
@@ -153,6 +166,8 @@ class Field(Request):
     t: float
     X: Any
     at: LowRankMatrix | None = None
+    #: The register updates a driver may fold into the evaluation (see :class:`StageUpdate`).
+    update: StageUpdate | None = None
 
     @property
     def kind(self) -> str:
@@ -167,6 +182,67 @@ class Field(Request):
     def bases(self) -> tuple[Any, ...]:
         bases = self.ode.bases
         return bases if type(bases) is tuple else tuple(bases)
+
+
+class StageUpdate:
+    """The register updates of a Runge-Kutta stage, carried by its :class:`Field` request.
+
+    With ``F`` the substep's field at the stage (after its sign):
+
+    * ``acc = x0 + c F`` when ``first`` (``acc`` is ``None``: the driver makes it), else
+      ``acc += c F`` in place;
+    * unless ``a`` is ``None``, the next stage ``x0 + a F``, in a new array or in a dead work
+      array that the solver offers (never the stage itself, which the evaluation reads).
+
+    ``x0`` is the substep's start: an array, or a factored start (``left @ right``) that the
+    driver forms block by block. A driver that folds the updates into the evaluation answers
+    with an :class:`Updated`; every entry is then ``x0 + c F``, ``acc + c F`` and ``x0 + a F``
+    of the entries of ``F``, as the solver would compute them (the value of ``F`` itself may
+    differ by the reordering of its sums). Any other answer is ``F`` itself.
+
+    Parameters
+    ----------
+    acc : array or None
+        The accumulator (C-ordered NumPy array), ``None`` when ``first``.
+    x0 : array or FactoredStart
+        The start value of the substep.
+    c, a : float
+        The weights, step size included (``a`` ``None``: the last stage).
+    first : bool
+        Whether the accumulator starts here.
+    """
+
+    __slots__ = ("a", "acc", "c", "first", "x0")
+
+    def __init__(self, acc: Any, x0: Any, c: float, a: float | None, first: bool) -> None:
+        if first != (acc is None):
+            raise ValueError("acc must be None exactly for the first stage")
+        self.acc = acc
+        self.x0 = x0
+        self.c = c
+        self.a = a
+        self.first = first
+
+    def __repr__(self) -> str:
+        return f"StageUpdate(c={self.c!r}, a={self.a!r}, first={self.first})"
+
+
+class Updated:
+    """The answer to a :class:`Field` whose :class:`StageUpdate` the driver folded in.
+
+    Parameters
+    ----------
+    stage : array or None
+        The next stage (``None`` for the last stage).
+    acc : array
+        The accumulator (the one of the update, or the new one of a first stage).
+    """
+
+    __slots__ = ("acc", "stage")
+
+    def __init__(self, stage: Any, acc: Any) -> None:
+        self.stage = stage
+        self.acc = acc
 
 
 @dataclass(eq=False)
@@ -255,7 +331,15 @@ def received(answer: Any) -> Any:
 
 def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, Field):
-        out = req.ode.field(problem)(req.t, as_array(req.X))
+        field = req.ode.field(problem)
+        if req.update is not None:
+            # a field that can fold the stage's register updates into its pass (the compiled
+            # Sylvester fields) answers with them done; None: it declined
+            fold = getattr(field, "fold", None)
+            done = None if fold is None else fold(req.t, as_array(req.X), req.update)
+            if done is not None:
+                return Handover(done)
+        out = field(req.t, as_array(req.X))
         name = f"problem.{req.ode.field_name}"
         return Handover(check_product(name, out, req.X.shape, req.X.dtype))
     if isinstance(req, Right):

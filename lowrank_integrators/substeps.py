@@ -31,7 +31,7 @@ import numpy as np
 from . import _backend as bk
 from . import _fused
 from ._checks import check_product
-from .protocol import Increment, SubstepCall, received, run_to_end
+from .protocol import Increment, StageUpdate, SubstepCall, Updated, received, run_to_end
 
 __all__ = [
     "RK4",
@@ -134,6 +134,12 @@ def _stage_blocks(x: Any) -> list[slice]:
     rows, cols = int(x.shape[0]), int(x.shape[1])
     step = max(1, _STAGE_BLOCK_ELEMENTS // max(1, cols))
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
+
+
+def _foldable(X: Any) -> bool:
+    """Whether ``X`` is a C-ordered 2-D NumPy array the solver's registers may be updated
+    from in place (a stage request then carries its register updates)."""
+    return type(X) is np.ndarray and X.ndim == 2 and X.flags.c_contiguous and bk.allows_inplace(X)
 
 
 def _formable(X: FactoredStart) -> bool:
@@ -320,23 +326,29 @@ TALL_ENTRIES = 1 << 15
 
 
 def _call_with_spare(
-    f: Evaluate, t: float, X: Any, start: bool, workspace: Workspace | None
+    f: Evaluate,
+    t: float,
+    X: Any,
+    start: bool,
+    workspace: Workspace | None,
+    update: StageUpdate | None = None,
 ) -> Generator[Any, Any, Any]:
-    """``f(t, X, start)`` with an array of ``workspace`` offered as the spare for its result.
+    """``f(t, X, start, update)`` with an array of ``workspace`` offered as a spare.
 
     A field that asks for a spare (see :func:`lowrank_integrators._fused.take_spare`) writes
-    its result there; an offered array that it did not take goes back to the workspace.
+    its result there (or, answering ``update`` folded, a register); an offered array that it
+    did not take goes back to the workspace.
     """
     _fused.start_asking()
     if workspace is None:
-        return (yield from f(t, X, start))
+        return (yield from f(t, X, start, update))
     shape = tuple(int(d) for d in X.shape)
     numpy = type(X) is np.ndarray or (isinstance(X, FactoredStart) and _formable(X))
     spare = workspace.take(shape, X.dtype) if numpy and len(shape) == 2 else None
     if spare is not None:
         _fused.offer_spare(spare)
         spare = None
-    k = yield from f(t, X, start)
+    k = yield from f(t, X, start, update)
     spare = _fused.take_back_spare()
     if spare is not None:
         workspace.give(spare)
@@ -354,23 +366,35 @@ class SubstepODE(Protocol):
         """``int_{t0}^{t1} f dt`` when ``f`` does not depend on ``X``; otherwise ``None``."""
 
 
-#: ``evaluate(t, X, start) -> generator returning f(t, X)``: how a solver written as requests
-#: evaluates its field (``start`` marks an evaluation at the substep's start value).
-Evaluate = Callable[[float, Any, bool], Generator[Any, Any, Any]]
+#: ``evaluate(t, X, start, update) -> generator returning f(t, X)``: how a solver written as
+#: requests evaluates its field (``start`` marks an evaluation at the substep's start value;
+#: ``update``, a :class:`~lowrank_integrators.protocol.StageUpdate` or ``None``, the register
+#: updates that follow, which the answer may have done: an
+#: :class:`~lowrank_integrators.protocol.Updated` instead of ``f(t, X)``).
+Evaluate = Callable[..., Generator[Any, Any, Any]]
 
 
-def evaluate(ode: Any, t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
+def evaluate(
+    ode: Any, t: float, X: Any, start: bool = False, update: StageUpdate | None = None
+) -> Generator[Any, Any, Any]:
     """``f(t, X)`` of a substep ODE, as a request when the ODE makes requests.
 
     An ODE of the integrators (:class:`~lowrank_integrators.integrators.base.KStep` and
     friends) turns the evaluation into a :class:`~lowrank_integrators.protocol.Field` request
     and applies its sign to the answer; a plain ODE object with ``rhs(t, X)`` is called
-    directly.
+    directly. ``update`` travels with the request of an ODE that declares
+    ``accepts_update``; a driver that folded it in answers with an
+    :class:`~lowrank_integrators.protocol.Updated`, which is returned as it is.
     """
     make = getattr(ode, "request", None)
     if make is None:
         return ode.rhs(t, start_array(X))
-    out = received((yield make(t, X, start)))
+    if update is not None and getattr(ode, "accepts_update", False):
+        out = received((yield make(t, X, start, update)))
+        if type(out) is Updated:
+            return out
+    else:
+        out = received((yield make(t, X, start)))
     return ode.finish(out)
 
 
@@ -386,7 +410,9 @@ def _dtype_of(X0: Any) -> Any:
 
 
 def _synchronous(f: Callable[[float, Any], Any]) -> Evaluate:
-    def ev(t: float, X: Any, start: bool = False) -> Generator[Any, Any, Any]:
+    def ev(
+        t: float, X: Any, start: bool = False, update: StageUpdate | None = None
+    ) -> Generator[Any, Any, Any]:
         return f(t, start_array(X))
         yield  # pragma: no cover - makes this function a generator
 
@@ -559,10 +585,18 @@ class RK4(SubstepSolver):
             else:
                 np.matmul(X.left, X.right, out=formed)
             start.formed = formed
-            k = yield from _call_with_spare(f, t, start, first, workspace)
-            start.formed = start = None
+            update = StageUpdate(None, formed, dt / 6.0, 0.5 * dt, True)
+            k = yield from _call_with_spare(f, t, start, first, workspace, update)
+            start.formed = start = update = None
         else:
-            k = yield from _call_with_spare(f, t, X, first, workspace)
+            update = StageUpdate(None, X, dt / 6.0, 0.5 * dt, True) if _foldable(X) else None
+            k = yield from _call_with_spare(f, t, X, first, workspace, update)
+            update = None
+        if type(k) is Updated:
+            # the driver did the register updates in the stage's pass
+            # handed over in a list, so that only the callee holds them
+            registers, k, formed = [k.acc, k.stage, formed], None, None
+            return (yield from RK4._folded_steps(f, t_mid, t_end, dt, X, registers, workspace))
         if not (type(k) is np.ndarray and k.ndim == 2 and bk.allows_inplace(k)):
             formed = None
             return (yield from RK4._functional_step(f, t_mid, t_end, dt, X, k))
@@ -612,6 +646,71 @@ class RK4(SubstepSolver):
             if workspace is not None and asks and _owned(k, refs):
                 workspace.give(k)
             k = None
+            return acc
+        finally:
+            spare = _fused.take_back_spare()
+            if spare is not None and workspace is not None:
+                workspace.give(spare)
+            spare = None
+
+    @staticmethod
+    def _folded_steps(
+        f: Evaluate,
+        t_mid: float,
+        t_end: float,
+        dt: float,
+        X: Any,
+        registers: list[Any],
+        workspace: Workspace | None,
+    ) -> Generator[Any, Any, Any]:
+        """Stages 2 to 4 of an RK4 step whose first stage the driver answered folded.
+
+        ``registers`` is ``[acc, stage, dead]``: the accumulator, the second stage and the
+        start formed for the first stage (or ``None``); the list is emptied, so that only this
+        generator holds them. Each stage request carries its
+        :class:`~lowrank_integrators.protocol.StageUpdate`; a driver that folds it writes the
+        next stage into the array offered as the spare: the stage before the current one,
+        dead once no one else holds it. Three arrays of the size of ``X`` are alive, as in
+        :meth:`_step`, and no stage derivative is written as a tall array. An answer that is
+        the derivative itself takes the generic updates (:func:`rk4_update`), with the same
+        arithmetic. At the end the last two stages go back to ``workspace``.
+        """
+        acc, stage, prev = registers
+        registers.clear()
+        try:
+            for t_s, c, a in (
+                (t_mid, dt / 3.0, 0.5 * dt),
+                (t_mid, dt / 3.0, dt),
+                (t_end, dt / 6.0, None),
+            ):
+                refs = sys.getrefcount(prev)
+                if prev is not None and _owned(prev, refs):
+                    _fused.offer_spare(prev)
+                prev = None
+                _fused.start_asking()
+                k = yield from f(t_s, stage, False, StageUpdate(acc, X, c, a, False))
+                if type(k) is Updated:
+                    new, k = k.stage, None
+                elif a is None:
+                    acc = bk.add_scaled(acc, c, k)
+                    new = k = None
+                else:
+                    refs = sys.getrefcount(k)
+                    new = k if _owned(k, refs) else bk.empty(k)
+                    rk4_update(acc, new, X, k, c, a, first=False)
+                    k = None
+                prev, stage, new = stage, new, None
+                spare = _fused.take_back_spare()
+                if spare is not None and workspace is not None:
+                    workspace.give(spare)
+                spare = None
+            # the last two stages are dead: the next substep forms its start and its registers
+            # in them
+            if workspace is not None:
+                refs = sys.getrefcount(prev)
+                if _owned(prev, refs):
+                    workspace.give(prev)
+            prev = None
             return acc
         finally:
             spare = _fused.take_back_spare()

@@ -93,6 +93,7 @@ from ..protocol import (
     Project,
     Request,
     Right,
+    StageUpdate,
     StepGenerator,
     answer_from_problem,
 )
@@ -312,12 +313,24 @@ class SubstepField:
         self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
         self._problem: Any = None
 
+    #: Whether :meth:`request` passes on a solver's register updates (set by the matrix
+    #: substeps; a subclass that overrides ``request`` keeps the default, False).
+    accepts_update: ClassVar[bool] = False
+
     # --- the protocol --------------------------------------------------------------------
-    def request(self, t: float, X: Any, start: bool = False) -> Field:
-        """The request for the field at ``(t, X)``; ``start`` marks the substep's start value."""
+    def request(
+        self, t: float, X: Any, start: bool = False, update: StageUpdate | None = None
+    ) -> Field:
+        """The request for the field at ``(t, X)``; ``start`` marks the substep's start value.
+
+        ``update`` (a stage's register updates, see
+        :class:`~lowrank_integrators.protocol.StageUpdate`) travels with the request of a
+        forward substep; a backward one (``sign = -1``) drops it, and its solver updates the
+        registers from the answer.
+        """
         info = self.ledger.info
         setattr(info, self.counter, getattr(info, self.counter) + 1)
-        return Field(self, t, X, self.at if start else None)
+        return Field(self, t, X, self.at if start else None, update if self.sign == 1 else None)
 
     def finish(self, out: Any) -> Any:
         """The substep's right-hand side from the answer (applies the sign)."""
@@ -365,6 +378,7 @@ class KStep(SubstepField):
     r"""``K' = F(t, K V0^H) V0`` (the K-step with fixed orthonormal right basis ``V0``)."""
 
     kind = "right"
+    accepts_update = True
     counter = "n_right"
     field_name = "k_field"
 
@@ -390,6 +404,7 @@ class LStep(SubstepField):
     r"""``L' = F(t, U0 L^H)^H U0`` (the L-step with fixed orthonormal left basis ``U0``)."""
 
     kind = "left"
+    accepts_update = True
     counter = "n_left"
     field_name = "l_field"
 
@@ -415,6 +430,7 @@ class SStep(SubstepField):
     r"""``S' = sign * U^H F(t, U S V^H) V``: Galerkin (``sign=+1``) or backward (``sign=-1``)."""
 
     kind = "project"
+    accepts_update = True
     counter = "n_project"
     field_name = "s_field"
 

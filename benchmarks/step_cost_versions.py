@@ -1,0 +1,104 @@
+"""CPU time per step of BUG and KSL for this checkout and another one, side by side in one process.
+
+The problem is that of ``step_cost.py`` (``F = A Y + Y A^T + C``, tridiagonal CSR ``A``, rank-4
+``C``, RK4 substeps, float64, ``sigma_i = 2^-i``). The other checkout's package is imported
+under another module name, so that both versions step the same arrays in one process, one
+step after the other in turn (old, new, old, new, ...): they meet the same load, which on a
+shared machine moves more than the difference being measured. Times are CPU time
+(``time.process_time``) with one BLAS thread; the script prints medians and their ratio.
+
+Usage::
+
+    python benchmarks/step_cost_versions.py --other <checkout> --n 65536 --r 32 --reps 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def load_package(name: str, checkout: Path):
+    """The ``lowrank_integrators`` package of ``checkout``, imported as module ``name``."""
+    root = checkout / "lowrank_integrators"
+    spec = importlib.util.spec_from_file_location(
+        name, root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    if spec is None or spec.loader is None:
+        raise ValueError(f"no lowrank_integrators package in {checkout}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def steppers(lri, n, r, rng_seed=0):
+    """One BUG and one KSL step of the benchmark problem, as callables, for package ``lri``."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(rng_seed)
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
+    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
+    C = lri.LowRankMatrix(Uc, rng.standard_normal((4, 4)), Vc, check=False)
+    problem = lri.SylvesterODE(T, T, C)
+    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    Y0 = lri.LowRankMatrix(U0, np.diag(2.0 ** -np.arange(r)), V0)
+    out = {}
+    for name, method in (("BUG", lri.BUG()), ("KSL", lri.ProjectorSplitting(order=1))):
+        state = method.init(problem, Y0, 0.0)
+        out[name] = lambda m=method, s=state: m.step(problem, s, 0.0, 1e-3)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--other", required=True, help="checkout of the version to compare")
+    parser.add_argument("--n", type=int, nargs="+", default=[4096, 65536])
+    parser.add_argument("--r", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=7, help="timed steps per method and version")
+    args = parser.parse_args(argv)
+    other = Path(args.other)
+    if not (other / "lowrank_integrators" / "__init__.py").is_file():
+        parser.error(f"--other: {other} holds no lowrank_integrators package")
+
+    import scipy.linalg  # noqa: F401 - every BLAS library is loaded before the limit
+    from threadpoolctl import threadpool_limits
+
+    import lowrank_integrators as this
+
+    old = load_package("lowrank_integrators_other", other)
+    threadpool_limits(1)
+    print(f"# this: {Path(this.__file__).parents[1]}; other: {other}; CPU time, 1 BLAS thread")
+    for n in args.n:
+        runs = {}
+        for tag, lri in (("other", old), ("this", this)):
+            for name, step in steppers(lri, n, args.r).items():
+                runs[name, tag] = step
+        for step in runs.values():  # warm-up: compilation, work arrays
+            step()
+        times = {key: [] for key in runs}
+        for _ in range(args.reps):
+            for key, step in runs.items():
+                t0 = time.process_time()
+                step()
+                times[key].append(time.process_time() - t0)
+        for name in ("BUG", "KSL"):
+            before = statistics.median(times[name, "other"])
+            after = statistics.median(times[name, "this"])
+            print(
+                f"n={n} r={args.r} {name}: other {1e3 * before:.2f} ms, this {1e3 * after:.2f} ms, "
+                f"this/other {after / before:.3f} (medians of {args.reps})",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
