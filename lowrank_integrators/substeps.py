@@ -325,6 +325,13 @@ def lend_workspace(X0: Any, owner: Any) -> Any:
 TALL_ENTRIES = 1 << 15
 
 
+def _give_back_spare(workspace: Workspace | None) -> None:
+    """Return to ``workspace`` an array offered as a spare that the field did not take."""
+    spare = _fused.take_back_spare()
+    if spare is not None and workspace is not None:
+        workspace.give(spare)
+
+
 def _call_with_spare(
     f: Evaluate,
     t: float,
@@ -349,9 +356,7 @@ def _call_with_spare(
         _fused.offer_spare(spare)
         spare = None
     k = yield from f(t, X, start, update)
-    spare = _fused.take_back_spare()
-    if spare is not None:
-        workspace.give(spare)
+    _give_back_spare(workspace)
     return k
 
 
@@ -648,10 +653,7 @@ class RK4(SubstepSolver):
             k = None
             return acc
         finally:
-            spare = _fused.take_back_spare()
-            if spare is not None and workspace is not None:
-                workspace.give(spare)
-            spare = None
+            _give_back_spare(workspace)
 
     @staticmethod
     def _folded_steps(
@@ -700,10 +702,7 @@ class RK4(SubstepSolver):
                     rk4_update(acc, new, X, k, c, a, first=False)
                     k = None
                 prev, stage, new = stage, new, None
-                spare = _fused.take_back_spare()
-                if spare is not None and workspace is not None:
-                    workspace.give(spare)
-                spare = None
+                _give_back_spare(workspace)
             # the last two stages are dead: the next substep forms its start and its registers
             # in them
             if workspace is not None:
@@ -713,10 +712,7 @@ class RK4(SubstepSolver):
             prev = None
             return acc
         finally:
-            spare = _fused.take_back_spare()
-            if spare is not None and workspace is not None:
-                workspace.give(spare)
-            spare = None
+            _give_back_spare(workspace)
 
     @staticmethod
     def _functional_step(
