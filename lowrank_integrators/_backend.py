@@ -552,12 +552,45 @@ def add_product(out: Any, X: Any, M: Any, alpha: float | None = None) -> Any:
     if not allows_item_assignment(out):
         prod = X @ M
         return out + (prod if alpha is None else alpha * prod)
+    if _gemm_into(out, X, M, 1.0 if alpha is None else alpha):
+        return out
     for b in row_blocks(out):
         block = X[b, :] @ M
         if alpha is not None:
             block *= alpha
         out[b, :] += block
     return out
+
+
+def _gemm_into(out: Any, X: Any, M: Any, alpha: float) -> bool:
+    """``out += alpha * (X @ M)`` by one BLAS ``gemm`` in place; False where it does not apply.
+
+    For real C-ordered NumPy ``out`` and ``X`` of one dtype: the row-major ``out`` is the
+    column-major ``out^T``, which ``gemm`` updates as ``out^T += alpha M^T X^T`` (``beta = 1``)
+    in one pass over the tall arrays, with neither a temporary nor row blocks.
+    """
+    if not (type(out) is np.ndarray and type(X) is np.ndarray and type(M) is np.ndarray):
+        return False
+    dtype = out.dtype
+    if dtype.char not in "fd" or X.dtype != dtype or M.dtype != dtype or out.ndim != 2:
+        return False
+    if not (out.flags.c_contiguous and out.flags.writeable and X.flags.c_contiguous):
+        return False
+    if 0 in out.shape or X.shape[1] == 0:
+        return True
+    gemm = _GEMM.get(dtype.char)
+    if gemm is None:
+        from scipy.linalg import blas
+
+        gemm = _GEMM.setdefault(dtype.char, blas.get_blas_funcs("gemm", dtype=dtype))
+    res = gemm(alpha, M, X.T, beta=1.0, c=out.T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(res, out):  # pragma: no cover - SciPy copied the output
+        out[...] = res.T
+    return True
+
+
+#: BLAS ``gemm`` by NumPy dtype character, looked up once.
+_GEMM: dict[str, Any] = {}
 
 
 def add_scaled(out: Any, alpha: float, k: Any) -> Any:

@@ -92,12 +92,18 @@ class Request:
 
 @dataclass(eq=False)
 class Right(Request):
-    """``F(t, Y) V``."""
+    """``F(t, Y) V``.
+
+    ``hand_over``: the step takes the product out of a :class:`Handover` (with
+    :func:`received`), so that the driver keeps no reference to it and the step may
+    overwrite it (drivers that answer with a plain array are received as well).
+    """
 
     t: float
     Y: LowRankMatrix
     V: Any
     at: LowRankMatrix | None = None
+    hand_over: bool = False
 
     kind = "right"
 
@@ -112,12 +118,18 @@ class Right(Request):
 
 @dataclass(eq=False)
 class Left(Request):
-    """``F(t, Y)^H U``."""
+    """``F(t, Y)^H U``.
+
+    ``hand_over``: the step takes the product out of a :class:`Handover` (with
+    :func:`received`), so that the driver keeps no reference to it and the step may
+    overwrite it (drivers that answer with a plain array are received as well).
+    """
 
     t: float
     Y: LowRankMatrix
     U: Any
     at: LowRankMatrix | None = None
+    hand_over: bool = False
 
     kind = "left"
 
@@ -344,10 +356,12 @@ def _answer(problem: Any, req: Request) -> Any:
         return Handover(check_product(name, out, req.X.shape, req.X.dtype))
     if isinstance(req, Right):
         out = problem.apply_right(req.t, req.Y, req.V)
-        return check_product("problem.apply_right", out, expected_shape(req), req.Y.dtype)
+        out = check_product("problem.apply_right", out, expected_shape(req), req.Y.dtype)
+        return Handover(out) if req.hand_over else out
     if isinstance(req, Left):
         out = problem.apply_left(req.t, req.Y, req.U)
-        return check_product("problem.apply_left", out, expected_shape(req), req.Y.dtype)
+        out = check_product("problem.apply_left", out, expected_shape(req), req.Y.dtype)
+        return Handover(out) if req.hand_over else out
     if isinstance(req, Project):
         out = problem.project(req.t, req.Y, req.U, req.V)
         return check_product("problem.project", out, expected_shape(req), req.Y.dtype)

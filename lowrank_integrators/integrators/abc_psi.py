@@ -26,7 +26,10 @@ Sylvester type, truncated back to fixed rank, it behaves like a second-order met
 
 from __future__ import annotations
 
+import sys
+
 from .. import _backend as bk
+from ..substeps import owned_result
 from .augmentation import AugmentedBases, augment, embed_core
 from .base import AdaptiveIntegrator, KStep, Ledger, LStep, State, StepGenerator
 
@@ -68,7 +71,8 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
         t1 = t + h
 
         K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t, t1, self.start(U0, S0))
-        U_hat, m_U = augment(led, K1, U0)
+        refs = sys.getrefcount(K1)  # before any call holds it
+        U_hat, m_U = augment(led, K1, U0, overwrite=owned_result(K1, refs))
         hat = AugmentedBases(U_hat)
         del U_hat
         del K1  # m x r: not kept through the L-step
@@ -79,7 +83,8 @@ class AugmentedBackwardCorrectedPSI(AdaptiveIntegrator):
 
         L0 = self.start(V0, bk.adjoint(S_tilde))
         L1 = yield from self.substep.solve(LStep(led, hat.U, at=Y0), t, t1, L0)
-        hat.V, R = led.qr(L1)
+        refs = sys.getrefcount(L1)
+        hat.V, R = led.qr(L1, overwrite=owned_result(L1, refs))
         del L1
 
         Y1 = hat.truncate(led, self.truncation, bk.adjoint(R), h)

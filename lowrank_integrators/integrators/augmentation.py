@@ -18,6 +18,7 @@ before ``V_hat Q`` is formed. ``tests/test_memory.py`` counts the tall arrays of
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import weakref
 from typing import Any
@@ -29,25 +30,29 @@ from .._qr import canonical_phases, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
-from ..substeps import SubstepSolver
+from ..substeps import SubstepSolver, owned_result
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
 __all__ = ["AugmentedBases", "augment", "augment_projected", "embed_core", "project_out"]
 
 
-def augment(led: FactorisationLedger, X: Any, U0: Any) -> tuple[Any, Any]:
+def augment(
+    led: FactorisationLedger, X: Any, U0: Any, *, overwrite: bool = False
+) -> tuple[Any, Any]:
     """``U_hat = [U0 D, Q]`` orthonormal with ``range(X)`` inside, and ``D``'s diagonal.
 
-    One thin QR of ``[U0, Z]`` with ``Z`` the part of ``X`` outside ``span(U0)`` (see
-    :func:`~lowrank_integrators._backend.qr_augment`), in the storage of the concatenation:
-    the only tall array added while the caller holds ``X``. As ``U0`` is orthonormal, the
-    leading block of the QR is ``U0 D`` up to rounding, ``D`` diagonal with unimodular entries
-    (the QR's sign convention); that block is replaced by ``U0 D`` itself, so that
-    ``U_hat^H U0 = [D^H; 0]`` holds by construction and the Galerkin start needs no product
-    over tall arrays (see :func:`embed_core`). A caller that can drop ``X`` once its part
-    outside ``span(U0)`` exists uses :func:`project_out` and :func:`augment_projected`
-    instead, which factorise the new columns alone (faster, the same peak memory).
+    ``Q`` orthonormalises ``Z``, the part of ``X`` outside ``span(U0)``:
+    :func:`augment_projected` of ``Z = project_out(U0, X)``, which factorises the ``k`` new
+    columns alone and falls back to one thin QR of ``[U0, Z]`` only where ``Z`` is at the
+    level of rounding. ``U_hat^H U0 = [D^H; 0]`` holds by construction, ``D`` diagonal with
+    unimodular entries, so that the Galerkin start needs no product over tall arrays (see
+    :func:`embed_core`). Lazy arrays take the one QR of ``[U0, Z]`` over their row chunks at
+    once (projecting first would evaluate ``X`` twice; see
+    :func:`~lowrank_integrators._backend.qr_augment`). ``X`` is not modified unless
+    ``overwrite`` is true: then a NumPy ``X`` holds ``Z`` and ``Q`` in turn (no tall array
+    besides ``U_hat`` is allocated) and is garbage afterwards; pass it for a result no one
+    else holds (:func:`~lowrank_integrators.substeps.owned_result`).
 
     Returns
     -------
@@ -55,16 +60,20 @@ def augment(led: FactorisationLedger, X: Any, U0: Any) -> tuple[Any, Any]:
     m : array, shape (r,)
         The diagonal of ``U_hat^H U0 = [diag(m); 0]`` (entries of modulus one).
     """
-    return _augment_by_one_qr(led, X, U0, bk.namespace(U0, X))
+    xp = bk.namespace(U0, X)
+    if type(X) is not np.ndarray and bk.is_lazy(X):
+        return _augment_by_one_qr(led, X, U0, xp)
+    return augment_projected(led, project_out(U0, X, overwrite=overwrite), U0)
 
 
-def project_out(U0: Any, X: Any, *, check: bool = True) -> Any:
+def project_out(U0: Any, X: Any, *, check: bool = True, overwrite: bool = False) -> Any:
     """``Z = X - U0 (U0^H X)``, projected twice, as a new array (``X`` is not modified).
 
     Block classical Gram-Schmidt with reorthogonalisation: for orthonormal ``U0`` the columns
     of ``Z`` are orthogonal to ``U0`` to working precision relative to their own size, and
-    ``span([U0, Z]) = span([U0, X])``. NumPy arrays are updated row block by row block (no
-    tall temporary besides ``Z``).
+    ``span([U0, Z]) = span([U0, X])``. NumPy arrays are updated in place (no tall temporary
+    besides ``Z``); with ``overwrite=True`` a C-ordered NumPy ``X`` of the result's dtype
+    becomes ``Z`` itself (no new tall array; the caller drops ``X``).
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``X`` or ``U0`` holds NaN
     or infinity (checked on the small products of the projection, which they reach). With
@@ -76,7 +85,7 @@ def project_out(U0: Any, X: Any, *, check: bool = True) -> Any:
         _require_finite_products(X, U0, X)
         return bk.copy(X)
     if type(U0) is np.ndarray and type(X) is np.ndarray:
-        return _project_out_numpy(U0, X)
+        return _project_out_numpy(U0, X, overwrite)
     U0h = bk.adjoint(U0)
     Z = X - U0 @ (U0h @ X)
     C = U0h @ Z
@@ -85,32 +94,24 @@ def project_out(U0: Any, X: Any, *, check: bool = True) -> Any:
     return Z - U0 @ C
 
 
-def _project_out_numpy(U0: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """:func:`project_out` of NumPy arrays, in place in ``Z`` (by row blocks when large).
+def _project_out_numpy(U0: np.ndarray, X: np.ndarray, overwrite: bool) -> np.ndarray:
+    """:func:`project_out` of NumPy arrays, in place in ``Z``.
 
     Non-finite entries of ``X`` or ``U0`` and overflows reach the second products
     ``U0^H Z`` (a NaN or an infinity of ``U0^H X`` spreads into ``Z`` in the rows where ``U0``
     does not vanish, which the second products sum): they are checked there, once.
     """
     U0h = U0.T if U0.dtype.kind != "c" else U0.conj().T
-    Z = np.empty(X.shape, dtype=np.result_type(U0, X))
     with np.errstate(invalid="ignore", over="ignore"):  # reported below, not warned
         C = U0h @ X
-        if Z.size <= _SMALL:
-            np.subtract(X, U0 @ C, out=Z)
-            C = U0h @ Z
+        if overwrite and X.flags.c_contiguous and X.dtype == np.result_type(U0, X):
+            Z = X
         else:
-            blocks = bk.row_blocks(Z)
-            for b in blocks:
-                np.subtract(X[b], U0[b] @ C, out=Z[b])
-            C = U0h @ Z
+            Z = np.array(X, dtype=np.result_type(U0, X), order="C")
+        _subtract_products(Z, U0, C, True)
+        C = U0h @ Z
     _require_finite_products(C, U0, Z)
-    if Z.size <= _SMALL:
-        Z -= U0 @ C
-    else:
-        for b in blocks:
-            Z[b] -= U0[b] @ C
-    return Z
+    return _subtract_products(Z, U0, C, True)
 
 
 def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, Any]:
@@ -203,11 +204,12 @@ def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
 
 
 def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
-    """``Q - U0 C``: NumPy arrays in place, by row blocks (no tall temporary)."""
+    """``Q - U0 C``: NumPy arrays in place (no tall temporary)."""
     if numpy:
-        for b in bk.row_blocks(Q):
-            Q[b] -= U0[b] @ C
-        return Q
+        if Q.size <= _SMALL:
+            Q -= U0 @ C
+            return Q
+        return bk.add_product(Q, U0, C, -1.0)
     return Q - U0 @ C
 
 
@@ -443,7 +445,9 @@ class AugmentedBases:
                 # evaluate the lazy K-step twice
                 self.U, lead["U"] = augment(led, K1, U0)
                 return
-            Z = project_out(U0, K1, check=False)  # augment_projected reports non-finite Z
+            refs = sys.getrefcount(K1)  # before any call holds it
+            # augment_projected reports a non-finite Z
+            Z = project_out(U0, K1, check=False, overwrite=owned_result(K1, refs))
             K0 = K1 = None
             self.U, lead["U"] = augment_projected(led, Z, U0)
 
@@ -453,7 +457,8 @@ class AugmentedBases:
             if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
                 return
-            Z = project_out(V0, L1, check=False)
+            refs = sys.getrefcount(L1)
+            Z = project_out(V0, L1, check=False, overwrite=owned_result(L1, refs))
             L0 = L1 = None
             self.V, lead["V"] = augment_projected(led, Z, V0)
 

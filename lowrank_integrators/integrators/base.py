@@ -9,6 +9,9 @@ back the answers:
 
 * ``yield led.right(t, Y, V)`` -> ``F(t, Y) V``; ``led.left(t, Y, U)`` -> ``F(t, Y)^H U``;
   ``led.project(t, Y, U, V)`` -> ``U^H F(t, Y) V`` (the :class:`Ledger` counts them);
+  a step that overwrites a tall product asks for it with ``hand_over=True`` and takes it
+  with :func:`~lowrank_integrators.protocol.received`, so that the driver keeps no
+  reference to it (the midpoint BUG orthonormalises ``F V`` in its own storage);
 * ``X1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, X0)`` solves a substep:
   the solver yields one :class:`~lowrank_integrators.protocol.Field` request per evaluation;
 * ``a, b = yield Parallel(branch_a(), branch_b())`` runs independent parts of a step (the K-
@@ -237,15 +240,33 @@ class Ledger(FactorisationLedger):
         self.info = StepInfo(rank_before=int(rank_before))
 
     # --- F products --------------------------------------------------------------------
-    def right(self, t: float, Y: LowRankMatrix, V: Any, at: LowRankMatrix | None = None) -> Right:
-        """The request ``F(t, Y) V``."""
+    def right(
+        self,
+        t: float,
+        Y: LowRankMatrix,
+        V: Any,
+        at: LowRankMatrix | None = None,
+        *,
+        hand_over: bool = False,
+    ) -> Right:
+        """The request ``F(t, Y) V`` (``hand_over``: see :class:`~lowrank_integrators.
+        protocol.Right`)."""
         self.info.n_right += 1
-        return Right(t, Y, V, at)
+        return Right(t, Y, V, at, hand_over)
 
-    def left(self, t: float, Y: LowRankMatrix, U: Any, at: LowRankMatrix | None = None) -> Left:
-        """The request ``F(t, Y)^H U``."""
+    def left(
+        self,
+        t: float,
+        Y: LowRankMatrix,
+        U: Any,
+        at: LowRankMatrix | None = None,
+        *,
+        hand_over: bool = False,
+    ) -> Left:
+        """The request ``F(t, Y)^H U`` (``hand_over``: see :class:`~lowrank_integrators.
+        protocol.Left`)."""
         self.info.n_left += 1
-        return Left(t, Y, U, at)
+        return Left(t, Y, U, at, hand_over)
 
     def project(
         self, t: float, Y: LowRankMatrix, U: Any, V: Any, at: LowRankMatrix | None = None

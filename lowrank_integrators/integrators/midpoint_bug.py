@@ -31,8 +31,12 @@ measured errors against the exact rank-r solution falling at least like ``h^2`` 
 
 from __future__ import annotations
 
+import sys
+
 from .. import _backend as bk
 from ..factors import LowRankMatrix
+from ..protocol import received
+from ..substeps import owned_result
 from .augmentation import AugmentedBases, augment, embed_core
 from .base import AdaptiveIntegrator, Ledger, State, StepGenerator
 
@@ -82,14 +86,17 @@ class MidpointBUG(AdaptiveIntegrator):
 
         # 2. bases enriched by the field at the midpoint (both products first, so that each
         # half-step basis is released as soon as its enriched basis exists)
-        FV = yield led.right(t_half, Y_half, half.V)
-        FhU = yield led.left(t_half, Y_half, half.U)
+        FV = received((yield led.right(t_half, Y_half, half.V, hand_over=True)))
+        FhU = received((yield led.left(t_half, Y_half, half.U, hand_over=True)))
         del Y_half
-        U_hat, m_U = augment(led, FV, half.U)
+        # each product, if no one else holds it, becomes the storage of its new columns
+        refs = sys.getrefcount(FV)  # before any call holds it
+        U_hat, m_U = augment(led, FV, half.U, overwrite=owned_result(FV, refs))
         hat = AugmentedBases(U_hat)
         del U_hat
         half.U = FV = None
-        hat.V, m_V = augment(led, FhU, half.V)
+        refs = sys.getrefcount(FhU)
+        hat.V, m_V = augment(led, FhU, half.V, overwrite=owned_result(FhU, refs))
         half.V = FhU = None
 
         # 3. full-step Galerkin from Y0 itself
