@@ -149,3 +149,21 @@ def test_an_ill_conditioned_new_part_costs_a_qr_of_its_own_columns(monkeypatch, 
     N64 = N.astype(np.float64)  # the new part lies in the basis
     assert np.linalg.norm(N64 - U @ (U.T @ N64)) <= 10 * TOL[dtype]
     assert led.info.n_qr == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("outside", [1.0, 1e-8])
+def test_augmenting_in_the_storage_of_the_block_gives_the_same_basis(rng, dtype, outside):
+    import tracemalloc
+
+    m, r, k = 40000, 6, 6  # tall enough for the in-place paths
+    U0, X = basis_and_block(rng, m, r, k, dtype, outside, 8)
+    U_ref, d_ref = augment(Ledger(), X.copy(), U0)
+    tracemalloc.start()
+    U_hat, d = augment(Ledger(), X, U0, overwrite=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # X holds the new columns while they are factored: the basis is the only tall array added
+    assert peak <= U_hat.nbytes + 0.25 * X.nbytes
+    np.testing.assert_array_equal(d, d_ref)
+    np.testing.assert_allclose(U_hat, U_ref, rtol=0, atol=50 * TOL[dtype])

@@ -262,3 +262,31 @@ def test_a_step_that_yields_something_else_is_refused(rng):
 
     with pytest.raises(TypeError, match="int, which is not a request"):
         StepTask(step())
+
+
+def test_a_product_asked_to_be_handed_over_is_held_by_the_step_alone(rng):
+    import sys
+
+    from lowrank_integrators.protocol import Left, Right, received
+    from lowrank_integrators.substeps import owned_result
+
+    problem = lri.SylvesterODE(rng.standard_normal((9, 9)), rng.standard_normal((8, 8)))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    owned = []
+
+    def step(hand_over):
+        for req in (
+            Right(0.0, Y0, Y0.V, hand_over=hand_over),
+            Left(0.0, Y0, Y0.U, None, hand_over),
+        ):
+            out = received((yield req))
+            refs = sys.getrefcount(out)
+            owned.append(owned_result(out, refs))
+        return out
+
+    np.testing.assert_array_equal(
+        answer_from_problem(problem, step(True)), problem.apply_left(0.0, Y0, Y0.U)
+    )
+    # without the handover, the driver holds each answer until the step yields again
+    answer_from_problem(problem, step(False))
+    assert owned == [True, True, False, False]
