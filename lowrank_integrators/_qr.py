@@ -105,10 +105,10 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
     Small real NumPy inputs (the Householder route) skip forming ``R``; every other input
     goes through :func:`tall_qr`.
     """
-    if _is_numpy(x) and x.ndim == 2 and x.dtype.kind == "f":
+    if _is_numpy(x) and x.ndim == 2 and x.dtype.kind in "fc":
         m, k = x.shape
         if 0 < k <= m and m * k <= _SMALL_ENTRIES:
-            return _small_real_q(x)
+            return _small_q(x)
     elif len(x.shape) == 2 and not bk.is_lazy(x):
         m, k = int(x.shape[0]), int(x.shape[1])
         if m > 0 and k > 0 and m * k <= _SMALL_ENTRIES:  # the Householder route, without R
@@ -460,8 +460,8 @@ def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any
     return Q, r, (None if w is None else _inner(Q, w)), "Householder"
 
 
-def _small_real_q(x: np.ndarray) -> np.ndarray:
-    """``_small_real_householder(x, None)[0]`` (``x`` real, ``0 < k <= m``) without ``R``."""
+def _small_q(x: np.ndarray) -> np.ndarray:
+    """``_householder(x, None)[0]`` of a small NumPy ``x`` (``0 < k <= m``) without ``R``."""
     q = _lapack_qr(x, with_r=False)[0]
     d = canonical_phases(q.diagonal())
     return np.multiply(q, d, order="C")
@@ -480,7 +480,9 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if m <= 2 * max(k, 1) or len(blocks) == 1:
         q, r = _lapack_qr(x)
         return np.ascontiguousarray(q), r
-    rows = max(2 * k, blocks[0].stop - blocks[0].start)
+    # half the blocks of the other row-blocked kernels: a block, its Fortran-ordered copy
+    # and its Q then stay in the L2 cache (measured fastest at n = 2^16 and 2^20)
+    rows = max(2 * k, (blocks[0].stop - blocks[0].start) // 2)
     starts = list(range(0, m, rows))
     if m - starts[-1] < k:  # keep every block at least k rows tall
         starts.pop()
@@ -498,32 +500,41 @@ def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Economic Householder QR of a block through LAPACK ``geqrf`` and ``orgqr``/``ungqr``.
+    """Economic Householder QR of a block through LAPACK ``geqrt`` and ``gemqrt``.
 
     ``with_r=False`` skips forming ``R`` (returned as ``None``); ``Q`` is the same.
 
-    The block is copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a
-    row-major block makes further copies and is several times slower on tall blocks, and
-    ``scipy.linalg.qr`` adds tens of microseconds of checks, which dominate on small blocks.
+    ``geqrt`` factors panels recursively into the compact WY form (Elmroth, Gustavson 2000),
+    so that most of its work is matrix-matrix products: on tall blocks it runs about 1.6
+    times faster than ``geqrf``, whose panels are factored one column at a time, and ``Q``
+    is formed by applying the block reflectors to ``[I; 0]`` (``gemqrt``). The block is
+    copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a row-major block
+    makes further copies and is several times slower on tall blocks, and ``scipy.linalg.qr``
+    adds tens of microseconds of checks, which dominate on small blocks.
     """
     work = np.array(a, order="F", copy=True)
     m, k = work.shape
     p = min(m, k)
     if p == 0:
         return np.zeros((m, 0), work.dtype, order="F"), np.zeros((0, k), work.dtype)
-    geqrf, orgqr = _lapack_qr_functions(work.dtype)
-    qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
-    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
-        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
+    geqrt, gemqrt = _lapack_qr_functions(work.dtype)
+    v, t, info = geqrt(min(p, _QRT_BLOCK), work, overwrite_a=1)
+    if info != 0:  # pragma: no cover - geqrt reports only illegal arguments (none here)
+        raise np.linalg.LinAlgError(f"LAPACK geqrt failed with info={info}")
     r = None
     if with_r:
-        r = qr[:p, :].copy(order="C")
+        r = v[:p, :].copy(order="C")
         np.copyto(r, 0, where=_strictly_lower(p, k))
-    q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
-    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
-        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
+    q = np.zeros((m, p), work.dtype, order="F")
+    q[_diagonal_indices(p)] = 1
+    q, info = gemqrt(v[:, :p], t, q, overwrite_c=1)
+    if info != 0:  # pragma: no cover - gemqrt reports only illegal arguments
+        raise np.linalg.LinAlgError(f"LAPACK gemqrt failed with info={info}")
     return q, r
 
+
+#: Block size of the compact WY factors of ``geqrt`` (its panels are factored recursively).
+_QRT_BLOCK = 32
 
 _LAPACK_QR: dict[str, tuple[Any, Any]] = {}
 
@@ -536,15 +547,21 @@ def _strictly_lower(p: int, k: int) -> np.ndarray:
     return mask
 
 
+@functools.lru_cache(maxsize=64)
+def _diagonal_indices(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the diagonal of a ``p x p`` block."""
+    i = np.arange(p)
+    i.flags.writeable = False
+    return i, i
+
+
 def _lapack_qr_functions(dtype: np.dtype) -> tuple[Any, Any]:
-    """LAPACK ``geqrf`` and ``orgqr`` (``ungqr`` for complex) for ``dtype``, looked up once."""
+    """LAPACK ``geqrt`` and ``gemqrt`` for ``dtype``, looked up once."""
     pair = _LAPACK_QR.get(dtype.char)
     if pair is None:
         from scipy.linalg import lapack
 
-        like = (np.empty(0, dtype),)
-        name = "ungqr" if dtype.kind == "c" else "orgqr"
-        pair = lapack.get_lapack_funcs(("geqrf", name), like)
+        pair = lapack.get_lapack_funcs(("geqrt", "gemqrt"), (np.empty(0, dtype),))
         _LAPACK_QR[dtype.char] = pair
     return pair
 
