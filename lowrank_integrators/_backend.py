@@ -268,8 +268,7 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
         from ._dask import tall_qr_blocks
 
         return tall_qr_blocks(blocks)
-    for b in blocks:
-        require_finite(b, "a block of a matrix to be factorised by QR")
+    name = "a block of a matrix to be factorised by QR"
     if all(type(b) is np.ndarray for b in blocks):
         m = int(blocks[0].shape[0])
         width = sum(int(b.shape[1]) for b in blocks)
@@ -278,7 +277,10 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
         for b in blocks:
             work[:, j : j + b.shape[1]] = b
             j += int(b.shape[1])
-        return tall_qr(work, overwrite_x=True)
+        # non-finite blocks are found on the factorisation's Gram matrix (no extra pass)
+        return tall_qr(work, overwrite_x=True, check=name)
+    for b in blocks:
+        require_finite(b, name)
     xp = array_namespace(*blocks)
     return tall_qr(xp.concat(list(blocks), axis=1), overwrite_x=True)
 

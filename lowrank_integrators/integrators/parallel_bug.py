@@ -26,6 +26,8 @@ One first-order step from ``Y0 = U0 S0 V0^H`` (rank r) at ``t0`` to ``t1 = t0 + 
        S_hat = [[ R_U S_bar1 R_V^H,      R_U L1^H V_tilde ],
                 [ U_tilde^H K1 R_V^H,    0                ]]
 
+   ``U_tilde^H K1`` and ``V_tilde^H L1`` are the trailing diagonal blocks of the two ``R``
+   factors (``[U0, K1] = U_hat R``): no product over tall arrays.
 4. Truncate ``(U_hat, S_hat, V_hat)``.
 
 With one explicit Euler step per substep the step before truncation is the tangent-projected
@@ -215,14 +217,15 @@ class ParallelBUG(AdaptiveIntegrator):
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
         def k_step() -> StepGenerator:
             K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
-            hat.U, R_U = _augmented_basis(led, U0, K1)
-            return bk.adjoint(hat.U[:, r:]) @ K1, R_U
+            hat.U, R = led.qr_blocks(U0, K1)
+            # U_hat^H K1 is the last block column of R ([U0, K1] = U_hat R, to round-off)
+            return R[r:, r:], R[:r, :r]
 
         def l_step() -> StepGenerator:
             L0 = self.start(V0, bk.adjoint(S0))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
-            hat.V, R_V = _augmented_basis(led, V0, L1)
-            return bk.adjoint(L1) @ hat.V[:, s:], R_V
+            hat.V, R = led.qr_blocks(V0, L1)
+            return bk.adjoint(R[s:, s:]), R[:s, :s]
 
         def s_step() -> StepGenerator:
             return (yield from self.substep.solve(SStep(led, U0, V0, at=Y0), t0, t1, S0))
