@@ -20,6 +20,7 @@ solvers then solve every substep exactly.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import Any
 from . import _backend as bk
 from . import _fused
 from ._checks import check_product, check_same_library
+from ._projected import ProjectedOperators
 from .factors import LowRankMatrix
 
 __all__ = ["DataODE", "DenseODE", "MatrixODE", "SylvesterODE"]
@@ -57,6 +59,14 @@ class MatrixODE(ABC):
     def project(self, t: float, Y: LowRankMatrix, U: Any, V: Any) -> Any:
         """``U^H @ F(t, Y) @ V``."""
         return bk.adjoint(U) @ self.apply_right(t, Y, V)
+
+    def step_scope(self) -> contextlib.AbstractContextManager[None]:
+        """The context in which a driver answers the requests of one step.
+
+        A problem may keep what depends only on the bases of the step (the projected
+        operators of :class:`SylvesterODE`) until the scope ends. The default keeps nothing.
+        """
+        return contextlib.nullcontext()
 
     # The right-hand sides of the substeps. Bases passed here have orthonormal columns; a
     # problem may precompute whatever depends only on them (e.g. V^H B^T V for Sylvester
@@ -197,6 +207,7 @@ class SylvesterODE(MatrixODE):
         self.A = A
         self.B = B
         self.C = C
+        self._projected = ProjectedOperators()
         self.m = square_operator_size("A", A)
         self.n = square_operator_size("B", B) if B is not None else None
         self.A_H = bk.adjoint_operator(A)
@@ -250,6 +261,23 @@ class SylvesterODE(MatrixODE):
             self._dask = DaskSylvester(self)
         return self._dask
 
+    def step_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Within one step, ``W^H A W`` and ``W^H B^T W`` are formed once per basis.
+
+        See :mod:`lowrank_integrators._projected`: the substep fields and products of one
+        step share them, and an augmented basis ``[W0 D, Q]`` adds only the blocks of its
+        new columns.
+        """
+        return self._projected.scope()
+
+    def _projected_a(self, W: Any) -> Any:
+        """``W^H A W`` (kept for the step)."""
+        return self._projected.get(W, self.A, "A", transposed=lambda: self.A_H)
+
+    def _projected_bt(self, W: Any) -> Any:
+        """``W^H B^T W`` (kept for the step)."""
+        return self._projected.get(W, self.B_T, "B^T", transposed=lambda: self.B_conj)
+
     def _c_right(self, V: Any) -> Any:
         return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V
 
@@ -273,7 +301,9 @@ class SylvesterODE(MatrixODE):
             return chunked.apply_right(t, Y, V)
         Uy, Sy, Vy = Y
         # the sandwich's transient tall product is released before the result is allocated
-        Bv = Sy @ bk.sandwich(Vy, self.B_T, V) if self.B is not None else None
+        Bv = None
+        if self.B is not None:
+            Bv = Sy @ (self._projected_bt(V) if Vy is V else bk.sandwich(Vy, self.B_T, V))
         out = bk.apply_to_product(self.A, Uy, Sy @ (bk.adjoint(Vy) @ V))
         if Bv is not None:
             bk.add_product(out, Uy, Bv)
@@ -288,7 +318,7 @@ class SylvesterODE(MatrixODE):
         Uy, Sy, Vy = Y
         Sh = bk.adjoint(Sy)
         # the sandwich's transient tall product is released before the result is allocated
-        Au = Sh @ bk.sandwich(Uy, self.A_H, U)
+        Au = Sh @ (bk.adjoint(self._projected_a(U)) if Uy is U else bk.sandwich(Uy, self.A_H, U))
         if self.B is not None:
             out = bk.apply_to_product(self.B_conj, Vy, Sh @ (bk.adjoint(Uy) @ U))
             bk.add_product(out, Vy, Au)
@@ -303,9 +333,11 @@ class SylvesterODE(MatrixODE):
         if (chunked := self._on_chunks(Y.U, U)) is not None:
             return chunked.project(t, Y, U, V)
         Uy, Sy, Vy = Y
-        out = bk.sandwich(U, self.A, Uy) @ (Sy @ (bk.adjoint(Vy) @ V))
+        Au = self._projected_a(U) if U is Uy else bk.sandwich(U, self.A, Uy)
+        out = Au @ (Sy @ (bk.adjoint(Vy) @ V))
         if self.B is not None:
-            out = out + (bk.adjoint(U) @ Uy) @ Sy @ bk.sandwich(Vy, self.B_T, V)
+            Bv = self._projected_bt(V) if V is Vy else bk.sandwich(Vy, self.B_T, V)
+            out = out + (bk.adjoint(U) @ Uy) @ Sy @ Bv
         if self.C is not None:
             out = out + self._c_project(U, V)
         return out
@@ -318,7 +350,7 @@ class SylvesterODE(MatrixODE):
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         if (chunked := self._on_chunks(V)) is not None:
             return chunked.k_field(V)
-        Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
+        Bv = self._projected_bt(V) if self.B is not None else None
         stage = self._fused_stage(self.A, Bv, right=V)
         if stage is not None:
             return _CompiledField(stage)
@@ -342,7 +374,7 @@ class SylvesterODE(MatrixODE):
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
         if (chunked := self._on_chunks(U)) is not None:
             return chunked.l_field(U)
-        AhU = bk.sandwich(U, self.A_H, U)
+        AhU = bk.adjoint(self._projected_a(U))
         stage = self._fused_stage(self.B_conj, AhU, left=U) if self.B is not None else None
         if stage is not None:
             return _CompiledField(stage)
@@ -404,8 +436,8 @@ class SylvesterODE(MatrixODE):
     def s_field(self, U: Any, V: Any) -> Callable[[float, Any], Any]:
         if (chunked := self._on_chunks(U)) is not None:
             return chunked.s_field(U, V)
-        Au = bk.sandwich(U, self.A, U)
-        Bv = bk.sandwich(V, self.B_T, V) if self.B is not None else None
+        Au = self._projected_a(U)
+        Bv = self._projected_bt(V) if self.B is not None else None
         Cuv = self._c_project(U, V) if self.C is not None else None
         return sylvester_core_field(Au, Bv, Cuv)
 

@@ -54,6 +54,7 @@ forward/backward pass. The declaration is part of the step's structure, never a 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -304,18 +305,20 @@ def answer_from_problem(problem: Any, gen: StepGenerator) -> Any:
     object
         The generator's return value (``(state, info)`` for a step).
     """
-    answer: Any = None
-    while True:
-        try:
-            req = gen.send(answer)
-        except StopIteration as stop:
-            return stop.value
-        # Drop the previous answer before computing the next one, and the request before
-        # resuming the step: a substep solver releases its tall stages in between, and a
-        # reference held here would keep one more tall array alive at the peak of a step.
-        answer = None
-        answer = _answer(problem, req)
-        req = None
+    scope = getattr(problem, "step_scope", None)
+    with contextlib.nullcontext() if scope is None else scope():
+        answer: Any = None
+        while True:
+            try:
+                req = gen.send(answer)
+            except StopIteration as stop:
+                return stop.value
+            # Drop the previous answer before computing the next one, and the request before
+            # resuming the step: a substep solver releases its tall stages in between, and a
+            # reference held here would keep one more tall array alive at the peak of a step.
+            answer = None
+            answer = _answer(problem, req)
+            req = None
 
 
 class Handover:

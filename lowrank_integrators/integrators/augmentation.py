@@ -372,10 +372,15 @@ def _leading_signs_numpy(W: np.ndarray, W0: np.ndarray) -> np.ndarray | None:
         # The signs read off the first row (right wherever W0 does not vanish there), checked
         # on every entry; only when that fails, the signs of the columns' inner products.
         d = np.where(lead[0] == W0[0], plus, minus)
-        if np.logical_and.reduce(lead == W0 * d, axis=None):
+        if _equal_by_blocks(lead, W0, d):
             return d
     d = np.where(np.einsum("ij,ij->j", lead, W0) < 0, minus, plus)
-    return d if np.logical_and.reduce(lead == W0 * d, axis=None) else None
+    return d if _equal_by_blocks(lead, W0, d) else None
+
+
+def _equal_by_blocks(lead: np.ndarray, W0: np.ndarray, d: np.ndarray) -> bool:
+    """``lead == W0 * d`` entry by entry, row block by row block (no tall temporary)."""
+    return all(np.logical_and.reduce(lead[b] == W0[b] * d, axis=None) for b in bk.row_blocks(W0))
 
 
 #: ``(-1, 1)`` as scalars of each NumPy dtype.
