@@ -136,6 +136,13 @@ def _stage_blocks(x: Any) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
 
 
+def _small(X: Any) -> bool:
+    """Whether ``X`` is a NumPy matrix small enough for whole-array RK4 updates (the size
+    below which :func:`rk4_update` updates whole arrays): work arrays, spares and folded
+    stages gain nothing there."""
+    return type(X) is np.ndarray and X.ndim == 2 and X.size <= _STAGE_BLOCK_ELEMENTS // 8
+
+
 def _foldable(X: Any) -> bool:
     """Whether ``X`` is a C-ordered 2-D NumPy array the solver's registers may be updated
     from in place (a stage request then carries its register updates)."""
@@ -550,8 +557,32 @@ class RK4(SubstepSolver):
             # t from the start point, not accumulated, so the last stage hits t1 exactly.
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
-            X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
+            if _small(X):
+                X = yield from self._small_step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0)
+            else:
+                X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
         return X
+
+    @staticmethod
+    def _small_step(
+        f: Evaluate, t: float, t_mid: float, t_end: float, dt: float, X: Any, first: bool
+    ) -> Generator[Any, Any, Any]:
+        """One RK4 step of a small NumPy state (see :func:`_small`): the arithmetic of
+        :meth:`_step` (that of :func:`rk4_update` on small arrays), without its work-array
+        bookkeeping, which costs more than the arithmetic at this size. Every stage is a new
+        array; nothing handed to ``f`` is modified afterwards."""
+        k = yield from f(t, X, first)
+        acc = X + k * (dt / 6.0)
+        stage = X + k * (0.5 * dt)
+        k = yield from f(t_mid, stage, False)
+        acc += k * (dt / 3.0)
+        stage = X + k * (0.5 * dt)
+        k = yield from f(t_mid, stage, False)
+        acc += k * (dt / 3.0)
+        stage = X + k * dt
+        k = yield from f(t_end, stage, False)
+        acc += (dt / 6.0) * k
+        return acc
 
     @staticmethod
     def _step(

@@ -47,6 +47,7 @@ __all__ = [
     "ModeKStep",
     "ModeKSteps",
     "ModeSStep",
+    "ModeTermsCache",
     "ProjectedOperatorCache",
     "TuckerIntegrator",
     "TuckerLedger",
@@ -121,10 +122,52 @@ class ProjectedOperatorCache:
         return [entries[k][1] if k in modes else None for k in range(len(bases))]
 
 
+class ModeTermsCache:
+    """The terms ``(D, E)`` of the mode fields of one step, formed once per mode.
+
+    The K-step and the S-step of one mode of projector splitting have the same ``Q_i`` and
+    the same bases in the other modes (only ``U_i`` changes in between); their fields share
+    the terms that depend on these alone (:meth:`TensorSylvesterODE.mode_terms
+    <lowrank_integrators.TensorSylvesterODE.mode_terms>`). An entry is reused while the step
+    asks with the same ``Q`` and basis objects.
+    """
+
+    __slots__ = ("_entries", "_problem")
+
+    def __init__(self) -> None:
+        self._problem: Any = None
+        self._entries: dict[int, tuple[Any, list[Any], Any]] = {}
+
+    def get(
+        self, problem: Any, bases: list[Any], Q: Any, mode: int, projected: list[Any] | None
+    ) -> Any | None:
+        """The problem's ``mode_terms(bases, Q, mode)``; ``None`` when it has none."""
+        form = getattr(problem, "mode_terms", None)
+        if form is None:
+            return None
+        if problem is not self._problem:
+            self._problem, self._entries = problem, {}
+        others = [U for k, U in enumerate(bases) if k != mode]
+        entry = self._entries.get(mode)
+        if (
+            entry is not None
+            and entry[0] is Q
+            and all(a is b for a, b in zip(entry[1], others, strict=True))
+        ):
+            return entry[2]
+        if projected is None:
+            terms = form(bases, Q, mode)
+        else:
+            terms = form(bases, Q, mode, projected=projected)
+        self._entries[mode] = (Q, others, terms)
+        return terms
+
+
 class TuckerLedger(FactorisationLedger):
     """Counts the requests and factorisations of one Tucker step and builds its info.
 
-    ``projected`` caches the projected operators of the step's bases. The QRs and SVDs of a
+    ``projected`` caches the projected operators of the step's bases, ``terms`` the terms of
+    its mode fields. The QRs and SVDs of a
     Tucker step are small (core unfoldings, bases of ``n_i x r_i``): small real NumPy arrays
     go straight to the LAPACK routes that :func:`~lowrank_integrators._backend.qr` and
     :func:`~lowrank_integrators._backend.svd` take for them, with the same finiteness checks
@@ -134,6 +177,7 @@ class TuckerLedger(FactorisationLedger):
     def __init__(self, ranks_before: tuple[int, ...]) -> None:
         self.info = TuckerStepInfo(rank_before=tuple(int(r) for r in ranks_before))
         self.projected = ProjectedOperatorCache()
+        self.terms = ModeTermsCache()
 
     def qr(self, X: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
         if not _small_real(X):
@@ -301,11 +345,10 @@ class ModeSStep(SubstepField):
         self.factors, self.Q, self.mode = list(factors), Q, mode
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
-        factors = self.factors
+        factors, Q, mode = self.factors, self.Q, self.mode
         projected = self.ledger.projected.get(problem, factors, list(range(len(factors))))
-        if projected is None:
-            return problem.mode_s_field(factors, self.Q, self.mode)
-        return problem.mode_s_field(factors, self.Q, self.mode, projected=projected)
+        kw = _shared_products(problem, self.ledger, factors, Q, mode, projected)
+        return problem.mode_s_field(factors, Q, mode, **kw)
 
     def finish(self, out: Any) -> Any:
         return -out
@@ -361,9 +404,26 @@ def _mode_field(
     """The problem's mode field, with the step's projected operators when it takes them."""
     others = [k for k in range(len(factors)) if k != mode]
     projected = ledger.projected.get(problem, factors, others)
-    if projected is None:
-        return problem.mode_field(factors, Q, mode)
-    return problem.mode_field(factors, Q, mode, projected=projected)
+    kw = _shared_products(problem, ledger, factors, Q, mode, projected)
+    return problem.mode_field(factors, Q, mode, **kw)
+
+
+def _shared_products(
+    problem: Any,
+    ledger: TuckerLedger,
+    factors: list[Any],
+    Q: Any,
+    mode: int,
+    projected: list[Any] | None,
+) -> dict[str, Any]:
+    """The keywords ``projected=`` and ``terms=`` of a mode field, for problems that take them."""
+    kw: dict[str, Any] = {}
+    if projected is not None:
+        kw["projected"] = projected
+    terms = ledger.terms.get(problem, factors, Q, mode, projected)
+    if terms is not None:
+        kw["terms"] = terms
+    return kw
 
 
 # --- the base class --------------------------------------------------------------------------
