@@ -411,9 +411,15 @@ def evaluate(
 
 
 def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
-    """The exact integral of the ODE's field over ``[t0, t1]``, or ``None``."""
+    """The exact integral of the ODE's field over ``[t0, t1]``, or ``None``.
+
+    An ODE that declares ``has_increments = False`` (its field depends on the state whatever
+    the problem) has none, and no request is made.
+    """
     if getattr(ode, "request", None) is None:
         return ode.increment(t0, t1)
+    if not getattr(ode, "has_increments", True):
+        return None
     return (yield Increment(ode, t0, t1))
 
 

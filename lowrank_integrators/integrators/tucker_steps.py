@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,6 +53,7 @@ __all__ = [
     "TuckerLedger",
     "TuckerState",
     "TuckerStepInfo",
+    "TuckerSubstep",
     "core_step",
     "mode_matrix_form",
 ]
@@ -241,7 +242,14 @@ def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]
 # --- substep ODEs ----------------------------------------------------------------------------
 
 
-class ModeKStep(SubstepField):
+class TuckerSubstep(SubstepField):
+    """Base of the Tucker substep ODEs: their fields depend on the state for every problem
+    (tensor problems have no exact increments), so a solver asks for no increment."""
+
+    has_increments: ClassVar[bool] = False
+
+
+class ModeKStep(TuckerSubstep):
     r"""``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``V_i`` built from ``factors`` and ``Q``."""
 
     counter = "n_right"
@@ -255,7 +263,7 @@ class ModeKStep(SubstepField):
         return _mode_field(problem, self.ledger, self.factors, self.Q, self.mode)
 
 
-class ModeKSteps(SubstepField):
+class ModeKSteps(TuckerSubstep):
     r"""The K-steps of every mode of a BUG step, as one substep ODE.
 
     The mode-i K-steps of BUG start from the same ``Y0`` and do not depend on each other, so
@@ -334,7 +342,7 @@ class ModeKSteps(SubstepField):
         return field
 
 
-class ModeSStep(SubstepField):
+class ModeSStep(TuckerSubstep):
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
     counter = "n_project"
@@ -354,7 +362,7 @@ class ModeSStep(SubstepField):
         return -out
 
 
-class CoreStep(SubstepField):
+class CoreStep(TuckerSubstep):
     r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases.
 
     The substep's state is the mode-1 unfolding ``Mat_1(C)`` (a reshape of the core): a
