@@ -18,7 +18,9 @@ A problem with ``projected_operators(bases, modes=...)`` (:class:`TensorSylveste
 the projected operators ``U_k^H A_k U_k`` formed once per basis ``U_k`` within a step
 (:class:`ProjectedOperatorCache`) and handed to its fields as ``projected=``: ``2d`` operator
 products per BUG step instead of ``d (d - 1) + d`` (``2d - 1`` per projector-splitting step,
-whose S-steps use them too).
+whose S-steps use them too). A problem with ``mode_terms(bases, Q, mode, projected=...)``
+gets the terms of its mode fields formed once per mode (:class:`ModeTermsCache`) and handed
+to them as ``terms=``: the K-step and the S-step of a projector-splitting mode share them.
 
 Counting convention of :class:`TuckerStepInfo`: a K-step evaluation ``Mat_i(F) V_i`` counts
 as one ``n_right`` (it is the ``F V`` product of the mode-i matricization); an evaluation
@@ -115,12 +117,20 @@ class ProjectedOperatorCache:
         if problem is not self._problem:
             self._problem, self._entries = problem, {}
         entries = self._entries
-        missing = [k for k in modes if k not in entries or entries[k][0] is not bases[k]]
+        out: list[Any] = [None] * len(bases)
+        missing = []
+        for k in modes:
+            entry = entries.get(k)
+            if entry is not None and entry[0] is bases[k]:
+                out[k] = entry[1]
+            else:
+                missing.append(k)
         if missing:
             formed = form(bases, modes=missing)
             for k in missing:
                 entries[k] = (bases[k], formed[k])
-        return [entries[k][1] if k in modes else None for k in range(len(bases))]
+                out[k] = formed[k]
+        return out
 
 
 class ModeTermsCache:
