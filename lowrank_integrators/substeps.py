@@ -137,10 +137,15 @@ def _stage_blocks(x: Any) -> list[slice]:
 
 
 def _small(X: Any) -> bool:
-    """Whether ``X`` is a NumPy matrix small enough for whole-array RK4 updates (the size
-    below which :func:`rk4_update` updates whole arrays): work arrays, spares and folded
-    stages gain nothing there."""
-    return type(X) is np.ndarray and X.ndim == 2 and X.size <= _STAGE_BLOCK_ELEMENTS // 8
+    """Whether ``X`` (an array or a :class:`FactoredStart`) is a NumPy matrix small enough for
+    whole-array RK4 updates (the size below which :func:`rk4_update` updates whole arrays):
+    work arrays, spares and folded stages gain nothing there."""
+    if type(X) is np.ndarray:
+        return X.ndim == 2 and X.size <= _STAGE_BLOCK_ELEMENTS // 8
+    if isinstance(X, FactoredStart) and _formable(X):
+        rows, cols = X.shape
+        return rows * cols <= _STAGE_BLOCK_ELEMENTS // 8
+    return False
 
 
 def _foldable(X: Any) -> bool:
@@ -576,8 +581,15 @@ class RK4(SubstepSolver):
         """One RK4 step of a small NumPy state (see :func:`_small`): the arithmetic of
         :meth:`_step` (that of :func:`rk4_update` on small arrays), without its work-array
         bookkeeping, which costs more than the arithmetic at this size. Every stage is a new
-        array; nothing handed to ``f`` is modified afterwards."""
-        k = yield from f(t, X, first)
+        array; nothing handed to ``f`` is modified afterwards. A factored start is formed
+        once and handed to ``f`` with its product (see :attr:`FactoredStart.formed`)."""
+        if isinstance(X, FactoredStart):
+            start = FactoredStart(X.left, X.right)
+            start.formed = X = X.left @ X.right
+            k = yield from f(t, start, first)
+            start = None
+        else:
+            k = yield from f(t, X, first)
         acc = X + k * (dt / 6.0)
         stage = X + k * (0.5 * dt)
         k = yield from f(t_mid, stage, False)

@@ -79,7 +79,7 @@ class TuckerProjectorSplitting(TuckerIntegrator):
 
         for i in range(len(factors)):
             S_i, Q_i = mode_matrix_form(led, C, i)
-            K0 = factors[i] @ S_i
+            K0 = self.start(factors[i], S_i)
             K1 = yield from self.substep.solve(ModeKStep(led, factors, Q_i, i), t, t1, K0)
             U1, S_hat = led.qr(K1)
             factors[i] = U1

@@ -178,11 +178,10 @@ class TuckerLedger(FactorisationLedger):
     """Counts the requests and factorisations of one Tucker step and builds its info.
 
     ``projected`` caches the projected operators of the step's bases, ``terms`` the terms of
-    its mode fields. The QRs and SVDs of a
-    Tucker step are small (core unfoldings, bases of ``n_i x r_i``): small real NumPy arrays
-    go straight to the LAPACK routes that :func:`~lowrank_integrators._backend.qr` and
-    :func:`~lowrank_integrators._backend.svd` take for them, with the same finiteness checks
-    and the same results.
+    its mode fields. The QRs and SVDs of a Tucker step are small (core unfoldings, bases of
+    ``n_i x r_i``): small real NumPy arrays go straight to the LAPACK routes that
+    :func:`~lowrank_integrators._backend.qr` and :func:`~lowrank_integrators._backend.svd`
+    take for them, with the same finiteness checks and the same results.
     """
 
     def __init__(self, ranks_before: tuple[int, ...]) -> None:
