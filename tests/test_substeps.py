@@ -158,16 +158,17 @@ class Keeping(Linear):
         return super().rhs(t, X)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
 @pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("factored", [True, False], ids=["factored", "array"])
-def test_small_rk4_steps_equal_the_general_steps_bit_for_bit(monkeypatch, factored, steps):
+def test_small_rk4_steps_equal_the_general_steps_bit_for_bit(monkeypatch, factored, steps, dtype):
     """Small NumPy states take whole-array steps, with the arithmetic of the general path."""
     from lowrank_integrators import substeps
 
     rng = np.random.default_rng(10)
-    U = np.linalg.qr(rng.standard_normal((40, 4)))[0]
-    S = rng.standard_normal((4, 4))
-    M = 0.3 * rng.standard_normal((4, 4))
+    U = np.linalg.qr(rng.standard_normal((40, 4)))[0].astype(dtype)
+    S = rng.standard_normal((4, 4)).astype(dtype)
+    M = (0.3 * rng.standard_normal((4, 4)) + (0.1j if dtype == np.complex128 else 0)).astype(dtype)
 
     def solve():
         ode = Keeping(M)
@@ -184,6 +185,7 @@ def test_small_rk4_steps_equal_the_general_steps_bit_for_bit(monkeypatch, factor
     with monkeypatch.context() as patch:
         patch.setattr(lri.RK4, "_step", staticmethod(general_step))
         small = solve()
+    assert small.dtype == dtype
     monkeypatch.setattr(substeps, "_small", lambda X: False)
     np.testing.assert_array_equal(small, solve())
 
