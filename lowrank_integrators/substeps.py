@@ -136,6 +136,18 @@ def _stage_blocks(x: Any) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, max(rows, 1), step)]
 
 
+def _small(X: Any) -> bool:
+    """Whether ``X`` (an array or a :class:`FactoredStart`) is a NumPy matrix small enough for
+    whole-array RK4 updates (the size below which :func:`rk4_update` updates whole arrays):
+    work arrays, spares and folded stages gain nothing there."""
+    if type(X) is np.ndarray:
+        return X.ndim == 2 and X.size <= _STAGE_BLOCK_ELEMENTS // 8
+    if isinstance(X, FactoredStart) and _formable(X):
+        rows, cols = X.shape
+        return rows * cols <= _STAGE_BLOCK_ELEMENTS // 8
+    return False
+
+
 def _foldable(X: Any) -> bool:
     """Whether ``X`` is a C-ordered 2-D NumPy array the solver's registers may be updated
     from in place (a stage request then carries its register updates)."""
@@ -404,9 +416,15 @@ def evaluate(
 
 
 def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
-    """The exact integral of the ODE's field over ``[t0, t1]``, or ``None``."""
+    """The exact integral of the ODE's field over ``[t0, t1]``, or ``None``.
+
+    An ODE that declares ``has_increments = False`` (its field depends on the state whatever
+    the problem) has none, and no request is made.
+    """
     if getattr(ode, "request", None) is None:
         return ode.increment(t0, t1)
+    if not getattr(ode, "has_increments", True):
+        return None
     return (yield Increment(ode, t0, t1))
 
 
@@ -550,8 +568,39 @@ class RK4(SubstepSolver):
             # t from the start point, not accumulated, so the last stage hits t1 exactly.
             t = t0 + i * dt
             t_end = t1 if i == self.steps - 1 else t0 + (i + 1) * dt
-            X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
+            if _small(X):
+                X = yield from self._small_step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0)
+            else:
+                X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
         return X
+
+    @staticmethod
+    def _small_step(
+        f: Evaluate, t: float, t_mid: float, t_end: float, dt: float, X: Any, first: bool
+    ) -> Generator[Any, Any, Any]:
+        """One RK4 step of a small NumPy state (see :func:`_small`): the arithmetic of
+        :meth:`_step` (that of :func:`rk4_update` on small arrays), without its work-array
+        bookkeeping, which costs more than the arithmetic at this size. Every stage is a new
+        array; nothing handed to ``f`` is modified afterwards. A factored start is formed
+        once and handed to ``f`` with its product (see :attr:`FactoredStart.formed`)."""
+        if isinstance(X, FactoredStart):
+            start = FactoredStart(X.left, X.right)
+            start.formed = X = X.left @ X.right
+            k = yield from f(t, start, first)
+            start = None
+        else:
+            k = yield from f(t, X, first)
+        acc = X + k * (dt / 6.0)
+        stage = X + k * (0.5 * dt)
+        k = yield from f(t_mid, stage, False)
+        acc += k * (dt / 3.0)
+        stage = X + k * (0.5 * dt)
+        k = yield from f(t_mid, stage, False)
+        acc += k * (dt / 3.0)
+        stage = X + k * dt
+        k = yield from f(t_end, stage, False)
+        acc += (dt / 6.0) * k
+        return acc
 
     @staticmethod
     def _step(

@@ -321,10 +321,18 @@ class TensorSylvesterODE(TensorODE):
             for k, A in enumerate(self.operators)
         ]
 
-    def _mode_terms(
-        self, bases: list[Any], Q: Any, mode: int, projected: Sequence[Any] | None
+    def mode_terms(
+        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
     ) -> tuple[Any, Any]:
-        """``(D, E)`` of the mode-i field ``K -> A_i K + K D + E`` (``None`` for no term)."""
+        """``(D, E)`` of the mode-i field ``K -> A_i K + K D + E`` (``None`` for no term).
+
+        They depend on ``Q`` and the bases of the other modes only, so the K-step and the
+        S-step of one mode (projector splitting: before and after ``bases[mode]`` is
+        updated) share them: a step forms them once and hands them to :meth:`mode_field` and
+        :meth:`mode_s_field` as ``terms=``. ``projected``: :meth:`projected_operators` of
+        ``bases`` (the modes other than ``mode`` are used).
+        """
+        bases = list(bases)
         d = len(bases)
         ranks = [int(B.shape[1]) for B in bases]
         G = fold(matrix_adjoint(Q), mode, ranks)
@@ -343,23 +351,36 @@ class TensorSylvesterODE(TensorODE):
         return D, E
 
     def mode_field(
-        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
+        self,
+        bases: Sequence[Any],
+        Q: Any,
+        mode: int,
+        projected: Sequence[Any] | None = None,
+        terms: tuple[Any, Any] | None = None,
     ) -> Callable[[float, Any], Any]:
-        """The mode-i K-step field; ``projected``: :meth:`projected_operators` of ``bases``."""
-        D, E = self._mode_terms(list(bases), Q, mode, projected)
+        """The mode-i K-step field.
+
+        ``projected``: :meth:`projected_operators` of ``bases``; ``terms``: :meth:`mode_terms`
+        of the same ``bases``, ``Q`` and ``mode`` (formed here when not given).
+        """
+        D, E = self.mode_terms(bases, Q, mode, projected) if terms is None else terms
         return _affine_field(self.operators[mode], D, E)
 
     def mode_s_field(
-        self, bases: Sequence[Any], Q: Any, mode: int, projected: Sequence[Any] | None = None
+        self,
+        bases: Sequence[Any],
+        Q: Any,
+        mode: int,
+        projected: Sequence[Any] | None = None,
+        terms: tuple[Any, Any] | None = None,
     ) -> Callable[[float, Any], Any]:
         """The mode-i S-step field ``S -> B_i S + S D + U_i^H E`` (``B_i = U_i^H A_i U_i``).
 
         ``U_i^H`` times the mode field at ``K = U_i S``, with every product on ``r x r``
         matrices; ``projected``: :meth:`projected_operators` of ``bases`` (mode ``i``
-        included).
+        included); ``terms``: :meth:`mode_terms` of the same ``bases``, ``Q`` and ``mode``.
         """
-        bases = list(bases)
-        D, E = self._mode_terms(bases, Q, mode, projected)
+        D, E = self.mode_terms(bases, Q, mode, projected) if terms is None else terms
         B_i = None
         if self.operators[mode] is not None:
             B_i = projected[mode] if projected is not None else None

@@ -146,6 +146,50 @@ def test_fused_rk4_equals_the_textbook_formula(monkeypatch, register_path, rows,
         np.testing.assert_array_equal(X0, U @ S)
 
 
+class Keeping(Linear):
+    """X' = X M + t, keeping every point it is given (with a copy to check it is not changed)."""
+
+    def __init__(self, M):
+        super().__init__(M)
+        self.seen = []
+
+    def rhs(self, t, X):
+        self.seen.append((X, X.copy()))
+        return super().rhs(t, X)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "array"])
+def test_small_rk4_steps_equal_the_general_steps_bit_for_bit(monkeypatch, factored, steps, dtype):
+    """Small NumPy states take whole-array steps, with the arithmetic of the general path."""
+    from lowrank_integrators import substeps
+
+    rng = np.random.default_rng(10)
+    U = np.linalg.qr(rng.standard_normal((40, 4)))[0].astype(dtype)
+    S = rng.standard_normal((4, 4)).astype(dtype)
+    M = (0.3 * rng.standard_normal((4, 4)) + (0.1j if dtype == np.complex128 else 0)).astype(dtype)
+
+    def solve():
+        ode = Keeping(M)
+        X0 = substeps.FactoredStart(U, S) if factored else U @ S
+        X1 = lri.RK4(steps=steps)(ode, 0.0, 0.2, X0)
+        assert len(ode.seen) == 4 * steps
+        for X, copy in ode.seen:  # nothing handed to the field is changed afterwards
+            np.testing.assert_array_equal(X, copy)
+        return X1
+
+    def general_step(*args):
+        raise AssertionError("a small state took the general step")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lri.RK4, "_step", staticmethod(general_step))
+        small = solve()
+    assert small.dtype == dtype
+    monkeypatch.setattr(substeps, "_small", lambda X: False)
+    np.testing.assert_array_equal(small, solve())
+
+
 def test_numba_and_numpy_register_updates_agree_bit_for_bit(monkeypatch):
     pytest.importorskip("numba")
     from lowrank_integrators import _fused, substeps

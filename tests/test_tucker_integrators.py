@@ -15,7 +15,7 @@ import scipy.linalg as sla
 
 import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
-from lowrank_integrators.integrators.tucker_steps import TuckerStepInfo
+from lowrank_integrators.integrators.tucker_steps import ModeTermsCache, TuckerStepInfo
 from lowrank_integrators.tucker import multi_mode_product, unfold
 
 from .conftest import to_xp
@@ -448,8 +448,9 @@ def _count_projected_operators(monkeypatch, problem):
         (lri.TuckerBUG(lri.Tolerance(1e-8)), 6, 9),
         # Projector splitting: the bases change mode by mode; each new basis is projected once
         # (modes 2 and 3 before their update, then every updated basis), not d - 1 times in
-        # each K-step, d times in each S-step and again for the core.
-        (lri.TuckerProjectorSplitting(), 5, 18),
+        # each K-step, once more in each S-step and again for the core. (The S-step of a mode
+        # shares the K-step's terms D, E: d (d - 1) + d + d without shared operators.)
+        (lri.TuckerProjectorSplitting(), 5, 12),
     ],
 )
 def test_a_step_forms_each_projected_operator_once(monkeypatch, method, shared, own):
@@ -467,6 +468,33 @@ def test_a_step_forms_each_projected_operator_once(monkeypatch, method, shared, 
     each, _ = method.step(problem, state, 0.0, 0.1)
     assert len(calls) == own
     np.testing.assert_allclose(once.Y.to_dense(), each.Y.to_dense(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", [lri.TuckerProjectorSplitting(), lri.TuckerBUG()])
+def test_a_step_forms_the_terms_of_each_mode_field_once(monkeypatch, method):
+    """The K- and S-step of a mode share ``D, E``: d sets of terms per step; same step."""
+    v8 = V8(n=12, r=3, d=3)
+    problem = v8.problem
+    state = method.init(problem, v8.Y0, 0.0)
+    modes = []
+    form = problem.mode_terms
+
+    def counted(bases, Q, mode, projected=None):
+        modes.append(mode)
+        return form(bases, Q, mode, projected)
+
+    monkeypatch.setattr(problem, "mode_terms", counted)
+    shared, _ = method.step(problem, state, 0.0, 0.1)
+    assert sorted(modes) == [0, 1, 2]
+
+    # Not shared: each field forms its own terms (2d for projector splitting), same numbers.
+    modes.clear()
+    monkeypatch.setattr(ModeTermsCache, "get", lambda self, *args: None)
+    each, _ = method.step(problem, state, 0.0, 0.1)
+    assert len(modes) == (6 if isinstance(method, lri.TuckerProjectorSplitting) else 3)
+    for a, b in zip(shared.Y.factors, each.Y.factors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(shared.Y.core, each.Y.core)
 
 
 def test_projected_operators_of_chosen_modes(rng):
@@ -564,8 +592,8 @@ def test_a_mode_or_core_field_of_the_wrong_shape_is_refused():
             super().__init__(ops)
             self.which = which
 
-        def mode_field(self, bases, Q, mode, projected=None):
-            f = super().mode_field(bases, Q, mode, projected)
+        def mode_field(self, bases, Q, mode, **shared):
+            f = super().mode_field(bases, Q, mode, **shared)
             return (lambda t, K: f(t, K)[:, :1]) if self.which == "mode" else f
 
         def core_field(self, bases, projected=None):

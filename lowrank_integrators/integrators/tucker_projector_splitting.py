@@ -73,7 +73,8 @@ class TuckerProjectorSplitting(TuckerIntegrator):
     def step_requests(self, state: TuckerState, t: float, h: float) -> StepGenerator:
         C, factors0 = state.Y
         factors: list[Any] = list(factors0)
-        led = TuckerLedger(state.Y.ranks)
+        ranks = state.Y.ranks  # fixed: every U_i^1 has the columns of U_i^0
+        led = TuckerLedger(ranks)
         t1 = t + h
 
         for i in range(len(factors)):
@@ -83,8 +84,8 @@ class TuckerProjectorSplitting(TuckerIntegrator):
             U1, S_hat = led.qr(K1)
             factors[i] = U1
             S_tilde = yield from self.substep.solve(ModeSStep(led, factors, Q_i, i), t, t1, S_hat)
-            C = fold(S_tilde @ matrix_adjoint(Q_i), i, [int(U.shape[1]) for U in factors])
+            C = fold(S_tilde @ matrix_adjoint(Q_i), i, ranks)
 
         C1 = yield from core_step(self.substep, led, factors, t, t1, C)
         Y1 = TuckerTensor(C1, factors, check=False)
-        return state.with_Y(Y1, t1), led.finish(Y1.ranks)
+        return state.with_Y(Y1, t1), led.finish(ranks)

@@ -18,7 +18,9 @@ A problem with ``projected_operators(bases, modes=...)`` (:class:`TensorSylveste
 the projected operators ``U_k^H A_k U_k`` formed once per basis ``U_k`` within a step
 (:class:`ProjectedOperatorCache`) and handed to its fields as ``projected=``: ``2d`` operator
 products per BUG step instead of ``d (d - 1) + d`` (``2d - 1`` per projector-splitting step,
-whose S-steps use them too).
+whose S-steps use them too). A problem with ``mode_terms(bases, Q, mode, projected=...)``
+gets the terms of its mode fields formed once per mode (:class:`ModeTermsCache`) and handed
+to them as ``terms=``: the K-step and the S-step of a projector-splitting mode share them.
 
 Counting convention of :class:`TuckerStepInfo`: a K-step evaluation ``Mat_i(F) V_i`` counts
 as one ``n_right`` (it is the ``F V`` product of the mode-i matricization); an evaluation
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,11 +49,13 @@ __all__ = [
     "ModeKStep",
     "ModeKSteps",
     "ModeSStep",
+    "ModeTermsCache",
     "ProjectedOperatorCache",
     "TuckerIntegrator",
     "TuckerLedger",
     "TuckerState",
     "TuckerStepInfo",
+    "TuckerSubstep",
     "core_step",
     "mode_matrix_form",
 ]
@@ -113,27 +117,77 @@ class ProjectedOperatorCache:
         if problem is not self._problem:
             self._problem, self._entries = problem, {}
         entries = self._entries
-        missing = [k for k in modes if k not in entries or entries[k][0] is not bases[k]]
+        out: list[Any] = [None] * len(bases)
+        missing = []
+        for k in modes:
+            entry = entries.get(k)
+            if entry is not None and entry[0] is bases[k]:
+                out[k] = entry[1]
+            else:
+                missing.append(k)
         if missing:
             formed = form(bases, modes=missing)
             for k in missing:
                 entries[k] = (bases[k], formed[k])
-        return [entries[k][1] if k in modes else None for k in range(len(bases))]
+                out[k] = formed[k]
+        return out
+
+
+class ModeTermsCache:
+    """The terms ``(D, E)`` of the mode fields of one step, formed once per mode.
+
+    The K-step and the S-step of one mode of projector splitting have the same ``Q_i`` and
+    the same bases in the other modes (only ``U_i`` changes in between); their fields share
+    the terms that depend on these alone (:meth:`TensorSylvesterODE.mode_terms
+    <lowrank_integrators.TensorSylvesterODE.mode_terms>`). An entry is reused while the step
+    asks with the same ``Q`` and basis objects.
+    """
+
+    __slots__ = ("_entries", "_problem")
+
+    def __init__(self) -> None:
+        self._problem: Any = None
+        self._entries: dict[int, tuple[Any, list[Any], Any]] = {}
+
+    def get(
+        self, problem: Any, bases: list[Any], Q: Any, mode: int, projected: list[Any] | None
+    ) -> Any | None:
+        """The problem's ``mode_terms(bases, Q, mode)``; ``None`` when it has none."""
+        form = getattr(problem, "mode_terms", None)
+        if form is None:
+            return None
+        if problem is not self._problem:
+            self._problem, self._entries = problem, {}
+        others = [U for k, U in enumerate(bases) if k != mode]
+        entry = self._entries.get(mode)
+        if (
+            entry is not None
+            and entry[0] is Q
+            and all(a is b for a, b in zip(entry[1], others, strict=True))
+        ):
+            return entry[2]
+        if projected is None:
+            terms = form(bases, Q, mode)
+        else:
+            terms = form(bases, Q, mode, projected=projected)
+        self._entries[mode] = (Q, others, terms)
+        return terms
 
 
 class TuckerLedger(FactorisationLedger):
     """Counts the requests and factorisations of one Tucker step and builds its info.
 
-    ``projected`` caches the projected operators of the step's bases. The QRs and SVDs of a
-    Tucker step are small (core unfoldings, bases of ``n_i x r_i``): small real NumPy arrays
-    go straight to the LAPACK routes that :func:`~lowrank_integrators._backend.qr` and
-    :func:`~lowrank_integrators._backend.svd` take for them, with the same finiteness checks
-    and the same results.
+    ``projected`` caches the projected operators of the step's bases, ``terms`` the terms of
+    its mode fields. The QRs and SVDs of a Tucker step are small (core unfoldings, bases of
+    ``n_i x r_i``): small real NumPy arrays go straight to the LAPACK routes that
+    :func:`~lowrank_integrators._backend.qr` and :func:`~lowrank_integrators._backend.svd`
+    take for them, with the same finiteness checks and the same results.
     """
 
     def __init__(self, ranks_before: tuple[int, ...]) -> None:
         self.info = TuckerStepInfo(rank_before=tuple(int(r) for r in ranks_before))
         self.projected = ProjectedOperatorCache()
+        self.terms = ModeTermsCache()
 
     def qr(self, X: Any, *, overwrite: bool = False) -> tuple[Any, Any]:
         if not _small_real(X):
@@ -197,7 +251,14 @@ def mode_matrix_form(led: TuckerLedger, core: Any, mode: int) -> tuple[Any, Any]
 # --- substep ODEs ----------------------------------------------------------------------------
 
 
-class ModeKStep(SubstepField):
+class TuckerSubstep(SubstepField):
+    """Base of the Tucker substep ODEs: their fields depend on the state for every problem
+    (tensor problems have no exact increments), so a solver asks for no increment."""
+
+    has_increments: ClassVar[bool] = False
+
+
+class ModeKStep(TuckerSubstep):
     r"""``K_i' = Mat_i(F(t, Ten_i(K_i V_i^H))) V_i``, ``V_i`` built from ``factors`` and ``Q``."""
 
     counter = "n_right"
@@ -211,7 +272,7 @@ class ModeKStep(SubstepField):
         return _mode_field(problem, self.ledger, self.factors, self.Q, self.mode)
 
 
-class ModeKSteps(SubstepField):
+class ModeKSteps(TuckerSubstep):
     r"""The K-steps of every mode of a BUG step, as one substep ODE.
 
     The mode-i K-steps of BUG start from the same ``Y0`` and do not depend on each other, so
@@ -290,7 +351,7 @@ class ModeKSteps(SubstepField):
         return field
 
 
-class ModeSStep(SubstepField):
+class ModeSStep(TuckerSubstep):
     r"""``S' = -U_i^H Mat_i(F(t, Ten_i(U_i S V_i^H))) V_i``: the backward S-step of mode i."""
 
     counter = "n_project"
@@ -301,17 +362,16 @@ class ModeSStep(SubstepField):
         self.factors, self.Q, self.mode = list(factors), Q, mode
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
-        factors = self.factors
+        factors, Q, mode = self.factors, self.Q, self.mode
         projected = self.ledger.projected.get(problem, factors, list(range(len(factors))))
-        if projected is None:
-            return problem.mode_s_field(factors, self.Q, self.mode)
-        return problem.mode_s_field(factors, self.Q, self.mode, projected=projected)
+        kw = _shared_products(problem, self.ledger, factors, Q, mode, projected)
+        return problem.mode_s_field(factors, Q, mode, **kw)
 
     def finish(self, out: Any) -> Any:
         return -out
 
 
-class CoreStep(SubstepField):
+class CoreStep(TuckerSubstep):
     r"""``C' = F(t, C x_j U_j) x_j U_j^H``: the Galerkin core step in fixed bases.
 
     The substep's state is the mode-1 unfolding ``Mat_1(C)`` (a reshape of the core): a
@@ -361,9 +421,26 @@ def _mode_field(
     """The problem's mode field, with the step's projected operators when it takes them."""
     others = [k for k in range(len(factors)) if k != mode]
     projected = ledger.projected.get(problem, factors, others)
-    if projected is None:
-        return problem.mode_field(factors, Q, mode)
-    return problem.mode_field(factors, Q, mode, projected=projected)
+    kw = _shared_products(problem, ledger, factors, Q, mode, projected)
+    return problem.mode_field(factors, Q, mode, **kw)
+
+
+def _shared_products(
+    problem: Any,
+    ledger: TuckerLedger,
+    factors: list[Any],
+    Q: Any,
+    mode: int,
+    projected: list[Any] | None,
+) -> dict[str, Any]:
+    """The keywords ``projected=`` and ``terms=`` of a mode field, for problems that take them."""
+    kw: dict[str, Any] = {}
+    if projected is not None:
+        kw["projected"] = projected
+    terms = ledger.terms.get(problem, factors, Q, mode, projected)
+    if terms is not None:
+        kw["terms"] = terms
+    return kw
 
 
 # --- the base class --------------------------------------------------------------------------
