@@ -436,7 +436,7 @@ def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
     dtype = V.dtype
     if dtype.kind != "f" or W.dtype != dtype or A.dtype != dtype:
         return None
-    if not (_unit_rows(W) and _unit_rows(V)) or W.shape[0] != V.shape[0]:
+    if not (W.flags.c_contiguous and V.flags.c_contiguous) or W.shape[0] != V.shape[0]:
         return None
     k = max(1, int(V.shape[1]))
     rows = max(1, _SANDWICH_BLOCK_ELEMENTS // k)
@@ -445,22 +445,8 @@ def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
     part = np.empty_like(out)
     if (A.format != "csc") if transposed else (A.format != "csr"):
         return None
-    # a block of columns of a larger array (W or V) is read in place; a block of its rows is
-    # copied into a small buffer for BLAS
-    kernel, kernel_copying_w = _sandwich_kernel()
-    if W.flags.c_contiguous:
-        kernel(A.indptr, A.indices, A.data, W, V, buf, part, out)
-    else:
-        wbuf = np.empty((buf.shape[0], W.shape[1]), dtype)
-        kernel_copying_w(A.indptr, A.indices, A.data, W, V, buf, part, out, wbuf)
+    _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
     return out
-
-
-def _unit_rows(x: np.ndarray) -> bool:
-    """Whether the rows of the 2-D ``x`` are contiguous (C order, or a block of columns)."""
-    return x.flags.c_contiguous or (
-        x.strides[1] == x.itemsize and x.strides[0] >= x.shape[1] * x.itemsize
-    )
 
 
 #: Elements of the block of ``A V`` in :func:`sandwich` (larger blocks measured slower).
@@ -475,42 +461,23 @@ def _sandwich_kernel() -> Any:
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def rows_of(indptr, indices, data, V, buf, lo, hi):
-            # rows lo:hi of A V into buf[: hi - lo]
-            k = V.shape[1]
-            for i in range(lo, hi):
-                for c in range(k):
-                    buf[i - lo, c] = 0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    a = data[p]
-                    for c in range(k):
-                        buf[i - lo, c] += a * V[j, c]
-
-        @numba.njit(cache=True, nogil=True)
         def kernel(indptr, indices, data, W, V, buf, part, out):
-            n = V.shape[0]
+            n, k = V.shape
             rows = buf.shape[0]
             for lo in range(0, n, rows):
                 hi = min(lo + rows, n)
-                rows_of(indptr, indices, data, V, buf, lo, hi)
+                for i in range(lo, hi):
+                    for c in range(k):
+                        buf[i - lo, c] = 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        j = indices[p]
+                        a = data[p]
+                        for c in range(k):
+                            buf[i - lo, c] += a * V[j, c]
                 np.dot(W[lo:hi].T, buf[: hi - lo], part)
                 out += part
 
-        @numba.njit(cache=True, nogil=True)
-        def kernel_copying_w(indptr, indices, data, W, V, buf, part, out, wbuf):
-            # W a block of columns of a larger array: each block of its rows is copied into
-            # the contiguous wbuf for BLAS
-            n = V.shape[0]
-            rows = buf.shape[0]
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                rows_of(indptr, indices, data, V, buf, lo, hi)
-                wbuf[: hi - lo] = W[lo:hi]
-                np.dot(wbuf[: hi - lo].T, buf[: hi - lo], part)
-                out += part
-
-        _SANDWICH = (kernel, kernel_copying_w)
+        _SANDWICH = kernel
     return _SANDWICH
 
 

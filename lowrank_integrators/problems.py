@@ -265,18 +265,17 @@ class SylvesterODE(MatrixODE):
         """Within one step, ``W^H A W`` and ``W^H B^T W`` are formed once per basis.
 
         See :mod:`lowrank_integrators._projected`: the substep fields and products of one
-        step share them, and an augmented basis ``[W0 D, Q]`` adds only the blocks of its
-        new columns.
+        step share them.
         """
         return self._projected.scope()
 
     def _projected_a(self, W: Any) -> Any:
         """``W^H A W`` (kept for the step)."""
-        return self._projected.get(W, self.A, "A", transposed=lambda: self.A_H)
+        return self._projected.get(W, self.A, "A")
 
     def _projected_bt(self, W: Any) -> Any:
         """``W^H B^T W`` (kept for the step)."""
-        return self._projected.get(W, self.B_T, "B^T", transposed=lambda: self.B_conj)
+        return self._projected.get(W, self.B_T, "B^T")
 
     def _c_right(self, V: Any) -> Any:
         return self.C.matmul(V) if isinstance(self.C, LowRankMatrix) else self.C @ V

@@ -1,9 +1,9 @@
-"""Projected operators ``W^H op W`` are formed once per step and basis, and an augmented basis
-``[W0 D, Q]`` adds only the blocks of its new columns."""
+"""Projected operators ``W^H op W`` are formed once per step and basis."""
 
 from __future__ import annotations
 
 import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -12,8 +12,6 @@ import scipy.sparse as sp
 import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
 from lowrank_integrators._projected import ProjectedOperators
-from lowrank_integrators.integrators.augmentation import augment
-from lowrank_integrators.integrators.base import Ledger
 
 
 @pytest.fixture
@@ -53,27 +51,13 @@ def test_a_basis_is_projected_once_per_scope_and_not_outside(rng, counted):
     assert len(counted) == 3
 
 
-@pytest.mark.parametrize("tall", [300, 5000])
-def test_an_augmented_basis_adds_only_the_blocks_of_its_new_columns(rng, counted, tall):
-    A = operator(tall, rng)
-    W0 = np.linalg.qr(rng.standard_normal((tall, 4)))[0]
-    W, _ = augment(Ledger(), rng.standard_normal((tall, 3)), W0)
-    kept = ProjectedOperators()
-    with kept.scope():
-        kept.get(W0, A, "A", transposed=lambda: A.T)
-        blocks = kept.get(W, A, "A", transposed=lambda: A.T)
-    np.testing.assert_allclose(blocks, W.T @ (A @ W), rtol=0, atol=1e-12)
-    # the old basis, then W^H (A Q) and W0^H A^T Q: no product of the whole W
-    assert counted == [(4, 4), (7, 3), (4, 3)]
-
-
 def test_a_basis_the_step_releases_is_not_kept_alive(rng):
     A = operator(300, rng)
     kept = ProjectedOperators()
     with kept.scope():
         W = np.linalg.qr(rng.standard_normal((300, 4)))[0]
         kept.get(W, A, "A")
-        ref = __import__("weakref").ref(W)
+        ref = weakref.ref(W)
         del W
         gc.collect()
         assert ref() is None
