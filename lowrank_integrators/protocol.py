@@ -293,6 +293,10 @@ class SubstepCall(Request):
 def answer_from_problem(problem: Any, gen: StepGenerator) -> Any:
     """Run a step generator to its end, answering every request from ``problem``.
 
+    The requests are answered inside ``problem.step_scope()`` when the problem has one (see
+    :meth:`~lowrank_integrators.MatrixODE.step_scope`): what the problem keeps there is
+    shared by the requests of this step only.
+
     Parameters
     ----------
     problem : MatrixODE or TensorODE
