@@ -507,7 +507,8 @@ def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.nd
     ``geqrt`` factors panels recursively into the compact WY form (Elmroth, Gustavson 2000),
     so that most of its work is matrix-matrix products: on tall blocks it runs about 1.6
     times faster than ``geqrf``, whose panels are factored one column at a time, and ``Q``
-    is formed by applying the block reflectors to ``[I; 0]`` (``gemqrt``). The block is
+    is formed by applying the block reflectors to ``[I; 0]`` (``gemqrt``). Small blocks
+    (``_QRT_FROM`` entries at most) take ``geqrf`` and ``orgqr``. The block is
     copied once into Fortran order and overwritten: ``numpy.linalg.qr`` of a row-major block
     makes further copies and is several times slower on tall blocks, and ``scipy.linalg.qr``
     adds tens of microseconds of checks, which dominate on small blocks.
@@ -517,6 +518,8 @@ def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.nd
     p = min(m, k)
     if p == 0:
         return np.zeros((m, 0), work.dtype, order="F"), np.zeros((0, k), work.dtype)
+    if m * k <= _QRT_FROM:
+        return _lapack_qr_unblocked(work, with_r)
     geqrt, gemqrt = _lapack_qr_functions(work.dtype)
     v, t, info = geqrt(min(p, _QRT_BLOCK), work, overwrite_a=1)
     if info != 0:  # pragma: no cover - geqrt reports only illegal arguments (none here)
@@ -535,6 +538,45 @@ def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.nd
 
 #: Block size of the compact WY factors of ``geqrt`` (its panels are factored recursively).
 _QRT_BLOCK = 32
+
+#: Blocks with at most this many entries take ``geqrf`` and ``orgqr``: on small blocks the
+#: recursion of ``geqrt`` gains nothing and the explicit ``[I; 0]`` of ``gemqrt`` costs more
+#: than ``orgqr`` working in place (a few microseconds, per QR of a Tucker step's factors).
+_QRT_FROM = 1 << 13
+
+
+def _lapack_qr_unblocked(work: np.ndarray, with_r: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_lapack_qr` of a small Fortran-ordered block by ``geqrf`` and ``orgqr``."""
+    m, k = work.shape
+    p = min(m, k)
+    geqrf, orgqr = _lapack_unblocked_functions(work.dtype)
+    qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
+    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
+        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
+    r = None
+    if with_r:
+        r = qr[:p, :].copy(order="C")
+        np.copyto(r, 0, where=_strictly_lower(p, k))
+    q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
+    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
+        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
+    return q, r
+
+
+_LAPACK_UNBLOCKED: dict[str, tuple[Any, Any]] = {}
+
+
+def _lapack_unblocked_functions(dtype: np.dtype) -> tuple[Any, Any]:
+    """LAPACK ``geqrf`` and ``orgqr`` (``ungqr`` for complex) for ``dtype``, looked up once."""
+    pair = _LAPACK_UNBLOCKED.get(dtype.char)
+    if pair is None:
+        from scipy.linalg import lapack
+
+        name = "ungqr" if dtype.kind == "c" else "orgqr"
+        pair = lapack.get_lapack_funcs(("geqrf", name), (np.empty(0, dtype),))
+        _LAPACK_UNBLOCKED[dtype.char] = pair
+    return pair
+
 
 _LAPACK_QR: dict[str, tuple[Any, Any]] = {}
 
