@@ -264,8 +264,8 @@ class SylvesterODE(MatrixODE):
     def step_scope(self) -> contextlib.AbstractContextManager[None]:
         """Within one step, ``W^H A W`` and ``W^H B^T W`` are formed once per basis.
 
-        See :mod:`lowrank_integrators._projected`: the substep fields and products of one
-        step share them.
+        The substep fields and products of one step share them (by the identity of the
+        basis, held by weak references); nothing is kept once the step ends.
         """
         return self._projected.scope()
 
