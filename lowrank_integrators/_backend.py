@@ -578,6 +578,8 @@ def _gemm_into(out: Any, X: Any, M: Any, alpha: float) -> bool:
         return False
     if not (out.flags.c_contiguous and out.flags.writeable and X.flags.c_contiguous):
         return False
+    if np.may_share_memory(out, X):  # BLAS would read X while it writes out
+        return False
     if 0 in out.shape or X.shape[1] == 0:
         return True
     gemm = _GEMM.get(dtype.char)

@@ -265,6 +265,23 @@ def test_blocked_helpers_equal_plain_products(tiny_blocks, xp):
     assert np.allclose(bk.to_host(bk.apply_to_product(A, X, M)), bk.to_host(A @ (X @ M)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+def test_a_product_added_in_place_is_the_plain_sum(dtype):
+    """Real row-major arrays take one BLAS gemm in place, others row blocks; the sum is
+    right also when X is out itself."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((300, 6)).astype(dtype)
+    M = rng.standard_normal((6, 4)).astype(dtype)
+    W = rng.standard_normal((300, 4)).astype(dtype)
+    out = W.copy()
+    assert bk.add_product(out, X, M, alpha=-0.5) is out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, W - 0.5 * (X @ M), rtol=tol, atol=tol)
+    out = W.copy()
+    bk.add_product(out, out, M[:4])  # out += out M: X is out itself
+    np.testing.assert_allclose(out, W + W @ M[:4], rtol=tol, atol=tol)
+
+
 def test_blocked_steps_equal_unblocked_steps(monkeypatch):
     """Every method on a non-symmetric complex SylvesterODE: tiny blocks change nothing."""
     rng = np.random.default_rng(5)

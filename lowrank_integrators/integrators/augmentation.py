@@ -67,7 +67,7 @@ def augment(
 
 
 def project_out(U0: Any, X: Any, *, check: bool = True, overwrite: bool = False) -> Any:
-    """``Z = X - U0 (U0^H X)``, projected twice, as a new array (``X`` is not modified).
+    """``Z = X - U0 (U0^H X)``, projected twice (``X`` is not modified unless ``overwrite``).
 
     Block classical Gram-Schmidt with reorthogonalisation: for orthonormal ``U0`` the columns
     of ``Z`` are orthogonal to ``U0`` to working precision relative to their own size, and
