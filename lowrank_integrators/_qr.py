@@ -524,10 +524,7 @@ def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.nd
     v, t, info = geqrt(min(p, _QRT_BLOCK), work, overwrite_a=1)
     if info != 0:  # pragma: no cover - geqrt reports only illegal arguments (none here)
         raise np.linalg.LinAlgError(f"LAPACK geqrt failed with info={info}")
-    r = None
-    if with_r:
-        r = v[:p, :].copy(order="C")
-        np.copyto(r, 0, where=_strictly_lower(p, k))
+    r = _upper_triangle(v, p, k) if with_r else None
     q = np.zeros((m, p), work.dtype, order="F")
     q[_diagonal_indices(p)] = 1
     q, info = gemqrt(v[:, :p], t, q, overwrite_c=1)
@@ -553,14 +550,18 @@ def _lapack_qr_unblocked(work: np.ndarray, with_r: bool) -> tuple[np.ndarray, np
     qr, tau, _, info = geqrf(work, lwork=max(1, 64 * k), overwrite_a=1)
     if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
         raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
-    r = None
-    if with_r:
-        r = qr[:p, :].copy(order="C")
-        np.copyto(r, 0, where=_strictly_lower(p, k))
+    r = _upper_triangle(qr, p, k) if with_r else None
     q, _, info = orgqr(qr[:, :p], tau, lwork=max(1, 64 * p), overwrite_a=1)
     if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
         raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
     return q, r
+
+
+def _upper_triangle(factored: np.ndarray, p: int, k: int) -> np.ndarray:
+    """``R`` (row-major) from the upper triangle of a LAPACK QR's ``p x k`` leading block."""
+    r = factored[:p, :].copy(order="C")
+    np.copyto(r, 0, where=_strictly_lower(p, k))
+    return r
 
 
 _LAPACK_UNBLOCKED: dict[str, tuple[Any, Any]] = {}
