@@ -123,8 +123,8 @@ class CSRStage:
         _kernel()(indptr, indices, data, empty, one, True, empty, one, empty, 1, one)
         zero = dtype.type(0)
         _fold_kernel()(
-            indptr, indices, data, empty, one, True, empty, one, one, one, empty, empty, True,
-            empty, empty, one, True, one, zero, zero, True,
+            indptr, indices, data, empty, one, True, empty, one, one, one, empty, empty,
+            empty, empty, one, True, one, zero, zero, 0,
         )  # fmt: skip
 
     def __call__(self, X: Any) -> Any:
@@ -148,7 +148,8 @@ class CSRStage:
         ``update`` is a :class:`~lowrank_integrators.protocol.StageUpdate`. Each block of
         rows of the stage is computed into a cache-sized buffer and folded into the
         accumulator and the next stage at once: the stage is never written as a tall array.
-        The entries are those of :meth:`__call__` followed by the solver's updates. Returns
+        The entries are those of :meth:`__call__` followed by the solver's updates (an update
+        without an accumulator writes the next stage only). Returns
         ``None`` (the caller evaluates the stage and updates the registers itself) when the
         arrays are not C-ordered NumPy arrays of one dtype that holds the products, or when a
         register overlaps ``X``.
@@ -159,6 +160,7 @@ class CSRStage:
         if not _c_array(X, dtype, n, k) or np.result_type(dtype, self._dtype) != dtype:
             return None
         acc, x0 = update.acc, update.x0
+        keeps_sum = update.c is not None  # else only the next stage: x0 + a F
         if acc is not None and not (
             _c_array(acc, dtype, n, k) and acc.flags.writeable and _apart(acc, X)
         ):
@@ -180,20 +182,26 @@ class CSRStage:
         else:
             left, right = X[:0], X[:0, :0]
         shape = (n, k)
-        if acc is None:
+        if acc is None and keeps_sum:
             acc = _fresh(shape, dtype, X)
-        nxt = _fresh(shape, dtype, X, acc) if update.a is not None else None
+        nxt = None
+        if update.a is not None:
+            nxt = _fresh(shape, dtype, X, *(() if acc is None else (acc,)))
         data, M, U, coef = self._operands(dtype, shape)
         rows = max(1, _BLOCK_ELEMENTS // max(1, shape[1]))
         source = np.empty((min(rows, shape[0]), shape[1]), dtype)
         block = np.empty_like(source)
         start = np.empty_like(source) if factored else source[:0]
-        c = dtype.type(update.c)
+        c = dtype.type(0 if update.c is None else update.c)
         a = dtype.type(0 if update.a is None else update.a)
+        if not keeps_sum:
+            mode = 3
+        else:
+            mode = 0 if update.first else 1 if nxt is not None else 2
         _fold_kernel()(
             self.A.indptr, self.A.indices, data, X, M, self.M is not None, U, coef, source,
-            block, acc, X[:0] if nxt is None else nxt, nxt is not None, x0, left, right,
-            factored, start, c, a, bool(update.first),
+            block, X[:0] if acc is None else acc, X[:0] if nxt is None else nxt, x0, left,
+            right, factored, start, c, a, mode,
         )  # fmt: skip
         return Updated(nxt, acc)
 
@@ -301,8 +309,13 @@ def _kernels() -> tuple[Any, Any]:
         def fold_rows(acc, nxt, F, x, shift, lo, hi, c, a, mode):
             # rows lo:hi of the registers from the stage's rows F[i - lo] and the start's rows
             # x[i - shift]: mode 0 acc = x + c F, nxt = x + a F; 1 acc += c F, nxt = x + a F;
-            # 2 acc += c F
+            # 2 acc += c F; 3 nxt = x + a F
             k = F.shape[1]
+            if mode == 3:
+                for i in range(lo, hi):
+                    for j in range(k):
+                        nxt[i, j] = x[i - shift, j] + a * F[i - lo, j]
+                return
             if mode == 0:
                 for i in range(lo, hi):
                     for j in range(k):
@@ -324,17 +337,16 @@ def _kernels() -> tuple[Any, Any]:
         @numba.njit(cache=True, nogil=True)
         def folded(
             indptr, indices, data, X, M, has_m, U, coef, source, block,
-            acc, nxt, has_next, x0, left, right, factored, start, c, a, first,
+            acc, nxt, x0, left, right, factored, start, c, a, mode,
         ):  # fmt: skip
             # the stage's block of rows is computed into ``block`` (in cache) and folded into
-            # the registers at once: acc = x0 + c F (first) or acc += c F, nxt = x0 + a F
+            # the registers at once (the modes of fold_rows)
             n = X.shape[0]
             rows = block.shape[0]
-            mode = 0 if first else 1 if has_next else 2
             for lo in range(0, n, rows):
                 hi = min(lo + rows, n)
                 rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, block, source)
-                if factored and mode < 2:
+                if factored and mode != 2:
                     np.dot(left[lo:hi], right, start[: hi - lo])
                     fold_rows(acc, nxt, block, start, lo, lo, hi, c, a, mode)
                 else:

@@ -74,7 +74,9 @@ class MatrixODE(ABC):
     # field may also offer ``fold(t, X, update)``: the stage with the solver's register updates
     # (lowrank_integrators.protocol.StageUpdate) done in the same pass, or None where it
     # cannot; the problem driver then answers RK4 stages that way (SylvesterODE with CSR
-    # operators and numba).
+    # operators and numba). A field that sets ``affine = True`` promises f(t, X) = L(X) + c
+    # with the same L and c at every t: RK4 then takes its arrangement for such fields
+    # (lowrank_integrators.protocol.Affine), with two fewer tall products per substep.
     def k_field(self, V: Any) -> Callable[[float, Any], Any]:
         """``(t, K) -> F(t, K V^H) V``: the K-step field for a fixed orthonormal ``V``."""
         eye = bk.eye_like(V, int(V.shape[1]))
@@ -171,6 +173,7 @@ def sylvester_core_field(Au: Any, Bv: Any | None, Cuv: Any | None) -> Callable[[
             out = out + S @ Bv
         return out if Cuv is None else out + Cuv
 
+    field.affine = True  # type: ignore[attr-defined]
     return field
 
 
@@ -368,6 +371,7 @@ class SylvesterODE(MatrixODE):
                 add_source(out)
             return out
 
+        field.affine = True  # type: ignore[attr-defined]
         return field
 
     def l_field(self, U: Any) -> Callable[[float, Any], Any]:
@@ -392,6 +396,7 @@ class SylvesterODE(MatrixODE):
                 add_source(out)
             return out
 
+        field.affine = True  # type: ignore[attr-defined]
         return field
 
     def _fused_stage(self, op: Any, M: Any, right: Any = None, left: Any = None) -> Any:
@@ -573,6 +578,10 @@ class _CompiledField:
     """
 
     __slots__ = ("stage",)
+
+    #: ``X -> A X + X M + U coef`` is affine and the same at every time (see
+    #: :class:`~lowrank_integrators.protocol.Affine`).
+    affine = True
 
     def __init__(self, stage: Any) -> None:
         self.stage = stage

@@ -38,6 +38,10 @@ Requests
     arithmetic). Drivers that do not know of updates answer every ``Field`` the same way.
 ``Increment(ode, t0, t1)``
     The exact integral of a state-independent substep field over ``[t0, t1]``, or ``None``.
+``Affine(ode, t0, t1)``
+    Whether the substep field is affine in the state and the same at every time of
+    ``[t0, t1]`` (``f(t, X) = L(X) + c``), so that a Runge-Kutta solver may arrange its
+    stages in an equivalent cheaper way; drivers that cannot tell answer ``False``.
 ``Parallel(*branches)``
     Independent sub-generators (for example the K- and L-steps of BUG); the answer is the
     tuple of their return values.
@@ -63,6 +67,7 @@ from ._checks import check_product
 from .factors import LowRankMatrix
 
 __all__ = [
+    "Affine",
     "Field",
     "Handover",
     "Increment",
@@ -203,7 +208,8 @@ class StageUpdate:
     With ``F`` the substep's field at the stage (after its sign):
 
     * ``acc = x0 + c F`` when ``first`` (``acc`` is ``None``: the driver makes it), else
-      ``acc += c F`` in place;
+      ``acc += c F`` in place; no accumulator when ``c`` is ``None`` (``acc`` is ``None``
+      and ``first`` false);
     * unless ``a`` is ``None``, the next stage ``x0 + a F``, in a new array or in a dead work
       array that the solver offers (never the stage itself, which the evaluation reads).
 
@@ -216,19 +222,25 @@ class StageUpdate:
     Parameters
     ----------
     acc : array or None
-        The accumulator (C-ordered NumPy array), ``None`` when ``first``.
+        The accumulator (C-ordered NumPy array), ``None`` when ``first`` or without one.
     x0 : array or FactoredStart
         The start value of the substep.
-    c, a : float
-        The weights, step size included (``a`` ``None``: the last stage).
+    c, a : float or None
+        The weights, step size included (``c`` ``None``: no accumulator; ``a`` ``None``: no
+        next stage).
     first : bool
         Whether the accumulator starts here.
     """
 
     __slots__ = ("a", "acc", "c", "first", "x0")
 
-    def __init__(self, acc: Any, x0: Any, c: float, a: float | None, first: bool) -> None:
-        if first != (acc is None):
+    def __init__(self, acc: Any, x0: Any, c: float | None, a: float | None, first: bool) -> None:
+        if c is None:
+            if acc is not None or first or a is None:
+                raise ValueError(
+                    "without an accumulator (c None) acc must be None, first false and a given"
+                )
+        elif first != (acc is None):
             raise ValueError("acc must be None exactly for the first stage")
         self.acc = acc
         self.x0 = x0
@@ -247,8 +259,9 @@ class Updated:
     ----------
     stage : array or None
         The next stage (``None`` for the last stage).
-    acc : array
-        The accumulator (the one of the update, or the new one of a first stage).
+    acc : array or None
+        The accumulator (the one of the update, or the new one of a first stage; ``None``
+        for an update without one).
     """
 
     __slots__ = ("acc", "stage")
@@ -261,6 +274,21 @@ class Updated:
 @dataclass(eq=False)
 class Increment(Request):
     """``int_{t0}^{t1} f dt`` of the substep ODE ``ode`` when its field ignores the state."""
+
+    ode: Any
+    t0: float
+    t1: float
+
+
+@dataclass(eq=False)
+class Affine(Request):
+    """Whether the field of the substep ODE ``ode`` is affine and autonomous on ``[t0, t1]``.
+
+    The answer is ``True`` when ``f(t, X) = L(X) + c`` with the same linear ``L`` and
+    constant ``c`` at every ``t`` of the interval (the K-, L- and S-fields of
+    :class:`~lowrank_integrators.SylvesterODE`, whose substep fields declare ``affine``);
+    ``False`` when the driver cannot tell (a driver answering from forward/backward passes).
+    """
 
     ode: Any
     t0: float
@@ -377,6 +405,9 @@ def _answer(problem: Any, req: Request) -> Any:
         return check_product("problem.project", out, expected_shape(req), req.Y.dtype)
     if isinstance(req, Increment):
         return req.ode.increment_of(problem, req.t0, req.t1)
+    if isinstance(req, Affine):
+        affine_of = getattr(req.ode, "affine_of", None)
+        return affine_of is not None and affine_of(problem)
     if isinstance(req, Parallel):
         return tuple(answer_from_problem(problem, branch) for branch in req.branches)
     if isinstance(req, SubstepCall):
@@ -430,6 +461,8 @@ class _Node:
                 return
             if kind is Increment:
                 answer = None  # a field given by products has no exact increments
+            elif kind is Affine:
+                answer = False  # nor is it known to be affine
             elif kind is Parallel:
                 children = [_Node(b) for b in req.branches]  # type: ignore[attr-defined]
                 for child in children:
@@ -450,6 +483,8 @@ class _Node:
             return _WAIT
         if isinstance(req, Increment):
             return None
+        if isinstance(req, Affine):
+            return False
         if isinstance(req, Parallel):
             self.children = [_Node(b) for b in req.branches]
             for child in self.children:
@@ -507,7 +542,8 @@ class StepTask:
     Each round, :meth:`open_requests` lists the product requests the step waits for (one per
     branch still running: the K- and L-steps of BUG are open together); :meth:`answer` takes
     their answers in the same order and runs the step to its next round. :class:`Increment`
-    requests are answered with ``None`` (fields given by products have no exact increments).
+    requests are answered with ``None`` (fields given by products have no exact increments),
+    :class:`Affine` requests with ``False``.
 
     Parameters
     ----------

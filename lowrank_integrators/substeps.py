@@ -15,6 +15,11 @@ array alive: with the structured fields of :class:`~lowrank_integrators.Sylveste
 substep then holds three arrays of the size of ``X`` (accumulator, stage, stage derivative),
 which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not declare
 ``accepts_factored_start`` receives an ordinary array.
+
+For a field that is affine and the same at every time (the driver says so in answer to an
+:class:`~lowrank_integrators.protocol.Affine` request) RK4 evaluates its step in nested form
+(:meth:`RK4.affine_stages`): the same result up to round-off, with the start formed once and
+one register update per stage.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ import numpy as np
 from . import _backend as bk
 from . import _fused
 from ._checks import check_product
-from .protocol import Increment, StageUpdate, SubstepCall, Updated, received, run_to_end
+from .protocol import (
+    Affine,
+    Increment,
+    StageUpdate,
+    SubstepCall,
+    Updated,
+    received,
+    run_to_end,
+)
 
 __all__ = [
     "RK4",
@@ -428,6 +441,15 @@ def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
     return (yield Increment(ode, t0, t1))
 
 
+def is_affine(ode: Any, t0: float, t1: float) -> Generator[Any, Any, bool]:
+    """Whether the driver declares the field of ``ode`` affine and autonomous on ``[t0, t1]``
+    (an :class:`~lowrank_integrators.protocol.Affine` request); ``False`` for a plain ODE
+    object."""
+    if getattr(ode, "request", None) is None:
+        return False
+    return (yield Affine(ode, t0, t1)) is True
+
+
 def _dtype_of(X0: Any) -> Any:
     return X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
 
@@ -468,6 +490,10 @@ class SubstepSolver:
     accepts_factored_start: bool = False
     #: Whether :meth:`solve` evaluates the field through requests (:meth:`stages`).
     yields_requests: bool = False
+    #: Whether :meth:`affine_stages` arranges the stages of :meth:`stages` for a field that
+    #: is affine and autonomous (same result up to round-off); :meth:`solve` asks the driver
+    #: with an :class:`~lowrank_integrators.protocol.Affine` request before a large substep.
+    has_affine_stages: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
         shape, dtype = tuple(X0.shape), _dtype_of(X0)
@@ -491,7 +517,11 @@ class SubstepSolver:
         if inc is not None:
             inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
-        out = yield from self.stages(partial(evaluate, ode), t0, t1, X0)
+        f = partial(evaluate, ode)
+        if self.has_affine_stages and not _small(X0) and (yield from is_affine(ode, t0, t1)):
+            out = yield from self.affine_stages(f, t0, t1, X0)
+        else:
+            out = yield from self.stages(f, t0, t1, X0)
         if type(out) is np.ndarray and out.dtype == dtype and out.shape == shape:
             return out  # the common case, without naming the solver
         return check_product(f"the substep solver {self!r}", out, shape, dtype)
@@ -512,6 +542,11 @@ class SubstepSolver:
         """The solver written as requests: ``k = yield from f(t, X, start)`` per evaluation."""
         raise NotImplementedError(f"{type(self).__name__} is not written as requests")
         yield  # pragma: no cover - makes this method a generator
+
+    def affine_stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
+        """:meth:`stages` for a field that is affine and autonomous (see
+        :attr:`has_affine_stages`); by default :meth:`stages` itself."""
+        return (yield from self.stages(f, t0, t1, X0))
 
 
 class Euler(SubstepSolver):
@@ -554,6 +589,7 @@ class RK4(SubstepSolver):
     order = 4
     accepts_factored_start = True
     yields_requests = True
+    has_affine_stages = True
 
     def __init__(self, steps: int = 1) -> None:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
@@ -575,6 +611,97 @@ class RK4(SubstepSolver):
             else:
                 X = yield from self._step(f, t, t + 0.5 * dt, t_end, dt, X, i == 0, workspace)
         return X
+
+    def affine_stages(self, f: Evaluate, t0: float, t1: float, X0: Any) -> Generator[Any, Any, Any]:
+        r"""RK4 for a field ``f(t, X) = L(X) + c`` with ``L`` linear and ``L``, ``c`` the same
+        at every time.
+
+        For such a field a step of every four-stage, fourth-order Runge-Kutta method is the
+        degree-4 Taylor polynomial of the flow,
+        ``X1 = X0 + sum_{j=1..4} dt^j / j! L^{j-1} f(X0)``. Nested (Horner's rule), it is
+        ``W3 = X0 + dt/4 f(W4)`` with ``W4 = X0``, ``W2 = X0 + dt/3 f(W3)``,
+        ``W1 = X0 + dt/2 f(W2)``, ``X1 = X0 + dt f(W1)``: the same four evaluations and the
+        same result as :meth:`stages` up to round-off. Every stage is ``X0 + a f(W)``, with no
+        accumulator, so the start is formed once and read by each stage: for tall NumPy
+        states, three arrays of the size of ``X`` are alive (the start, a stage and the next
+        one), as in :meth:`stages`, while a substep from a factored start forms ``U0 S0``
+        once instead of four times and moves three arrays per stage instead of four. The
+        stage requests carry their update (:class:`~lowrank_integrators.protocol.StageUpdate`
+        without an accumulator), which a compiled field folds into its pass. The evaluations
+        are made at the start time of each internal step (the field is the same at every
+        time).
+        """
+        dt = (t1 - t0) / self.steps
+        X = X0
+        workspace = X0.workspace if isinstance(X0, FactoredStart) else None
+        for i in range(self.steps):
+            X = yield from self._affine_step(f, t0 + i * dt, dt, X, i == 0, workspace)
+        return X
+
+    @staticmethod
+    def _affine_step(
+        f: Evaluate, t: float, dt: float, X: Any, first: bool, workspace: Workspace | None
+    ) -> Generator[Any, Any, Any]:
+        """One step of :meth:`affine_stages` from ``X`` (an array or a factored start)."""
+        start = x0 = X
+        if isinstance(X, FactoredStart):
+            if _formable(X):
+                # formed once, in a kept array when the workspace has one; the first request
+                # hands it over with its factors, as the start of the substep
+                x0 = None if workspace is None else workspace.take(X.shape, X.left.dtype)
+                if x0 is None:
+                    x0 = X.left @ X.right
+                else:
+                    np.matmul(X.left, X.right, out=x0)
+                start = FactoredStart(X.left, X.right)
+                start.formed = x0
+            else:
+                start = x0 = X.to_array()
+        X = None
+        in_place = _foldable(x0)
+        W: Any = start
+        prev: Any = None
+        try:
+            for j, a in enumerate((dt / 4.0, dt / 3.0, dt / 2.0, dt)):
+                update = StageUpdate(None, x0, None, a, False) if in_place else None
+                if j < 2:
+                    k = yield from _call_with_spare(f, t, W, first and j == 0, workspace, update)
+                else:
+                    # the stage before the current one is dead: the next stage is written there
+                    refs = sys.getrefcount(prev)
+                    if prev is not None and _owned(prev, refs):
+                        _fused.offer_spare(prev)
+                    prev = None
+                    _fused.start_asking()
+                    k = yield from f(t, W, False, update)
+                    _give_back_spare(workspace)
+                update = None
+                if type(k) is Updated:
+                    new, k = k.stage, None
+                else:
+                    refs = sys.getrefcount(k)
+                    new = _next_stage(x0, a, k, in_place and _owned(k, refs))
+                    k = None
+                if j == 0:
+                    # the first input is the start, which every stage reads: not dead
+                    if isinstance(start, FactoredStart):
+                        start.formed = None
+                    W = start = None
+                prev, W, new = W, new, None
+            # the start and the last stage but one are dead: the next substep forms its start
+            # and its stages in them
+            if workspace is not None:
+                refs = sys.getrefcount(prev)
+                if prev is not None and _owned(prev, refs):
+                    workspace.give(prev)
+                prev = None
+                refs = sys.getrefcount(x0)
+                if _owned(x0, refs):
+                    workspace.give(x0)
+            prev = x0 = None
+            return W
+        finally:
+            _give_back_spare(workspace)
 
     @staticmethod
     def _small_step(
@@ -785,6 +912,24 @@ class RK4(SubstepSolver):
 
     def __repr__(self) -> str:
         return f"RK4(steps={self.steps})"
+
+
+def _next_stage(x0: Any, a: float, k: Any, in_k: bool) -> Any:
+    """``x0 + a k``: in the storage of ``k`` when ``in_k`` (the solver owns it), else new.
+
+    NumPy arrays are updated block by block of rows (no tall temporary) with the entrywise
+    operations of the compiled fold; other libraries get a new array.
+    """
+    if type(k) is not np.ndarray or type(x0) is not np.ndarray or k.ndim != 2:
+        return assign_stage(bk.empty(k), x0, a, k)
+    out = k if in_k else np.empty(k.shape, dtype=k.dtype)
+    blocks = _stage_blocks(k)
+    tmp = np.empty((blocks[0].stop - blocks[0].start, k.shape[1]), dtype=k.dtype)
+    for b in blocks:
+        t = tmp[: b.stop - b.start]
+        np.multiply(k[b], a, out=t)
+        np.add(x0[b], t, out=out[b])
+    return out
 
 
 class CallableSubstep(SubstepSolver):

@@ -366,6 +366,11 @@ class SubstepField:
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
         raise NotImplementedError
 
+    def affine_of(self, problem: Any) -> bool:
+        """Whether the problem's field of this substep is affine and autonomous: it declares
+        ``affine = True`` (see :class:`~lowrank_integrators.protocol.Affine`)."""
+        return getattr(self.field(problem), "affine", False) is True
+
     def increment_of(self, problem: Any, t0: float, t1: float) -> Any | None:
         """The exact increment over ``[t0, t1]`` from the problem, with the sign, or ``None``."""
         inc = self.make_increment(problem, t0, t1)
