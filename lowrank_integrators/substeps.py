@@ -649,10 +649,7 @@ class RK4(SubstepSolver):
                 # formed once, in a kept array when the workspace has one; the first request
                 # hands it over with its factors, as the start of the substep
                 x0 = None if workspace is None else workspace.take(X.shape, X.left.dtype)
-                if x0 is None:
-                    x0 = X.left @ X.right
-                else:
-                    np.matmul(X.left, X.right, out=x0)
+                x0 = _form(X.left, X.right, x0)
                 start = FactoredStart(X.left, X.right)
                 start.formed = x0
             else:
@@ -912,6 +909,21 @@ class RK4(SubstepSolver):
 
     def __repr__(self) -> str:
         return f"RK4(steps={self.steps})"
+
+
+#: Elements of one block of rows of a start formed by :func:`_form` (128 kB in float64).
+_FORM_BLOCK_ELEMENTS = 1 << 14
+
+
+def _form(left: np.ndarray, right: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``left @ right`` into ``out`` (a new array if ``None``), by blocks of rows whose result
+    stays in cache while BLAS writes it (measured faster than one product at n ~ 1e5)."""
+    if out is None:
+        out = np.empty((left.shape[0], right.shape[1]), dtype=np.result_type(left, right))
+    rows = max(1, _FORM_BLOCK_ELEMENTS // max(1, int(right.shape[1])))
+    for lo in range(0, int(left.shape[0]), rows):
+        np.matmul(left[lo : lo + rows], right, out=out[lo : lo + rows])
+    return out
 
 
 def _next_stage(x0: Any, a: float, k: Any, in_k: bool) -> Any:
