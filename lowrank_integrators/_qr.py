@@ -426,7 +426,7 @@ def _times_inverse(
         else:
             np.matmul(Q[b], Ri_inv, out=out[b])
         if M is not None:
-            M += _inner(out[b], w[b])
+            M += bk.tall_inner(out[b], w[b])
     return out, M
 
 

@@ -287,8 +287,8 @@ class SylvesterODE(MatrixODE):
         """``U^H C V``; a low-rank ``C`` stays factored (only small products)."""
         if isinstance(self.C, LowRankMatrix):
             Uc, Sc, Vc = self.C
-            return (bk.adjoint(U) @ Uc) @ Sc @ (bk.adjoint(Vc) @ V)
-        return bk.adjoint(U) @ (self.C @ V)
+            return bk.tall_inner(U, Uc) @ Sc @ bk.tall_inner(Vc, V)
+        return bk.tall_inner(U, self.C @ V)
 
     def _c_left(self, U: Any) -> Any:
         if isinstance(self.C, LowRankMatrix):
@@ -306,7 +306,7 @@ class SylvesterODE(MatrixODE):
         Bv = None
         if self.B is not None:
             Bv = Sy @ (self._projected_bt(V) if Vy is V else bk.sandwich(Vy, self.B_T, V))
-        out = bk.apply_to_product(self.A, Uy, Sy @ (bk.adjoint(Vy) @ V))
+        out = bk.apply_to_product(self.A, Uy, Sy @ bk.tall_inner(Vy, V))
         if Bv is not None:
             bk.add_product(out, Uy, Bv)
         if self.C is not None:
@@ -322,7 +322,7 @@ class SylvesterODE(MatrixODE):
         # the sandwich's transient tall product is released before the result is allocated
         Au = Sh @ (bk.adjoint(self._projected_a(U)) if Uy is U else bk.sandwich(Uy, self.A_H, U))
         if self.B is not None:
-            out = bk.apply_to_product(self.B_conj, Vy, Sh @ (bk.adjoint(Uy) @ U))
+            out = bk.apply_to_product(self.B_conj, Vy, Sh @ bk.tall_inner(Uy, U))
             bk.add_product(out, Vy, Au)
         else:
             out = Vy @ Au
@@ -336,10 +336,10 @@ class SylvesterODE(MatrixODE):
             return chunked.project(t, Y, U, V)
         Uy, Sy, Vy = Y
         Au = self._projected_a(U) if U is Uy else bk.sandwich(U, self.A, Uy)
-        out = Au @ (Sy @ (bk.adjoint(Vy) @ V))
+        out = Au @ (Sy @ bk.tall_inner(Vy, V))
         if self.B is not None:
             Bv = self._projected_bt(V) if V is Vy else bk.sandwich(Vy, self.B_T, V)
-            out = out + (bk.adjoint(U) @ Uy) @ Sy @ Bv
+            out = out + bk.tall_inner(U, Uy) @ Sy @ Bv
         if self.C is not None:
             out = out + self._c_project(U, V)
         return out
@@ -414,9 +414,9 @@ class SylvesterODE(MatrixODE):
         if self.C is not None:
             Uc, Sc, Vc = self.C
             if right is not None:
-                U, coef = Uc, Sc @ (bk.adjoint(Vc) @ right)
+                U, coef = Uc, Sc @ bk.tall_inner(Vc, right)
             else:
-                U, coef = Vc, bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
+                U, coef = Vc, bk.adjoint(Sc) @ bk.tall_inner(Uc, left)
         return _fused.CSRStage(op, M, U, coef)
 
     def _source(self, right: Any = None, left: Any = None) -> Callable[[Any], Any] | None:
@@ -430,9 +430,9 @@ class SylvesterODE(MatrixODE):
         if isinstance(self.C, LowRankMatrix):
             Uc, Sc, Vc = self.C
             if right is not None:
-                coef = Sc @ (bk.adjoint(Vc) @ right)
+                coef = Sc @ bk.tall_inner(Vc, right)
                 return lambda out: bk.add_product(out, Uc, coef)
-            coef = bk.adjoint(Sc) @ (bk.adjoint(Uc) @ left)
+            coef = bk.adjoint(Sc) @ bk.tall_inner(Uc, left)
             return lambda out: bk.add_product(out, Vc, coef)
         product = self._c_right(right) if right is not None else self._c_left(left)
         return lambda out: bk.add_scaled(out, 1.0, product)

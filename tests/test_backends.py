@@ -98,3 +98,30 @@ def test_qr_of_blocks_equals_qr_of_their_concatenation_and_leaves_them_intact(xp
     np.testing.assert_allclose(Qh.T @ Qh, np.eye(Qh.shape[1]), atol=1e-13)
     np.testing.assert_array_equal(bk.to_host(X1), B1)
     np.testing.assert_array_equal(bk.to_host(X2), B2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("rows", [5, 3001])
+def test_tall_inner_is_the_conjugate_transpose_product(rng, monkeypatch, dtype, rows):
+    """Summed by blocks of rows (many blocks here, with a ragged last one) or in one product,
+    ``tall_inner(a, b)`` is ``a^H b``; ``a`` and ``b`` are left intact."""
+    monkeypatch.setattr(bk, "_INNER_BLOCK_ELEMENTS", 64)
+    a = rng.standard_normal((rows, 3)).astype(dtype)
+    b = rng.standard_normal((rows, 7)).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        a = a + 1j * rng.standard_normal(a.shape)
+        b = b + 1j * rng.standard_normal(b.shape)
+    a0, b0 = a.copy(), b.copy()
+    out = bk.tall_inner(a, b)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, a.conj().T @ b, rtol=tol, atol=tol * rows)
+    assert out.dtype == np.result_type(a, b) and out.shape == (3, 7)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_tall_inner_on_another_library(xp, rng):
+    a = rng.standard_normal((400, 3))
+    b = rng.standard_normal((400, 2))
+    out = bk.tall_inner(xp.asarray(a), xp.asarray(b))
+    np.testing.assert_allclose(bk.to_host(out), a.T @ b, rtol=1e-12)
