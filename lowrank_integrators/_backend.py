@@ -683,8 +683,13 @@ def tall_inner(a: Any, b: Any) -> Any:
         n = int(a.shape[0])
         if n > 2 * rows:
             out = _inner(a[:rows], b[:rows])
-            for lo in range(rows, n, rows):
-                out += _inner(a[lo : lo + rows], b[lo : lo + rows])
+            if np.iscomplexobj(a):
+                for lo in range(rows, n, rows):
+                    out += _inner(a[lo : lo + rows], b[lo : lo + rows])
+            else:  # the loop runs thousands of times at n ~ 1e6: no calls but the product
+                matmul = np.matmul
+                for lo in range(rows, n, rows):
+                    out += matmul(a[lo : lo + rows].T, b[lo : lo + rows])
             return out
     return _inner(a, b)
 
