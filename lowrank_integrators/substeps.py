@@ -629,8 +629,10 @@ class RK4(SubstepSolver):
         stage requests carry their update (:class:`~lowrank_integrators.protocol.StageUpdate`
         without an accumulator), which a compiled field folds into its pass. The evaluations
         are made at the start time of each internal step (the field is the same at every
-        time).
+        time). A subclass that redefines :meth:`stages` keeps its own stages here.
         """
+        if type(self).stages is not RK4.stages:
+            return (yield from self.stages(f, t0, t1, X0))
         dt = (t1 - t0) / self.steps
         X = X0
         workspace = X0.workspace if isinstance(X0, FactoredStart) else None

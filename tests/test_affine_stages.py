@@ -261,3 +261,18 @@ def test_a_stage_update_without_accumulator_names_a_next_stage_only():
     for acc, a, first in ((X, 0.5, False), (None, None, False), (None, 0.5, True)):
         with pytest.raises(ValueError, match="accumulator"):
             StageUpdate(acc, X, None, a, first=first)
+
+
+def test_a_subclass_with_its_own_stages_keeps_them_on_affine_fields(rng):
+    seen = []
+
+    class Recording(RK4):
+        def stages(self, f, t0, t1, X0):
+            seen.append(t0)
+            return (yield from super().stages(f, t0, t1, X0))
+
+    f, _ = sylvester_field(rng, 2000, 3, np.float64)
+    X0 = rng.standard_normal((2000, 3))
+    out = run(Recording().affine_stages(plain(f), 0.0, 0.1, X0))
+    np.testing.assert_array_equal(out, run(RK4().stages(plain(f), 0.0, 0.1, X0)))
+    assert seen == [0.0]
