@@ -660,6 +660,7 @@ class RK4(SubstepSolver):
         in_place = _foldable(x0)
         W: Any = start
         prev: Any = None
+        asks = False  # whether the field writes its results into spare arrays
         try:
             for j, a in enumerate((dt / 4.0, dt / 3.0, dt / 2.0, dt)):
                 update = StageUpdate(None, x0, None, a, False) if in_place else None
@@ -667,13 +668,15 @@ class RK4(SubstepSolver):
                     k = yield from _call_with_spare(f, t, W, first and j == 0, workspace, update)
                 else:
                     # the stage before the current one is dead: the next stage is written there
+                    # by a field that asks for a spare array, else it is released first
                     refs = sys.getrefcount(prev)
-                    if prev is not None and _owned(prev, refs):
+                    if asks and prev is not None and _owned(prev, refs):
                         _fused.offer_spare(prev)
                     prev = None
                     _fused.start_asking()
                     k = yield from f(t, W, False, update)
                     _give_back_spare(workspace)
+                asks = _fused.was_asked()
                 update = None
                 if type(k) is Updated:
                     new, k = k.stage, None
@@ -688,10 +691,11 @@ class RK4(SubstepSolver):
                     W = start = None
                 prev, W, new = W, new, None
             # the start and the last stage but one are dead: the next substep forms its start
-            # and its stages in them
+            # in the first, and its stages in the second only if its field asks for spare
+            # arrays (as this one did)
             if workspace is not None:
                 refs = sys.getrefcount(prev)
-                if prev is not None and _owned(prev, refs):
+                if asks and prev is not None and _owned(prev, refs):
                     workspace.give(prev)
                 prev = None
                 refs = sys.getrefcount(x0)

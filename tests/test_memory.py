@@ -205,8 +205,19 @@ STEP_PEAKS = {
 }
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def fields(request, monkeypatch):
+    """The Sylvester fields' two paths: compiled stages (where numba is installed) and NumPy."""
+    from lowrank_integrators import _fused
+
+    if request.param == "compiled" and not _fused.numba_available():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(_fused, "use_numba", request.param == "compiled")
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(STEP_PEAKS))
-def test_a_step_keeps_few_tall_arrays_alive(sylvester, name):
+def test_a_step_keeps_few_tall_arrays_alive(sylvester, fields, name):
     make, tall_arrays = STEP_PEAKS[name]
     T, C, Y0 = sylvester
     problem = lri.SylvesterODE(T, T, C)
@@ -218,19 +229,17 @@ def test_a_step_keeps_few_tall_arrays_alive(sylvester, name):
 
 
 @pytest.mark.parametrize("name", ["BUG", "KSL", "Strang"])
-def test_work_arrays_kept_between_steps_add_nothing_to_the_peak(sylvester, name):
+def test_work_arrays_kept_between_steps_add_nothing_to_the_peak(sylvester, fields, name):
     """The tall arrays a step method keeps for its next substeps (two with the compiled
     fields, which write their results into spare arrays, else one) count towards its peak,
     which stays that of a first step; the steps give the results of a fresh method."""
-    from lowrank_integrators import _fused
-
     make, tall_arrays = STEP_PEAKS[name]
     T, C, Y0 = sylvester
     problem = lri.SylvesterODE(T, T, C)
     method = make()
     first, _ = method.step(problem, method.init(problem, Y0, 0.0), 0.0, 1e-3)
     kept = len(method.__dict__["_workspace"])
-    assert kept == (2 if _fused.numba_available() else 1)
+    assert kept == (2 if fields == "compiled" else 1)
     peak, (second, _) = peak_in_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
     assert peak + kept <= tall_arrays + SLACK
     fresh, _ = make().step(problem, first, 1e-3, 1e-3)
