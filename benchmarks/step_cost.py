@@ -440,7 +440,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
 
 
 def repeats_for(n):
-    return 15 if n <= 4096 else (5 if n <= 65536 else 2)
+    return 15 if n <= 4096 else (5 if n <= 65536 else 3)
 
 
 def summarize(paths):
