@@ -17,7 +17,7 @@ which is what sets the memory of a step at ``n ~ 1e6``. A solver that does not d
 ``accepts_factored_start`` receives an ordinary array.
 
 For a field that is affine and the same at every time (the driver says so in answer to an
-:class:`~lowrank_integrators.protocol.Affine` request) RK4 evaluates its step in nested form
+``lowrank_integrators.protocol.Affine`` request) RK4 evaluates its step in nested form
 (:meth:`RK4.affine_stages`): the same result up to round-off, with the start formed once and
 one register update per stage.
 """
@@ -443,7 +443,7 @@ def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
 
 def is_affine(ode: Any, t0: float, t1: float) -> Generator[Any, Any, bool]:
     """Whether the driver declares the field of ``ode`` affine and autonomous on ``[t0, t1]``
-    (an :class:`~lowrank_integrators.protocol.Affine` request); ``False`` for a plain ODE
+    (an ``Affine`` request of ``lowrank_integrators.protocol``); ``False`` for a plain ODE
     object."""
     if getattr(ode, "request", None) is None:
         return False
@@ -492,7 +492,7 @@ class SubstepSolver:
     yields_requests: bool = False
     #: Whether :meth:`affine_stages` arranges the stages of :meth:`stages` for a field that
     #: is affine and autonomous (same result up to round-off); :meth:`solve` asks the driver
-    #: with an :class:`~lowrank_integrators.protocol.Affine` request before a large substep.
+    #: with an ``Affine`` request (``lowrank_integrators.protocol``) before a large substep.
     has_affine_stages: bool = False
 
     def __call__(self, ode: SubstepODE, t0: float, t1: float, X0: Any) -> Any:
@@ -626,7 +626,7 @@ class RK4(SubstepSolver):
         states, three arrays of the size of ``X`` are alive (the start, a stage and the next
         one), as in :meth:`stages`, while a substep from a factored start forms ``U0 S0``
         once instead of four times and moves three arrays per stage instead of four. The
-        stage requests carry their update (:class:`~lowrank_integrators.protocol.StageUpdate`
+        stage requests carry their update (a ``StageUpdate`` of ``lowrank_integrators.protocol``
         without an accumulator), which a compiled field folds into its pass. The evaluations
         are made at the start time of each internal step (the field is the same at every
         time). A subclass that redefines :meth:`stages` keeps its own stages here.
