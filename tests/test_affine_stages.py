@@ -276,3 +276,41 @@ def test_a_subclass_with_its_own_stages_keeps_them_on_affine_fields(rng):
     out = run(Recording().affine_stages(plain(f), 0.0, 0.1, X0))
     np.testing.assert_array_equal(out, run(RK4().stages(plain(f), 0.0, 0.1, X0)))
     assert seen == [0.0]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex128, np.float32])
+def test_nested_steps_of_complex_and_single_precision_states(rng, monkeypatch, dtype):
+    """A real CSR operator with complex factors, and a float32 problem: the compiled fields
+    fold the nested updates of both; the steps agree with the classical ones to the
+    precision's round-off."""
+    n, r = 2000, 4
+    real = np.float32 if dtype == np.float32 else np.float64
+    T = sp.diags([np.ones(n - 1), -2.0 * np.ones(n), np.ones(n - 1)], [-1, 0, 1], format="csr")
+    problem = lri.SylvesterODE(T.astype(real), T.astype(real))
+    U, V = (random(rng, (n, r), dtype) for _ in range(2))
+    U, V = np.linalg.qr(U)[0], np.linalg.qr(V)[0]
+    Y0 = lri.LowRankMatrix(U, np.diag(2.0 ** -np.arange(r)).astype(dtype), V)
+    fold = problems._CompiledField.fold
+    folded = []
+
+    def counted(self, t, X, update):
+        out = fold(self, t, X, update)
+        folded.append(out is not None)
+        return out
+
+    monkeypatch.setattr(problems._CompiledField, "fold", counted)
+    nested = two_steps(METHODS["BUG"], problem, Y0)
+    assert folded and all(folded)
+    monkeypatch.setattr(RK4, "has_affine_stages", False)
+    classical = two_steps(METHODS["BUG"], problem, Y0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert nested.dtype == classical.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(nested, classical, rtol=0, atol=tol * np.abs(classical).max())
+
+
+def random(rng, shape, dtype):
+    x = rng.standard_normal(shape)
+    if np.issubdtype(dtype, np.complexfloating):
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
