@@ -55,7 +55,7 @@ import numpy as np
 
 from . import _backend as bk
 
-__all__ = ["extend_basis", "tall_q", "tall_qr", "tall_qr_project"]
+__all__ = ["extend_basis", "nearly_orthonormal_q", "tall_q", "tall_qr", "tall_qr_project"]
 
 #: Largest estimated ``kappa(X)^2 u`` for which an unshifted Cholesky pass is attempted.
 _MAX_KAPPA2_U = 1e-2
@@ -152,6 +152,41 @@ def tall_qr_project(
         )
     q, r, m, _ = _factor(x, w, overwrite=overwrite_x, check=check)
     return q, r, m
+
+
+def nearly_orthonormal_q(x: Any, *, overwrite_x: bool = False) -> Any | None:
+    """The factor ``Q`` of a nearly orthonormal ``x`` by one Cholesky pass, or ``None``.
+
+    The last pass of the Cholesky driver on its own: where ``||x^H x - I||_F <= 1/2``
+    (checked on the Gram matrix), ``Q = x R^{-1}`` with ``x^H x = R^H R`` is orthonormal to
+    working precision and spans ``range(x)``, with the sign convention of :func:`tall_q`; it
+    equals :func:`tall_q`'s result up to rounding, at half its cost (one Gram matrix and one
+    triangular product instead of two each). For other ``x`` (and tall arrays with at most
+    ``_SMALL_ENTRIES`` entries, whose Householder QR is as cheap) it returns ``None`` and
+    leaves ``x`` intact: the caller takes :func:`tall_q`.
+
+    Parameters
+    ----------
+    x : array, shape (m, k)
+        ``m >= k``; typically an orthonormal block from which a small part was projected out.
+    overwrite_x : bool, default False
+        Whether a NumPy ``x`` may be overwritten by ``Q``.
+    """
+    if len(x.shape) != 2:
+        raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
+    m, k = int(x.shape[0]), int(x.shape[1])
+    if k == 0 or m < k or m * k <= _SMALL_ENTRIES or bk.is_lazy(x):
+        return None
+    G = _gram(x)
+    if not _distance_to_identity(G) <= _NEAR_ORTHONORMAL:
+        return None
+    Ri = _cholesky_upper(G)
+    if Ri is None:  # pragma: no cover - a Gram matrix within 1/2 of I is positive definite
+        return None
+    Ri_inv = _inverse_upper(Ri)
+    d = canonical_phases(_diagonal(x[:k, :] @ Ri_inv))
+    owned = overwrite_x and _is_numpy(x) and x.flags.c_contiguous
+    return _times_inverse(x, Ri_inv * d[None, :], owned=owned, w=None, triangular=True)[0]
 
 
 def extend_basis(U0: Any, X: Any) -> Any:

@@ -322,3 +322,34 @@ def test_triangular_products_in_place_equal_the_general_product(rng, monkeypatch
         scale = np.abs(expected).max()
         np.testing.assert_allclose(out, expected, rtol=0, atol=tol * scale)
         np.testing.assert_allclose(M, expected.conj().T @ w, rtol=0, atol=tol * scale * 20)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("defect", [0.0, 1e-8, 0.1])
+def test_one_pass_on_a_nearly_orthonormal_matrix_is_the_tall_q_up_to_rounding(
+    rng, dtype_name, defect
+):
+    dtype, tol = DTYPES[dtype_name]
+    m, k = 20_000, 8
+    Q0 = graded(rng, m, k, 1.0, dtype)  # orthonormal
+    X = (Q0 + defect * graded(rng, m, k, 1.0, dtype) / np.sqrt(k)).astype(dtype)
+    X_before = X.copy()
+    Q = _qr.nearly_orthonormal_q(X)
+    assert Q is not None and Q.dtype == X.dtype and Q.flags.c_contiguous
+    np.testing.assert_array_equal(X, X_before)
+    assert orthonormality(Q) <= tol
+    d = np.diagonal(host(Q))
+    assert np.all(d.real <= 0) and np.all(np.abs(d.imag) <= tol)
+    np.testing.assert_allclose(host(Q), host(tall_q(X)), rtol=0, atol=20 * tol)
+    assert _qr.nearly_orthonormal_q(X, overwrite_x=True) is X  # in place when allowed
+
+
+def test_one_pass_refuses_what_is_not_nearly_orthonormal(rng):
+    X = graded(rng, 20_000, 8, 1e-3, np.float64)
+    X_before = X.copy()
+    assert _qr.nearly_orthonormal_q(X, overwrite_x=True) is None
+    np.testing.assert_array_equal(X, X_before)
+    small = graded(rng, 100, 4, 1.0, np.float64)  # below the Cholesky driver's size
+    assert _qr.nearly_orthonormal_q(small) is None
+    with pytest.raises(ValueError, match="2-D"):
+        _qr.nearly_orthonormal_q(np.zeros(5))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
-from .._qr import canonical_phases, tall_q, unit_scalars
+from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -167,14 +167,22 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
             return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
         Q = _subtract_products(Q, U0, C, numpy)
         if not size * size * k <= _CROSS_TOLERANCE * eps:
-            Q = tall_q(Q, overwrite_x=True)
-            if int(Q.shape[1]) != k:
-                return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
-            _, C, size = _cross(U0, Q, numpy, xp)
-            if not size * size * k <= _CROSS_TOLERANCE * eps:
-                return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
-            if not size <= _CROSS_TOLERANCE * eps:
-                Q = _subtract_products(Q, U0, C, numpy)
+            # Q - U0 C is orthonormal up to ||C||^2 and orthogonal to U0 up to rounding: one
+            # Cholesky pass makes it orthonormal and keeps it orthogonal to U0 (the rounding of
+            # the projection, relative to ||Q|| = 1, times R^{-1} ~ I), as the single projection
+            # above does when ||C||^2 is at the level of rounding.
+            refined = nearly_orthonormal_q(Q, overwrite_x=True) if size * size * k <= 0.25 else None
+            if refined is not None:
+                Q = refined
+            else:
+                Q = tall_q(Q, overwrite_x=True)
+                if int(Q.shape[1]) != k:
+                    return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
+                _, C, size = _cross(U0, Q, numpy, xp)
+                if not size * size * k <= _CROSS_TOLERANCE * eps:
+                    return _augment_by_one_qr(led, Q, U0, xp, in_step=True, inner=C)
+                if not size <= _CROSS_TOLERANCE * eps:
+                    Q = _subtract_products(Q, U0, C, numpy)
     led.info.n_qr += 1
     # The leading block U0 D with the QR's sign convention ((U0 D)_jj real and <= 0): the
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
