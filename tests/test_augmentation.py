@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lowrank_integrators._qr import nearly_orthonormal_q, tall_q
 from lowrank_integrators.errors import NonFiniteError
 from lowrank_integrators.integrators.augmentation import (
     augment,
@@ -18,7 +19,6 @@ from lowrank_integrators.integrators.augmentation import (
     leading_signs,
     project_out,
 )
-from lowrank_integrators._qr import nearly_orthonormal_q, tall_q
 from lowrank_integrators.integrators.base import Ledger
 
 TOL = {np.float32: 1e-5, np.float64: 1e-13}
