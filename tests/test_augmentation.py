@@ -211,3 +211,24 @@ def test_new_columns_refined_by_one_cholesky_pass_stay_orthonormal(monkeypatch, 
     assert factored == [(m, k)] and led.info.n_qr == 1
     if rank == 5:  # the filled columns overlap span(U0): refined, where a full QR was
         assert len(refined) == 1 and refined[0] is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+def test_projecting_out_by_row_blocks_is_the_plain_block_gram_schmidt(dtype):
+    # Tall enough for the row-blocked pass that subtracts the first projection and forms the
+    # second product while each block is in the cache; the result is the whole-array formula.
+    rng = np.random.default_rng(7)
+    m, r, k = 30_000, 6, 5
+    U0 = np.linalg.qr(
+        rng.standard_normal((m, r))
+        + (1j if dtype == np.complex128 else 0) * rng.standard_normal((m, r))
+    )[0]
+    U0 = U0.astype(dtype)
+    X = (U0 @ rng.standard_normal((r, k)) + rng.standard_normal((m, k))).astype(dtype)
+    Z = project_out(U0, X)
+    U0h = U0.conj().T
+    expected = X - U0 @ (U0h @ X)
+    expected = expected - U0 @ (U0h @ expected)
+    tol = TOL.get(dtype, 1e-13)
+    np.testing.assert_allclose(Z, expected, rtol=0, atol=10 * tol * np.abs(X).max())
+    assert np.abs(U0h @ Z).max() <= 10 * tol * np.abs(X).max()
