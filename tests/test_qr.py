@@ -353,3 +353,22 @@ def test_one_pass_refuses_what_is_not_nearly_orthonormal(rng):
     assert _qr.nearly_orthonormal_q(small) is None
     with pytest.raises(ValueError, match="2-D"):
         _qr.nearly_orthonormal_q(np.zeros(5))
+
+
+@pytest.mark.parametrize("ratio", [1e-8, 0.0], ids=lambda r: f"ratio={r:g}")
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("owned", [False, True], ids=["copy", "owned"])
+def test_tsqr_over_many_row_blocks_is_a_householder_qr(rng, dtype_name, ratio, owned):
+    # Several blocks (and a last block of other height): the block reflectors applied to the
+    # small Q's blocks give an orthonormal Q and Q R = X, also for rank-deficient X.
+    dtype, tol = DTYPES[dtype_name]
+    m, k = 20 * _qr._TSQR_ROWS + 37, 7  # more entries than one row block of the kernels
+    X = graded(rng, m, k, ratio, dtype)
+    X[:, -1] = 0  # an exactly zero column besides the graded ones
+    work = X.copy()
+    Q, R = _qr._tsqr(work, owned=owned)
+    assert (Q is work) == owned and Q.flags.c_contiguous and Q.dtype == X.dtype
+    assert orthonormality(Q) <= tol
+    Qh, Rh, Xh = host(Q), host(R), host(X)
+    assert np.linalg.norm(Qh @ Rh - Xh) <= 10 * tol * np.linalg.norm(Xh)
+    np.testing.assert_array_equal(np.tril(Rh, -1), 0)
