@@ -43,6 +43,21 @@ rank-deficient remainders with seeded random directions: ``[U0, Q]`` is orthonor
 Nothing here makes Fortran-ordered copies of a tall array: on NumPy the Gram matrices come
 from BLAS ``syrk``/``herk`` on the row-major array, and the products ``X R^{-1}`` are formed in
 place block by block of rows.
+
+Tried and not kept (measured in CPU time, one BLAS thread, n = 2^16, 64 columns, on the
+numerically rank-deficient new columns of the midpoint BUG and the L-step of abc-PSI, kappa up
+to 1e18): a *split* QR that factors the leading columns whose Cholesky pivots stay within the
+ladder's bound by CholeskyQR2 and only the (rank-deficient) remaining columns by Householder,
+after projecting them out of the first block, took as long as the Householder QR of all the
+columns (87 ms against 75 ms, before the faster TSQR below): the gathers of the two column
+blocks, the projections, the second projection of the remainder's rounding directions and a
+Cholesky pass for them, and the assembly are each a pass over tall arrays, and TSQR of 24
+columns still costs a quarter of TSQR of 64. Writing ``Q`` from the last pass straight into a
+column block of a wider array (the augmented basis) saved nothing: the cost is the first touch
+of the new array's pages, not the copy. A QR of column blocks ``[B1, B2]`` with the Gram
+matrix assembled from the blocks and the first pass written into the new array (instead of
+copying the blocks into it) was 10-20 % slower: the first pass then needs general products by
+row blocks where the copied array takes ``trmm`` in place.
 """
 
 from __future__ import annotations
