@@ -99,7 +99,7 @@ def test_orthonormal_at_two_to_the_twenty_rows(rng, ratio):
     [
         (1.0, "CholeskyQR2"),
         (1e-4, "CholeskyQR2"),
-        (1e-10, "shifted CholeskyQR3"),
+        (1e-10, "Householder"),  # on NumPy TSQR is faster than shifted CholeskyQR3
         (0.0, "Householder"),
     ],
 )
