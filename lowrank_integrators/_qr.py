@@ -17,13 +17,13 @@ Cholesky factorisation and one product per pass, all at GEMM speed on the row-ma
   about ``u^{-1}``.
 * **Householder** (TSQR over row blocks for NumPy, the library's QR elsewhere) when even the
   shifted pass cannot help: ``X`` (numerically) rank-deficient, zero, or not tall. On NumPy
-  it also replaces the shifted passes: the TSQR below (block reflectors applied to the small
-  ``Q``'s blocks, no explicit block ``Q``) took 0.7-1.0 times the time of shifted
-  CholeskyQR3 at every shape measured (4096 to 2^20 rows, 4 to 64 columns, one BLAS
-  thread), and it needs no
-  Cholesky pass that may fail (a numerically rank-deficient ``X`` used to cost the shifted
-  pass and a Gram matrix before its Householder QR). Other libraries (GPUs) keep the shifted
-  passes, where Householder QR is slow.
+  a breakdown of the first Cholesky factorisation sends ``X`` to TSQR at once: the
+  numerically rank-deficient inputs of the rank-adaptive steps (the midpoint BUG's ``4r``
+  enrichment, abc-PSI's L-step, ``kappa`` up to 1e18) break down there, and their shifted
+  pass and second Gram matrix were wasted (a third of the time of their QR at ``2^16 x
+  64``). Where the Cholesky factor exists but the condition estimate is too large, the
+  shifted passes run: on such inputs they measured 5-20 % faster than TSQR up to ``2^16``
+  rows. Other libraries (GPUs), where Householder QR is slow, always try the shifted passes.
 
 Small inputs (at most :data:`_SMALL_ENTRIES` entries, e.g. the bases and core unfoldings of
 Tucker steps at small sizes) go straight to one Householder QR: LAPACK ``geqrf``/``orgqr``
@@ -303,7 +303,7 @@ def _factor(
                 if Q is not x:
                     Q = None  # not alive next to the fallback's own result
                 return _householder_after(x, Q, R, w)
-            if _is_numpy(x):  # TSQR: faster than the shifted passes (see the module docstring)
+            if Ri is None and _is_numpy(x):  # a breakdown: TSQR at once (module docstring)
                 return _householder(x, w, owned=overwrite and x.flags.c_contiguous)
             # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
             trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))

@@ -99,7 +99,7 @@ def test_orthonormal_at_two_to_the_twenty_rows(rng, ratio):
     [
         (1.0, "CholeskyQR2"),
         (1e-4, "CholeskyQR2"),
-        (1e-10, "Householder"),  # on NumPy TSQR is faster than shifted CholeskyQR3
+        (1e-10, "Householder"),  # the Cholesky factorisation breaks down: TSQR at once
         (0.0, "Householder"),
     ],
 )
@@ -107,6 +107,17 @@ def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
     X = graded(rng, 20_000, 8, ratio, np.float64)
     assert X.size > _qr._SMALL_ENTRIES
     assert _qr._factor(X, None)[3] == method
+
+
+def test_a_nearly_dependent_column_takes_the_shifted_passes(rng):
+    # The Gram matrix has a Cholesky factor, but a column 1e-7 away from the span of the
+    # others puts the condition estimate beyond an unshifted pass: shifted CholeskyQR3.
+    X = graded(rng, 20_000, 8, 1e-2, np.float64)
+    noise = rng.standard_normal(20_000) / np.sqrt(20_000)
+    X[:, -1] = X[:, 0] + 1e-7 * np.linalg.norm(X[:, 0]) * noise
+    Q, R, _, method = _qr._factor(X, None)
+    assert method == "shifted CholeskyQR3"
+    check_qr(X, Q, R, 1e-13)
 
 
 @pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r:g}")
