@@ -16,7 +16,14 @@ Cholesky factorisation and one product per pass, all at GEMM speed on the row-ma
   ``Q1`` with a condition number small enough for CholeskyQR2; good for ``kappa(X)`` up to
   about ``u^{-1}``.
 * **Householder** (TSQR over row blocks for NumPy, the library's QR elsewhere) when even the
-  shifted pass cannot help: ``X`` (numerically) rank-deficient, zero, or not tall.
+  shifted pass cannot help: ``X`` (numerically) rank-deficient, zero, or not tall. On NumPy
+  a breakdown of the first Cholesky factorisation sends ``X`` to TSQR at once: the
+  numerically rank-deficient inputs of the rank-adaptive steps (the midpoint BUG's ``4r``
+  enrichment, abc-PSI's L-step, ``kappa`` up to 1e18) break down there, and their shifted
+  pass and second Gram matrix were wasted (a third of the time of their QR at ``2^16 x
+  64``). Where the Cholesky factor exists but the condition estimate is too large, the
+  shifted passes run: on such inputs they measured 5-20 % faster than TSQR up to ``2^16``
+  rows. Other libraries (GPUs), where Householder QR is slow, always try the shifted passes.
 
 Small inputs (at most :data:`_SMALL_ENTRIES` entries, e.g. the bases and core unfoldings of
 Tucker steps at small sizes) go straight to one Householder QR: LAPACK ``geqrf``/``orgqr``
@@ -43,6 +50,21 @@ rank-deficient remainders with seeded random directions: ``[U0, Q]`` is orthonor
 Nothing here makes Fortran-ordered copies of a tall array: on NumPy the Gram matrices come
 from BLAS ``syrk``/``herk`` on the row-major array, and the products ``X R^{-1}`` are formed in
 place block by block of rows.
+
+Tried and not kept (measured in CPU time, one BLAS thread, n = 2^16, 64 columns, on the
+numerically rank-deficient new columns of the midpoint BUG and the L-step of abc-PSI, kappa up
+to 1e18): a *split* QR that factors the leading columns whose Cholesky pivots stay within the
+ladder's bound by CholeskyQR2 and only the (rank-deficient) remaining columns by Householder,
+after projecting them out of the first block, took as long as the Householder QR of all the
+columns (87 ms against 75 ms, before the faster TSQR below): the gathers of the two column
+blocks, the projections, the second projection of the remainder's rounding directions and a
+Cholesky pass for them, and the assembly are each a pass over tall arrays, and TSQR of 24
+columns still costs a quarter of TSQR of 64. Writing ``Q`` from the last pass straight into a
+column block of a wider array (the augmented basis) saved nothing: the cost is the first touch
+of the new array's pages, not the copy. A QR of column blocks ``[B1, B2]`` with the Gram
+matrix assembled from the blocks and the first pass written into the new array (instead of
+copying the blocks into it) was 10-20 % slower: the first pass then needs general products by
+row blocks where the copied array takes ``trmm`` in place.
 """
 
 from __future__ import annotations
@@ -55,7 +77,7 @@ import numpy as np
 
 from . import _backend as bk
 
-__all__ = ["extend_basis", "tall_q", "tall_qr", "tall_qr_project"]
+__all__ = ["extend_basis", "nearly_orthonormal_q", "tall_q", "tall_qr", "tall_qr_project"]
 
 #: Largest estimated ``kappa(X)^2 u`` for which an unshifted Cholesky pass is attempted.
 _MAX_KAPPA2_U = 1e-2
@@ -154,6 +176,41 @@ def tall_qr_project(
     return q, r, m
 
 
+def nearly_orthonormal_q(x: Any, *, overwrite_x: bool = False) -> Any | None:
+    """The factor ``Q`` of a nearly orthonormal ``x`` by one Cholesky pass, or ``None``.
+
+    The last pass of the Cholesky driver on its own: where ``||x^H x - I||_F <= 1/2``
+    (checked on the Gram matrix), ``Q = x R^{-1}`` with ``x^H x = R^H R`` is orthonormal to
+    working precision and spans ``range(x)``, with the sign convention of :func:`tall_q`; it
+    equals :func:`tall_q`'s result up to rounding, at half its cost (one Gram matrix and one
+    triangular product instead of two each). For other ``x`` (and tall arrays with at most
+    ``_SMALL_ENTRIES`` entries, whose Householder QR is as cheap) it returns ``None`` and
+    leaves ``x`` intact: the caller takes :func:`tall_q`.
+
+    Parameters
+    ----------
+    x : array, shape (m, k)
+        ``m >= k``; typically an orthonormal block from which a small part was projected out.
+    overwrite_x : bool, default False
+        Whether a NumPy ``x`` may be overwritten by ``Q``.
+    """
+    if len(x.shape) != 2:
+        raise ValueError(f"x must be a 2-D array, got shape {tuple(x.shape)}")
+    m, k = int(x.shape[0]), int(x.shape[1])
+    if k == 0 or m < k or m * k <= _SMALL_ENTRIES or bk.is_lazy(x):
+        return None
+    G = _gram(x)
+    if not _distance_to_identity(G) <= _NEAR_ORTHONORMAL:
+        return None
+    Ri = _cholesky_upper(G)
+    if Ri is None:  # pragma: no cover - a Gram matrix within 1/2 of I is positive definite
+        return None
+    Ri_inv = _inverse_upper(Ri)
+    d = canonical_phases(_diagonal(x[:k, :] @ Ri_inv))
+    owned = overwrite_x and _is_numpy(x) and x.flags.c_contiguous
+    return _times_inverse(x, Ri_inv * d[None, :], owned=owned, w=None, triangular=True)[0]
+
+
 def extend_basis(U0: Any, X: Any) -> Any:
     """New orthonormal columns ``Q`` such that ``[U0, Q]`` is orthonormal and spans ``X``.
 
@@ -246,6 +303,8 @@ def _factor(
                 if Q is not x:
                     Q = None  # not alive next to the fallback's own result
                 return _householder_after(x, Q, R, w)
+            if Ri is None and _is_numpy(x):  # a breakdown: TSQR at once (module docstring)
+                return _householder(x, w, owned=overwrite and x.flags.c_contiguous)
             # shifted CholeskyQR (Fukaya et al. 2020, eq. (3.1)): s >= 11 (mk + k(k+1)) u ||X||^2
             trace = float(np.sum(np.real(bk.to_host(_diagonal(G)))))
             shift = 11.0 * (m * k + k * (k + 1)) * eps * trace
@@ -470,32 +529,49 @@ def _small_q(x: np.ndarray) -> np.ndarray:
 def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Thin QR by TSQR (Demmel, Grigori, Hoemmen, Langou 2012, arXiv:0808.2664), one level.
 
-    Each block of rows is factored by LAPACK (a small copy), the stacked triangular factors
-    once more, and the block ``Q`` factors are then multiplied in place by their part of the
-    small ``Q``. Unconditionally stable, also for rank-deficient ``x``. An ``owned``
-    C-ordered ``x`` is overwritten by ``Q``.
+    Each block of rows ``X_j`` is factored by LAPACK ``geqrt`` into compact WY reflectors,
+    ``X_j = (I - V_j T_j V_j^H) [R_j; 0]``, and the stacked ``R_j`` once more,
+    ``[R_1; R_2; ...] = [q_1; q_2; ...] R``. The block of ``Q`` is then
+    ``(I - V_j T_j V_j^H) [q_j; 0] = [q_j; 0] - V_j (T_j (V_1j^H q_j))`` (``V_1j`` the top
+    ``k x k`` block of ``V_j``): one product of the tall ``V_j`` with a ``k x k`` matrix. The
+    block factors are never formed as ``(I - V T V^H) [I; 0]`` and multiplied by ``q_j``
+    afterwards, which took twice the flops (the explicit ``Q_j`` alone costs as much as the
+    product). Unconditionally stable, also for rank-deficient ``x``. An ``owned`` C-ordered
+    ``x`` is overwritten by ``Q``; otherwise ``V_j`` is kept in the result's storage between
+    the two sweeps, so no tall array besides the result is allocated.
     """
     m, k = x.shape
-    blocks = bk.row_blocks(x)
-    if m <= 2 * max(k, 1) or len(blocks) == 1:
+    # blocks of _TSQR_ROWS rows (at least 2k)
+    rows = max(2 * k, _TSQR_ROWS)
+    if m < 2 * rows:
         q, r = _lapack_qr(x)
         return np.ascontiguousarray(q), r
-    # half the blocks of the other row-blocked kernels: a block, its Fortran-ordered copy
-    # and its Q then stay in the L2 cache (measured fastest at n = 2^16 and 2^20)
-    rows = max(2 * k, (blocks[0].stop - blocks[0].start) // 2)
     starts = list(range(0, m, rows))
     if m - starts[-1] < k:  # keep every block at least k rows tall
         starts.pop()
-    bounds = [*starts, m]
+    bounds = list(itertools.pairwise([*starts, m]))
     out = x if owned and x.flags.c_contiguous else np.empty((m, k), dtype=x.dtype)
-    rs = []
-    for lo, hi in itertools.pairwise(bounds):
-        q, r = _lapack_qr(x[lo:hi])
-        out[lo:hi] = q
-        rs.append(r)
+    geqrt = _lapack_qr_functions(x.dtype)[0]
+    rs, ts = [], []
+    for lo, hi in bounds:
+        v, t, info = geqrt(k, np.array(x[lo:hi], order="F", copy=True), overwrite_a=1)
+        if info != 0:  # pragma: no cover - geqrt reports only illegal arguments (none here)
+            raise np.linalg.LinAlgError(f"LAPACK geqrt failed with info={info}")
+        rs.append(_upper_triangle(v, k, k))
+        out[lo:hi] = v  # V_j below the diagonal (R_j above it, replaced in the second sweep)
+        ts.append(t)
     q_small, R = _lapack_qr(np.concatenate(rs, axis=0))
-    for j, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        out[lo:hi] = out[lo:hi] @ q_small[j * k : (j + 1) * k]
+    unit = _diagonal_indices(k)
+    upper = ~_strictly_lower(k, k)
+    for j, (lo, hi) in enumerate(bounds):
+        V = out[lo:hi]
+        top = V[:k]
+        np.copyto(top, 0, where=upper)  # V_1j: unit lower triangular
+        top[unit] = 1
+        q = q_small[j * k : (j + 1) * k]
+        W = ts[j] @ ((top.conj().T if x.dtype.kind == "c" else top.T) @ q)
+        V[...] = V @ (-W)  # a block-sized temporary, in the cache
+        top += q
     return out, R
 
 
@@ -535,6 +611,11 @@ def _lapack_qr(a: np.ndarray, *, with_r: bool = True) -> tuple[np.ndarray, np.nd
 
 #: Block size of the compact WY factors of ``geqrt`` (its panels are factored recursively).
 _QRT_BLOCK = 32
+
+#: Rows of the blocks of :func:`_tsqr`. Measured fastest for 16 to 128 columns at n = 2^16 to
+#: 2^20 (one BLAS thread): 1024 or 4096 rows cost up to 30 % more, and blocks of a fixed
+#: number of entries (more rows for fewer columns) up to 60 % more at 16 columns.
+_TSQR_ROWS = 2048
 
 #: Blocks with at most this many entries take ``geqrf`` and ``orgqr``: on small blocks the
 #: recursion of ``geqrt`` gains nothing and the explicit ``[I; 0]`` of ``gemqrt`` costs more

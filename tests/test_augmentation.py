@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lowrank_integrators._qr import nearly_orthonormal_q, tall_q
 from lowrank_integrators.errors import NonFiniteError
 from lowrank_integrators.integrators.augmentation import (
     augment,
@@ -167,3 +168,67 @@ def test_augmenting_in_the_storage_of_the_block_gives_the_same_basis(rng, dtype,
     assert peak <= U_hat.nbytes + 0.25 * X.nbytes
     np.testing.assert_array_equal(d, d_ref)
     np.testing.assert_allclose(U_hat, U_ref, rtol=0, atol=50 * TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rank", [8, 5, 0], ids=lambda k: f"new rank {k}")
+def test_new_columns_refined_by_one_cholesky_pass_stay_orthonormal(monkeypatch, dtype, rank):
+    # A numerically rank-deficient new part (as the midpoint BUG's 4r enrichment has): its
+    # QR fills the deficient columns with directions of its rounding, which leave span(U0)
+    # only partly; once projected, they are within ||U0^H Q||^2 of orthonormal and one
+    # Cholesky pass ends the augmentation (no second full QR, no fallback).
+    import lowrank_integrators.integrators.augmentation as augmentation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fell back to the QR of [U0, Q]")
+
+    monkeypatch.setattr(augmentation, "_augment_by_one_qr", refuse)
+    factored = []
+    refined = []
+    monkeypatch.setattr(
+        augmentation, "tall_q", lambda x, **kw: factored.append(x.shape) or tall_q(x, **kw)
+    )
+    monkeypatch.setattr(
+        augmentation,
+        "nearly_orthonormal_q",
+        lambda x, **kw: refined.append(nearly_orthonormal_q(x, **kw)) or refined[-1],
+    )
+    rng = np.random.default_rng(rank)
+    m, r, k = 20_000, 8, 8
+    U0 = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    N = rng.standard_normal((m, k))
+    N = np.linalg.qr(N - U0 @ (U0.T @ N))[0][:, :rank] @ rng.standard_normal((rank, k))
+    X = (U0 @ rng.standard_normal((r, k)) + N).astype(dtype)
+    U0 = U0.astype(dtype)
+    led = Ledger()
+    U_hat, d = augment_projected(led, project_out(U0, X), U0)
+    U = U_hat.astype(np.float64)
+    assert U_hat.shape == (m, r + k)
+    assert np.abs(U.T @ U - np.eye(r + k)).max() <= TOL[dtype]
+    assert np.array_equal(U_hat[:, :r], U0 * d)
+    X64 = X.astype(np.float64)
+    assert np.linalg.norm(X64 - U @ (U.T @ X64)) <= 10 * TOL[dtype] * np.linalg.norm(X64)
+    assert factored == [(m, k)] and led.info.n_qr == 1
+    if rank == 5:  # the filled columns overlap span(U0): refined, where a full QR was
+        assert len(refined) == 1 and refined[0] is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+def test_projecting_out_by_row_blocks_is_the_plain_block_gram_schmidt(dtype):
+    # Tall enough for the row-blocked pass that subtracts the first projection and forms the
+    # second product while each block is in the cache; the result is the whole-array formula.
+    rng = np.random.default_rng(7)
+    m, r, k = 30_000, 6, 5
+    U0 = np.linalg.qr(
+        rng.standard_normal((m, r))
+        + (1j if dtype == np.complex128 else 0) * rng.standard_normal((m, r))
+    )[0]
+    U0 = U0.astype(dtype)
+    X = (U0 @ rng.standard_normal((r, k)) + rng.standard_normal((m, k))).astype(dtype)
+    Z = project_out(U0, X)
+    U0h = U0.conj().T
+    expected = X - U0 @ (U0h @ X)
+    expected = expected - U0 @ (U0h @ expected)
+    tol = TOL.get(dtype, 1e-13)
+    np.testing.assert_allclose(Z, expected, rtol=0, atol=10 * tol * np.abs(X).max())
+    assert np.abs(U0h @ Z).max() <= 10 * tol * np.abs(X).max()

@@ -99,7 +99,7 @@ def test_orthonormal_at_two_to_the_twenty_rows(rng, ratio):
     [
         (1.0, "CholeskyQR2"),
         (1e-4, "CholeskyQR2"),
-        (1e-10, "shifted CholeskyQR3"),
+        (1e-10, "Householder"),  # the Cholesky factorisation breaks down: TSQR at once
         (0.0, "Householder"),
     ],
 )
@@ -107,6 +107,17 @@ def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
     X = graded(rng, 20_000, 8, ratio, np.float64)
     assert X.size > _qr._SMALL_ENTRIES
     assert _qr._factor(X, None)[3] == method
+
+
+def test_a_nearly_dependent_column_takes_the_shifted_passes(rng):
+    # The Gram matrix has a Cholesky factor, but a column 1e-7 away from the span of the
+    # others puts the condition estimate beyond an unshifted pass: shifted CholeskyQR3.
+    X = graded(rng, 20_000, 8, 1e-2, np.float64)
+    noise = rng.standard_normal(20_000) / np.sqrt(20_000)
+    X[:, -1] = X[:, 0] + 1e-7 * np.linalg.norm(X[:, 0]) * noise
+    Q, R, _, method = _qr._factor(X, None)
+    assert method == "shifted CholeskyQR3"
+    check_qr(X, Q, R, 1e-13)
 
 
 @pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"ratio={r:g}")
@@ -322,3 +333,53 @@ def test_triangular_products_in_place_equal_the_general_product(rng, monkeypatch
         scale = np.abs(expected).max()
         np.testing.assert_allclose(out, expected, rtol=0, atol=tol * scale)
         np.testing.assert_allclose(M, expected.conj().T @ w, rtol=0, atol=tol * scale * 20)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("defect", [0.0, 1e-8, 0.1])
+def test_one_pass_on_a_nearly_orthonormal_matrix_is_the_tall_q_up_to_rounding(
+    rng, dtype_name, defect
+):
+    dtype, tol = DTYPES[dtype_name]
+    m, k = 20_000, 8
+    Q0 = graded(rng, m, k, 1.0, dtype)  # orthonormal
+    X = (Q0 + defect * graded(rng, m, k, 1.0, dtype) / np.sqrt(k)).astype(dtype)
+    X_before = X.copy()
+    Q = _qr.nearly_orthonormal_q(X)
+    assert Q is not None and Q.dtype == X.dtype and Q.flags.c_contiguous
+    np.testing.assert_array_equal(X, X_before)
+    assert orthonormality(Q) <= tol
+    d = np.diagonal(host(Q))
+    assert np.all(d.real <= 0) and np.all(np.abs(d.imag) <= tol)
+    np.testing.assert_allclose(host(Q), host(tall_q(X)), rtol=0, atol=20 * tol)
+    assert _qr.nearly_orthonormal_q(X, overwrite_x=True) is X  # in place when allowed
+
+
+def test_one_pass_refuses_what_is_not_nearly_orthonormal(rng):
+    X = graded(rng, 20_000, 8, 1e-3, np.float64)
+    X_before = X.copy()
+    assert _qr.nearly_orthonormal_q(X, overwrite_x=True) is None
+    np.testing.assert_array_equal(X, X_before)
+    small = graded(rng, 100, 4, 1.0, np.float64)  # below the Cholesky driver's size
+    assert _qr.nearly_orthonormal_q(small) is None
+    with pytest.raises(ValueError, match="2-D"):
+        _qr.nearly_orthonormal_q(np.zeros(5))
+
+
+@pytest.mark.parametrize("ratio", [1e-8, 0.0], ids=lambda r: f"ratio={r:g}")
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("owned", [False, True], ids=["copy", "owned"])
+def test_tsqr_over_many_row_blocks_is_a_householder_qr(rng, dtype_name, ratio, owned):
+    # Several blocks (and a last block of other height): the block reflectors applied to the
+    # small Q's blocks give an orthonormal Q and Q R = X, also for rank-deficient X.
+    dtype, tol = DTYPES[dtype_name]
+    m, k = 20 * _qr._TSQR_ROWS + 37, 7  # more entries than one row block of the kernels
+    X = graded(rng, m, k, ratio, dtype)
+    X[:, -1] = 0  # an exactly zero column besides the graded ones
+    work = X.copy()
+    Q, R = _qr._tsqr(work, owned=owned)
+    assert (Q is work) == owned and Q.flags.c_contiguous and Q.dtype == X.dtype
+    assert orthonormality(Q) <= tol
+    Qh, Rh, Xh = host(Q), host(R), host(X)
+    assert np.linalg.norm(Qh @ Rh - Xh) <= 10 * tol * np.linalg.norm(Xh)
+    np.testing.assert_array_equal(np.tril(Rh, -1), 0)
