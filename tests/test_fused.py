@@ -177,17 +177,19 @@ def test_tucker_fields_with_shared_projected_operators_equal_their_own(rng):
 @needs_numba
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
 @pytest.mark.parametrize("dtype_name", ["float64", "float32"])
-def test_compiled_sandwich_equals_the_numpy_path(rng, monkeypatch, fmt, dtype_name):
-    """W^H (A V) with the rows of A V formed block by block (numba) equals the NumPy path."""
+@pytest.mark.parametrize("width", [4, 100], ids=["narrow", "wide"])
+def test_compiled_sandwich_equals_the_numpy_path(rng, monkeypatch, fmt, dtype_name, width):
+    """W^H (A V) with the rows of A V formed block by block (numba) equals the NumPy path
+    (blocks of a fixed number of entries for a narrow V, of 2k rows for a wide one)."""
     dtype, tol = CASES[dtype_name]
     n = 5000
     A = sp.random(n, n, density=5 / n, random_state=4, format=fmt).astype(dtype)
     W = rng.standard_normal((n, 6)).astype(dtype)
-    V = rng.standard_normal((n, 4)).astype(dtype)
+    V = rng.standard_normal((n, width)).astype(dtype)
     fused = bk.sandwich(W, A, V)
     monkeypatch.setattr(_fused, "use_numba", False)
     plain = bk.sandwich(W, A, V)
-    assert fused.shape == plain.shape == (6, 4) and fused.dtype == plain.dtype == dtype
+    assert fused.shape == plain.shape == (6, width) and fused.dtype == plain.dtype == dtype
     np.testing.assert_allclose(fused, plain, rtol=0, atol=tol * np.abs(plain).max())
 
 
