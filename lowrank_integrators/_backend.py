@@ -715,6 +715,12 @@ def apply_to_product(op: Any, X: Any, W: Any) -> Any:
     """
     rows, cols = int(X.shape[0]), int(W.shape[1])
     square = int(W.shape[0]) == cols and X.dtype == W.dtype
+    if square and type(X) is np.ndarray and getattr(op, "format", None) == "csr":
+        from . import _fused
+
+        fused = _fused.apply_then(op, X, W)  # one pass, numba (the extra ``fast``)
+        if fused is not None:
+            return fused
     if square and allows_inplace(X) and _returns_fresh(op):
         out = op @ X
         for b in row_blocks(out):

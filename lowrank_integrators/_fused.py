@@ -36,6 +36,7 @@ from .protocol import Updated
 
 __all__ = [
     "CSRStage",
+    "apply_then",
     "clear_spare",
     "numba_available",
     "offer_spare",
@@ -427,6 +428,66 @@ def _fold() -> Any:
 
         _AXPY = fold
     return _AXPY
+
+
+def apply_then(A: Any, X: Any, W: Any) -> Any | None:
+    """``(A X) W`` for a real CSR ``A``, real row-major ``X`` and a small ``W`` (numba), else
+    None.
+
+    The rows of ``A X`` are formed block by block into a small buffer (in cache) and
+    multiplied by ``W`` at once into the result: one tall array is written, once, and the
+    operator's rows are not sliced into new sparse matrices. Returns ``None`` (the caller
+    takes its NumPy path) without numba, for complex or mixed dtypes, for an operator that is
+    not CSR, or for arrays that are not C-ordered.
+    """
+    if not (use_numba and numba_available()):
+        return None
+    if not (type(X) is np.ndarray and type(W) is np.ndarray and X.ndim == W.ndim == 2):
+        return None
+    dtype = X.dtype
+    if dtype.kind != "f" or W.dtype != dtype or getattr(A, "dtype", None) != dtype:
+        return None
+    if getattr(A, "format", None) != "csr" or not hasattr(A, "indptr"):
+        return None
+    if not X.flags.c_contiguous or A.shape[1] != X.shape[0] or X.shape[1] != W.shape[0]:
+        return None
+    k = max(1, int(X.shape[1]))
+    rows = max(1, _SANDWICH_BLOCK_ELEMENTS // k, 2 * k)
+    buf = np.empty((min(rows, int(A.shape[0])), X.shape[1]), dtype)
+    out = np.empty((int(A.shape[0]), int(W.shape[1])), dtype)
+    _apply_then_kernel()(A.indptr, A.indices, A.data, X, np.ascontiguousarray(W), buf, out)
+    return out
+
+
+_APPLY_THEN: Any = None
+
+
+def _apply_then_kernel() -> Any:
+    """The compiled ``(A X) W`` (built on first use)."""
+    global _APPLY_THEN
+    if _APPLY_THEN is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(indptr, indices, data, X, W, buf, out):
+            m = out.shape[0]
+            k = X.shape[1]
+            rows = buf.shape[0]
+            for lo in range(0, m, rows):
+                hi = min(lo + rows, m)
+                for i in range(lo, hi):
+                    b = buf[i - lo]
+                    for c in range(k):
+                        b[c] = 0
+                    for p in range(indptr[i], indptr[i + 1]):
+                        x = X[indices[p]]
+                        a = data[p]
+                        for c in range(k):
+                            b[c] += a * x[c]
+                np.dot(buf[: hi - lo], W, out[lo:hi])
+
+        _APPLY_THEN = kernel
+    return _APPLY_THEN
 
 
 def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:

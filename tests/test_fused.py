@@ -124,14 +124,30 @@ def test_row_blocked_sandwich_equals_the_plain_product(rng, monkeypatch, fmt):
     )
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("square", [True, False], ids=["square", "wide"])
-def test_operator_applied_to_a_product_equals_the_plain_product(rng, monkeypatch, square):
+def test_operator_applied_to_a_product_equals_the_plain_product(rng, monkeypatch, square, compiled):
+    if compiled and not _fused.numba_available():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(_fused, "use_numba", compiled)
     monkeypatch.setattr(bk, "_BLOCK_ELEMENTS_NUMPY", 7)
+    monkeypatch.setattr(_fused, "_SANDWICH_BLOCK_ELEMENTS", 12)  # blocks of 6 rows, one ragged
     n = 40
     A = sp.random(n, n, density=0.1, random_state=3, format="csr")
     X = rng.standard_normal((n, 3))
     W = rng.standard_normal((3, 3 if square else 5))
     np.testing.assert_allclose(bk.apply_to_product(A, X, W), A @ (X @ W), atol=1e-13)
+
+
+@needs_numba
+def test_the_compiled_operator_product_declines_what_it_does_not_handle(rng):
+    A = sp.random(50, 50, density=0.1, random_state=5, format="csr")
+    X, W = rng.standard_normal((50, 3)), rng.standard_normal((3, 3))
+    np.testing.assert_allclose(_fused.apply_then(A, X, W), (A @ X) @ W, atol=1e-13)
+    assert _fused.apply_then(A.tocsc(), X, W) is None  # not CSR
+    assert _fused.apply_then((A * 1j).tocsr(), X, W) is None  # complex operator
+    assert _fused.apply_then(A, X.astype(np.float32), W.astype(np.float32)) is None  # mixed
+    assert _fused.apply_then(A, np.asfortranarray(X), W) is None  # not row-major
 
 
 def test_in_place_updates_are_a_capability_of_the_array_library(xp):
