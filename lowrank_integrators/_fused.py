@@ -263,8 +263,9 @@ def _fold_kernel() -> Any:
     return _kernels()[1]
 
 
-def _kernels() -> tuple[Any, Any]:
-    """The compiled stage and folded stage, which share the computation of a block of rows."""
+def _kernels() -> tuple[Any, Any, Any]:
+    """The compiled stage, folded stage and ``(A X) W``, which share the computation of a
+    block of rows."""
     global _KERNEL
     if _KERNEL is None:
         import numba
@@ -353,7 +354,18 @@ def _kernels() -> tuple[Any, Any]:
                 else:
                     fold_rows(acc, nxt, block, x0, 0, lo, hi, c, a, mode)
 
-        _KERNEL = (stage, folded)
+        @numba.njit(cache=True, nogil=True)
+        def apply_then(indptr, indices, data, X, W, U, coef, buf, out):
+            # rows lo:hi of A X into buf (in cache), then their product with W into out; U and
+            # coef are empty (no source term)
+            m = out.shape[0]
+            rows = buf.shape[0]
+            for lo in range(0, m, rows):
+                hi = min(lo + rows, m)
+                rows_of(indptr, indices, data, X, W, False, U, coef, lo, hi, buf, buf)
+                np.dot(buf[: hi - lo], W, out[lo:hi])
+
+        _KERNEL = (stage, folded, apply_then)
     return _KERNEL
 
 
@@ -455,39 +467,9 @@ def apply_then(A: Any, X: Any, W: Any) -> Any | None:
     rows = max(1, _SANDWICH_BLOCK_ELEMENTS // k, 2 * k)
     buf = np.empty((min(rows, int(A.shape[0])), X.shape[1]), dtype)
     out = np.empty((int(A.shape[0]), int(W.shape[1])), dtype)
-    _apply_then_kernel()(A.indptr, A.indices, A.data, X, np.ascontiguousarray(W), buf, out)
+    empty = np.zeros((int(X.shape[0]), 0), dtype), np.zeros((0, int(X.shape[1])), dtype)
+    _kernels()[2](A.indptr, A.indices, A.data, X, np.ascontiguousarray(W), *empty, buf, out)
     return out
-
-
-_APPLY_THEN: Any = None
-
-
-def _apply_then_kernel() -> Any:
-    """The compiled ``(A X) W`` (built on first use)."""
-    global _APPLY_THEN
-    if _APPLY_THEN is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True)
-        def kernel(indptr, indices, data, X, W, buf, out):
-            m = out.shape[0]
-            k = X.shape[1]
-            rows = buf.shape[0]
-            for lo in range(0, m, rows):
-                hi = min(lo + rows, m)
-                for i in range(lo, hi):
-                    b = buf[i - lo]
-                    for c in range(k):
-                        b[c] = 0
-                    for p in range(indptr[i], indptr[i + 1]):
-                        x = X[indices[p]]
-                        a = data[p]
-                        for c in range(k):
-                            b[c] += a * x[c]
-                np.dot(buf[: hi - lo], W, out[lo:hi])
-
-        _APPLY_THEN = kernel
-    return _APPLY_THEN
 
 
 def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
