@@ -681,9 +681,11 @@ class RK4(SubstepSolver):
                 if type(k) is Updated:
                     new, k = k.stage, None
                 else:
+                    # x0 + a k, in the storage of k when no one else holds it
                     refs = sys.getrefcount(k)
-                    new = _next_stage(x0, a, k, in_place and _owned(k, refs))
-                    k = None
+                    out = k if in_place and _owned(k, refs) else bk.empty(k)
+                    new = assign_stage(out, x0, a, k)
+                    out = k = None
                 if j == 0:
                     # the first input is the start, which every stage reads: not dead
                     if isinstance(start, FactoredStart):
@@ -929,24 +931,6 @@ def _form(left: np.ndarray, right: np.ndarray, out: np.ndarray | None) -> np.nda
     rows = max(1, _FORM_BLOCK_ELEMENTS // max(1, int(right.shape[1])))
     for lo in range(0, int(left.shape[0]), rows):
         np.matmul(left[lo : lo + rows], right, out=out[lo : lo + rows])
-    return out
-
-
-def _next_stage(x0: Any, a: float, k: Any, in_k: bool) -> Any:
-    """``x0 + a k``: in the storage of ``k`` when ``in_k`` (the solver owns it), else new.
-
-    NumPy arrays are updated block by block of rows (no tall temporary) with the entrywise
-    operations of the compiled fold; other libraries get a new array.
-    """
-    if type(k) is not np.ndarray or type(x0) is not np.ndarray or k.ndim != 2:
-        return assign_stage(bk.empty(k), x0, a, k)
-    out = k if in_k else np.empty(k.shape, dtype=k.dtype)
-    blocks = _stage_blocks(k)
-    tmp = np.empty((blocks[0].stop - blocks[0].start, k.shape[1]), dtype=k.dtype)
-    for b in blocks:
-        t = tmp[: b.stop - b.start]
-        np.multiply(k[b], a, out=t)
-        np.add(x0[b], t, out=out[b])
     return out
 
 
