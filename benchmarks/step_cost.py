@@ -87,24 +87,16 @@ METHOD_NAMES = [
 
 
 def build_methods(lri, r):
-    """The library integrators benchmarked, by name (methods missing here are skipped)."""
-    methods = {
+    """The library integrators benchmarked, by name."""
+    return {
         "KSL": lri.ProjectorSplitting(order=1),
         "Strang": lri.ProjectorSplitting(order=2),
         "BUG": lri.BUG(),
         "AugmentedBUG": lri.AugmentedBUG(truncation=lri.FixedRank(r)),
+        "ParallelBUG": lri.ParallelBUG(truncation=lri.FixedRank(r), reject=False),
+        "MidpointBUG": lri.MidpointBUG(truncation=lri.FixedRank(r)),
+        "abc-PSI": lri.AugmentedBackwardCorrectedPSI(truncation=lri.FixedRank(r)),
     }
-    optional = {
-        "ParallelBUG": lambda: lri.ParallelBUG(truncation=lri.FixedRank(r), reject=False),
-        "MidpointBUG": lambda: lri.MidpointBUG(truncation=lri.FixedRank(r)),
-        "abc-PSI": lambda: lri.AugmentedBackwardCorrectedPSI(truncation=lri.FixedRank(r)),
-    }
-    for name, make in optional.items():
-        try:
-            methods[name] = make()
-        except AttributeError:
-            pass
-    return methods
 
 
 # --- floor model -----------------------------------------------------------------------------

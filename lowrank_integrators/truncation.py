@@ -146,6 +146,17 @@ class TruncationRule(ABC):
         """The threshold ``tau`` (``nan`` for rules without one)."""
         return math.nan
 
+    def _decide(self, sigma: np.ndarray, h: float, mode: int | None) -> tuple[int, float, float]:
+        """``(r1, tail, tau)``: :meth:`select_rank`, the Frobenius norm of the discarded values
+        and :meth:`tolerance`, checked (the record of :meth:`truncate_core`)."""
+        r1 = int(self.select_rank(sigma, h, mode))
+        if not 1 <= r1 <= int(sigma.shape[0]):
+            raise ValueError(
+                f"{type(self).__name__}.select_rank chose rank {r1}; a rule must keep between "
+                f"1 and the {int(sigma.shape[0])} available singular values"
+            )
+        return r1, float(tail_norms(sigma)[r1]), self.tolerance(sigma, h)
+
     def truncate_core(
         self, S_hat: Any, h: float, *, mode: int | None = None
     ) -> tuple[Any, Any, Any, TruncationRecord]:
@@ -168,16 +179,7 @@ class TruncationRule(ABC):
             xp = bk.namespace(S_hat)
             P, sigma, Qh = bk.svd(S_hat)
             sig_host = bk.to_host(sigma)
-        r1 = int(self.select_rank(sig_host, h, mode))
-        if not 1 <= r1 <= int(sig_host.shape[0]):
-            raise ValueError(
-                f"{type(self).__name__}.select_rank chose rank {r1}; a rule must keep between "
-                f"1 and the {int(sig_host.shape[0])} available singular values"
-            )
-        small = None
-        if sig_host.ndim == 1 and 0 < sig_host.size <= _SMALL_TAILS:
-            small = _small_tail_norms(sig_host.tolist(), "frobenius")
-        tail = small[r1] if small is not None else float(tail_norms(sig_host)[r1])
+        r1, tail, tolerance = self._decide(sig_host, h, mode)
         if xp is np and sigma.dtype == S_hat.dtype:
             S1 = np.diag(sigma[:r1])  # eye * sigma: the same entries (sigma >= 0)
         elif xp is np:
@@ -189,10 +191,7 @@ class TruncationRule(ABC):
             diag = sigma[:r1] if sigma.dtype == S_hat.dtype else xp.astype(sigma[:r1], S_hat.dtype)
             S1 = eye * diag  # diag scales the columns
         record = TruncationRecord(
-            rank_before=int(sig_host.shape[0]),
-            rank_after=r1,
-            tail=tail,
-            tolerance=self.tolerance(sig_host, h),
+            rank_before=int(sig_host.shape[0]), rank_after=r1, tail=tail, tolerance=tolerance
         )
         if xp is np and Qh.dtype.kind != "c":
             return P[:, :r1], S1, Qh[:r1, :].T, record
@@ -353,9 +352,30 @@ class Tolerance(TruncationRule):
         return tau
 
     def select_rank(self, sigma: np.ndarray, h: float, mode: int | None = None) -> int:
-        p = int(np.size(sigma))
         tails = tail_norms(sigma, self.tail)
-        tau = self.tolerance(sigma, h)
+        return self._rank_from_tails(tails, self.tolerance(sigma, h), int(np.size(sigma)))
+
+    def _decide(self, sigma: np.ndarray, h: float, mode: int | None) -> tuple[int, float, float]:
+        if type(self).select_rank is not Tolerance.select_rank or (
+            type(self).tolerance is not Tolerance.tolerance
+        ):
+            return super()._decide(sigma, h, mode)  # a subclass decides in its own way
+        # the Frobenius tails serve the relative tolerance (their first entry), the rank
+        # (unless the rule sums the tail) and the record: computed once, not three times
+        frob = tail_norms(sigma)
+        tails = frob if self.tail == "frobenius" else tail_norms(sigma, self.tail)
+        tau = self.theta
+        if self.relative:
+            tau *= float(frob[0]) if np.size(sigma) else 0.0
+        if self._power:
+            tau *= float(h) ** self._power
+        r1 = self._rank_from_tails(tails, tau, int(np.size(sigma)))
+        if r1 < 1:  # no singular value to keep (an empty core)
+            return super()._decide(sigma, h, mode)  # which reports it
+        return r1, float(frob[r1]), tau
+
+    def _rank_from_tails(self, tails: np.ndarray, tau: float, p: int) -> int:
+        """The rank :meth:`select_rank` keeps, from the tails and the threshold."""
         # tails is non-increasing, so the first index at or below tau is the smallest rank.
         if self.keep_one_more:
             below = tails < tau

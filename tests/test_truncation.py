@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import lowrank_integrators as lri
+from lowrank_integrators import _backend as bk
 from lowrank_integrators.truncation import tail_norms
 from tests.problems_for_tests import orthonormal
 
@@ -168,3 +169,41 @@ def test_tails_of_few_values_are_the_whole_array_sums_bit_for_bit(sigma, dtype, 
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
     assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
+@given(
+    arrays(np.float64, st.integers(1, 70), elements=st.floats(1e-30, 1e3)),
+    st.sampled_from([np.float32, np.float64]),
+    st.floats(0.0, 2.0),
+    st.booleans(),
+    st.sampled_from([False, True, 2.0]),
+    st.sampled_from(["frobenius", "sum"]),
+    st.booleans(),
+    st.integers(1, 4),
+    st.sampled_from([None, 3, 50]),
+)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_the_record_of_a_truncation_is_that_of_the_rule_asked_one_question_at_a_time(
+    sigma, dtype, theta, relative, scale_with_h, tail, one_more, rmin, rmax
+):
+    # truncate_core decides rank, tail and threshold in one pass over the singular values;
+    # they are those of select_rank, tail_norms and tolerance, bit for bit
+    rmax = None if rmax is None else max(rmax, rmin)
+    rule = lri.Tolerance(
+        theta, relative, scale_with_h, rmin, rmax, tail=tail, keep_one_more=one_more
+    )
+    core = np.diag(np.sort(sigma)[::-1]).astype(dtype)
+    s = bk.svd(core)[1]  # the factorisation truncate_core takes
+    _, S1, _, record = rule.truncate_core(core, h=0.3)
+    assert record.rank_after == S1.shape[0] == rule.select_rank(s, h=0.3)
+    assert record.tail == float(tail_norms(s)[record.rank_after])
+    assert record.tolerance == rule.tolerance(s, h=0.3)
+
+
+def test_a_subclass_of_a_tolerance_decides_by_its_own_select_rank():
+    class KeepTwo(lri.Tolerance):
+        def select_rank(self, sigma, h, mode=None):
+            return 2
+
+    _, S1, _, record = KeepTwo(1e9).truncate_core(np.diag([3.0, 2.0, 1.0]), h=1.0)
+    assert S1.shape == (2, 2) and record.rank_after == 2 and record.tail == 1.0
