@@ -37,6 +37,7 @@ from .protocol import Updated
 __all__ = [
     "CSRStage",
     "apply_then",
+    "beside",
     "clear_spare",
     "numba_available",
     "offer_spare",
@@ -504,6 +505,55 @@ def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
         return None
     _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
     return out
+
+
+def beside(left: Any, d: Any, right: Any) -> Any | None:
+    """``[left * d, right]`` (``d`` scales the columns of ``left``), row by row (numba), else
+    None.
+
+    Each row of the result is written once, whole: filled as two column blocks (by NumPy), its
+    cache lines are fetched and written twice, which took twice as long on tall arrays
+    (2^20 x (16 + 16), one thread). The entries are the same. Returns ``None`` (the caller fills
+    the two blocks itself) without numba, or unless ``left``, ``right`` and ``d`` are
+    C-ordered NumPy arrays of one floating dtype with ``left`` and ``right`` of equal rows.
+    """
+    if not (use_numba and numba_available()):
+        return None
+    arrays = (left, d, right)
+    if any(type(a) is not np.ndarray or not a.flags.c_contiguous for a in arrays):
+        return None
+    dtype = left.dtype
+    if dtype.kind not in "fc" or right.dtype != dtype or d.dtype != dtype:
+        return None
+    if left.ndim != 2 or right.ndim != 2 or d.shape != (left.shape[1],):
+        return None
+    if left.shape[0] != right.shape[0]:
+        return None
+    out = np.empty((left.shape[0], left.shape[1] + right.shape[1]), dtype)
+    _beside_kernel()(left, d, right, out)
+    return out
+
+
+_BESIDE: Any = None
+
+
+def _beside_kernel() -> Any:
+    """The compiled :func:`beside` (built on first use)."""
+    global _BESIDE
+    if _BESIDE is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def fill(left, d, right, out):
+            r, k = left.shape[1], right.shape[1]
+            for i in range(left.shape[0]):
+                for j in range(r):
+                    out[i, j] = left[i, j] * d[j]
+                for j in range(k):
+                    out[i, r + j] = right[i, j]
+
+        _BESIDE = fill
+    return _BESIDE
 
 
 #: Elements of the block of ``A V`` in :func:`sandwich` (larger blocks measured slower).

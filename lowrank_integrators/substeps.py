@@ -919,19 +919,12 @@ class RK4(SubstepSolver):
         return f"RK4(steps={self.steps})"
 
 
-#: Elements of one block of rows of a start formed by :func:`_form` (128 kB in float64).
-_FORM_BLOCK_ELEMENTS = 1 << 14
-
-
 def _form(left: np.ndarray, right: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """``left @ right`` into ``out`` (a new array if ``None``), by blocks of rows whose result
-    stays in cache while BLAS writes it (measured faster than one product at n ~ 1e5)."""
+    stays in cache while BLAS writes it (see :func:`lowrank_integrators._backend.tall_times`)."""
     if out is None:
         out = np.empty((left.shape[0], right.shape[1]), dtype=np.result_type(left, right))
-    rows = max(1, _FORM_BLOCK_ELEMENTS // max(1, int(right.shape[1])))
-    for lo in range(0, int(left.shape[0]), rows):
-        np.matmul(left[lo : lo + rows], right, out=out[lo : lo + rows])
-    return out
+    return bk.tall_times(left, right, out)
 
 
 class CallableSubstep(SubstepSolver):

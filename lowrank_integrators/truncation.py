@@ -203,7 +203,8 @@ class TruncationRule(ABC):
         """Truncate ``U_hat S_hat V_hat^H``; see the module docstring."""
         bk.namespace(U_hat, S_hat, V_hat)
         P, S1, Q, record = self.truncate_core(S_hat, h, mode=mode)
-        return LowRankMatrix(U_hat @ P, S1, V_hat @ Q, check=False), record
+        U1, V1 = bk.tall_times(U_hat, P), bk.tall_times(V_hat, Q)
+        return LowRankMatrix(U1, S1, V1, check=False), record
 
 
 class FixedRank(TruncationRule):

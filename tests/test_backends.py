@@ -120,6 +120,37 @@ def test_tall_inner_is_the_conjugate_transpose_product(rng, monkeypatch, dtype, 
     np.testing.assert_array_equal(b, b0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("rows", [5, 3001])
+def test_tall_times_is_the_product(rng, monkeypatch, dtype, rows):
+    """By blocks of rows (many here, with a ragged last one) or in one product,
+    ``tall_times(X, M)`` is ``X @ M``, also into a given array; the operands are intact."""
+    monkeypatch.setattr(bk, "_TIMES_BLOCK_ELEMENTS", 64)
+    X = rng.standard_normal((rows, 6)).astype(dtype)
+    M = rng.standard_normal((6, 4)).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        X = X + 1j * rng.standard_normal(X.shape)
+    X0, M0 = X.copy(), M.copy()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    out = bk.tall_times(X, M)
+    np.testing.assert_allclose(out, X @ M, rtol=tol, atol=tol)
+    assert out.dtype == np.result_type(X, M) and out.shape == (rows, 4)
+    given = np.empty((rows, 4), dtype=np.result_type(X, M))
+    assert bk.tall_times(X, M, given) is given
+    np.testing.assert_array_equal(given, out)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(M, M0)
+
+
+def test_tall_times_on_another_library(xp, rng):
+    X, M = rng.standard_normal((400, 3)), rng.standard_normal((3, 2))
+    out = bk.tall_times(xp.asarray(X), xp.asarray(M))
+    np.testing.assert_allclose(bk.to_host(out), X @ M, rtol=1e-12)
+    if type(xp.asarray(X)) is not np.ndarray:
+        with pytest.raises(TypeError, match="out is for NumPy arrays"):
+            bk.tall_times(xp.asarray(X), xp.asarray(M), out=np.empty((400, 2)))
+
+
 def test_tall_inner_on_another_library(xp, rng):
     a = rng.standard_normal((400, 3))
     b = rng.standard_normal((400, 2))

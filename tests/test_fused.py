@@ -217,3 +217,25 @@ def test_compiled_sandwich_declines_what_it_does_not_handle(rng):
     assert _fused.sandwich(V, (A * 1j).tocsr(), V) is None  # complex operator
     assert _fused.sandwich(V.astype(np.float32), A, V.astype(np.float32)) is None  # mixed
     assert _fused.sandwich(np.asfortranarray(V), A, V) is None  # not row-major
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+def test_an_augmented_basis_written_row_by_row_has_the_entries_of_its_two_blocks(rng, dtype):
+    pytest.importorskip("numba")
+    U0 = rng.standard_normal((1001, 5)).astype(dtype)
+    Q = rng.standard_normal((1001, 3)).astype(dtype)
+    d = np.array([1, -1, -1, 1, -1], dtype=dtype)
+    out = _fused.beside(U0, d, Q)
+    np.testing.assert_array_equal(out, np.concatenate([U0 * d, Q], axis=1))
+
+
+def test_the_row_by_row_augmented_basis_declines_what_it_does_not_handle(rng, monkeypatch):
+    pytest.importorskip("numba")
+    U0, Q, d = rng.standard_normal((50, 4)), rng.standard_normal((50, 2)), np.ones(4)
+    assert _fused.beside(U0, d, Q.astype(np.float32)) is None  # mixed dtypes
+    assert _fused.beside(np.asfortranarray(U0), d, Q) is None  # not C-ordered
+    assert _fused.beside(U0, d, Q[:40]) is None  # rows differ
+    assert _fused.beside(U0, np.ones(3), Q) is None  # one sign per column of U0
+    assert _fused.beside(U0.astype(int), d.astype(int), Q.astype(int)) is None
+    monkeypatch.setattr(_fused, "use_numba", False)
+    assert _fused.beside(U0, d, Q) is None

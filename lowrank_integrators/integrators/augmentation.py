@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import _backend as bk
+from .. import _fused
 from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
@@ -101,9 +102,8 @@ def _project_out_numpy(U0: np.ndarray, X: np.ndarray, overwrite: bool) -> np.nda
     ``U0^H Z`` (a NaN or an infinity of ``U0^H X`` spreads into ``Z`` in the rows where ``U0``
     does not vanish, which the second products sum): they are checked there, once.
     """
-    U0h = U0.T if U0.dtype.kind != "c" else U0.conj().T
     with np.errstate(invalid="ignore", over="ignore"):  # reported below, not warned
-        C = U0h @ X
+        C = bk.tall_inner(U0, X)  # by blocks of rows: a tall reduction
         if overwrite and X.flags.c_contiguous and X.dtype == np.result_type(U0, X):
             Z = X
         else:
@@ -214,9 +214,11 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
     d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0))  # r <= rows
     if numpy:
-        U_hat = np.empty((rows, r + k), dtype=U0.dtype)
-        np.multiply(U0, d, out=U_hat[:, :r])
-        U_hat[:, r:] = Q
+        U_hat = _fused.beside(U0, d, Q) if Q.size > _SMALL else None
+        if U_hat is None:
+            U_hat = np.empty((rows, r + k), dtype=U0.dtype)
+            np.multiply(U0, d, out=U_hat[:, :r])
+            U_hat[:, r:] = Q
         return U_hat, (d.conj() if d.dtype.kind == "c" else d)
     U_hat = xp.concat([U0 * d, Q], axis=1)
     if bk.is_complex(d):
@@ -229,7 +231,7 @@ def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
     """``(eps, C, max |C|)`` with ``C = U0^H Q``, the largest entry read on the host."""
     if numpy:
         eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
-        C = (U0.T if U0.dtype.kind != "c" else U0.conj().T) @ Q
+        C = bk.tall_inner(U0, Q)  # by blocks of rows: a tall reduction
         return eps, C, float(np.maximum.reduce(np.abs(C), axis=None))
     key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
     eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
@@ -530,8 +532,8 @@ class AugmentedBases:
 
     def form(self, P: Any, S1: Any, Q: Any) -> LowRankMatrix:
         """``(U_hat P) S1 (V_hat Q)^H``, releasing ``U_hat`` before ``V_hat Q`` exists."""
-        U1 = self.U @ P
+        U1 = bk.tall_times(self.U, P)
         self.U = None
-        V1 = self.V @ Q
+        V1 = bk.tall_times(self.V, Q)
         self.V = None
         return LowRankMatrix(U1, S1, V1, check=False)

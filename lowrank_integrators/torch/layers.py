@@ -145,19 +145,20 @@ class _FactoredProduct(torch.autograd.Function):
         x, U, S, V = (t.detach().to(cd) for t in (x, U0, S, V0))
         G = G.detach()
         grad_x = grad_b = None
-        if ctx.needs_input_grad[4]:
-            grad_b = layer._bias_gradient(G)
+        need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
         if a is None or layer.forms_gradient(int(S.shape[0])):
-            gW = layer._kernel_gradient(x, G)  # grad(W), n_out x n_in
-            if ctx.needs_input_grad[0]:
-                if a is None:  # the forward formed the kernel
-                    grad_x = layer._apply_kernel_input_grad(x, (U @ S) @ V.mT, G)
-                else:
-                    grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
+            # grad(W) (n_out x n_in), the bias gradient, and the input gradient through the
+            # kernel where the forward formed it: one backward of the dense layer
+            W = (U @ S) @ V.mT if a is None and need_x else None
+            grad_x, gW, grad_b = layer._kernel_backward(x, G, W, need_b)
+            if need_x and a is not None:
+                grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
             layer._records.append(Record(x, G, None, gW))
             gK = gW @ V  # grad(W) V
             gL = gW.mT @ U  # grad(W)^T U
             return grad_x, gK, U.mT @ gK, gL, grad_b, None
+        if need_b:
+            grad_b = layer._bias_gradient(G)
         a = a.detach().to(cd)
         gu = layer._apply_out_adjoint(G, U)  # (G U) in the layout of a
         if ctx.needs_input_grad[0]:
@@ -450,6 +451,18 @@ class FactoredLayer(torch.nn.Module):
         """``grad(W)`` (``n_out x n_in``) of one pass."""
         raise NotImplementedError
 
+    def _kernel_backward(
+        self, x: torch.Tensor, G: torch.Tensor, W: torch.Tensor | None, need_bias: bool
+    ) -> tuple[Any, torch.Tensor, Any]:
+        """``(grad_x, grad(W), grad_b)`` of the dense layer with kernel ``W``.
+
+        ``grad_x`` only where ``W`` is given, ``grad_b`` only where ``need_bias`` (else
+        ``None``). A subclass whose library computes them together overrides this.
+        """
+        grad_x = None if W is None else self._apply_kernel_input_grad(x, W, G)
+        grad_b = self._bias_gradient(G) if need_bias else None
+        return grad_x, self._kernel_gradient(x, G), grad_b
+
     def _require_records(self, records: list[Any] | None = None) -> list[Any]:
         recs = self._records if records is None else records
         if not recs:
@@ -714,6 +727,19 @@ class LowRankConv2d(FactoredLayer):
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         w = torch.nn.grad.conv2d_weight(x, shape, G, self.stride, self.padding, self.dilation)
         return w.reshape(self.out_channels, -1)
+
+    def _kernel_backward(
+        self, x: torch.Tensor, G: torch.Tensor, W: torch.Tensor | None, need_bias: bool
+    ) -> tuple[Any, torch.Tensor, Any]:
+        # one convolution backward, as for nn.Conv2d: the bias gradient is summed in the
+        # same pass over G instead of a second one
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        kernel = G.new_empty(1).expand(shape) if W is None else self._kernel(W)
+        grad_x, gW, grad_b = torch.ops.aten.convolution_backward(
+            G, x, kernel, [self.out_channels] if need_bias else None, self.stride,
+            self.padding, self.dilation, False, [0], 1, (W is not None, True, need_bias),
+        )  # fmt: skip
+        return grad_x, gW.reshape(self.out_channels, -1), grad_b
 
     def _kernel(self, W: torch.Tensor) -> torch.Tensor:
         return W.reshape(self.out_channels, self.in_channels, *self.kernel_size)
