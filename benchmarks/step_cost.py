@@ -35,7 +35,9 @@ charges. ``x nested`` is the ratio to the floor with the stages counted in the n
 arrangement: the stricter of the two figures.
 
 Time is CPU time (``time.process_time``) with the BLAS pools limited by threadpoolctl to
-``--threads`` (default 1).
+``--threads`` (default 1). "sys ms" is the part of it spent in the kernel (median..max over
+the timed steps): mostly the zeroing of fresh pages for new tall arrays, which the C library
+maps from the kernel above its mmap threshold (32 MB) and returns when they are freed.
 
 Every (n, r) runs in a fresh worker process. Time: median over repeated steps from the same
 state. Memory: the process's peak resident set during one step (the kernel's high-water mark
@@ -67,6 +69,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -388,11 +391,13 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
     for name in [m for m in METHOD_NAMES if m in runners and m in methods_wanted]:
         run = runners[name]
         run()  # warm-up (also checks that it runs)
-        times = []
+        times, kernel = [], []
         for _ in range(repeats):
+            k0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             t0 = time.process_time()
             run()
             times.append(time.process_time() - t0)
+            kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0)
         hwm = before = float("nan")
         if _reset_hwm():
             before = _read_status_mb("VmRSS")
@@ -417,6 +422,8 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
                 "method": name,
                 "median_s": statistics.median(times),
                 "min_s": min(times),
+                "median_sys_s": statistics.median(kernel),
+                "max_sys_s": max(kernel),
                 "repeats": repeats,
                 "peak_rss_mb": hwm,
                 "rss_before_mb": before,
@@ -532,7 +539,7 @@ def main(argv=None):
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'floor ms':>9} {'x floor':>8} "
         f"{'x nested':>8} {'vs minimal':>10} {'vs best':>9} "
         f"{'peak RSS MB':>11} {'step adds MB':>12} {'kept MB':>8} {'traced MB':>9} "
-        f"{'state MB':>9}"
+        f"{'state MB':>9} {'sys ms':>13}"
     )
     print(header)
     for n in sizes:
@@ -576,7 +583,8 @@ def main(argv=None):
                     f"{x['ratio_to_nested_floor']:>8.2f} "
                     f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
                     f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['kept_mb']:>8.0f} "
-                    f"{x['traced_peak_mb']:>9.1f} {x['state_mb']:>9.1f}",
+                    f"{x['traced_peak_mb']:>9.1f} {x['state_mb']:>9.1f} "
+                    f"{1e3 * x['median_sys_s']:>6.1f}..{1e3 * x['max_sys_s']:<5.0f}",
                     flush=True,
                 )
                 if args.phases and x["method"] in ("BUG", "AugmentedBUG"):
