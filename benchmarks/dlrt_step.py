@@ -8,7 +8,10 @@ batch 256, dense last layer:
   with dense layers, trained by the same client; "careful" is the same DLRT step written
   directly in NumPy on the pass's activations (:class:`CarefulDLRT`, the reference for what
   the library's step costs beyond the algorithm). Printed: the median CPU time of a step of
-  each and the ratios dense / DLRT and dense / careful.
+  each and the ratios dense / DLRT and dense / careful. Below them, the step's essential
+  products and factorisations (:func:`essential_operations`) each timed alone on operands of
+  their shapes: their sum is a floor for any implementation of the step on this machine, and
+  dense / floor the highest dense / DLRT one could reach here.
 * The fixed cost of a step at width 16, rank 4 (784-16-16-10): the DLRT step, the
   forward/backward pass alone, and their difference (what the integrator adds), beside the
   careful step.
@@ -211,6 +214,96 @@ def fixed_cost(data, lr: float, reps: int, seed: int) -> dict[str, float]:
     }
 
 
+def essential_operations(arch: str, rank: int, batch: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The products and factorisations one DLRT step must do, with their shapes.
+
+    ``("mm", (a, b, c))`` is an ``a x b`` times ``b x c`` product, ``("qr", (m, k))`` a
+    CholeskyQR2 of an ``m x k`` block (two Gram matrices and two triangular products, counted
+    as products of the same shapes), ``("svd", (k, k))`` the SVD of the augmented core. Per
+    low-rank layer (``n`` inputs, ``m`` outputs, rank ``r``, batch ``B``), for the augmented BUG
+    with Euler substeps: the pass (``X V0``, ``(X V0) S^T``, the product with ``U^T``, ``G U0``,
+    ``(G U0) S``, and the input gradient except for the first layer); the K- and L-steps
+    ``G^T (X V0)`` and ``X^T (G U0)``; per side the two projections out of ``span(U0)``, the QR of
+    the new columns and the check ``U0^T Q``; the new Galerkin blocks ``X V1``, ``G U1``,
+    ``(G U1)^T (X V1)``, ``(X^T G U0)^T V1``, ``U1^T (G^T X V0)``; the core's SVD; ``U_hat P`` and
+    ``V_hat Q``. The dense last layer: its forward product and its two gradient products. Bias,
+    activation and loss (elementwise) are left out.
+    """
+    widths = [int(w) for w in arch.split("-")]
+    B, r = batch, rank
+    ops: list[tuple[str, tuple[int, ...]]] = []
+    last = len(widths) - 2
+    for i, (n, m) in enumerate(itertools.pairwise(widths)):
+        if i == last:
+            ops += [("mm", (B, n, m)), ("mm", (m, B, n)), ("mm", (B, m, n))]
+            continue
+        ops += [("mm", (B, n, r)), ("mm", (B, r, r)), ("mm", (B, r, m))]
+        ops += [("mm", (B, m, r)), ("mm", (B, r, r))]
+        if i > 0:
+            ops.append(("mm", (B, r, n)))
+        ops += [("mm", (m, B, r)), ("mm", (n, B, r))]
+        for rows in (m, n):
+            ops += [("mm", (r, rows, r)), ("mm", (rows, r, r))] * 2  # projected twice
+            ops += [("qr", (rows, r)), ("mm", (r, rows, r))]
+        ops += [("mm", (B, n, r)), ("mm", (B, m, r)), ("mm", (r, B, r))]
+        ops += [("mm", (r, n, r)), ("mm", (r, m, r))]
+        ops += [("svd", (2 * r, 2 * r)), ("mm", (m, 2 * r, r)), ("mm", (n, 2 * r, r))]
+    return ops
+
+
+def products_alone(arch: str, rank: int, batch: int, reps: int, seed: int) -> dict[str, Any]:
+    """The time of :func:`essential_operations`, each done alone on random float32 operands.
+
+    Each operation is timed by itself (median of ``reps`` after a warm-up, operands in cache):
+    their sum is what a DLRT step costs at the least on this machine with these BLAS and LAPACK
+    calls, whatever else an implementation does; dense / this sum bounds dense / DLRT.
+    """
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    cache: dict[tuple[str, tuple[int, ...]], float] = {}
+    total = 0.0
+    for kind, shape in essential_operations(arch, rank, batch):
+        key = (kind, shape)
+        if key not in cache:
+            if kind == "mm":
+                a, b, c = shape
+                A, Bm = (
+                    rng.standard_normal((a, b)).astype(f32),
+                    rng.standard_normal((b, c)).astype(f32),
+                )
+
+                def op(A=A, Bm=Bm):
+                    return A @ Bm
+            elif kind == "qr":
+                m, k = shape
+                Z = rng.standard_normal((m, k)).astype(f32)
+                Zt = np.ascontiguousarray(Z.T)
+                R = np.triu(rng.standard_normal((k, k))).astype(f32) + 4 * np.eye(k, dtype=f32)
+
+                def op(Z=Z, Zt=Zt, R=R):
+                    for _ in range(2):  # CholeskyQR2: Gram, Cholesky, Z R^-1, twice
+                        np.linalg.cholesky(Zt @ Z + np.eye(Z.shape[1], dtype=Z.dtype) * 1e3)
+                        Z @ R
+            else:
+                C = rng.standard_normal(shape).astype(f32)
+
+                def op(C=C):
+                    return scipy.linalg.svd(C, lapack_driver="gesdd", check_finite=False)
+
+            op()
+            ts = []
+            for _ in range(reps):
+                t = time.process_time()
+                op()
+                ts.append(time.process_time() - t)
+            cache[key] = statistics.median(ts)
+        total += cache[key]
+    return {
+        "products_alone_ms": 1e3 * total,
+        "operations": len(essential_operations(arch, rank, batch)),
+    }
+
+
 def settled_rank(arch: str, tau: float, rmax: int, n_steps: int, data, lr, reps, seed) -> dict:
     rule = Tolerance(tau, relative=True, rmin=2, rmax=rmax)
     client, state, _ = trainer(arch, "lowrank", rule, seed)
@@ -277,11 +370,18 @@ def main(argv: list[str] | None = None) -> dict:
         assert all(b["threads"] == 1 for b in out["blas"]), out["blas"]
         for width, arch in ARCHS.items():
             res = compare(arch, args.rank, data, args.lr, reps, args.seed)
+            res.update(products_alone(arch, args.rank, 256, 7 * reps, args.seed))
+            res["ceiling"] = res["dense_ms"] / res["products_alone_ms"]
             out[f"width_{width}"] = res
             print(
                 f"width {width:5d} ({arch}), rank {args.rank}: dense {res['dense_ms']:.1f} ms, "
                 f"DLRT {res['dlrt_ms']:.1f} ms, careful NumPy DLRT {res['careful_ms']:.1f} ms; "
                 f"dense/DLRT {res['ratio']:.2f}, dense/careful {res['careful_ratio']:.2f}"
+            )
+            print(
+                f"  the step's essential products, each alone: {res['products_alone_ms']:.1f} ms "
+                f"({res['operations']} operations); dense / that = {res['ceiling']:.2f}, the "
+                "most any implementation of the step with these BLAS calls could reach here"
             )
         fc = fixed_cost(data, args.lr, 50 * reps, args.seed)  # steps of ~1 ms: more of them
         out["fixed_cost_width_16_rank_4"] = fc
