@@ -1,0 +1,103 @@
+"""The benchmarks still run against the library as it is, in forms a test can afford.
+
+Their timings are not checked (speed is measured, not asserted): what is checked is that each
+study runs to the end and reports what its docstring promises. Studies that need a data set
+which does not ship with the tests (Fashion-MNIST) or an optional package skip cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load(name: str):
+    """A benchmark script as a module (its ``main`` is not run)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_step_cost_times_every_method_against_both_floors(tmp_path):
+    path = tmp_path / "run.json"
+    printed = run("step_cost.py", "--n", "1024", "--r", "4", "--json", str(path))
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert {row["method"] for row in rows} == set(load("step_cost").METHOD_NAMES)
+    for row in rows:
+        assert row["median_s"] > 0 and row["floor_s"] > 0
+        # the nested arrangement of the RK4 stages moves fewer bytes than the classical one
+        assert 0 < row["nested_floor_s"] <= row["floor_s"]
+        assert math.isclose(row["ratio_to_floor"], row["median_s"] / row["floor_s"])
+        assert 0 <= row["median_sys_s"] <= row["max_sys_s"]
+    assert "x nested" in printed and "sys ms" in printed
+
+
+def test_step_cost_summarizes_runs(tmp_path):
+    paths = []
+    for k in range(2):
+        paths.append(str(tmp_path / f"run{k}.json"))
+        run("step_cost.py", "--n", "1024", "--r", "4", "--methods", "BUG", "--json", paths[-1])
+    printed = run("step_cost.py", "--summarize", *paths)
+    assert "BUG" in printed and "x floor min..max" in printed
+
+
+def test_the_dlrt_floor_counts_every_operation_of_a_step():
+    bench = load("dlrt_step")
+    # per low-rank layer: the pass (5, or 6 with the input gradient), the K- and L-products,
+    # per side two projections (4 products), a QR and a check, five Galerkin products, the
+    # SVD and two products forming the new bases; the dense last layer: 3 products
+    ops = bench.essential_operations("784-2048-2048-10", 32, 256)
+    assert len(ops) == 27 + 28 + 3
+    assert len(bench.essential_operations("784-500-500-500-500-10", 32, 256)) == 27 + 3 * 28 + 3
+    assert ops.count(("svd", (64, 64))) == 2
+    assert ("mm", (256, 784, 32)) in ops and ("mm", (256, 32, 784)) not in ops  # no input grad
+    floor = bench.products_alone("64-16-16-10", 4, 8, 3, 0)
+    assert floor["operations"] == 58 and floor["products_alone_ms"] > 0
+
+
+def test_dlrt_step_quick_runs_where_fashion_mnist_is_installed():
+    from lowrank_integrators.training.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", dtype=np.float32)
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"Fashion-MNIST is not installed: {exc}")
+    printed = run("dlrt_step.py", "--quick")
+    assert "dense/DLRT" in printed and "each alone" in printed and "break-even" in printed
+
+
+def test_tucker_step_cost_runs():
+    printed = run("tucker_step_cost.py", "--n", "8", "--rank", "3", "--repeats", "20")
+    assert "Python overhead" in printed
+
+
+def test_dask_step_quick_runs():
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    printed = run("dask_step.py", "--quick")
+    assert "BUG" in printed
