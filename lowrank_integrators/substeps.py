@@ -651,7 +651,7 @@ class RK4(SubstepSolver):
                 # formed once, in a kept array when the workspace has one; the first request
                 # hands it over with its factors, as the start of the substep
                 x0 = None if workspace is None else workspace.take(X.shape, X.left.dtype)
-                x0 = _form(X.left, X.right, x0)
+                x0 = bk.tall_times(X.left, X.right, x0)  # by cache-sized row blocks
                 start = FactoredStart(X.left, X.right)
                 start.formed = x0
             else:
@@ -917,14 +917,6 @@ class RK4(SubstepSolver):
 
     def __repr__(self) -> str:
         return f"RK4(steps={self.steps})"
-
-
-def _form(left: np.ndarray, right: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """``left @ right`` into ``out`` (a new array if ``None``), by blocks of rows whose result
-    stays in cache while BLAS writes it (see :func:`lowrank_integrators._backend.tall_times`)."""
-    if out is None:
-        out = np.empty((left.shape[0], right.shape[1]), dtype=np.result_type(left, right))
-    return bk.tall_times(left, right, out)
 
 
 class CallableSubstep(SubstepSolver):
