@@ -277,14 +277,23 @@ class Workspace:
     allocates one new tall array per substep (its result) instead of three: at ``n ~ 1e6``
     fresh arrays cost page faults. At most :attr:`keep` arrays of at least ``TALL_ENTRIES``
     entries are kept, all of one shape and dtype. A step whose peak memory lies outside its
-    substeps should not lend one (the kept arrays would add to that peak). :meth:`clear`
-    releases them; a copied or unpickled workspace is empty.
+    substeps should not lend one (the kept arrays would add to that peak), or should clear it
+    before that peak. :meth:`clear` releases them; a copied or unpickled workspace is empty.
+
+    Parameters
+    ----------
+    keep : int, optional
+        Largest number of arrays kept (default :attr:`keep`).
     """
 
     #: Largest number of arrays kept.
     keep = 2
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int | None = None) -> None:
+        if keep is not None:
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                raise ValueError(f"keep must be a positive integer, got {keep!r}")
+            self.keep = keep
         self._free: list[np.ndarray] = []
         self._lock = threading.Lock()
 
@@ -319,13 +328,13 @@ class Workspace:
         return sum(int(x.nbytes) for x in self._free)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"keep": self.keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(state.get("keep"))  # type: ignore[misc]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Workspace:
-        return Workspace()
+        return Workspace(self.keep)
 
     def __repr__(self) -> str:
         return f"Workspace(kept={len(self._free)})"

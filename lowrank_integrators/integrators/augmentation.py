@@ -21,6 +21,7 @@ import math
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
-from ..substeps import SubstepSolver, owned_result
+from ..substeps import FactoredStart, SubstepSolver, Workspace, owned_result
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
@@ -139,7 +140,13 @@ def _subtract_and_project(Z: np.ndarray, U0: np.ndarray, C: np.ndarray) -> np.nd
     return out
 
 
-def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, Any]:
+def augment_projected(
+    led: FactorisationLedger,
+    Z: Any,
+    U0: Any,
+    *,
+    release: Callable[[np.ndarray], None] | None = None,
+) -> tuple[Any, Any]:
     """``U_hat = [U0 D, Q]`` for ``Z`` from :func:`project_out` (``Z`` is overwritten).
 
     The result of :func:`augment` for ``Z = project_out(U0, X)``, by a QR of the new columns
@@ -160,6 +167,10 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
     entry the check reads back); for real arrays of other libraries than NumPy that take the
     one-QR path nothing is read back, and the NaN reaches ``U_hat``: the rank-adaptive steps
     report it at the SVD of their core, before they return.
+
+    ``release``, when given, receives the NumPy array ``Q`` of the new columns once ``U_hat``
+    holds a copy of them, no longer referenced here: its storage may serve as a work array of
+    the same shape (the tall arrays of a step at ``n ~ 1e6`` cost page faults when fresh).
 
     Returns
     -------
@@ -219,6 +230,9 @@ def augment_projected(led: FactorisationLedger, Z: Any, U0: Any) -> tuple[Any, A
             U_hat = np.empty((rows, r + k), dtype=U0.dtype)
             np.multiply(U0, d, out=U_hat[:, :r])
             U_hat[:, r:] = Q
+        if release is not None:
+            release(Q)
+        Q = None
         return U_hat, (d.conj() if d.dtype.kind == "c" else d)
     U_hat = xp.concat([U0 * d, Q], axis=1)
     if bk.is_complex(d):
@@ -465,9 +479,18 @@ class AugmentedBases:
     def __init__(self, U: Any = None, V: Any = None) -> None:
         self.U = U
         self.V = V
+        #: A dead tall NumPy array kept for ``U_hat P`` (see :meth:`augment_by_substeps`).
+        self.spare: np.ndarray | None = None
 
     def augment_by_substeps(
-        self, method: Any, led: Ledger, Y0: LowRankMatrix, t0: float, t1: float
+        self,
+        method: Any,
+        led: Ledger,
+        Y0: LowRankMatrix,
+        t0: float,
+        t1: float,
+        *,
+        keep_spare: bool = False,
     ) -> StepGenerator:
         """The augmented K- and L-steps of the rank-adaptive BUG from ``Y0`` over ``[t0, t1]``.
 
@@ -475,14 +498,47 @@ class AugmentedBases:
         request); each tall result is consumed by its augmentation at once. Sets ``U`` and
         ``V`` to ``[U0 D, *]`` and ``[V0 E, *]`` and returns ``(S_start, D, E)``: the Galerkin
         start ``D^H S0 E`` padded with zeros, which is ``Y0`` in the augmented bases.
+
+        Tall NumPy work arrays pass from the K-step to the L-step: the K-substep's dead
+        registers and the storage of the new columns of ``U_hat`` become the L-substep's
+        registers (a :class:`~lowrank_integrators.substeps.Workspace` lent to both substeps,
+        cleared when the L-substep ends, before ``V_hat`` exists). The step's peak (``U_hat``
+        and the L-substep's three registers) stays as it was; the L-substep allocates no tall
+        array. With ``keep_spare``, the storage of the new columns of ``V_hat`` is kept as
+        :attr:`spare`, for :meth:`form` to write ``U_hat P`` there (for a step that truncates
+        these bases next, whose Galerkin substep holds no tall array beside them).
         """
         U0, S0, V0 = Y0
         lead: dict[str, Any] = {}
+        tall = type(U0) is np.ndarray and type(V0) is np.ndarray
+        work = Workspace(keep=3) if tall else None
+        l_done = False
+
+        def reuse(Q: np.ndarray, like: np.ndarray) -> bool:
+            return Q.shape == like.shape and Q.dtype == like.dtype and Q.flags.c_contiguous
+
+        def lend(X0: Any) -> Any:
+            if work is not None and isinstance(X0, FactoredStart):
+                X0.workspace = work
+            return X0
+
+        def to_work(Q: np.ndarray) -> None:
+            # Only while the L-substep may still take it (under a driver that runs the two
+            # substeps side by side, the L-substep may be done already), and only where the
+            # K-substep left two registers: its fields wrote their results into spare arrays,
+            # as the L-substep's will, which then takes all three. Fields that allocate their
+            # own results would leave it idle beside the L-substep, at the step's peak.
+            if work is not None and not l_done and len(work) >= 2 and reuse(Q, U0):
+                work.give(Q)
+
+        def to_spare(Q: np.ndarray) -> None:
+            if keep_spare and reuse(Q, V0):
+                self.spare = Q
 
         # K1 (L1) is released once its part outside span(U0) exists: the bases are formed
         # without it.
         def k_step() -> StepGenerator:
-            K0 = method.start(U0, S0)
+            K0 = lend(method.start(U0, S0))
             K1 = yield from method.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
             if type(K1) is not np.ndarray and bk.is_lazy(K1):
                 # one QR of [U0, K1] over the row chunks: projecting out first would
@@ -493,20 +549,28 @@ class AugmentedBases:
             # augment_projected reports a non-finite Z
             Z = project_out(U0, K1, check=False, overwrite=owned_result(K1, refs))
             K0 = K1 = None
-            self.U, lead["U"] = augment_projected(led, Z, U0)
+            self.U, lead["U"] = augment_projected(led, Z, U0, release=to_work)
 
         def l_step() -> StepGenerator:
-            L0 = method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0))
+            nonlocal l_done
+            L0 = lend(method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0)))
             L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            L0 = None
+            # the L-substep's dead registers are not kept beside V_hat (the step's peak)
+            l_done = True
+            if work is not None:
+                work.clear()
             if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
                 return
             refs = sys.getrefcount(L1)
             Z = project_out(V0, L1, check=False, overwrite=owned_result(L1, refs))
-            L0 = L1 = None
-            self.V, lead["V"] = augment_projected(led, Z, V0)
+            L1 = None
+            self.V, lead["V"] = augment_projected(led, Z, V0, release=to_spare)
 
         yield Parallel(k_step(), l_step())
+        if work is not None:
+            work.clear()
         rows, cols = int(self.U.shape[1]), int(self.V.shape[1])
         return embed_core(S0, rows, cols, lead["U"], lead["V"]), lead["U"], lead["V"]
 
@@ -531,8 +595,20 @@ class AugmentedBases:
         return self.form(*led.truncate_core(rule, S_hat, h))
 
     def form(self, P: Any, S1: Any, Q: Any) -> LowRankMatrix:
-        """``(U_hat P) S1 (V_hat Q)^H``, releasing ``U_hat`` before ``V_hat Q`` exists."""
-        U1 = bk.tall_times(self.U, P)
+        """``(U_hat P) S1 (V_hat Q)^H``, releasing ``U_hat`` before ``V_hat Q`` exists.
+
+        ``U_hat P`` is written into :attr:`spare` where that has its shape and dtype.
+        """
+        out, self.spare = self.spare, None
+        if out is not None and not (
+            type(self.U) is np.ndarray
+            and type(P) is np.ndarray
+            and out.shape == (int(self.U.shape[0]), int(P.shape[1]))
+            and out.dtype == np.result_type(self.U, P)
+        ):
+            out = None
+        U1 = bk.tall_times(self.U, P, out)
+        out = None
         self.U = None
         V1 = bk.tall_times(self.V, Q)
         self.V = None

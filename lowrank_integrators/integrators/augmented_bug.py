@@ -67,7 +67,7 @@ class AugmentedBUG(AdaptiveIntegrator):
         t1 = t + h
         hat = AugmentedBases()
         # U_hat = [U0 D, *] and V_hat = [V0 E, *]: the start is D^H S0 E padded with zeros.
-        S_start, _, _ = yield from hat.augment_by_substeps(self, led, Y0, t, t1)
+        S_start, _, _ = yield from hat.augment_by_substeps(self, led, Y0, t, t1, keep_spare=True)
         S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
         Y1 = hat.truncate(led, self.truncation, S_hat, h)
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
