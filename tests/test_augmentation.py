@@ -14,12 +14,14 @@ import pytest
 from lowrank_integrators._qr import nearly_orthonormal_q, tall_q
 from lowrank_integrators.errors import NonFiniteError
 from lowrank_integrators.integrators.augmentation import (
+    RegisterHandover,
     augment,
     augment_projected,
     leading_signs,
     project_out,
 )
 from lowrank_integrators.integrators.base import Ledger
+from lowrank_integrators.substeps import TALL_ENTRIES
 
 TOL = {np.float32: 1e-5, np.float64: 1e-13}
 
@@ -232,3 +234,33 @@ def test_projecting_out_by_row_blocks_is_the_plain_block_gram_schmidt(dtype):
     tol = TOL.get(dtype, 1e-13)
     np.testing.assert_allclose(Z, expected, rtol=0, atol=10 * tol * np.abs(X).max())
     assert np.abs(U0h @ Z).max() <= 10 * tol * np.abs(X).max()
+
+
+# --- the K-substep's work arrays handed to the L-substep ---------------------------------------
+
+
+def test_the_handover_serves_square_numpy_steps_only():
+    rng = np.random.default_rng(7)
+    U, V = rng.standard_normal((60, 3)), rng.standard_normal((60, 3))
+    assert RegisterHandover(U, V).work is not None
+    # an m x n problem: the K-substep's arrays would not fit the L-substep's
+    assert RegisterHandover(U, rng.standard_normal((50, 3))).work is None
+    assert RegisterHandover(U, V.astype(np.float32)).work is None
+
+
+def test_the_handover_keeps_nothing_once_the_l_substep_is_done():
+    rows = TALL_ENTRIES  # tall enough to be kept
+    U = np.zeros((rows, 2))
+    handover = RegisterHandover(U, U)
+    for _ in range(2):  # the K-substep's two dead registers
+        handover.work.give(np.empty((rows, 2)))
+    handover.give(np.empty((rows, 2)), U)
+    assert len(handover.work) == 3
+    handover.give(np.empty((rows, 3)), U)  # another shape is not kept
+    assert len(handover.work) == 3
+    handover.l_substep_done()
+    assert len(handover.work) == 0
+    for _ in range(2):
+        handover.work.give(np.empty((rows, 2)))
+    handover.give(np.empty((rows, 2)), U)  # too late: nothing would take it
+    assert len(handover.work) == 2

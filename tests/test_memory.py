@@ -291,12 +291,14 @@ class _KeepsNothing(lri.substeps.Workspace):
 REUSED = {
     ("AugmentedBUG", "compiled"): 4,
     ("AugmentedBUG", "numpy"): 2,
+    ("ParallelBUG", "compiled"): 3,
+    ("ParallelBUG", "numpy"): 1,
     ("MidpointBUG", "compiled"): 3,
     ("MidpointBUG", "numpy"): 1,
 }
 
 
-@pytest.mark.parametrize("name", ["AugmentedBUG", "MidpointBUG"])
+@pytest.mark.parametrize("name", ["AugmentedBUG", "ParallelBUG", "MidpointBUG"])
 def test_the_l_substep_of_an_augmented_step_reuses_the_k_substeps_arrays(
     sylvester, fields, name, monkeypatch
 ):

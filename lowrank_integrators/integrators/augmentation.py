@@ -36,7 +36,14 @@ from ..substeps import FactoredStart, SubstepSolver, Workspace, owned_result
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
-__all__ = ["AugmentedBases", "augment", "augment_projected", "embed_core", "project_out"]
+__all__ = [
+    "AugmentedBases",
+    "RegisterHandover",
+    "augment",
+    "augment_projected",
+    "embed_core",
+    "project_out",
+]
 
 
 def augment(
@@ -467,6 +474,85 @@ def embed_core(S0: Any, rows: int, cols: int, m_left: Any, m_right: Any) -> Any:
     return S0
 
 
+def _reusable(X: np.ndarray, like: Any) -> bool:
+    """Whether ``X`` may serve as a work array in place of one shaped like ``like``."""
+    return (
+        type(like) is np.ndarray
+        and X.shape == like.shape
+        and X.dtype == like.dtype
+        and X.flags.c_contiguous
+        and X.flags.writeable
+    )
+
+
+class RegisterHandover:
+    """Tall NumPy work arrays handed from a step's K-substep to its L-substep.
+
+    The K- and L-substeps of the rank-adaptive and parallel BUG steps are independent and
+    alike: two RK4 substeps of the same size when the problem is square. A
+    :class:`~lowrank_integrators.substeps.Workspace` lent to both keeps what the K-substep
+    leaves dead (its start and, where the fields write into spare arrays, its last stage but
+    one) and the storage of its result once the augmented basis holds a copy
+    (:meth:`give`); the L-substep takes these three as its registers and allocates no tall
+    array. The workspace is cleared when the L-substep ends (:meth:`l_substep_done`), before
+    the second augmented basis exists: the step's peak (the first augmented basis and the
+    L-substep's three registers) stays what it was. At ``n ~ 1e6`` this saves three fresh
+    tall arrays per step, each of which costs page faults and the zeroing of its pages.
+    Arrays of other libraries are not kept.
+
+    Parameters
+    ----------
+    U0, V0 : array
+        The bases of the step's start.
+    """
+
+    def __init__(self, U0: Any, V0: Any) -> None:
+        # The K-substep's arrays fit the L-substep's only for a square problem; otherwise
+        # they would sit unused beside it.
+        alike = (
+            type(U0) is np.ndarray
+            and type(V0) is np.ndarray
+            and U0.shape == V0.shape
+            and U0.dtype == V0.dtype
+        )
+        self.work = Workspace(keep=3) if alike else None
+        self._l_done = False
+
+    def lend(self, X0: Any) -> Any:
+        """``X0`` (a substep's start) with the workspace, if it is a factored start."""
+        if self.work is not None and isinstance(X0, FactoredStart):
+            X0.workspace = self.work
+        return X0
+
+    def give(self, X: Any, like: Any) -> None:
+        """Keep the dead K-side array ``X`` (no longer referenced by the caller) for the
+        L-substep, if it is shaped like ``like`` (the K-substep's result)."""
+        # Only while the L-substep may still take it (under a driver that runs the two
+        # substeps side by side, the L-substep may be done already), and only where the
+        # K-substep left two registers: its fields wrote their results into spare arrays,
+        # as the L-substep's will, which then takes all three. Fields that allocate their
+        # own results would leave it idle beside the L-substep, at the step's peak.
+        work = self.work
+        if (
+            work is not None
+            and not self._l_done
+            and type(X) is np.ndarray
+            and len(work) >= 2
+            and _reusable(X, like)
+        ):
+            work.give(X)
+
+    def l_substep_done(self) -> None:
+        """The L-substep has returned: its dead registers are not kept."""
+        self._l_done = True
+        self.close()
+
+    def close(self) -> None:
+        """Release what is kept."""
+        if self.work is not None:
+            self.work.clear()
+
+
 class AugmentedBases:
     """The augmented bases of one step, from augmentation to the truncated result.
 
@@ -499,46 +585,25 @@ class AugmentedBases:
         ``V`` to ``[U0 D, *]`` and ``[V0 E, *]`` and returns ``(S_start, D, E)``: the Galerkin
         start ``D^H S0 E`` padded with zeros, which is ``Y0`` in the augmented bases.
 
-        Tall NumPy work arrays pass from the K-step to the L-step: the K-substep's dead
-        registers and the storage of the new columns of ``U_hat`` become the L-substep's
-        registers (a :class:`~lowrank_integrators.substeps.Workspace` lent to both substeps,
-        cleared when the L-substep ends, before ``V_hat`` exists). The step's peak (``U_hat``
-        and the L-substep's three registers) stays as it was; the L-substep allocates no tall
-        array. With ``keep_spare``, the storage of the new columns of ``V_hat`` is kept as
-        :attr:`spare`, for :meth:`form` to write ``U_hat P`` there (for a step that truncates
-        these bases next, whose Galerkin substep holds no tall array beside them).
+        Tall NumPy work arrays pass from the K-step to the L-step (:class:`RegisterHandover`):
+        the K-substep's dead registers and the storage of the new columns of ``U_hat`` become
+        the L-substep's registers. With ``keep_spare``, the storage of the new columns of
+        ``V_hat`` is kept as :attr:`spare`, for :meth:`form` to write ``U_hat P`` there (for
+        a step that truncates these bases next, whose Galerkin substep holds no tall array
+        beside them).
         """
         U0, S0, V0 = Y0
         lead: dict[str, Any] = {}
-        tall = type(U0) is np.ndarray and type(V0) is np.ndarray
-        work = Workspace(keep=3) if tall else None
-        l_done = False
-
-        def reuse(Q: np.ndarray, like: np.ndarray) -> bool:
-            return Q.shape == like.shape and Q.dtype == like.dtype and Q.flags.c_contiguous
-
-        def lend(X0: Any) -> Any:
-            if work is not None and isinstance(X0, FactoredStart):
-                X0.workspace = work
-            return X0
-
-        def to_work(Q: np.ndarray) -> None:
-            # Only while the L-substep may still take it (under a driver that runs the two
-            # substeps side by side, the L-substep may be done already), and only where the
-            # K-substep left two registers: its fields wrote their results into spare arrays,
-            # as the L-substep's will, which then takes all three. Fields that allocate their
-            # own results would leave it idle beside the L-substep, at the step's peak.
-            if work is not None and not l_done and len(work) >= 2 and reuse(Q, U0):
-                work.give(Q)
+        handover = RegisterHandover(U0, V0)
 
         def to_spare(Q: np.ndarray) -> None:
-            if keep_spare and reuse(Q, V0):
+            if keep_spare and _reusable(Q, V0):
                 self.spare = Q
 
         # K1 (L1) is released once its part outside span(U0) exists: the bases are formed
         # without it.
         def k_step() -> StepGenerator:
-            K0 = lend(method.start(U0, S0))
+            K0 = handover.lend(method.start(U0, S0))
             K1 = yield from method.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
             if type(K1) is not np.ndarray and bk.is_lazy(K1):
                 # one QR of [U0, K1] over the row chunks: projecting out first would
@@ -549,17 +614,15 @@ class AugmentedBases:
             # augment_projected reports a non-finite Z
             Z = project_out(U0, K1, check=False, overwrite=owned_result(K1, refs))
             K0 = K1 = None
-            self.U, lead["U"] = augment_projected(led, Z, U0, release=to_work)
+            self.U, lead["U"] = augment_projected(
+                led, Z, U0, release=lambda Q: handover.give(Q, U0)
+            )
 
         def l_step() -> StepGenerator:
-            nonlocal l_done
-            L0 = lend(method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0)))
+            L0 = handover.lend(method.start(V0, S0.T if _real_numpy(S0) else bk.adjoint(S0)))
             L1 = yield from method.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
             L0 = None
-            # the L-substep's dead registers are not kept beside V_hat (the step's peak)
-            l_done = True
-            if work is not None:
-                work.clear()
+            handover.l_substep_done()
             if type(L1) is not np.ndarray and bk.is_lazy(L1):
                 self.V, lead["V"] = augment(led, L1, V0)
                 return
@@ -569,8 +632,7 @@ class AugmentedBases:
             self.V, lead["V"] = augment_projected(led, Z, V0, release=to_spare)
 
         yield Parallel(k_step(), l_step())
-        if work is not None:
-            work.clear()
+        handover.close()
         rows, cols = int(self.U.shape[1]), int(self.V.shape[1])
         return embed_core(S0, rows, cols, lead["U"], lead["V"]), lead["U"], lead["V"]
 

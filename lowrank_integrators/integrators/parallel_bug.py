@@ -67,15 +67,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import _backend as bk
 from ..errors import RejectionLimitError
 from ..factors import LowRankMatrix
-from ..substeps import SubstepSolver
+from ..substeps import SubstepSolver, owned_result
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
-from .augmentation import AugmentedBases
+from .augmentation import AugmentedBases, RegisterHandover
 from .base import (
     AdaptiveIntegrator,
     KStep,
@@ -215,15 +216,28 @@ class ParallelBUG(AdaptiveIntegrator):
         # The three substeps are independent (all start from Y0). Each tall result is used
         # and released before the next is computed, and the augmented bases are built in the
         # QR's own storage: at n ~ 1e6 this keeps two augmented bases and one substep alive.
+        # The K-substep's dead work arrays, and its result once U_hat exists, serve as the
+        # L-substep's registers (RegisterHandover).
+        handover = RegisterHandover(U0, V0)
+
         def k_step() -> StepGenerator:
-            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, self.start(U0, S0))
+            K0 = handover.lend(self.start(U0, S0))
+            K1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, K0)
+            K0 = None
+            refs = sys.getrefcount(K1)  # before any call holds it
+            owned = owned_result(K1, refs)
             hat.U, R = led.qr_blocks(U0, K1)
+            if owned:
+                handover.give(K1, U0)
+            K1 = None
             # U_hat^H K1 is the last block column of R ([U0, K1] = U_hat R, to round-off)
             return R[r:, r:], R[:r, :r]
 
         def l_step() -> StepGenerator:
-            L0 = self.start(V0, bk.adjoint(S0))
+            L0 = handover.lend(self.start(V0, bk.adjoint(S0)))
             L1 = yield from self.substep.solve(LStep(led, U0, at=Y0), t0, t1, L0)
+            L0 = None
+            handover.l_substep_done()
             hat.V, R = led.qr_blocks(V0, L1)
             return bk.adjoint(R[s:, s:]), R[:s, :s]
 
@@ -231,6 +245,7 @@ class ParallelBUG(AdaptiveIntegrator):
             return (yield from self.substep.solve(SStep(led, U0, V0, at=Y0), t0, t1, S0))
 
         (UtK, R_U), (LtV, R_V), S_bar = yield Parallel(k_step(), l_step(), s_step())
+        handover.close()
         # The blocks were computed in the coordinates of U0 and V0; U0 = U_hat[:, :r] R_U.
         R_V_H = bk.adjoint(R_V)
         zero = xp.zeros(
