@@ -9,6 +9,7 @@ integrators read like their algorithm boxes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "namespace",
     "namespace_of",
     "orth",
+    "plus_product",
     "qr",
     "qr_augment",
     "qr_blocks",
@@ -611,6 +613,29 @@ def add_scaled(out: Any, alpha: float, k: Any) -> Any:
     for b in row_blocks(out):
         out[b, :] += alpha * k[b, :]
     return out
+
+
+def plus_product(C: Any, A: Any, B: Any, *, beta: float = 1.0, alpha: float = 1.0) -> Any:
+    """``beta C + alpha (A @ B)`` as a new array (``C``, ``A``, ``B`` are not modified).
+
+    For 2-D PyTorch tensors of one dtype (outside autograd) this is one ``torch.addmm``: the
+    product is accumulated onto the scaled ``C`` in the same kernel, where the separate
+    operations would cost three calls and two temporaries (which dominate at the sizes of a
+    training step's factors). Other arrays take the separate operations.
+    """
+    if (
+        type(C).__module__ == "torch"
+        and type(C) is type(A) is type(B)
+        and len(C.shape) == len(A.shape) == len(B.shape) == 2
+        and C.dtype == A.dtype == B.dtype
+        and not (C.requires_grad or A.requires_grad or B.requires_grad)
+    ):
+        return sys.modules["torch"].addmm(C, A, B, beta=beta, alpha=alpha)
+    prod = A @ B
+    C = C if beta == 1.0 else beta * C
+    if alpha == -1.0:
+        return C - prod
+    return C + (prod if alpha == 1.0 else alpha * prod)
 
 
 def empty(like: Any) -> Any:

@@ -574,7 +574,10 @@ class Euler(SubstepSolver):
         # the point it was declared at never forms it.
         k = yield from f(t0, X0, True)
         if type(k) is not np.ndarray and (len(k.shape) != 2 or len(bk.row_blocks(k)) == 1):
-            # other libraries, one block: the sum is the new array (no work array to fill)
+            # other libraries, one block: the sum is the new array (no work array to fill);
+            # a start still in factors is multiplied in the same call
+            if isinstance(X0, FactoredStart) and X0.formed is None and len(k.shape) == 2:
+                return bk.plus_product(k, X0.left, X0.right, beta=t1 - t0)
             return start_array(X0) + (t1 - t0) * k
         return assign_stage(bk.empty(k), X0, t1 - t0, k)
 

@@ -156,3 +156,16 @@ def test_tall_inner_on_another_library(xp, rng):
     b = rng.standard_normal((400, 2))
     out = bk.tall_inner(xp.asarray(a), xp.asarray(b))
     np.testing.assert_allclose(bk.to_host(out), a.T @ b, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(1.0, 1.0), (1.0, -1.0), (0.25, 1.0), (-2.0, 0.5)])
+def test_plus_product_is_the_scaled_sum(xp, rng, beta, alpha):
+    C, A, B = (
+        rng.standard_normal((40, 3)),
+        rng.standard_normal((40, 5)),
+        rng.standard_normal((5, 3)),
+    )
+    args = [xp.asarray(a) for a in (C, A, B)]
+    out = bk.plus_product(*args, beta=beta, alpha=alpha)
+    np.testing.assert_allclose(bk.to_host(out), beta * C + alpha * (A @ B), rtol=1e-12)
+    np.testing.assert_array_equal(bk.to_host(args[0]), C)  # C is not modified

@@ -96,11 +96,11 @@ def project_out(U0: Any, X: Any, *, check: bool = True, overwrite: bool = False)
     if type(U0) is np.ndarray and type(X) is np.ndarray:
         return _project_out_numpy(U0, X, overwrite)
     U0h = bk.adjoint(U0)
-    Z = X - U0 @ (U0h @ X)
+    Z = bk.plus_product(X, U0, U0h @ X, alpha=-1.0)
     C = U0h @ Z
     if check:  # as on NumPy: non-finite entries and overflows reach the second products
         _require_finite_products(C, U0, Z)
-    return Z - U0 @ C
+    return bk.plus_product(Z, U0, C, alpha=-1.0)
 
 
 def _project_out_numpy(U0: np.ndarray, X: np.ndarray, overwrite: bool) -> np.ndarray:
@@ -267,7 +267,7 @@ def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
             Q -= U0 @ C
             return Q
         return bk.add_product(Q, U0, C, -1.0)
-    return Q - U0 @ C
+    return bk.plus_product(Q, U0, C, alpha=-1.0)
 
 
 def _real_numpy(x: Any) -> bool:
