@@ -169,3 +169,22 @@ def test_plus_product_is_the_scaled_sum(xp, rng, beta, alpha):
     out = bk.plus_product(*args, beta=beta, alpha=alpha)
     np.testing.assert_allclose(bk.to_host(out), beta * C + alpha * (A @ B), rtol=1e-12)
     np.testing.assert_array_equal(bk.to_host(args[0]), C)  # C is not modified
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (9, 4), (4, 9), (64, 64)])
+def test_svd_of_numpy_matrices_is_a_reduced_svd(rng, dtype, shape):
+    x = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    x = x.astype(dtype)
+    P, sigma, Qh = bk.svd(x)
+    k = min(shape)
+    assert P.shape == (shape[0], k) and sigma.shape == (k,) and Qh.shape == (k, shape[1])
+    assert P.dtype == x.dtype and Qh.dtype == x.dtype and sigma.dtype.kind == "f"
+    tol = 1e-5 if dtype in (np.float32, np.complex64) else 1e-13
+    np.testing.assert_allclose((P * sigma) @ Qh, x, atol=tol * np.abs(x).max() * k)
+    np.testing.assert_allclose(sigma, np.linalg.svd(x, compute_uv=False), rtol=tol, atol=tol)
+    assert np.all(np.diff(sigma) <= 0)
+    np.testing.assert_allclose(P.conj().T @ P, np.eye(k), atol=10 * tol)
+    np.testing.assert_array_equal(bk.svd(x)[1], sigma)  # the cached LAPACK call again

@@ -214,12 +214,12 @@ class TuckerLedger(FactorisationLedger):
     def svd(self, X: Any) -> tuple[Any, Any, Any]:
         if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind == "f"):
             return super().svd(X)
-        if X.size > _SMALL_QR_ENTRIES or min(X.shape) >= bk._SCIPY_SVD_FROM:
+        if X.size > _SMALL_QR_ENTRIES or min(X.shape) == 0:
             return super().svd(X)
         self.info.n_svd += 1
         if not np.isfinite(X).all():
             bk.require_finite(X, "a matrix to be factorised by SVD")
-        return np.linalg.svd(X, full_matrices=False)
+        return bk._gesdd(X)
 
     def finish(self, ranks_after: tuple[int, ...]) -> TuckerStepInfo:
         self.info.rank_after = tuple(int(r) for r in ranks_after)
