@@ -203,37 +203,141 @@ def step_costs(args: argparse.Namespace, X: torch.Tensor, y: torch.Tensor) -> li
         )
         setups.append((f"DLRT {target}", model, opt, target))
     times: dict[str, list[float]] = {name: [] for name, *_ in setups}
+    passes: dict[str, list[float]] = {name: [] for name, *_ in setups}
     loss_fn = torch.nn.functional.cross_entropy
     for rep in range(args.step_reps + 1):
         for name, model, opt, target in setups:
-            total = 0.0
+            total = in_pass = 0.0
             for _ in range(5):
                 t = time.process_time()
                 opt.zero_grad()
                 loss_fn(model(xb), yb).backward()
+                t_pass = time.process_time()
                 opt.step()
                 total += time.process_time() - t
+                in_pass += t_pass - t
                 if target is not None:
                     hold(model, target)
             if rep:  # the first round warms up
                 times[name].append(1e3 * total / 5)
+                passes[name].append(1e3 * in_pass / 5)
     med = {name: float(np.median(v)) for name, v in times.items()}
+    med_pass = {name: float(np.median(v)) for name, v in passes.items()}
     out = []
-    for name, _, _, target in setups[1:]:
+    for name, model, _, target in setups[1:]:
+        essential = essential_step_work(model, xb, args.step_reps)
+        floor = med_pass[name] + essential
         out.append(
             {
                 "ranks": dict(zip(names, target or (), strict=True)),
                 "dense_ms": med["dense"],
                 "dlrt_ms": med[name],
                 "dense_over_dlrt": med["dense"] / med[name],
+                "dense_pass_ms": med_pass["dense"],
+                "dlrt_pass_ms": med_pass[name],
+                "dlrt_essential_step_work_ms": essential,
+                "dense_over_dlrt_ceiling": med["dense"] / floor,
             }
         )
         print(
             f"ranks {target}: dense {med['dense']:.2f} ms, DLRT {med[name]:.2f} ms per step "
-            f"(batch {args.batch_size}), dense / DLRT {med['dense'] / med[name]:.2f}",
+            f"(batch {args.batch_size}), dense / DLRT {med['dense'] / med[name]:.2f}\n"
+            f"  forward and backward: dense {med_pass['dense']:.2f} ms, DLRT "
+            f"{med_pass[name]:.2f} ms; the integrator's essential work, each operation alone: "
+            f"{essential:.2f} ms; dense / (DLRT pass + that) = {med['dense'] / floor:.2f}, the "
+            "most any implementation of this step with these PyTorch calls could reach here",
             flush=True,
         )
     return out
+
+
+def essential_step_work(model: torch.nn.Module, xb: torch.Tensor, reps: int) -> float:
+    """CPU milliseconds of the work a DLRT step adds to the forward/backward pass, each
+    operation timed alone on random tensors of its shape (median of ``reps`` calls).
+
+    For each low-rank layer at its rank ``r`` (``m`` outputs, ``n`` inputs after
+    matricisation) and the default method (augmented BUG, Euler substeps), what no
+    implementation can skip: the K- and L-steps ``U0 S0 - h G V0`` and ``V0 S0^T - h G^T U0``
+    (``m x r`` and ``n x r`` by ``r x r``; the products with the gradient come from the
+    backward pass); the QRs of the new columns (``m x r`` and ``n x r``) and their checks
+    against the start bases; the one block of the Galerkin core the pass did not form,
+    ``(G U1)^T (x V1)`` with the new columns (for a convolution: the input convolved with
+    ``r`` new filters, the output gradient mapped to ``r`` channels and their contraction;
+    where the layer's backward forms ``grad(W)``, whose cost is in the pass, two products
+    with it, as the layer does); the SVD of the augmented core; and the truncated bases
+    ``U_hat P`` and ``V_hat Q``. The dense parameters' SGD update is left out (a few
+    microseconds).
+    """
+    names = ("conv1", "conv2", "fc1")
+    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(
+            lambda mod, inp, out, n=n: shapes.__setitem__(n, (inp[0].shape, out.shape))
+        )
+        for n in names
+    ]
+    with torch.no_grad():
+        model(xb)
+    for h in hooks:
+        h.remove()
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=xb.dtype).to(xb.device)
+
+    def timed(fn: Any) -> float:
+        fn()
+        ts = []
+        for _ in range(max(reps, 5)):
+            t = time.process_time()
+            fn()
+            ts.append(time.process_time() - t)
+        return 1e3 * float(np.median(ts))
+
+    total = 0.0
+    for n in names:
+        for op in _essential_ops(getattr(model, n), *shapes[n], rand):
+            total += timed(op)
+    return total
+
+
+def _essential_ops(layer: Any, x_shape: torch.Size, g_shape: torch.Size, rand: Any) -> list[Any]:
+    """The operations of :func:`essential_step_work` for one layer, on random operands."""
+    r = int(layer.rank)
+    m, k = int(layer.U.shape[0]), int(layer.V.shape[0])
+    ku, kv = min(r, m - r), min(r, k - r)  # new columns (none beyond m or n)
+    x, G = rand(*x_shape), rand(*g_shape)
+    U0, V0, S0, gK, gL = rand(m, r), rand(k, r), rand(r, r), rand(m, r), rand(k, r)
+    U1, V1 = rand(m, max(ku, 1)), rand(k, max(kv, 1))
+    core, P, Q = rand(r + ku, r + kv), rand(r + ku, r), rand(r + kv, r)
+    U_hat, V_hat = rand(m, r + ku), rand(k, r + kv)
+    ops = [
+        lambda: torch.addmm(gK, U0, S0, beta=-0.1),  # K1 = U0 S0 - h grad(W) V0
+        lambda: torch.addmm(gL, V0, S0.mT, beta=-0.1),
+        lambda: torch.linalg.qr(U1),
+        lambda: torch.linalg.qr(V1),
+        lambda: U0.mT @ U1,
+        lambda: V0.mT @ V1,
+        lambda: torch.linalg.svd(core, full_matrices=False),
+        lambda: U_hat @ P,
+        lambda: V_hat @ Q,
+    ]
+    if layer.forms_gradient(r):  # the pass formed grad(W) (its cost is in the pass)
+        gW = rand(m, k)
+        return [*ops, lambda: U1.mT @ (gW @ V1)]
+    if not hasattr(layer, "kernel_size"):  # a linear layer
+        return [*ops, lambda: x @ V1, lambda: G @ U1, lambda: (G @ U1).mT @ (x @ V1)]
+    filters = V1.mT.reshape(V1.shape[1], layer.in_channels, *layer.kernel_size).contiguous()
+    a1 = torch.nn.functional.conv2d(x, filters, None, layer.stride, layer.padding, layer.dilation)
+    gu1 = torch.einsum("bchw,cr->brhw", G, U1)
+    return [
+        *ops,
+        lambda: torch.nn.functional.conv2d(
+            x, filters, None, layer.stride, layer.padding, layer.dilation
+        ),
+        lambda: torch.einsum("bchw,cr->brhw", G, U1),
+        lambda: torch.einsum("brhw,bshw->rs", gu1, a1),
+    ]
 
 
 def table(results: dict[str, Any]) -> str:
