@@ -101,3 +101,23 @@ def test_dask_step_quick_runs():
     pytest.importorskip("distributed")
     printed = run("dask_step.py", "--quick")
     assert "BUG" in printed
+
+
+def test_the_lenet5_step_floor_follows_each_layers_route():
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators.torch import convert, lenet5
+
+    bench = load("lenet5_fashion_mnist")
+    model = convert(lenet5(), 11, exclude=("fc2",))
+    xb = torch.randn(4, 1, 28, 28)
+    assert bench.essential_step_work(model, xb, reps=1) > 0
+    rand = torch.randn
+    # conv1 at rank 11 forms its kernel gradient in the pass: one small product for the new
+    # block; conv2 at rank 11 convolves the input with the new filters (three operations)
+    conv1 = bench._essential_ops(model.conv1, (4, 1, 28, 28), (4, 20, 24, 24), rand)
+    conv2 = bench._essential_ops(model.conv2, (4, 20, 12, 12), (4, 50, 8, 8), rand)
+    fc1 = bench._essential_ops(model.fc1, (4, 800), (4, 500), rand)
+    assert model.conv1.forms_gradient(11) and not model.conv2.forms_gradient(11)
+    assert (len(conv1), len(conv2), len(fc1)) == (10, 12, 12)
+    for op in conv1 + conv2 + fc1:
+        op()
