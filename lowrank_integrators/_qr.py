@@ -393,7 +393,7 @@ def _gram(x: Any) -> Any:
 
 def _inner(a: Any, b: Any) -> Any:
     """``a^H b`` for tall ``a``, ``b`` (no conjugated copy of ``a`` for NumPy)."""
-    if _is_numpy(a) and _is_numpy(b) and np.iscomplexobj(a):
+    if _is_numpy(a) and _is_numpy(b) and a.dtype.kind == "c":
         from scipy.linalg import blas
 
         dtype = np.result_type(a, b)
