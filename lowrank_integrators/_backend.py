@@ -364,7 +364,12 @@ def _gesdd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from scipy.linalg import lapack
 
         gesdd, gesdd_lwork = lapack.get_lapack_funcs(("gesdd", "gesdd_lwork"), (x,))
-        lwork = lapack._compute_lwork(gesdd_lwork, m, n, compute_uv=1, full_matrices=0)
+        work, info = gesdd_lwork(m, n, compute_uv=1, full_matrices=0)
+        if info != 0:  # pragma: no cover - the query reports only illegal arguments
+            raise np.linalg.LinAlgError(f"LAPACK gesdd work size query failed with info={info}")
+        # the size comes back as a floating-point number, rounded in single precision:
+        # a little more is always accepted
+        lwork = int(float(np.real(work)) * (1 + 1e-6)) + 1
         entry = _GESDD[key] = (gesdd, lwork)
     gesdd, lwork = entry
     u, s, vt, info = gesdd(x, compute_uv=1, full_matrices=0, lwork=lwork, overwrite_a=0)
