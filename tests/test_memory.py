@@ -11,6 +11,7 @@ products with a tiny block budget, so that every code path runs with several blo
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 
 import numpy as np
@@ -247,17 +248,12 @@ def test_work_arrays_kept_between_steps_add_nothing_to_the_peak(sylvester, field
         np.testing.assert_array_equal(a, b)
 
 
-# --- the blocked products equal the plain ones -------------------------------------------------
-
-
 def fresh_tall_arrays(fn):
     """Tall memory newly allocated while ``fn()`` runs, in units of one n x r float64 array.
 
     The sum of the rises of the traced memory between Python-level events (allocations and
     releases inside one C call net out; enough to compare two runs of the same step).
     """
-    import sys
-
     gc.collect()
     tracemalloc.start()
     last = [tracemalloc.get_traced_memory()[0]]
@@ -279,7 +275,7 @@ def fresh_tall_arrays(fn):
 
 
 class _KeepsNothing(lri.substeps.Workspace):
-    """A workspace that never lends an array: every register is fresh."""
+    """A workspace that keeps nothing it is given: every register is fresh."""
 
     def give(self, x):
         pass
@@ -324,6 +320,9 @@ def test_the_l_substep_of_an_augmented_step_reuses_the_k_substeps_arrays(
     assert fresh <= fresh_all - REUSED[name, fields] + SLACK
     for a, b in zip(new.Y, old.Y, strict=True):  # the same arithmetic in other storage
         np.testing.assert_array_equal(a, b)
+
+
+# --- the blocked products equal the plain ones -------------------------------------------------
 
 
 @pytest.fixture
