@@ -140,6 +140,25 @@ def test_a_layer_forms_its_kernel_gradient_only_where_that_costs_less_than_the_p
 
 
 @pytest.mark.parametrize("route", ROUTES)
+def test_a_pass_that_forms_the_kernel_gradient_releases_the_activations(route):
+    # as in a dense layer, the input and the output gradient die with the backward pass; the
+    # products of the step need them only where they are not taken from grad(W)
+    g = torch.Generator().manual_seed(5)
+    layer = LowRankConv2d(2, 4, 3, rank=2, padding=1, dtype=F64, generator=g)
+    take(layer, route)
+    x = torch.randn(1, 2, 6, 6, dtype=F64, generator=g)
+    c = torch.randn(1, 4, 6, 6, dtype=F64, generator=g)
+    (layer(x) * c).sum().backward()
+    (rec,) = layer._records
+    if route == "products":
+        assert rec.x.data_ptr() == x.data_ptr() and rec.G is not None
+    else:
+        assert rec.x is None and rec.G is None and rec.grad is not None
+    U, V = layer.U.detach(), layer.V.detach()
+    torch.testing.assert_close(layer.grad_project(U, V), layer.S.grad)
+
+
+@pytest.mark.parametrize("route", ROUTES)
 def test_input_gradients_are_those_of_the_dense_layer(route):
     g = torch.Generator().manual_seed(3)
     layer = LowRankConv2d(2, 4, 3, rank=2, padding=1, dtype=F64, generator=g)
