@@ -157,7 +157,7 @@ class _FactoredProduct(torch.autograd.Function):
                 grad_x = layer._apply_in_grad(x, V, layer._apply_out_adjoint(G, U @ S))
             # every product of the step comes from grad(W): the input and the output gradient
             # are released with this backward, as a dense layer's are, not kept until the
-            # optimizer's step (measured 3-6 % faster per LeNet5 training step, batch 64-128)
+            # optimizer's step (measured 2-6 % faster per LeNet5 training step, batch 64-128)
             layer._records.append(Record(None, None, None, gW))
             gK = gW @ V  # grad(W) V
             gL = gW.mT @ U  # grad(W)^T U
