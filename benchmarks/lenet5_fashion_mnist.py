@@ -11,8 +11,9 @@ time per epoch (wall and CPU), and per epoch the loss, accuracy and ranks (for t
 they alternate epoch by epoch (dense, DLRT per tau, TDLRT, then the next epoch), so that the
 CPU times per epoch compare runs under the same load of the machine.
 
-Needs the Debian package ``dataset-fashion-mnist`` and the ``torch`` extra. The committed
-run (the whole training set, 10 epochs; ``--quick`` for a smoke test)::
+Needs the Debian package ``dataset-fashion-mnist`` (or a copy of its IDX files, given by
+``--data-dir``) and the ``torch`` extra. The committed run (the whole training set, 10
+epochs; ``--quick`` for a smoke test)::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/lenet5_fashion_mnist.py --threads 1 \\
         --n-train 60000 --n-test 10000 --epochs 10 --batch-size 64 --lr 0.1 \\
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of the Fashion-MNIST IDX files (default: the Debian package's)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (all runs alike)"
     )
     p.add_argument("--quick", action="store_true", help="600 / 200 examples, 1 epoch")
@@ -93,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-reps", type=int, default=15, help="rounds of --step-ranks")
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: PyTorch sees no CUDA device here")
     if args.quick:
         args.n_train, args.n_test, args.epochs = 600, 200, 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ds = load_dataset("fashion-mnist", dtype=np.float32).subset(args.n_train, args.n_test)
+    ds = load_dataset("fashion-mnist", dtype=np.float32, path=args.data_dir).subset(
+        args.n_train, args.n_test
+    )
 
     def tensor(a: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a))

@@ -121,3 +121,25 @@ def test_the_lenet5_step_floor_follows_each_layers_route():
     assert (len(conv1), len(conv2), len(fc1)) == (10, 12, 12)
     for op in conv1 + conv2 + fc1:
         op()
+
+
+def test_the_gpu_step_benchmark_runs_on_any_device_in_its_quick_mode(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "gpu.json"
+    printed = run("torch_gpu_step.py", "--quick", "--device", "cpu", "--out", str(path))
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["width"] == 64 and row["rank"] == 4
+    med = row["median_seconds"]
+    assert med["dense"] > 0 and med["dlrt"] > 0
+    assert math.isclose(row["dense_over_dlrt"], med["dense"] / med["dlrt"])
+    # the device diagnostics are CUDA's: absent on the CPU, not made up
+    assert row["dlrt_host_syncs_per_step"] is None
+    assert row["peak_step_bytes"] == {"dense": None, "dlrt": None}
+    assert "dense / DLRT" in printed
+
+
+def test_the_gpu_checks_refuse_to_run_without_an_output_directory():
+    out = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_checks.sh")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode != 0 and "usage" in out.stderr
