@@ -143,3 +143,38 @@ def test_the_gpu_checks_refuse_to_run_without_an_output_directory():
         ["bash", str(BENCHMARKS / "gpu_checks.sh")], capture_output=True, text=True, check=False
     )
     assert out.returncode != 0 and "usage" in out.stderr
+
+
+def test_the_careful_lenet5_step_is_the_library_step_up_to_round_off():
+    # the benchmark's direct torch implementation times the same algorithm as DLRTOptimizer
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators import AugmentedBUG, Euler, Tolerance
+    from lowrank_integrators.torch import DLRTOptimizer, convert, lenet5
+
+    bench = load("lenet5_fashion_mnist")
+    g = torch.Generator().manual_seed(7)
+    # a batch larger than twice the rank: no layer's new columns are rank-deficient, so that
+    # the two steps see the same directions (both fill a deficient basis by rounding)
+    x = torch.randn(40, 1, 28, 28, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 10, (40,), generator=g)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        models.append(convert(lenet5(dtype=torch.float64), 12, exclude=("fc2",)))
+    library, careful = models
+    rule = Tolerance(0.1, relative=True, rmin=2)
+    opts = [
+        DLRTOptimizer(library.parameters(), lr=0.5, method=AugmentedBUG(rule, substep=Euler())),
+        bench.CarefulDLRT(careful, 0.5, 0.1, rmin=2),
+    ]
+    for model, opt in zip(models, opts, strict=True):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for name in ("conv1", "conv2", "fc1"):
+        a, b = getattr(library, name), getattr(careful, name)
+        assert a.rank == b.rank
+        Wa, Wb = a.U @ a.S @ a.V.T, b.U @ b.S @ b.V.T
+        torch.testing.assert_close(Wa, Wb, rtol=1e-10, atol=1e-12)
+    for pa, pb in zip(library.fc2.parameters(), careful.fc2.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-14)
