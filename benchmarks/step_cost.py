@@ -348,13 +348,16 @@ def _reset_hwm():
 
 def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True):
     import numpy as np
+    import scipy.linalg  # noqa: F401 - SciPy's own BLAS (QRs, SVDs): loaded before the limit
     import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
     import lowrank_integrators as lri
     from lowrank_integrators import _fused
 
-    threadpool_limits(threads)  # after the imports: every BLAS library is loaded by then
+    # after the imports: a limit reaches only the BLAS libraries loaded by then (the package
+    # loads SciPy's when a step first needs it)
+    threadpool_limits(threads)
     _fused.use_numba = numba
 
     rng = np.random.default_rng(0)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg  # noqa: F401 - SciPy's own BLAS, loaded before the limit reaches the pools
 import torch
 from threadpoolctl import threadpool_limits
 

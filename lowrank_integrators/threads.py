@@ -4,8 +4,9 @@ The operations of a low-rank step act on tall ``n x r`` factors and ``r x r`` co
 across several BLAS threads they get slower, not faster: on small machines the threads spin
 against each other (and against any other work on the machine), and a step can take many
 times longer than on one thread. The entry points of the library —
-:func:`~lowrank_integrators.solve`, the validation suite, the training loops (NumPy and the
-PyTorch adapter) and every command of ``lowrank-integrators`` — therefore run with the BLAS
+:func:`~lowrank_integrators.solve`, an integrator's ``step`` called directly, the validation
+suite, the training loops (NumPy and the PyTorch adapter) and every command of
+``lowrank-integrators`` — therefore run with the BLAS
 and OpenMP thread pools limited to :data:`DEFAULT_LIMIT` thread, and restore them on return.
 The limit is applied with ``threadpoolctl``; :func:`limited` and :func:`limit_threads` apply it
 to other entry points (``@limited(torch=True)`` also limits PyTorch's intra-op threads).

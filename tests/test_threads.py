@@ -46,6 +46,36 @@ def test_solve_runs_on_one_thread_and_restores_the_pools():
         assert blas_threads() == {2}
 
 
+class _RecordingRK4(lri.RK4):
+    """RK4 substeps that record the BLAS pool sizes when they start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+
+    def stages(self, f, t0, t1, X0):
+        self.seen.update(blas_threads())
+        return (yield from super().stages(f, t0, t1, X0))
+
+
+@pytest.mark.parametrize("name", ["BUG", "AugmentedBUG"])
+def test_a_step_called_directly_runs_on_one_thread_and_restores_the_pools(name):
+    # a user's own time loop calls the step; SciPy's BLAS is loaded only by the step itself
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((20, 20))
+    problem = lri.SylvesterODE(W - W.T, W - W.T)
+    substep = _RecordingRK4()
+    if name == "BUG":
+        method = lri.BUG(substep=substep)
+    else:
+        method = lri.AugmentedBUG(lri.FixedRank(3), substep=substep)
+    state = method.init(problem, lri.LowRankMatrix.from_dense(W, rank=3), 0.0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        method.step(problem, state, 0.0, 0.01)
+        assert substep.seen == {1}
+        assert blas_threads() == {2}
+
+
 @pytest.mark.parametrize("variable", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"])
 def test_a_user_thread_variable_wins(monkeypatch, variable):
     monkeypatch.setenv(variable, "2")

@@ -101,6 +101,7 @@ from ..protocol import (
     answer_from_problem,
 )
 from ..substeps import FactoredStart, SubstepSolver, as_substep, lend_workspace, owned_result
+from ..threads import limit_threads
 from ..truncation import FixedRank, TruncationRecord, TruncationRule
 
 __all__ = [
@@ -573,8 +574,14 @@ class StepMethod:
         yield  # pragma: no cover - makes this method a generator
 
     def step(self, problem: Any, state: State, t: float, h: float) -> tuple[State, Any]:
-        """Advance ``state`` from ``t`` to ``t + h``, answering the requests from ``problem``."""
-        return answer_from_problem(problem, self.step_requests(state, t, h))
+        """Advance ``state`` from ``t`` to ``t + h``, answering the requests from ``problem``.
+
+        An entry point like :func:`~lowrank_integrators.solve`: the step runs under the
+        library's thread limit (:mod:`~lowrank_integrators.threads`), also when a user's own
+        loop calls it; inside ``solve`` or another entry point the limit is already in place.
+        """
+        with limit_threads():
+            return answer_from_problem(problem, self.step_requests(state, t, h))
 
     def start(self, left: Any, right: Any) -> Any:
         """The start value ``left @ right`` of a K- or L-substep (``K0 = U0 S0``).
