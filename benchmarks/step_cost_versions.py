@@ -1,4 +1,4 @@
-"""CPU time per step of BUG and KSL for this checkout and another one, side by side in one process.
+"""CPU time per step of the integrators, this checkout against another, side by side in one process.
 
 The problem is that of ``step_cost.py`` (``F = A Y + Y A^T + C``, tridiagonal CSR ``A``, rank-4
 ``C``, RK4 substeps, float64, ``sigma_i = 2^-i``). The other checkout's package is imported
@@ -36,8 +36,28 @@ def load_package(name: str, checkout: Path):
     return module
 
 
-def steppers(lri, n, r, rng_seed=0):
-    """One BUG and one KSL step of the benchmark problem, as callables, for package ``lri``."""
+#: The methods this script can compare, by the names of ``step_cost.py``.
+METHODS = ("KSL", "BUG", "AugmentedBUG", "ParallelBUG", "MidpointBUG", "abc-PSI")
+
+
+def build(lri, name, r):
+    """The integrator ``name`` of package ``lri`` (fixed rank ``r`` for the rank-adaptive)."""
+    if name == "KSL":
+        return lri.ProjectorSplitting(order=1)
+    if name == "BUG":
+        return lri.BUG()
+    rule = lri.FixedRank(r)
+    if name == "AugmentedBUG":
+        return lri.AugmentedBUG(truncation=rule)
+    if name == "ParallelBUG":
+        return lri.ParallelBUG(truncation=rule, reject=False)
+    if name == "MidpointBUG":
+        return lri.MidpointBUG(truncation=rule)
+    return lri.AugmentedBackwardCorrectedPSI(truncation=rule)
+
+
+def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL")):
+    """One step of each of ``methods`` on the benchmark problem, as callables, for ``lri``."""
     import numpy as np
     import scipy.sparse as sp
 
@@ -51,7 +71,8 @@ def steppers(lri, n, r, rng_seed=0):
     V0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
     Y0 = lri.LowRankMatrix(U0, np.diag(2.0 ** -np.arange(r)), V0)
     out = {}
-    for name, method in (("BUG", lri.BUG()), ("KSL", lri.ProjectorSplitting(order=1))):
+    for name in methods:
+        method = build(lri, name, r)
         state = method.init(problem, Y0, 0.0)
         out[name] = lambda m=method, s=state: m.step(problem, s, 0.0, 1e-3)
     return out
@@ -63,6 +84,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, nargs="+", default=[4096, 65536])
     parser.add_argument("--r", type=int, default=32)
     parser.add_argument("--reps", type=int, default=7, help="timed steps per method and version")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["BUG", "KSL"])
     args = parser.parse_args(argv)
     other = Path(args.other)
     if not (other / "lowrank_integrators" / "__init__.py").is_file():
@@ -79,7 +101,7 @@ def main(argv=None):
     for n in args.n:
         runs = {}
         for tag, lri in (("other", old), ("this", this)):
-            for name, step in steppers(lri, n, args.r).items():
+            for name, step in steppers(lri, n, args.r, methods=args.methods).items():
                 runs[name, tag] = step
         for step in runs.values():  # warm-up: compilation, work arrays
             step()
@@ -89,7 +111,7 @@ def main(argv=None):
                 t0 = time.process_time()
                 step()
                 times[key].append(time.process_time() - t0)
-        for name in ("BUG", "KSL"):
+        for name in args.methods:
             before = statistics.median(times[name, "other"])
             after = statistics.median(times[name, "this"])
             print(
