@@ -169,50 +169,62 @@ def _limit_torch(limit: int) -> Iterator[None]:
         torch_module.set_num_threads(before)
 
 
-@contextlib.contextmanager
-def _limit_pools(limit: int) -> Iterator[None]:
-    """The BLAS/OpenMP pools at ``limit`` threads for the block, restored afterwards.
+class _Applied:
+    """The limit of an outermost entry point or block (``None``: nothing), applied on entry.
 
-    When every pool already runs ``limit`` threads (an enclosing ``threadpool_limits`` of the
-    caller's, or the previous entry point's), there is nothing to set or restore. Otherwise
-    only the pools that differ are set, and restored on exit.
+    The BLAS/OpenMP pools that differ from ``limit`` are set library by library through the
+    controller's handles (as ``ThreadpoolController.limit`` does, without rebuilding its
+    descriptions), and PyTorch's intra-op threads where asked and imported; each is restored
+    on exit. Pools already at the limit (an enclosing ``threadpool_limits`` of the caller's)
+    are neither set nor restored. A plain class rather than a generator: an integrator's step
+    called in a user's own loop enters it once per step.
     """
-    libs = _get_controller().lib_controllers
-    before = [lib.num_threads for lib in libs]
-    if all(n == limit for n in before):
-        yield
-        return
-    # Set and restored library by library through the controller's handles, as
-    # ``ThreadpoolController.limit`` does, without rebuilding its descriptions (about 25
-    # microseconds per entry point, paid by every training step of the PyTorch optimizer).
-    changed = []
-    try:
-        for lib, n in zip(libs, before, strict=True):
-            if n != limit:
-                lib.set_num_threads(limit)
-                changed.append((lib, n))
-        yield
-    finally:
-        for lib, n in reversed(changed):
-            lib.set_num_threads(n)
 
+    __slots__ = ("_changed", "_limit", "_token", "_torch", "_torch_before")
 
-@contextlib.contextmanager
-def _apply(limit: int | None, torch: bool) -> Iterator[None]:
-    """Apply ``limit`` (``None``: nothing) and mark the block as limited."""
-    torch_now = torch and limit is not None and "torch" in sys.modules
-    token = _active.set((limit, torch_now))
-    try:
+    def __init__(self, limit: int | None, torch: bool) -> None:
+        self._limit = limit
+        self._torch = torch and limit is not None and "torch" in sys.modules
+        self._changed: list[tuple[Any, int]] = []
+        self._torch_before: int | None = None
+
+    def __enter__(self) -> None:
+        limit = self._limit
+        self._token = _active.set((limit, self._torch))
         if limit is None:
-            yield
-        elif torch_now:
-            with _limit_pools(limit), _limit_torch(limit):
-                yield
-        else:
-            with _limit_pools(limit):
-                yield
-    finally:
-        _active.reset(token)
+            return
+        try:
+            for lib in _get_controller().lib_controllers:
+                n = lib.num_threads
+                if n != limit:
+                    lib.set_num_threads(limit)
+                    self._changed.append((lib, n))
+            if self._torch:
+                torch_module = sys.modules["torch"]
+                before = torch_module.get_num_threads()
+                if before != limit:
+                    torch_module.set_num_threads(limit)
+                    self._torch_before = before
+        except BaseException:
+            self._restore()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        try:
+            if self._torch_before is not None:
+                sys.modules["torch"].set_num_threads(self._torch_before)
+            for lib, n in reversed(self._changed):
+                lib.set_num_threads(n)
+        finally:
+            _active.reset(self._token)
+
+
+def _apply(limit: int | None, torch: bool) -> _Applied:
+    """Apply ``limit`` (``None``: nothing) and mark the block as limited."""
+    return _Applied(limit, torch)
 
 
 @contextlib.contextmanager
@@ -255,7 +267,11 @@ def limit_threads(*, torch: bool = False) -> contextlib.AbstractContextManager[N
     limit, torch_done = outer
     if torch and not torch_done and limit is not None and "torch" in sys.modules:
         return _torch_inside(limit)
-    return contextlib.nullcontext()
+    return _NOTHING
+
+
+#: The context of an entry point inside another (which already chose): nothing to do.
+_NOTHING = contextlib.nullcontext()
 
 
 @contextlib.contextmanager
