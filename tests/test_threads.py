@@ -156,6 +156,30 @@ def test_torch_threads_are_limited_inside_and_restored_after():
         torch.set_num_threads(before)
 
 
+def test_an_error_inside_an_entry_point_restores_the_pools_and_torch():
+    import scipy.linalg  # noqa: F401
+
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+
+    @threads.limited(torch=True)
+    def fails():
+        assert blas_threads() == {1} and torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            with pytest.raises(RuntimeError, match="inside"):
+                fails()
+            assert blas_threads() == {2}
+            assert torch.get_num_threads() == 2
+            assert threads._active.get() is None  # the next entry point applies its limit
+            assert threads_seen_by_solve() == {1}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_torch_entry_point_inside_a_numpy_one_limits_torch_too():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
