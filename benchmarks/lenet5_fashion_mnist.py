@@ -36,6 +36,7 @@ from lowrank_integrators import AugmentedBUG, Euler, Tolerance, TuckerBUG
 from lowrank_integrators.torch import DLRTOptimizer, convert, lenet5
 from lowrank_integrators.torch.command import layer_ranks, train_model
 from lowrank_integrators.training.data import load_dataset
+from lowrank_integrators.truncation import tail_norms
 
 
 def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -339,10 +340,9 @@ class CarefulDLRT:
             core[:r, :r] = S
             core -= lr * layer.grad_project(U_hat, V_hat)
             P, sigma, Qh = torch.linalg.svd(core, full_matrices=False)
-            s = sigma.cpu().numpy().astype(np.float64)
-            tails = np.sqrt(np.cumsum((s * s)[::-1])[::-1])  # tails[k] = |s[k:]|
-            within = np.nonzero(np.append(tails[1:], 0.0) <= self.tau * tails[0])[0]
-            r1 = int(within[0]) + 1 if within.size else s.size
+            s = sigma.cpu().numpy()
+            tails = tail_norms(s)  # tails[k] = |s[k:]|, tails[s.size] = 0
+            r1 = int(np.argmax(tails[1:] <= self.tau * tails[0])) + 1
             r1 = max(min(r1, self.rmax or s.size), min(self.rmin, s.size))
             layer.set_factors(U_hat @ P[:, :r1], torch.diag(sigma[:r1]), V_hat @ Qh[:r1].mT)
             for p in (layer.U, layer.S, layer.V):

@@ -37,23 +37,7 @@ def load_package(name: str, checkout: Path):
 
 
 #: The methods this script can compare, by the names of ``step_cost.py``.
-METHODS = ("KSL", "BUG", "AugmentedBUG", "ParallelBUG", "MidpointBUG", "abc-PSI")
-
-
-def build(lri, name, r):
-    """The integrator ``name`` of package ``lri`` (fixed rank ``r`` for the rank-adaptive)."""
-    if name == "KSL":
-        return lri.ProjectorSplitting(order=1)
-    if name == "BUG":
-        return lri.BUG()
-    rule = lri.FixedRank(r)
-    if name == "AugmentedBUG":
-        return lri.AugmentedBUG(truncation=rule)
-    if name == "ParallelBUG":
-        return lri.ParallelBUG(truncation=rule, reject=False)
-    if name == "MidpointBUG":
-        return lri.MidpointBUG(truncation=rule)
-    return lri.AugmentedBackwardCorrectedPSI(truncation=rule)
+METHODS = ("KSL", "Strang", "BUG", "AugmentedBUG", "ParallelBUG", "MidpointBUG", "abc-PSI")
 
 
 def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL")):
@@ -70,9 +54,12 @@ def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL")):
     U0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
     V0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
     Y0 = lri.LowRankMatrix(U0, np.diag(2.0 ** -np.arange(r)), V0)
+    from step_cost import build_methods  # the benchmark's integrators, for either package
+
+    built = build_methods(lri, r)
     out = {}
     for name in methods:
-        method = build(lri, name, r)
+        method = built[name]
         state = method.init(problem, Y0, 0.0)
         out[name] = lambda m=method, s=state: m.step(problem, s, 0.0, 1e-3)
     return out
