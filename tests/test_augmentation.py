@@ -107,6 +107,30 @@ def test_leading_signs_recognise_an_augmented_basis_exactly(rng, dtype):
     assert leading_signs(W, U0) is None
 
 
+@pytest.mark.parametrize("rows", [30, 4000])  # whole-array and row-block paths
+def test_a_basis_built_here_is_recognised_from_its_record_and_a_copy_by_its_entries(
+    rng, rows, monkeypatch
+):
+    import lowrank_integrators.integrators.augmentation as aug
+
+    U0, X = basis_and_block(rng, rows, 4, 3, np.float64, 1.0, 0)
+    U0 = U0 * np.array([1.0, -1.0, 1.0, -1.0])  # columns of either sign
+    U_hat, d = augment(Ledger(rank_before=4), X, U0)
+    checked = []
+    entry_check = aug._leading_signs_numpy
+    monkeypatch.setattr(
+        aug, "_leading_signs_numpy", lambda W, W0: checked.append(1) or entry_check(W, W0)
+    )
+    np.testing.assert_array_equal(leading_signs(U_hat, U0), d)
+    assert not checked  # the record answered
+    copy = U_hat.copy()
+    np.testing.assert_array_equal(leading_signs(copy, U0), d)
+    assert checked  # an array the module did not build is checked
+    assert leading_signs(U_hat, U0.copy()) is not None  # another start basis: checked, equal
+    copy[1, 0] = np.nextafter(copy[1, 0], 2.0)
+    assert leading_signs(copy, U0) is None
+
+
 def test_leading_signs_read_columns_that_vanish_in_the_first_row(rng):
     # the signs cannot be read off the first row where U0 vanishes there: the inner products
     # of the columns decide, and the check on every entry stays exact

@@ -240,7 +240,10 @@ def augment_projected(
         if release is not None:
             release(Q)
         Q = None
-        return U_hat, (d.conj() if d.dtype.kind == "c" else d)
+        if d.dtype.kind == "c":
+            return U_hat, d.conj()
+        _remember_leading(U_hat, U0, d)
+        return U_hat, d
     U_hat = xp.concat([U0 * d, Q], axis=1)
     if bk.is_complex(d):
         return U_hat, xp.conj(d)
@@ -380,13 +383,16 @@ def leading_signs(W: Any, W0: Any) -> Any | None:
     Recognises the bases this module builds, ``[U0 D, Q]`` (and ``U0 D`` alone), from the
     start basis ``W0`` (``r`` columns): a caller holding products with ``W0`` then forms only
     the products with the new columns. Complex bases, other shapes and any other leading block
-    give ``None``.
+    give ``None``. A basis this module built from ``W0`` (and that is still alive) is answered
+    from a record of its construction; any other ``W`` is checked entry by entry.
     """
-    if type(W) is np.ndarray and type(W0) is np.ndarray:
-        return _leading_signs_numpy(W, W0)
     built = _BUILT.get(id(W))
     if built is not None and built[0]() is W and built[1]() is W0:
-        return built[2]  # built here from W0: no check (which would read a value back)
+        # built here from W0: no check (which would read a value back, or cost on NumPy
+        # about as much as the small products of a training step it spares)
+        return built[2]
+    if type(W) is np.ndarray and type(W0) is np.ndarray:
+        return _leading_signs_numpy(W, W0)
     r = int(W0.shape[1])
     if int(W.shape[0]) != int(W0.shape[0]) or int(W.shape[1]) < r:
         return None
@@ -399,9 +405,10 @@ def leading_signs(W: Any, W0: Any) -> Any | None:
     return d if bool(xp.all(lead == W0 * d)) else None
 
 
-#: The augmented bases of other libraries than NumPy built here, by ``id``: weak references to
-#: the basis and to its start basis, and the signs of the leading block. A bounded record of
-#: the last few bases, so that :func:`leading_signs` answers for them without a check.
+#: The real augmented bases built here, by ``id``: weak references to the basis and to its
+#: start basis, and the signs of the leading block. A bounded record of the last few bases, so
+#: that :func:`leading_signs` answers for them without a check (the library never writes into
+#: a basis after building it).
 _BUILT: dict[int, tuple[Any, Any, Any]] = {}
 _BUILT_KEEP = 64
 _BUILT_LOCK = threading.Lock()
