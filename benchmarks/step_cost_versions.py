@@ -1,11 +1,12 @@
 """CPU time per step of the integrators, this checkout against another, side by side in one process.
 
 The problem is that of ``step_cost.py`` (``F = A Y + Y A^T + C``, tridiagonal CSR ``A``, rank-4
-``C``, RK4 substeps, float64, ``sigma_i = 2^-i``). The other checkout's package is imported
-under another module name, so that both versions step the same arrays in one process, one
-step after the other in turn (old, new, old, new, ...): they meet the same load, which on a
-shared machine moves more than the difference being measured. Times are CPU time
-(``time.process_time``) with one BLAS thread; the script prints medians and their ratio.
+``C``, RK4 substeps, ``sigma_i = eps^(i / 52)``: ``2^-i`` in float64, the default dtype). The
+other checkout's package is imported under another module name, so that both versions step
+the same arrays in one process, one step after the other in turn (old, new, old, new, ...):
+they meet the same load, which on a shared machine moves more than the difference being
+measured. Times are CPU time (``time.process_time``) with one BLAS thread; the script prints
+medians and their ratio.
 
 Usage::
 
@@ -40,21 +41,23 @@ def load_package(name: str, checkout: Path):
 METHODS = ("KSL", "Strang", "BUG", "AugmentedBUG", "ParallelBUG", "MidpointBUG", "abc-PSI")
 
 
-def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL")):
+def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL"), dtype="float64"):
     """One step of each of ``methods`` on the benchmark problem, as callables, for ``lri``."""
     import numpy as np
     import scipy.sparse as sp
 
+    # the benchmark's integrators and singular values, for either package
+    from step_cost import build_methods, core_singular_values
+
     rng = np.random.default_rng(rng_seed)
-    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
-    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
-    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0]
-    C = lri.LowRankMatrix(Uc, rng.standard_normal((4, 4)), Vc, check=False)
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
+    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    C = lri.LowRankMatrix(Uc, rng.standard_normal((4, 4)).astype(dtype), Vc, check=False)
     problem = lri.SylvesterODE(T, T, C)
-    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    Y0 = lri.LowRankMatrix(U0, np.diag(2.0 ** -np.arange(r)), V0)
-    from step_cost import build_methods  # the benchmark's integrators, for either package
+    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    Y0 = lri.LowRankMatrix(U0, np.diag(core_singular_values(np, r, dtype)), V0)
 
     built = build_methods(lri, r)
     out = {}
@@ -72,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--r", type=int, default=32)
     parser.add_argument("--reps", type=int, default=7, help="timed steps per method and version")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["BUG", "KSL"])
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     args = parser.parse_args(argv)
     other = Path(args.other)
     if not (other / "lowrank_integrators" / "__init__.py").is_file():
@@ -84,11 +88,15 @@ def main(argv=None):
 
     old = load_package("lowrank_integrators_other", other)
     threadpool_limits(1)
-    print(f"# this: {Path(this.__file__).parents[1]}; other: {other}; CPU time, 1 BLAS thread")
+    print(
+        f"# this: {Path(this.__file__).parents[1]}; other: {other}; {args.dtype}, CPU time, "
+        "1 BLAS thread"
+    )
     for n in args.n:
         runs = {}
         for tag, lri in (("other", old), ("this", this)):
-            for name, step in steppers(lri, n, args.r, methods=args.methods).items():
+            built = steppers(lri, n, args.r, methods=args.methods, dtype=args.dtype)
+            for name, step in built.items():
                 runs[name, tag] = step
         for step in runs.values():  # warm-up: compilation, work arrays
             step()
@@ -102,8 +110,9 @@ def main(argv=None):
             before = statistics.median(times[name, "other"])
             after = statistics.median(times[name, "this"])
             print(
-                f"n={n} r={args.r} {name}: other {1e3 * before:.2f} ms, this {1e3 * after:.2f} ms, "
-                f"this/other {after / before:.3f} (medians of {args.reps})",
+                f"{args.dtype} n={n} r={args.r} {name}: other {1e3 * before:.2f} ms, "
+                f"this {1e3 * after:.2f} ms, this/other {after / before:.3f} "
+                f"(medians of {args.reps})",
                 flush=True,
             )
     return 0

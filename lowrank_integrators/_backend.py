@@ -288,6 +288,47 @@ def qr_blocks(blocks: Sequence[Any]) -> tuple[Any, Any]:
     return tall_qr(xp.concat(list(blocks), axis=1), overwrite_x=True)
 
 
+def qr_increment(U0: Any, K1: Any, S0: Any) -> tuple[Any, Any]:
+    """Thin QR ``[U0, K1 - U0 S0] = Q R'``: the ``Q`` of ``[U0, K1]`` from its increment.
+
+    ``span`` of the first ``r + j`` columns is that of ``[U0, K1]`` for every ``j`` (the
+    columns of ``U0 S0`` lie in ``span(U0)``), so that ``Q`` is the Q factor of ``[U0, K1]``
+    and ``R = R' [[I, S0], [0, I]]``: the diagonal blocks of ``R'`` are those of ``R``. For a
+    K-step ``K1 = U0 S0 + h F V0 + ...`` the increment is the small part that carries the new
+    directions: ``[U0, K1]`` has a condition number near ``||S0|| / (h ||F||)`` where
+    ``[U0, K1 - U0 S0]`` has one independent of ``h``, so the Cholesky QR needs fewer passes
+    (in single precision often two instead of Householder), and the new directions carry
+    rounding errors relative to the increment instead of to ``K1``. ``K1`` is not modified:
+    the blocks are copied once into the array the factorisation overwrites, as in
+    :func:`qr_blocks`, and ``U0 S0`` is subtracted there by row blocks (no tall temporary).
+
+    Returns ``(Q, R')``.
+    """
+    if is_dask_array(U0) or is_dask_array(K1):
+        from ._dask import tall_qr_blocks
+
+        return tall_qr_blocks([U0, K1 - U0 @ S0])
+    from ._qr import tall_qr
+
+    name = "a block of a matrix to be factorised by QR"
+    if all(type(b) is np.ndarray for b in (U0, K1, S0)):
+        m, r, k = int(U0.shape[0]), int(U0.shape[1]), int(K1.shape[1])
+        work = np.empty((m, r + k), np.result_type(U0, K1, S0))
+        S0 = S0.astype(work.dtype, copy=False)
+        # one pass: each block of rows of U0 is copied and multiplied while it is in cache,
+        # and the block of the increment is written once
+        for b in row_blocks(work):
+            u = U0[b]
+            work[b, :r] = u
+            np.subtract(K1[b], u @ S0, out=work[b, r:])
+        # non-finite blocks are found on the factorisation's Gram matrix (no extra pass)
+        return tall_qr(work, overwrite_x=True, check=name)
+    require_finite(U0, name)
+    require_finite(K1, name)
+    xp = array_namespace(U0, K1)
+    return tall_qr(xp.concat([U0, plus_product(K1, U0, S0, alpha=-1.0)], axis=1), overwrite_x=True)
+
+
 def qr_augment(U0: Any, X: Any) -> tuple[Any, Any]:
     """Thin QR of ``[U0, Z]`` with ``Z = X - U0 (U0^H X)`` (projected twice) for orthonormal ``U0``.
 

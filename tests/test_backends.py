@@ -100,6 +100,27 @@ def test_qr_of_blocks_equals_qr_of_their_concatenation_and_leaves_them_intact(xp
     np.testing.assert_array_equal(bk.to_host(X2), B2)
 
 
+@pytest.mark.parametrize("rows", [40, 3001])  # one block of rows, and several
+def test_qr_of_an_increment_has_the_q_and_diagonal_blocks_of_the_qr_of_the_result(xp, rng, rows):
+    """``[U0, K1 - U0 S0] = Q R'`` where ``[U0, K1] = Q R``: the same ``Q`` (columns of
+    ``U0 S0`` lie in ``span(U0)``) and ``R = R' [[I, S0], [0, I]]``; ``K1`` is left intact."""
+    r, k = 3, 4
+    U0 = np.linalg.qr(rng.standard_normal((rows, r)))[0]
+    S0 = rng.standard_normal((r, k))
+    K1 = U0 @ S0 + 0.1 * rng.standard_normal((rows, k))
+    Q, Rp = bk.qr_increment(xp.asarray(U0), xp.asarray(K1), xp.asarray(S0))
+    Qh, Rph = bk.to_host(Q), bk.to_host(Rp)
+    assert type(Q) is type(xp.asarray(U0)) and Qh.shape == (rows, r + k)
+    Qb, Rb = bk.to_host(bk.qr_blocks([xp.asarray(U0), xp.asarray(K1)])[0]), None
+    np.testing.assert_allclose(Qh, Qb, atol=1e-12)
+    shift = np.block([[np.eye(r), S0], [np.zeros((k, r)), np.eye(k)]])
+    Rb = Qh.T @ np.concatenate([U0, K1], axis=1)
+    np.testing.assert_allclose(Rph @ shift, Rb, atol=1e-12)
+    np.testing.assert_allclose(np.tril(Rph, -1), 0.0, atol=0.0)
+    np.testing.assert_allclose(Qh.T @ Qh, np.eye(r + k), atol=1e-13)
+    np.testing.assert_array_equal(bk.to_host(xp.asarray(K1)), K1)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
 @pytest.mark.parametrize("rows", [5, 3001])
 def test_tall_inner_is_the_conjugate_transpose_product(rng, monkeypatch, dtype, rows):

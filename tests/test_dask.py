@@ -225,6 +225,19 @@ def test_qr_of_a_non_finite_dask_array_raises(case):
         bk.qr(Y.U * np.inf)
 
 
+def test_qr_of_an_increment_of_dask_blocks_equals_the_numpy_one(rng):
+    from lowrank_integrators import _backend as bk
+
+    U0 = np.linalg.qr(rng.standard_normal((90, 3)))[0]
+    S0 = rng.standard_normal((3, 2))
+    K1 = U0 @ S0 + 0.1 * rng.standard_normal((90, 2))
+    Q, R = bk.qr_increment(da.from_array(U0, chunks=30), da.from_array(K1, chunks=30), S0)
+    Qn, Rn = bk.qr_increment(U0, K1, S0)
+    assert isinstance(Q, da.Array)
+    np.testing.assert_allclose(np.asarray(Q.compute()), Qn, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(R), Rn, atol=1e-13)
+
+
 def test_a_numpy_run_never_imports_dask():
     code = (
         "import sys, numpy as np, lowrank_integrators as lri\n"

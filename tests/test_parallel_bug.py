@@ -341,6 +341,41 @@ def test_per_mode_fixed_ranks_are_refused():
         lri.ParallelBUG(truncation=4)
 
 
+# --- the QR of the new directions ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_single_precision_takes_the_new_directions_from_the_substeps_increment(
+    rng, dtype, monkeypatch
+):
+    """``[U0, K1]`` and ``[U0, K1 - U0 S0]`` have the same Q factor and the same diagonal blocks
+    of R. Single precision factors the increment, whose Cholesky QR holds where that of
+    ``[U0, K1]`` (condition number near ``||S0|| / (h ||F||)``) falls back to Householder;
+    double precision factors ``[U0, K1]``. The steps of both forms agree to the precision."""
+    import lowrank_integrators.integrators.parallel_bug as pbug
+
+    n, r, h = 300, 4, 1e-3
+    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    Y0 = lri.LowRankMatrix(U0, np.diag([1.0, 0.1, 1e-2, 1e-3]).astype(dtype), V0)
+    A = np.diag(-2.0 * np.ones(n)) + np.diag(np.ones(n - 1), 1) + np.diag(np.ones(n - 1), -1)
+    problem = lri.SylvesterODE(A.astype(dtype), A.astype(dtype))
+    method = lri.ParallelBUG(lri.FixedRank(r), substep=lri.Euler())
+    factored = []
+    monkeypatch.setattr(
+        bk, "qr_increment", lambda *a, f=bk.qr_increment: factored.append(1) or f(*a)
+    )
+    Y1 = method.step(problem, method.init(problem, Y0, 0.0), 0.0, h)[0].Y
+    assert len(factored) == (2 if dtype == np.float32 else 0)
+    monkeypatch.setattr(pbug, "_INCREMENT_FROM_EPS", 0.0 if dtype == np.float64 else 1.0)
+    other = method.step(problem, method.init(problem, Y0, 0.0), 0.0, h)[0].Y
+    assert len(factored) == 2  # the other form
+    assert Y1.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert np.linalg.norm(Y1.to_dense() - other.to_dense()) <= tol * np.linalg.norm(Y1.to_dense())
+    assert max(_defect(Y1.U), _defect(Y1.V)) <= 10 * np.finfo(dtype).eps * r
+
+
 # --- orthonormality over long runs --------------------------------------------------------
 
 

@@ -210,6 +210,12 @@ class FactorisationLedger:
         self.info.n_qr += 1
         return bk.qr_blocks(blocks)
 
+    def qr_increment(self, U0: Any, K1: Any, S0: Any) -> tuple[Any, Any]:
+        """Thin QR of ``[U0, K1 - U0 S0]``, whose Q factor is that of ``[U0, K1]`` (one QR;
+        see :func:`~lowrank_integrators._backend.qr_increment`)."""
+        self.info.n_qr += 1
+        return bk.qr_increment(U0, K1, S0)
+
     def qr_augment(self, U0: Any, X: Any) -> tuple[Any, Any]:
         """Thin QR of ``[U0, X]`` with ``X`` first orthogonalised against ``U0`` (one QR)."""
         self.info.n_qr += 1
