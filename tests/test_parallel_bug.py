@@ -349,30 +349,44 @@ def test_single_precision_takes_the_new_directions_from_the_substeps_increment(
     rng, dtype, monkeypatch
 ):
     """``[U0, K1]`` and ``[U0, K1 - U0 S0]`` have the same Q factor and the same diagonal blocks
-    of R. Single precision factors the increment, whose Cholesky QR holds where that of
-    ``[U0, K1]`` (condition number near ``||S0|| / (h ||F||)``) falls back to Householder;
-    double precision factors ``[U0, K1]``. The steps of both forms agree to the precision."""
+    of R. Single precision factors the increment, whose condition number does not grow like
+    ``1 / h``: its Cholesky QR needs two passes where that of ``[U0, K1]`` needs more (or
+    Householder). Double precision factors ``[U0, K1]``. The steps of both forms agree to the
+    precision."""
+    import scipy.sparse as sp
+
+    import lowrank_integrators._qr as qr
     import lowrank_integrators.integrators.parallel_bug as pbug
 
-    n, r, h = 300, 4, 1e-3
+    n, r, h = 10_000, 4, 1e-3  # tall enough for the Cholesky QR (small blocks take Householder)
     U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
     V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
     Y0 = lri.LowRankMatrix(U0, np.diag([1.0, 0.1, 1e-2, 1e-3]).astype(dtype), V0)
-    A = np.diag(-2.0 * np.ones(n)) + np.diag(np.ones(n - 1), 1) + np.diag(np.ones(n - 1), -1)
-    problem = lri.SylvesterODE(A.astype(dtype), A.astype(dtype))
+    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
+    problem = lri.SylvesterODE(A, A)
     method = lri.ParallelBUG(lri.FixedRank(r), substep=lri.Euler())
-    factored = []
+    factored, paths = [], []
     monkeypatch.setattr(
         bk, "qr_increment", lambda *a, f=bk.qr_increment: factored.append(1) or f(*a)
     )
+    factor = qr._factor
+    monkeypatch.setattr(
+        qr, "_factor", lambda *a, **k: (lambda res: paths.append(res[3]) or res)(factor(*a, **k))
+    )
     Y1 = method.step(problem, method.init(problem, Y0, 0.0), 0.0, h)[0].Y
     assert len(factored) == (2 if dtype == np.float32 else 0)
+    assert paths == ["CholeskyQR2", "CholeskyQR2"]
+    paths.clear()
     monkeypatch.setattr(pbug, "_INCREMENT_FROM_EPS", 0.0 if dtype == np.float64 else 1.0)
     other = method.step(problem, method.init(problem, Y0, 0.0), 0.0, h)[0].Y
     assert len(factored) == 2  # the other form
+    if dtype == np.float32:
+        assert "CholeskyQR2" not in paths  # [U0, K1] needs the shifted passes or Householder
     assert Y1.dtype == dtype
-    tol = 1e-5 if dtype == np.float32 else 1e-13
-    assert np.linalg.norm(Y1.to_dense() - other.to_dense()) <= tol * np.linalg.norm(Y1.to_dense())
+    probe = rng.standard_normal((n, 5))
+    diff = Y1.U @ (Y1.S @ (Y1.V.T @ probe)) - other.U @ (other.S @ (other.V.T @ probe))
+    size = np.linalg.norm(Y1.U @ (Y1.S @ (Y1.V.T @ probe)))
+    assert np.linalg.norm(diff) <= (1e-5 if dtype == np.float32 else 1e-13) * size
     assert max(_defect(Y1.U), _defect(Y1.V)) <= 10 * np.finfo(dtype).eps * r
 
 
