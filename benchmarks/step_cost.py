@@ -24,7 +24,9 @@ Floor model: at start the driver measures, under the same BLAS thread limit, the
 ``floor_model``: the thin products' flops, the bytes of each tall array read or written once
 per phase, the CSR arrays once per operator product; QRs as CholeskyQR2) and prints
 ``floor ms`` (the sum over phases of max(flops / GEMM rate, bytes / bandwidth)) and
-``x floor`` = median / floor. ``--phases`` prints the phases of BUG and AugmentedBUG.
+``x floor`` = median / floor. ``--phases`` prints each method's phases and the route every QR
+of its step took (``qr_routes`` in the JSON): the floor counts CholeskyQR2, and where the new
+columns are nearly dependent the QR takes the shifted Cholesky passes or Householder.
 
 The RK4 stages are counted in the classical arrangement (per stage: read the stage, the start,
 the source factor and the accumulator, write the accumulator and the next stage). On this
@@ -67,6 +69,7 @@ With three or more sizes the script also fits the exponent ``p`` of ``time ~ n^p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import resource
@@ -408,7 +411,8 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
             hwm = _read_status_mb("VmHWM")
         gc.collect()
         tracemalloc.start()
-        run()
+        with _recording_qr_routes() as routes:
+            run()
         traced = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         # work arrays the method keeps between steps (resident before each step, so not in
@@ -433,9 +437,31 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
                 "traced_peak_mb": traced,
                 "kept_mb": kept,
                 "state_mb": state_mb,
+                "qr_routes": routes,
             }
         )
     print(json.dumps(results))
+
+
+@contextlib.contextmanager
+def _recording_qr_routes():
+    """The route of every tall QR of the library in the block (``"CholeskyQR2, 64 columns"``):
+    what the floor, which counts CholeskyQR2, does not foresee where the data need more."""
+    from lowrank_integrators import _qr
+
+    routes: list[str] = []
+    factor = _qr._factor
+
+    def recording(x, *args, **kwargs):
+        out = factor(x, *args, **kwargs)
+        routes.append(f"{out[3]}, {int(x.shape[1])} columns")
+        return out
+
+    _qr._factor = recording
+    try:
+        yield routes
+    finally:
+        _qr._factor = factor
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -481,7 +507,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads in the workers")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--phases", action="store_true", help="print the floor model's phases")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="print the floor model's phases and the route each QR of a step took",
+    )
     parser.add_argument(
         "--no-numba", action="store_true", help="the NumPy path even where numba is installed"
     )
@@ -590,12 +620,13 @@ def main(argv=None):
                     f"{1e3 * x['median_sys_s']:>6.1f}..{1e3 * x['max_sys_s']:<5.0f}",
                     flush=True,
                 )
-                if args.phases and x["method"] in ("BUG", "AugmentedBUG"):
+                if args.phases and not x["method"].startswith("minimal"):
                     for ph in model.phases:
                         print(
                             f"{'':>13} {ph.name:>24}: {ph.flops / 1e6:9.1f} MF "
                             f"{ph.bytes / 1e6:9.1f} MB -> {1e3 * ph.seconds(rates):7.3f} ms"
                         )
+                    print(f"{'':>13} {'QR routes':>24}: {'; '.join(x['qr_routes']) or '-'}")
             rows.extend(res)
 
     # time per unknown: linear scaling in n shows as a flat column
