@@ -349,10 +349,28 @@ def _reset_hwm():
         return False
 
 
+def benchmark_problem(lri, n, r, dtype="float64", seed=0):
+    """``(problem, Y0)`` of the benchmark for the package ``lri``: ``F = A Y + Y A^T + C``,
+    ``A`` tridiagonal CSR, ``C`` of rank 4 with a non-symmetric core, ``Y0`` of rank ``r``
+    with singular values :func:`core_singular_values`."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
+    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
+    Sc = rng.standard_normal((4, 4)).astype(dtype)  # non-symmetric core: C is not symmetric
+    C = lri.LowRankMatrix(Uc, Sc, Vc, check=False)
+    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
+    Y0 = lri.LowRankMatrix(U0, np.diag(core_singular_values(np, r, dtype)), V0)
+    return lri.SylvesterODE(T, T, C), Y0
+
+
 def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True):
     import numpy as np
     import scipy.linalg  # noqa: F401 - SciPy's own BLAS (QRs, SVDs): loaded before the limit
-    import scipy.sparse as sp
     from threadpoolctl import threadpool_limits
 
     import lowrank_integrators as lri
@@ -363,17 +381,8 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
     threadpool_limits(threads)
     _fused.use_numba = numba
 
-    rng = np.random.default_rng(0)
-    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
-    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
-    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
-    Sc = rng.standard_normal((4, 4)).astype(dtype)  # non-symmetric core: C is not symmetric
-    C = lri.LowRankMatrix(Uc, Sc, Vc, check=False)
-    problem = lri.SylvesterODE(T, T, C)
-    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    S0 = np.diag(core_singular_values(np, r, dtype))
-    Y0 = lri.LowRankMatrix(U0, S0, V0)
+    problem, Y0 = benchmark_problem(lri, n, r, dtype)
+    T, (Uc, Sc, Vc), (U0, S0, V0) = problem.A, tuple(problem.C), tuple(Y0)
     h = 1e-3
     state_mb = (U0.nbytes + V0.nbytes + S0.nbytes) / 2**20
 

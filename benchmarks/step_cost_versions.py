@@ -43,22 +43,10 @@ METHODS = ("KSL", "Strang", "BUG", "AugmentedBUG", "ParallelBUG", "MidpointBUG",
 
 def steppers(lri, n, r, rng_seed=0, methods=("BUG", "KSL"), dtype="float64"):
     """One step of each of ``methods`` on the benchmark problem, as callables, for ``lri``."""
-    import numpy as np
-    import scipy.sparse as sp
+    # the benchmark's problem and integrators, for either package
+    from step_cost import benchmark_problem, build_methods
 
-    # the benchmark's integrators and singular values, for either package
-    from step_cost import build_methods, core_singular_values
-
-    rng = np.random.default_rng(rng_seed)
-    T = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr", dtype=dtype)
-    Uc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
-    Vc = np.linalg.qr(rng.standard_normal((n, 4)))[0].astype(dtype)
-    C = lri.LowRankMatrix(Uc, rng.standard_normal((4, 4)).astype(dtype), Vc, check=False)
-    problem = lri.SylvesterODE(T, T, C)
-    U0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    V0 = np.linalg.qr(rng.standard_normal((n, r)))[0].astype(dtype)
-    Y0 = lri.LowRankMatrix(U0, np.diag(core_singular_values(np, r, dtype)), V0)
-
+    problem, Y0 = benchmark_problem(lri, n, r, dtype, seed=rng_seed)
     built = build_methods(lri, r)
     out = {}
     for name in methods:
