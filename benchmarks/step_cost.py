@@ -36,6 +36,13 @@ and the source factor and write the next stage), which moves fewer bytes than th
 charges. ``x nested`` is the ratio to the floor with the stages counted in the nested
 arrangement: the stricter of the two figures.
 
+The rates of a shared machine drift (by tens of percent within minutes), and a floor from
+rates measured at start then tracks the machine of another moment. Each worker therefore
+measures the rates again right before each method's warm-up and right after its timed steps;
+``x adj`` is the median time over the floor at the mean of those two measurements (JSON:
+``adjacent_rates``, ``adjacent_floor_s``, ``ratio_to_adjacent_floor``). ``x floor`` keeps the
+rates measured at start.
+
 Time is CPU time (``time.process_time``) with the BLAS pools limited by threadpoolctl to
 ``--threads`` (default 1). "sys ms" is the part of it spent in the kernel (median..max over
 the timed steps): mostly the zeroing of fresh pages for new tall arrays, which the C library
@@ -116,7 +123,8 @@ def build_methods(lri, r):
 # CholeskyQR2 (two passes of Gram matrix plus triangular product, n w^2 flops each: both
 # factors are triangular or symmetric), the cheapest factorisation
 # that stays orthonormal for the conditioning these bases have; M = U1^H U0 is taken as formed
-# in the QR's last pass (only U0 read). Rates are measured on the machine at start.
+# in the QR's last pass (only U0 read). Rates are measured on the machine at start, and
+# again beside each method in its worker (``x adj``).
 
 NNZ_PER_ROW = 3  # tridiagonal A = B
 SOURCE_RANK = 4
@@ -405,6 +413,11 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
     results = []
     for name in [m for m in METHOD_NAMES if m in runners and m in methods_wanted]:
         run = runners[name]
+        # The machine's rates once more, right before the warm-up and right after the timed
+        # steps: the floor of this method at the speed the machine had while it ran (a shared
+        # host drifts by tens of percent within minutes). Before the warm-up, so that the
+        # probe's arrays do not change the memory the timed steps find.
+        probes = [measure_rates(np, np.dtype(dtype), repeats=3)]
         run()  # warm-up (also checks that it runs)
         times, kernel = [], []
         for _ in range(repeats):
@@ -413,6 +426,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
             run()
             times.append(time.process_time() - t0)
             kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0)
+        probes.append(measure_rates(np, np.dtype(dtype), repeats=3))
         hwm = before = float("nan")
         if _reset_hwm():
             before = _read_status_mb("VmRSS")
@@ -447,9 +461,26 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
                 "kept_mb": kept,
                 "state_mb": state_mb,
                 "qr_routes": routes,
+                "adjacent_rates": _rates_json(_mean_rates(probes)),
             }
         )
     print(json.dumps(results))
+
+
+def _mean_rates(probes):
+    """The mean of several :func:`measure_rates` results, rate by rate."""
+    mean = {k: statistics.fmean(p[k] for p in probes) for k in ("dgemm", "bandwidth")}
+    mean["thin"] = {w: statistics.fmean(p["thin"][w] for p in probes) for w in probes[0]["thin"]}
+    return mean
+
+
+def _rates_json(rates):
+    """``rates`` with the thin-GEMM widths as strings (JSON object keys)."""
+    return {**rates, "thin": {str(k): v for k, v in rates["thin"].items()}}
+
+
+def _rates_from_json(rates):
+    return {**rates, "thin": {int(k): v for k, v in rates["thin"].items()}}
 
 
 @contextlib.contextmanager
@@ -492,13 +523,21 @@ def summarize(paths):
     print(f"# median over runs of: {' '.join(paths)}")
     print(
         f"{'dtype':>8} {'n':>8} {'r':>3} {'method':>15} {'runs':>4} {'median ms':>10} "
-        f"{'floor ms':>9} {'x floor':>8} {'x floor min..max':>17} {'x nested':>8}"
+        f"{'floor ms':>9} {'x floor':>8} {'x floor min..max':>17} {'x nested':>8} "
+        f"{'x adj':>6} {'x adj min..max':>15}"
     )
     for (dtype, n, r, name), xs in sorted(runs.items(), key=lambda kv: kv[0][:3]):
         ratios = [x["ratio_to_floor"] for x in xs]
         # files written before the nested column have none
         nested = [x["ratio_to_nested_floor"] for x in xs if "ratio_to_nested_floor" in x]
         cell = f"{statistics.median(nested):>8.2f}" if nested else f"{'-':>8}"
+        # and those written before the adjacent floor none of that
+        adjacent = [x["ratio_to_adjacent_floor"] for x in xs if "ratio_to_adjacent_floor" in x]
+        cell += (
+            f" {statistics.median(adjacent):>6.2f} {min(adjacent):>6.2f}..{max(adjacent):<7.2f}"
+            if adjacent
+            else f" {'-':>6} {'-':>15}"
+        )
         print(
             f"{dtype:>8} {n:>8} {r:>3} {name:>15} {len(xs):>4} "
             f"{1e3 * statistics.median(x['median_s'] for x in xs):>10.2f} "
@@ -579,7 +618,7 @@ def main(argv=None):
     )
     header = (
         f"{'n':>8} {'r':>3} {'method':>15} {'median ms':>10} {'floor ms':>9} {'x floor':>8} "
-        f"{'x nested':>8} {'vs minimal':>10} {'vs best':>9} "
+        f"{'x nested':>8} {'x adj':>6} {'vs minimal':>10} {'vs best':>9} "
         f"{'peak RSS MB':>11} {'step adds MB':>12} {'kept MB':>8} {'traced MB':>9} "
         f"{'state MB':>9} {'sys ms':>13}"
     )
@@ -615,6 +654,8 @@ def main(argv=None):
                 x["ratio_to_floor"] = x["median_s"] / x["floor_s"]
                 x["nested_floor_s"] = floor_model(x["method"], n, r, itemsize, True).seconds(rates)
                 x["ratio_to_nested_floor"] = x["median_s"] / x["nested_floor_s"]
+                x["adjacent_floor_s"] = model.seconds(_rates_from_json(x["adjacent_rates"]))
+                x["ratio_to_adjacent_floor"] = x["median_s"] / x["adjacent_floor_s"]
                 x["ratio_to_minimal"] = x["median_s"] / base if base else None
                 x["ratio_to_best_hand"] = x["median_s"] / best if best else None
                 ratio = f"{x['ratio_to_minimal']:.2f}" if base else "-"
@@ -622,7 +663,7 @@ def main(argv=None):
                 print(
                     f"{n:>8} {r:>3} {x['method']:>15} {1e3 * x['median_s']:>10.2f} "
                     f"{1e3 * x['floor_s']:>9.2f} {x['ratio_to_floor']:>8.2f} "
-                    f"{x['ratio_to_nested_floor']:>8.2f} "
+                    f"{x['ratio_to_nested_floor']:>8.2f} {x['ratio_to_adjacent_floor']:>6.2f} "
                     f"{ratio:>10} {ratio_best:>9} {x['peak_rss_mb']:>11.0f} "
                     f"{x['peak_rss_mb'] - x['rss_before_mb']:>12.0f} {x['kept_mb']:>8.0f} "
                     f"{x['traced_peak_mb']:>9.1f} {x['state_mb']:>9.1f} "
@@ -655,7 +696,7 @@ def main(argv=None):
                     p = np.polyfit(np.log([a for a, _ in pts]), np.log([b for _, b in pts]), 1)[0]
                     print(f"r={r:>3} {name:>15}  p = {p:.3f}")
     if args.json:
-        rates_json = {**rates, "thin": {str(k): v for k, v in rates["thin"].items()}}
+        rates_json = _rates_json(rates)
         with open(args.json, "w") as fh:
             json.dump(
                 {

@@ -53,8 +53,14 @@ def test_step_cost_times_every_method_against_both_floors(tmp_path):
         # the nested arrangement of the RK4 stages moves fewer bytes than the classical one
         assert 0 < row["nested_floor_s"] <= row["floor_s"]
         assert math.isclose(row["ratio_to_floor"], row["median_s"] / row["floor_s"])
+        # the same floor at the rates the worker measured right before and after the method
+        rates = row["adjacent_rates"]
+        assert rates["dgemm"] > 0 and rates["bandwidth"] > 0 and set(rates["thin"]) >= {"8", "64"}
+        adjacent = row["adjacent_floor_s"]
+        assert adjacent > 0
+        assert math.isclose(row["ratio_to_adjacent_floor"], row["median_s"] / adjacent)
         assert 0 <= row["median_sys_s"] <= row["max_sys_s"]
-    assert "x nested" in printed and "sys ms" in printed
+    assert "x nested" in printed and "x adj" in printed and "sys ms" in printed
 
 
 def test_step_cost_summarizes_runs(tmp_path):
@@ -63,7 +69,7 @@ def test_step_cost_summarizes_runs(tmp_path):
         paths.append(str(tmp_path / f"run{k}.json"))
         run("step_cost.py", "--n", "1024", "--r", "4", "--methods", "BUG", "--json", paths[-1])
     printed = run("step_cost.py", "--summarize", *paths)
-    assert "BUG" in printed and "x floor min..max" in printed
+    assert "BUG" in printed and "x floor min..max" in printed and "x adj min..max" in printed
 
 
 def test_the_dlrt_floor_counts_every_operation_of_a_step():
