@@ -25,6 +25,12 @@ Cholesky factorisation and one product per pass, all at GEMM speed on the row-ma
   shifted passes run: on such inputs they measured 5-20 % faster than TSQR up to ``2^16``
   rows. Other libraries (GPUs), where Householder QR is slow, always try the shifted passes.
 
+On PyTorch tensors the two passes of CholeskyQR2 run first with the driver's tests computed on
+the tensor's device and read back together, once (a GPU waits once instead of four times);
+where a test fails, the driver below runs from the start, so the factors are those of the
+driver bit for bit. :func:`tall_q_deferred` leaves that one number to its caller, to be read
+with numbers of its own.
+
 Small inputs (at most :data:`_SMALL_ENTRIES` entries, e.g. the bases and core unfoldings of
 Tucker steps at small sizes) go straight to one Householder QR: LAPACK ``geqrf``/``orgqr``
 on a Fortran-ordered copy for NumPy. At that size the copy is free, Householder is as fast
@@ -71,6 +77,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from typing import Any
 
 import numpy as np
@@ -141,6 +148,24 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
                 return Q * canonical_phases(_diagonal(Q))
             return xp.where(_diagonal(Q) > 0, -Q, Q)  # Q times the signs, exactly
     return _factor(x, None, overwrite=overwrite_x)[0]
+
+
+def tall_q_deferred(x: Any) -> tuple[Any, Any | None]:
+    """:func:`tall_q` with its one test left unread where that is possible: ``(Q, ok)``.
+
+    For a PyTorch tensor that :func:`tall_q` factors by the Cholesky passes, ``Q`` comes from
+    CholeskyQR2 with the tests of the driver computed on the tensor's device and not read
+    back: ``ok`` is a 0-d boolean tensor, true exactly when :func:`tall_q` returns this ``Q``
+    (bit for bit). The caller reads it together with other numbers of its own (one wait for
+    the device instead of several) and calls :func:`tall_q` where it is false; ``x`` is left
+    intact. Every other input is factored by :func:`tall_q` at once and ``ok`` is ``None``.
+    """
+    if len(x.shape) == 2 and _defers_checks(x):
+        m, k = int(x.shape[0]), int(x.shape[1])
+        if 0 < k <= m and m * k > _SMALL_ENTRIES:
+            Q, _, _, ok = _deferred_cholesky_qr2(x, None)
+            return Q, ok
+    return tall_q(x), None
 
 
 def tall_qr_project(
@@ -286,6 +311,11 @@ def _factor(
         if _is_numpy(x) and x.dtype.kind == "f" and k > 0:
             return _small_real_householder(x, w)
         return _householder(x, w)
+    if _defers_checks(x):
+        Q, R, M, ok = _deferred_cholesky_qr2(x, w)
+        if bool(ok):  # the one number read back on this route
+            return Q, R, M, "CholeskyQR2"
+        Q = R = M = None
     xp = bk.namespace(x)
     eps = float(xp.finfo(x.dtype).eps)
     Q = x
@@ -328,6 +358,62 @@ def _factor(
     if Q is not x:
         Q = None
     return _householder_after(x, Q, R, w)
+
+
+def _defers_checks(x: Any) -> bool:
+    """Whether the Cholesky passes on ``x`` keep their tests on the device until the end: a
+    floating PyTorch tensor (whose ``cholesky_ex`` reports a breakdown without raising)."""
+    if not type(x).__module__.startswith("torch"):
+        return False
+    torch = sys.modules["torch"]
+    return x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def _deferred_cholesky_qr2(x: Any, w: Any | None) -> tuple[Any, Any, Any, Any]:
+    """CholeskyQR2 of the tensor ``x`` with the driver's tests evaluated on its device.
+
+    Returns ``(Q, R, Q^H w or None, ok)``. The operations are those of the two passes of
+    :func:`_factor` (the same helpers, in the same order); ``ok`` (a 0-d boolean tensor, not
+    read) is true where :func:`_factor`'s tests would have let them through: the first
+    Cholesky factorisation succeeded with finite pivots and a condition estimate within
+    ``_MAX_KAPPA2_U``, the second pass starts within ``_NEAR_ORTHONORMAL`` of orthonormal
+    (both with a margin of 1e-3 for the rounding of the device's own evaluation of the tests,
+    which :func:`_factor` computes on the host), and the second factorisation succeeded. Then
+    ``(Q, R, M)`` is what :func:`_factor` returns. Every other case goes through
+    :func:`_factor`'s driver, where a GPU would otherwise wait for each test: a CholeskyQR2 of
+    well-conditioned columns here reads back one number instead of four.
+    """
+    torch = sys.modules["torch"]
+    k = int(x.shape[1])
+    eps = float(torch.finfo(x.dtype).eps)
+    margin = 1.0 - 1e-3
+    G = _gram(x)
+    L, info = torch.linalg.cholesky_ex(G)
+    Ri = bk.adjoint(L)
+    g = torch.real(_diagonal(G))
+    p = torch.abs(_diagonal(Ri)) ** 2
+    ok = (
+        (info == 0)
+        & torch.isfinite(g).all()
+        & torch.isfinite(p).all()
+        & (p.min() > 0)
+        & (torch.max(g / p) * eps <= _MAX_KAPPA2_U * margin)
+    )
+    Q, _ = _times_inverse(x, _inverse_upper(Ri), owned=False, w=None, triangular=True)
+    R = Ri
+    G = _gram(Q)
+    eye = torch.eye(k, dtype=G.dtype, device=G.device)
+    distance = torch.linalg.matrix_norm(G - eye)
+    L, info = torch.linalg.cholesky_ex(G)
+    Ri = bk.adjoint(L)
+    ok = ok & (distance <= _NEAR_ORTHONORMAL * margin) & (info == 0)
+    ok = ok & torch.isfinite(_diagonal(Ri)).all()
+    Ri_inv = _inverse_upper(Ri)
+    d = canonical_phases(_diagonal(Q[:k, :] @ Ri_inv))
+    Ri_inv = Ri_inv * d[None, :]
+    Ri = _conj(d)[:, None] * Ri
+    Q, M = _times_inverse(Q, Ri_inv, owned=False, w=w, triangular=True)
+    return Q, Ri @ R, M, ok
 
 
 def _householder_after(x: Any, Q: Any, R: Any, w: Any | None) -> tuple[Any, Any, Any, str]:

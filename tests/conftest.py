@@ -42,6 +42,32 @@ def xp(request):
     return importlib.import_module(name)
 
 
+class _HostReads:
+    """The numbers read back from PyTorch tensors so far (each a wait for a GPU)."""
+
+    METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts, from here to the end of the test, every number read back from a PyTorch tensor
+    (``count``, which the test may reset)."""
+    torch = pytest.importorskip("torch")
+    reads = _HostReads()
+    for name in _HostReads.METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *args, _original=original, **kwargs):
+            reads.count += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
 @pytest.fixture
 def rng():
     """A fresh seeded generator per test (never a global seed)."""

@@ -288,3 +288,27 @@ def test_the_handover_keeps_nothing_once_the_l_substep_is_done():
         handover.work.give(np.empty((rows, 2)))
     handover.give(np.empty((rows, 2)), U)  # too late: nothing would take it
     assert len(handover.work) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("outside", [1.0, 1e-8, 0.0])
+def test_torch_new_columns_wait_once_for_the_device_and_match_numpy(
+    rng, host_reads, dtype, outside
+):
+    """On PyTorch the QR of well-conditioned new columns (large enough for the Cholesky
+    passes) and the check of their orthogonality to ``U0`` read back one number pair, not one
+    number per test; every case gives NumPy's basis to rounding."""
+    torch = pytest.importorskip("torch")
+    U0, X = basis_and_block(rng, 20_000, 8, 8, dtype, outside, 0)
+    expected, d_np = augment_projected(Ledger(), project_out(U0, X), U0)
+    U0_t, X_t = torch.from_numpy(U0), torch.from_numpy(X)
+    Z = project_out(U0_t, X_t)
+    host_reads.count = 0
+    U_hat, d = augment_projected(Ledger(), Z, U0_t)
+    if outside == 1.0:  # CholeskyQR2 and an orthogonal result: one read
+        assert host_reads.count == 1
+    U = U_hat.double().numpy()
+    assert np.abs(U.T @ U - np.eye(16)).max() <= TOL[dtype]
+    assert np.array_equal(d.numpy(), d_np)
+    if outside == 1.0:
+        np.testing.assert_allclose(U, expected, atol=50 * TOL[dtype])

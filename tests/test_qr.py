@@ -383,3 +383,49 @@ def test_tsqr_over_many_row_blocks_is_a_householder_qr(rng, dtype_name, ratio, o
     Qh, Rh, Xh = host(Q), host(R), host(X)
     assert np.linalg.norm(Qh @ Rh - Xh) <= 10 * tol * np.linalg.norm(Xh)
     np.testing.assert_array_equal(np.tril(Rh, -1), 0)
+
+
+# --- PyTorch: the Cholesky passes read back one number ------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1e-3, 1e-12, 0.0], ids=lambda r: f"ratio={r:g}")
+@pytest.mark.parametrize("dtype_name", ["float64", "complex128", "float32"])
+def test_torch_cholesky_passes_give_the_driver_result_bit_for_bit(rng, dtype_name, ratio):
+    """CholeskyQR2 with its tests left on the device returns exactly what the driver, testing
+    on the host pass by pass, returns: where a test fails (ill-conditioned or rank-deficient
+    columns) the driver itself takes over."""
+    torch = pytest.importorskip("torch")
+    X = torch.from_numpy(graded(rng, 20_000, 8, ratio, DTYPES[dtype_name][0]))
+    W = torch.from_numpy(rng.standard_normal((20_000, 3)).astype(X.numpy().real.dtype))
+    W = W.to(X.dtype)
+    assert X.numel() > _qr._SMALL_ENTRIES
+    deferred = _qr._factor(X, W)
+    original = _qr._defers_checks
+    try:
+        _qr._defers_checks = lambda x: False
+        driver = _qr._factor(X, W)
+    finally:
+        _qr._defers_checks = original
+    assert deferred[3] == driver[3]
+    for a, b in zip(deferred[:3], driver[:3], strict=True):
+        assert torch.equal(a, b)
+    Q, ok = _qr.tall_q_deferred(X)
+    assert bool(ok) == (driver[3] == "CholeskyQR2")
+    if bool(ok):
+        assert torch.equal(Q, driver[0])
+
+
+def test_torch_cholesky_qr2_reads_back_one_number(rng, host_reads, monkeypatch):
+    torch = pytest.importorskip("torch")
+    X = torch.from_numpy(graded(rng, 20_000, 8, 1e-3, np.float64))
+    Q, R = tall_qr(X)
+    assert host_reads.count == 1
+    check_qr(X, Q, R, 1e-13)
+    # tall_q_deferred leaves its one number to the caller
+    host_reads.count = 0
+    Q, ok = _qr.tall_q_deferred(X)
+    assert host_reads.count == 0 and ok.shape == () and ok.dtype == torch.bool
+    # the same factorisation tested on the host pass by pass waits four times
+    monkeypatch.setattr(_qr, "_defers_checks", lambda x: False)
+    tall_qr(X)
+    assert host_reads.count >= 4

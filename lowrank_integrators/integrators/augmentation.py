@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import _backend as bk
 from .. import _fused
-from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, unit_scalars
+from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, tall_q_deferred, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
@@ -190,7 +190,17 @@ def augment_projected(
     xp = np if numpy else bk.namespace(U0, Z)
     if r == 0 or k == 0 or r + k > rows:
         return _augment_by_one_qr(led, Z, U0, xp, in_step=True)
-    Q = tall_q(Z, overwrite_x=True)  # NumPy: in the storage of Z
+    if numpy:
+        Q = tall_q(Z, overwrite_x=True)  # in the storage of Z
+        eps, C, size = _cross(U0, Q, numpy, xp)
+    else:
+        # the QR's test (where it has one left) is read with max |U0^H Q|: one wait for the
+        # device; Z is kept for the rare case that fails it
+        Q, ok = tall_q_deferred(Z)
+        eps, C, size, passed = _cross(U0, Q, numpy, xp, ok)
+        if not passed:
+            Q = tall_q(Z)
+            eps, C, size = _cross(U0, Q, numpy, xp)
     Z = None
     if int(Q.shape[1]) != k:
         return _augment_by_one_qr(led, Q, U0, xp, in_step=True)
@@ -202,7 +212,6 @@ def augment_projected(
     # sqrt(1 - sigma_i(C)^2), so one more QR of these k columns makes them orthonormal and
     # orthogonal to U0 to about eps ||C|| / sqrt(1 - ||C||^2). Only where that still fails
     # (a column of Q nearly inside span(U0)), the one-QR path of r + k columns.
-    eps, C, size = _cross(U0, Q, numpy, xp)
     if not size <= _CROSS_TOLERANCE * eps:
         if not math.isfinite(size):
             if not numpy:
@@ -251,8 +260,17 @@ def augment_projected(
     return U_hat, d
 
 
-def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
-    """``(eps, C, max |C|)`` with ``C = U0^H Q``, the largest entry read on the host."""
+#: ``_cross`` called without a QR test to read.
+_NO_TEST: Any = object()
+
+
+def _cross(U0: Any, Q: Any, numpy: bool, xp: Any, ok: Any = _NO_TEST) -> Any:
+    """``(eps, C, max |C|)`` with ``C = U0^H Q``, the largest entry read on the host.
+
+    With ``ok`` (the unread test of :func:`~lowrank_integrators._qr.tall_q_deferred`, or
+    ``None`` where it had none) the result is ``(eps, C, max |C|, passed)``, the two numbers
+    read back at once.
+    """
     if numpy:
         eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
         C = bk.tall_inner(U0, Q)  # by blocks of rows: a tall reduction
@@ -260,7 +278,13 @@ def _cross(U0: Any, Q: Any, numpy: bool, xp: Any) -> tuple[float, Any, float]:
     key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
     eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
     C = bk.adjoint(U0) @ Q
-    return eps, C, float(xp.max(xp.abs(C)))  # one number to the host
+    size = xp.max(xp.abs(C))
+    if ok is _NO_TEST:
+        return eps, C, float(size)  # one number to the host
+    if ok is None:
+        return eps, C, float(size), True
+    both = bk.to_host(xp.stack([xp.astype(ok, size.dtype), size]))
+    return eps, C, float(both[1]), bool(both[0])
 
 
 def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
