@@ -9,7 +9,10 @@ step does not depend on the data), at each width ``W`` of ``--widths``:
   kept dense) with ``DLRTOptimizer`` and the augmented BUG with Euler substeps truncated to the
   fixed rank, so that every step has the same shapes.
 
-The two models alternate step by step. A step is timed from a synchronised device to a
+A third model, ``dlrt-tested``, takes the same DLRT steps with every test of a new basis (the
+Cholesky passes of its QR, its orthogonality to the old basis) read back as it is made,
+instead of on the device and with the rank decision: the figure for what that costs. The
+models alternate step by step. A step is timed from a synchronised device to a
 synchronised device (wall clock); printed are the medians, dense / DLRT, the memory a step
 allocates beyond the model and its optimizer state (peak), and for CUDA the number of times a
 DLRT step waits for the device (``torch.cuda.set_sync_debug_mode``): the rank decisions read
@@ -26,6 +29,7 @@ Example (on a machine with a CUDA device)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -38,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lowrank_integrators import AugmentedBUG, Euler, FixedRank
+from lowrank_integrators import AugmentedBUG, Euler, FixedRank, _qr
 from lowrank_integrators.torch import DLRTOptimizer, convert, mlp
 
 
@@ -93,34 +97,57 @@ def compare(width: int, rank: int, batch: int, reps: int, lr: float, device: tor
     torch.manual_seed(0)
     dense = mlp([784, width, width, 10]).to(device)
     lowrank = convert(copy.deepcopy(dense), rank, exclude=("fc3",))
+    tested = copy.deepcopy(lowrank)
+
+    def dlrt(model):
+        method = AugmentedBUG(FixedRank(rank), substep=Euler())
+        return model, DLRTOptimizer(model.parameters(), lr=lr, method=method)
+
+    # "dlrt-tested": the same step with every test of a new basis read back as it is made
     models = {
         "dense": (dense, torch.optim.SGD(dense.parameters(), lr=lr)),
-        "dlrt": (
-            lowrank,
-            DLRTOptimizer(
-                lowrank.parameters(), lr=lr, method=AugmentedBUG(FixedRank(rank), substep=Euler())
-            ),
-        ),
+        "dlrt": dlrt(lowrank),
+        "dlrt-tested": dlrt(tested),
     }
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(batch, 784, device=device, generator=g)
     y = torch.randint(0, 10, (batch,), device=device, generator=g)
     for _ in range(3):  # warm-up: kernels chosen, work arrays allocated
-        for model, opt in models.values():
-            _step(model, opt, x, y)
+        for name, (model, opt) in models.items():
+            with _tests_read_as_made(name == "dlrt-tested"):
+                _step(model, opt, x, y)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(reps):
         for name, (model, opt) in models.items():
-            times[name].append(_timed_step(model, opt, x, y, device))
+            with _tests_read_as_made(name == "dlrt-tested"):
+                times[name].append(_timed_step(model, opt, x, y, device))
     med = {name: statistics.median(v) for name, v in times.items()}
+    syncs = {}
+    for name in ("dlrt", "dlrt-tested"):
+        with _tests_read_as_made(name == "dlrt-tested"):
+            syncs[name] = _host_syncs(*models[name], x, y, device)
     return {
         "width": width,
         "rank": rank,
         "median_seconds": med,
         "dense_over_dlrt": med["dense"] / med["dlrt"],
+        "deferred_over_tested": med["dlrt"] / med["dlrt-tested"],
         "peak_step_bytes": {n: _peak_bytes(m, o, x, y, device) for n, (m, o) in models.items()},
-        "dlrt_host_syncs_per_step": _host_syncs(*models["dlrt"], x, y, device),
+        "dlrt_host_syncs_per_step": syncs["dlrt"],
+        "dlrt_tested_host_syncs_per_step": syncs["dlrt-tested"],
     }
+
+
+@contextlib.contextmanager
+def _tests_read_as_made(on: bool):
+    """The library's QR and basis tests read back one by one (``on``), or kept on the device
+    and read with the rank decision (the default on an accelerator)."""
+    before = _qr._DEFER
+    _qr._DEFER = not on
+    try:
+        yield
+    finally:
+        _qr._DEFER = before
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,12 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
         if peaks["dense"] is not None:
             extra = (
                 f"; step peak {peaks['dense'] / 2**20:.0f} / {peaks['dlrt'] / 2**20:.0f} MiB, "
-                f"{row['dlrt_host_syncs_per_step']} host syncs per DLRT step"
+                f"{row['dlrt_host_syncs_per_step']} host syncs per DLRT step "
+                f"({row['dlrt_tested_host_syncs_per_step']} with every test read as made)"
             )
         print(
             f"784-{width}-{width}-10, rank {args.rank}, batch {args.batch_size}, {device}: dense "
             f"{1e3 * med['dense']:.2f} ms, DLRT {1e3 * med['dlrt']:.2f} ms per step, dense / "
-            f"DLRT {row['dense_over_dlrt']:.2f}{extra}"
+            f"DLRT {row['dense_over_dlrt']:.2f}; DLRT with every test read as made "
+            f"{1e3 * med['dlrt-tested']:.2f} ms ({row['deferred_over_tested']:.2f}){extra}"
         )
     result = {
         "command": "python benchmarks/torch_gpu_step.py "

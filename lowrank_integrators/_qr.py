@@ -25,8 +25,9 @@ Cholesky factorisation and one product per pass, all at GEMM speed on the row-ma
   shifted passes run: on such inputs they measured 5-20 % faster than TSQR up to ``2^16``
   rows. Other libraries (GPUs), where Householder QR is slow, always try the shifted passes.
 
-On PyTorch tensors the two passes of CholeskyQR2 run first with the driver's tests computed on
-the tensor's device and read back together, once (a GPU waits once instead of four times);
+On PyTorch tensors on an accelerator the two passes of CholeskyQR2 run first with the driver's
+tests computed on the tensor's device and read back together, once (a GPU waits once instead
+of four times);
 where a test fails, the driver below runs from the start, so the factors are those of the
 driver bit for bit. :func:`tall_q_deferred` leaves that one number to its caller, to be read
 with numbers of its own.
@@ -153,12 +154,13 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
 def tall_q_deferred(x: Any) -> tuple[Any, Any | None]:
     """:func:`tall_q` with its one test left unread where that is possible: ``(Q, ok)``.
 
-    For a PyTorch tensor that :func:`tall_q` factors by the Cholesky passes, ``Q`` comes from
-    CholeskyQR2 with the tests of the driver computed on the tensor's device and not read
-    back: ``ok`` is a 0-d boolean tensor, true exactly when :func:`tall_q` returns this ``Q``
-    (bit for bit). The caller reads it together with other numbers of its own (one wait for
-    the device instead of several) and calls :func:`tall_q` where it is false; ``x`` is left
-    intact. Every other input is factored by :func:`tall_q` at once and ``ok`` is ``None``.
+    For a PyTorch tensor on an accelerator (see :func:`_defers_checks`) that :func:`tall_q`
+    factors by the Cholesky passes, ``Q`` comes from CholeskyQR2 with the tests of the driver
+    computed on the tensor's device and not read back: ``ok`` is a 0-d boolean tensor, true
+    exactly when :func:`tall_q` returns this ``Q`` (bit for bit). The caller reads it together
+    with other numbers of its own (one wait for the device instead of several) and calls
+    :func:`tall_q` where it is false; ``x`` is left intact. Every other input is factored by
+    :func:`tall_q` at once and ``ok`` is ``None``.
     """
     if len(x.shape) == 2 and _defers_checks(x):
         m, k = int(x.shape[0]), int(x.shape[1])
@@ -360,13 +362,25 @@ def _factor(
     return _householder_after(x, Q, R, w)
 
 
+#: Whether the tests of CholeskyQR2 and of new bases stay on the device (see
+#: :func:`_defers_checks`); off, every test is read back as it is made.
+_DEFER = True
+#: Whether they stay there for tensors in host memory too. Off: on a CPU a number is read back
+#: without a wait, and the few extra operations of deferred tests cost more than the reads
+#: (the LeNet5 optimizer step measured 9 % slower with them).
+_DEFER_ON_CPU = False
+
+
 def _defers_checks(x: Any) -> bool:
     """Whether the Cholesky passes on ``x`` keep their tests on the device until the end: a
-    floating PyTorch tensor (whose ``cholesky_ex`` reports a breakdown without raising)."""
-    if not type(x).__module__.startswith("torch"):
+    floating PyTorch tensor (whose ``cholesky_ex`` reports a breakdown without raising) on an
+    accelerator, where each number read back makes the host wait for the device."""
+    if not (_DEFER and type(x).__module__.startswith("torch")):
         return False
     torch = sys.modules["torch"]
-    return x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128)
+    if x.dtype not in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+        return False
+    return _DEFER_ON_CPU or x.device.type != "cpu"
 
 
 def _deferred_cholesky_qr2(x: Any, w: Any | None) -> tuple[Any, Any, Any, Any]:

@@ -69,6 +69,15 @@ def host_reads(monkeypatch):
 
 
 @pytest.fixture
+def deferred_tests(monkeypatch):
+    """PyTorch tensors on the CPU keep their QR and basis tests on the device, as tensors on an
+    accelerator do (the CPU has none to wait for; the route is tested here)."""
+    from lowrank_integrators import _qr
+
+    monkeypatch.setattr(_qr, "_DEFER_ON_CPU", True)
+
+
+@pytest.fixture
 def rng():
     """A fresh seeded generator per test (never a global seed)."""
     return np.random.default_rng(20261122)

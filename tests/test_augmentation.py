@@ -293,11 +293,11 @@ def test_the_handover_keeps_nothing_once_the_l_substep_is_done():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("outside", [1.0, 1e-8, 0.0])
 def test_torch_new_columns_wait_once_for_the_device_and_match_numpy(
-    rng, host_reads, dtype, outside
+    rng, host_reads, deferred_tests, dtype, outside
 ):
-    """On PyTorch the QR of well-conditioned new columns (large enough for the Cholesky
-    passes) and the check of their orthogonality to ``U0`` read back one number pair, not one
-    number per test; every case gives NumPy's basis to rounding."""
+    """On an accelerator the QR of well-conditioned new columns (large enough for the
+    Cholesky passes) and the check of their orthogonality to ``U0`` read back one number pair,
+    not one number per test; every case gives NumPy's basis to rounding."""
     torch = pytest.importorskip("torch")
     U0, X = basis_and_block(rng, 20_000, 8, 8, dtype, outside, 0)
     expected, d_np = augment_projected(Ledger(), project_out(U0, X), U0)

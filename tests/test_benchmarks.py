@@ -138,10 +138,14 @@ def test_the_gpu_step_benchmark_runs_on_any_device_in_its_quick_mode(tmp_path):
     med = row["median_seconds"]
     assert med["dense"] > 0 and med["dlrt"] > 0
     assert math.isclose(row["dense_over_dlrt"], med["dense"] / med["dlrt"])
+    # the same DLRT steps with every test of a new basis read back as it is made
+    assert med["dlrt-tested"] > 0
+    assert math.isclose(row["deferred_over_tested"], med["dlrt"] / med["dlrt-tested"])
     # the device diagnostics are CUDA's: absent on the CPU, not made up
     assert row["dlrt_host_syncs_per_step"] is None
-    assert row["peak_step_bytes"] == {"dense": None, "dlrt": None}
-    assert "dense / DLRT" in printed
+    assert row["dlrt_tested_host_syncs_per_step"] is None
+    assert row["peak_step_bytes"] == {"dense": None, "dlrt": None, "dlrt-tested": None}
+    assert "dense / DLRT" in printed and "read as made" in printed
 
 
 def test_the_gpu_checks_refuse_to_run_without_an_output_directory():

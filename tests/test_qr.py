@@ -390,7 +390,9 @@ def test_tsqr_over_many_row_blocks_is_a_householder_qr(rng, dtype_name, ratio, o
 
 @pytest.mark.parametrize("ratio", [1.0, 1e-3, 1e-12, 0.0], ids=lambda r: f"ratio={r:g}")
 @pytest.mark.parametrize("dtype_name", ["float64", "complex128", "float32"])
-def test_torch_cholesky_passes_give_the_driver_result_bit_for_bit(rng, dtype_name, ratio):
+def test_torch_cholesky_passes_give_the_driver_result_bit_for_bit(
+    rng, deferred_tests, dtype_name, ratio
+):
     """CholeskyQR2 with its tests left on the device returns exactly what the driver, testing
     on the host pass by pass, returns: where a test fails (ill-conditioned or rank-deficient
     columns) the driver itself takes over."""
@@ -400,12 +402,11 @@ def test_torch_cholesky_passes_give_the_driver_result_bit_for_bit(rng, dtype_nam
     W = W.to(X.dtype)
     assert X.numel() > _qr._SMALL_ENTRIES
     deferred = _qr._factor(X, W)
-    original = _qr._defers_checks
+    _qr._DEFER = False  # restored by the fixture's monkeypatch below
     try:
-        _qr._defers_checks = lambda x: False
         driver = _qr._factor(X, W)
     finally:
-        _qr._defers_checks = original
+        _qr._DEFER = True
     assert deferred[3] == driver[3]
     for a, b in zip(deferred[:3], driver[:3], strict=True):
         assert torch.equal(a, b)
@@ -415,7 +416,7 @@ def test_torch_cholesky_passes_give_the_driver_result_bit_for_bit(rng, dtype_nam
         assert torch.equal(Q, driver[0])
 
 
-def test_torch_cholesky_qr2_reads_back_one_number(rng, host_reads, monkeypatch):
+def test_torch_cholesky_qr2_reads_back_one_number(rng, host_reads, deferred_tests, monkeypatch):
     torch = pytest.importorskip("torch")
     X = torch.from_numpy(graded(rng, 20_000, 8, 1e-3, np.float64))
     Q, R = tall_qr(X)
@@ -426,6 +427,16 @@ def test_torch_cholesky_qr2_reads_back_one_number(rng, host_reads, monkeypatch):
     Q, ok = _qr.tall_q_deferred(X)
     assert host_reads.count == 0 and ok.shape == () and ok.dtype == torch.bool
     # the same factorisation tested on the host pass by pass waits four times
-    monkeypatch.setattr(_qr, "_defers_checks", lambda x: False)
+    monkeypatch.setattr(_qr, "_DEFER", False)
     tall_qr(X)
     assert host_reads.count >= 4
+
+
+def test_torch_tensors_in_host_memory_read_their_tests_as_they_go(rng, host_reads):
+    """On a CPU a number read back costs no wait, and the deferred tests' extra operations
+    would cost more: the driver tests pass by pass there."""
+    torch = pytest.importorskip("torch")
+    X = torch.from_numpy(graded(rng, 20_000, 8, 1e-3, np.float64))
+    assert not _qr._defers_checks(X)
+    _, ok = _qr.tall_q_deferred(X)
+    assert ok is None and host_reads.count >= 4

@@ -323,3 +323,110 @@ def test_a_non_finite_gradient_raises_and_leaves_the_model_unchanged(rng):
         opt.step()
     for p, q in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.detach(), q)
+
+
+# --- what a step reads back from the device --------------------------------------------------
+
+
+#: Examples per batch: more than twice the rank, so that the new columns of a step are of full
+#: rank (a gradient of a batch of b examples has rank b at most).
+BATCH = 96
+
+
+def _tall_model(dtype):
+    """784-2304-10 with the first layer at rank 32: ``U`` (2304 x 32 new columns) takes the
+    Cholesky passes, ``V`` (784 x 32) one Householder QR."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 2304, dtype=dtype),
+        torch.nn.ReLU(),
+        torch.nn.Linear(2304, 10, dtype=dtype),
+    )
+    return convert(model, 32, exclude=("2",))
+
+
+def _steps(model, dtype, n=3):
+    opt = DLRTOptimizer(
+        model.parameters(),
+        lr=0.05,
+        method=AugmentedBUG(Tolerance(0.1, relative=True), substep=Euler()),
+    )
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(n):
+        x = torch.randn(BATCH, 784, generator=gen, dtype=dtype)
+        y = torch.randint(0, 10, (BATCH,), generator=gen)
+        train_step(model, opt, x, y)
+    return opt
+
+
+def _without_deferral(monkeypatch):
+    from lowrank_integrators import _qr
+
+    monkeypatch.setattr(_qr, "_DEFER", False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_dlrt_step_reads_back_only_the_singular_values(
+    dtype, host_reads, deferred_tests, monkeypatch
+):
+    """The tests of the new bases (their QR, their orthogonality to the old ones) wait for
+    the device together with the rank decision: one read per layer and step; the steps are
+    those that test each basis as it is built, bit for bit."""
+    model = _tall_model(dtype)
+    opt = _steps(model, dtype, n=1)
+    x = torch.randn(BATCH, 784, dtype=dtype)
+    y = torch.randint(0, 10, (BATCH,))
+    opt.zero_grad()
+    CE(model(x), y).backward()
+    host_reads.count = 0
+    opt.step()
+    assert host_reads.count == 1  # one low-rank layer
+    deferred = _tall_model(dtype)
+    _steps(deferred, dtype)
+    _without_deferral(monkeypatch)
+    tested = _tall_model(dtype)
+    _steps(tested, dtype)
+    for a, b in zip(deferred.parameters(), tested.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_failed_deferred_test_rebuilds_the_bases_and_repeats_the_galerkin_step(
+    deferred_tests, monkeypatch
+):
+    from lowrank_integrators.integrators import augmentation
+
+    expected = _tall_model(F64)
+    _steps(expected, F64)
+    deferred = augmentation.augment_projected_deferred
+    calls = []
+
+    def failing(led, Z, U0):
+        out = deferred(led, Z, U0)
+        if out is None:
+            return None
+        calls.append(1)
+        return out[0], out[1], torch.zeros((), dtype=torch.bool)
+
+    monkeypatch.setattr(augmentation, "augment_projected_deferred", failing)
+    got = _tall_model(F64)
+    opt = _steps(got, F64)
+    assert len(calls) == 6  # both bases of three steps were rebuilt
+    assert opt.last_infos[0].n_svd == 2  # the SVD of the poisoned core, then the real one
+    for a, b in zip(got.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_gradient_still_stops_the_step_with_the_bases_error(deferred_tests):
+    from lowrank_integrators.errors import NonFiniteError
+
+    model = _tall_model(F64)
+    opt = _steps(model, F64, n=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(BATCH, 784, dtype=F64)
+    x[0, 0] = float("inf")
+    opt.zero_grad()
+    CE(model(x), torch.randint(0, 10, (BATCH,))).backward()
+    with pytest.raises((NonFiniteError, FloatingPointError)):
+        opt.step()
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)

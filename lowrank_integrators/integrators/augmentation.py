@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _backend as bk
 from .. import _fused
+from .._qr import _defers_checks as _qr_defers_checks
 from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, tall_q_deferred, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
@@ -253,11 +254,62 @@ def augment_projected(
             return U_hat, d.conj()
         _remember_leading(U_hat, U0, d)
         return U_hat, d
+    return _beside_other(U0, Q, d, xp)
+
+
+def _beside_other(U0: Any, Q: Any, d: Any, xp: Any) -> tuple[Any, Any]:
+    """``([U0 d, Q], m)`` for arrays of other libraries than NumPy (``m = conj(d)``)."""
     U_hat = xp.concat([U0 * d, Q], axis=1)
     if bk.is_complex(d):
         return U_hat, xp.conj(d)
     _remember_leading(U_hat, U0, d)
     return U_hat, d
+
+
+def augment_projected_deferred(
+    led: FactorisationLedger, Z: Any, U0: Any
+) -> tuple[Any, Any, Any] | None:
+    """:func:`augment_projected` with its tests left on the device: ``(U_hat, m, good)``.
+
+    For PyTorch tensors on an accelerator, where every number read back makes the host wait
+    for the device (see :func:`~lowrank_integrators._qr.tall_q_deferred`): the QR, the
+    product ``C = U0^H Q`` and
+    the second projection ``Q - U0 C`` where :func:`augment_projected` takes it (applied with
+    ``C`` times zero where it does not, which leaves ``Q`` as it is) run without reading
+    anything back. ``good``, a 0-d boolean tensor, is true exactly where
+    :func:`augment_projected` returns this basis: the QR's tests passed and ``Q - U0 C`` needs
+    no further pass (``||C||^2 k`` at the level of rounding). The caller reads it with the
+    numbers it reads anyway (the rank-adaptive BUG: with the singular values of its core) and
+    takes :func:`augment_projected` on ``Z`` (kept intact) where it is false. ``None`` for
+    other input: the caller takes :func:`augment_projected` at once.
+    """
+    rows, r, k = int(U0.shape[0]), int(U0.shape[1]), int(Z.shape[1])
+    if (
+        not _qr_defers_checks(Z)
+        or type(U0) is not type(Z)
+        or U0.dtype != Z.dtype
+        or r == 0
+        or k == 0
+        or r + k > rows
+    ):
+        return None
+    xp = bk.namespace(U0, Z)
+    Q, ok = tall_q_deferred(Z)
+    if int(Q.shape[1]) != k:  # pragma: no cover - k <= rows columns come back
+        return None
+    key = (type(U0), U0.dtype)
+    eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
+    C = bk.adjoint(U0) @ Q
+    size = xp.max(xp.abs(C))
+    far = xp.astype(size > _CROSS_TOLERANCE * eps, C.dtype)
+    Q = _subtract_products(Q, U0, C * far, False)
+    good = size * size * k <= _CROSS_TOLERANCE * eps
+    if ok is not None:
+        good = good & ok
+    led.info.n_qr += 1
+    d = canonical_phases(xp.linalg.diagonal(U0))
+    U_hat, m = _beside_other(U0, Q, d, xp)
+    return U_hat, m, good
 
 
 #: ``_cross`` called without a QR test to read.
@@ -598,6 +650,10 @@ class AugmentedBases:
         self.V = V
         #: A dead tall NumPy array kept for ``U_hat P`` (see :meth:`augment_by_substeps`).
         self.spare: np.ndarray | None = None
+        #: Augmentations whose tests are still on the device (see :meth:`augment_by_substeps`):
+        #: ``(side, good, Z, W0)``.
+        self.pending: list[tuple[str, Any, Any, Any]] = []
+        self._start: tuple[Any, dict[str, Any]] | None = None
 
     def augment_by_substeps(
         self,
@@ -608,6 +664,7 @@ class AugmentedBases:
         t1: float,
         *,
         keep_spare: bool = False,
+        defer: bool = False,
     ) -> StepGenerator:
         """The augmented K- and L-steps of the rank-adaptive BUG from ``Y0`` over ``[t0, t1]``.
 
@@ -622,9 +679,16 @@ class AugmentedBases:
         ``V_hat`` is kept as :attr:`spare`, for :meth:`form` to write ``U_hat P`` there (for
         a step that truncates these bases next, whose Galerkin substep holds no tall array
         beside them).
+
+        With ``defer``, bases on an accelerator (PyTorch) whose tests can stay there are built by
+        :func:`augment_projected_deferred` and listed in :attr:`pending`: the step must then
+        finish through :meth:`galerkin_and_truncate`, which reads their tests with the
+        singular values of the core.
         """
         U0, S0, V0 = Y0
         lead: dict[str, Any] = {}
+        self._start = (S0, lead)
+        defer = defer and type(U0) is not np.ndarray  # NumPy reads its tests without a wait
         handover = RegisterHandover(U0, V0)
 
         def to_spare(Q: np.ndarray) -> None:
@@ -645,6 +709,11 @@ class AugmentedBases:
             # augment_projected reports a non-finite Z
             Z = project_out(U0, K1, check=False, overwrite=owned_result(K1, refs))
             K0 = K1 = None
+            deferred = augment_projected_deferred(led, Z, U0) if defer else None
+            if deferred is not None:
+                self.U, lead["U"], good = deferred
+                self.pending.append(("U", good, Z, U0))
+                return
             self.U, lead["U"] = augment_projected(
                 led, Z, U0, release=lambda Q: handover.give(Q, U0)
             )
@@ -660,6 +729,11 @@ class AugmentedBases:
             refs = sys.getrefcount(L1)
             Z = project_out(V0, L1, check=False, overwrite=owned_result(L1, refs))
             L1 = None
+            deferred = augment_projected_deferred(led, Z, V0) if defer else None
+            if deferred is not None:
+                self.V, lead["V"], good = deferred
+                self.pending.append(("V", good, Z, V0))
+                return
             self.V, lead["V"] = augment_projected(led, Z, V0, release=to_spare)
 
         yield Parallel(k_step(), l_step())
@@ -686,6 +760,54 @@ class AugmentedBases:
     def truncate(self, led: Ledger, rule: TruncationRule, S_hat: Any, h: float) -> LowRankMatrix:
         """The rank decision on ``S_hat`` (one SVD, recorded) and the truncated matrix."""
         return self.form(*led.truncate_core(rule, S_hat, h))
+
+    def galerkin_and_truncate(
+        self,
+        substep: SubstepSolver,
+        led: Ledger,
+        rule: TruncationRule,
+        t0: float,
+        t1: float,
+        S_start: Any,
+        h: float,
+        at: LowRankMatrix | None = None,
+    ) -> StepGenerator:
+        """:meth:`galerkin` then :meth:`truncate`, settling the :attr:`pending` tests.
+
+        The tests of the deferred augmentations are read with the singular values of the
+        core, in the same wait for the device: where one failed, the core is replaced by NaN
+        before its SVD, whose report of a non-finite core is then traced to the test. The
+        bases are then built by :func:`augment_projected` from the kept new parts (reading
+        its tests as it goes), and the Galerkin substep and the truncation run again from
+        them. Either way the result is that of the step without deferral.
+        """
+        S_hat = yield from self.galerkin(substep, led, t0, t1, S_start, at=at)
+        if not self.pending:
+            return self.truncate(led, rule, S_hat, h)
+        xp = bk.namespace(S_hat)
+        good = self.pending[0][1]
+        for _, g, _, _ in self.pending[1:]:
+            good = good & g
+        nan = xp.asarray(float("nan"), dtype=S_hat.dtype, device=bk.device(S_hat))
+        try:
+            return self.truncate(led, rule, xp.where(good, S_hat, nan), h)
+        except NonFiniteError:
+            if bool(good):  # the core itself is not finite
+                raise
+        S_start = self._settle(led)
+        S_hat = yield from self.galerkin(substep, led, t0, t1, S_start, at=at)
+        return self.truncate(led, rule, S_hat, h)
+
+    def _settle(self, led: Ledger) -> Any:
+        """The :attr:`pending` bases by :func:`augment_projected`; the new Galerkin start."""
+        assert self._start is not None
+        S0, lead = self._start
+        for side, _, Z, W0 in self.pending:
+            basis, lead[side] = augment_projected(led, Z, W0)
+            setattr(self, side, basis)
+        self.pending = []
+        rows, cols = int(self.U.shape[1]), int(self.V.shape[1])
+        return embed_core(S0, rows, cols, lead["U"], lead["V"])
 
     def form(self, P: Any, S1: Any, Q: Any) -> LowRankMatrix:
         """``(U_hat P) S1 (V_hat Q)^H``, releasing ``U_hat`` before ``V_hat Q`` exists.
