@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lowrank_integrators import AugmentedBUG, Euler, FixedRank, _qr
+from lowrank_integrators import AugmentedBUG, Euler, FixedRank, _backend
 from lowrank_integrators.torch import DLRTOptimizer, convert, mlp
 
 
@@ -142,12 +142,12 @@ def compare(width: int, rank: int, batch: int, reps: int, lr: float, device: tor
 def _tests_read_as_made(on: bool):
     """The library's QR and basis tests read back one by one (``on``), or kept on the device
     and read with the rank decision (the default on an accelerator)."""
-    before = _qr._DEFER
-    _qr._DEFER = not on
+    before = _backend._DEFER
+    _backend._DEFER = not on
     try:
         yield
     finally:
-        _qr._DEFER = before
+        _backend._DEFER = before
 
 
 def main(argv: list[str] | None = None) -> dict:

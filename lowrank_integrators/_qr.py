@@ -154,15 +154,16 @@ def tall_q(x: Any, *, overwrite_x: bool = False) -> Any:
 def tall_q_deferred(x: Any) -> tuple[Any, Any | None]:
     """:func:`tall_q` with its one test left unread where that is possible: ``(Q, ok)``.
 
-    For a PyTorch tensor on an accelerator (see :func:`_defers_checks`) that :func:`tall_q`
-    factors by the Cholesky passes, ``Q`` comes from CholeskyQR2 with the tests of the driver
-    computed on the tensor's device and not read back: ``ok`` is a 0-d boolean tensor, true
-    exactly when :func:`tall_q` returns this ``Q`` (bit for bit). The caller reads it together
-    with other numbers of its own (one wait for the device instead of several) and calls
-    :func:`tall_q` where it is false; ``x`` is left intact. Every other input is factored by
-    :func:`tall_q` at once and ``ok`` is ``None``.
+    For a PyTorch tensor on an accelerator (see
+    :func:`~lowrank_integrators._backend.defers_checks`) that :func:`tall_q` factors by the
+    Cholesky passes, ``Q`` comes from CholeskyQR2 with the tests of the driver computed on the
+    tensor's device and not read back: ``ok`` is a 0-d boolean tensor, true exactly when
+    :func:`tall_q` returns this ``Q`` (bit for bit). The caller reads it together with other
+    numbers of its own (one wait for the device instead of several) and calls :func:`tall_q`
+    where it is false; ``x`` is left intact. Every other input is factored by :func:`tall_q`
+    at once and ``ok`` is ``None``.
     """
-    if len(x.shape) == 2 and _defers_checks(x):
+    if len(x.shape) == 2 and bk.defers_checks(x):
         m, k = int(x.shape[0]), int(x.shape[1])
         if 0 < k <= m and m * k > _SMALL_ENTRIES:
             Q, _, _, ok = _deferred_cholesky_qr2(x, None)
@@ -313,7 +314,7 @@ def _factor(
         if _is_numpy(x) and x.dtype.kind == "f" and k > 0:
             return _small_real_householder(x, w)
         return _householder(x, w)
-    if _defers_checks(x):
+    if bk.defers_checks(x):
         Q, R, M, ok = _deferred_cholesky_qr2(x, w)
         if bool(ok):  # the one number read back on this route
             return Q, R, M, "CholeskyQR2"
@@ -360,27 +361,6 @@ def _factor(
     if Q is not x:
         Q = None
     return _householder_after(x, Q, R, w)
-
-
-#: Whether the tests of CholeskyQR2 and of new bases stay on the device (see
-#: :func:`_defers_checks`); off, every test is read back as it is made.
-_DEFER = True
-#: Whether they stay there for tensors in host memory too. Off: on a CPU a number is read back
-#: without a wait, and the few extra operations of deferred tests cost more than the reads
-#: (the LeNet5 optimizer step measured 9 % slower with them).
-_DEFER_ON_CPU = False
-
-
-def _defers_checks(x: Any) -> bool:
-    """Whether the Cholesky passes on ``x`` keep their tests on the device until the end: a
-    floating PyTorch tensor (whose ``cholesky_ex`` reports a breakdown without raising) on an
-    accelerator, where each number read back makes the host wait for the device."""
-    if not (_DEFER and type(x).__module__.startswith("torch")):
-        return False
-    torch = sys.modules["torch"]
-    if x.dtype not in (torch.float32, torch.float64, torch.complex64, torch.complex128):
-        return False
-    return _DEFER_ON_CPU or x.device.type != "cpu"
 
 
 def _deferred_cholesky_qr2(x: Any, w: Any | None) -> tuple[Any, Any, Any, Any]:

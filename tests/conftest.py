@@ -72,9 +72,9 @@ def host_reads(monkeypatch):
 def deferred_tests(monkeypatch):
     """PyTorch tensors on the CPU keep their QR and basis tests on the device, as tensors on an
     accelerator do (the CPU has none to wait for; the route is tested here)."""
-    from lowrank_integrators import _qr
+    from lowrank_integrators import _backend
 
-    monkeypatch.setattr(_qr, "_DEFER_ON_CPU", True)
+    monkeypatch.setattr(_backend, "_DEFER_ON_CPU", True)
 
 
 @pytest.fixture

@@ -414,3 +414,57 @@ def test_validate_reports_a_full_disk_as_an_error(tmp_path):
     done = run_cli(*args, "--no-figures", "--no-progress", cwd=tmp_path, preexec_fn=full_disk)
     assert done.returncode not in (0, None)
     assert "Traceback" not in done.stderr, done.stderr
+
+
+# --- finiteness tests read back together ------------------------------------------------------
+
+
+def test_deferred_finiteness_tests_raise_the_first_failure_when_the_block_ends(deferred_tests):
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators import _backend as bk
+    from lowrank_integrators.errors import NonFiniteError
+
+    good = torch.ones(3, 2, dtype=torch.float64)
+    bad = good.clone()
+    bad[1, 1] = float("inf")
+    reached = []
+    with pytest.raises(NonFiniteError, match=r"the second \(shape \(3, 2\)\)"):
+        with bk.deferred_finite_checks():
+            bk.require_finite(good, "the first")
+            bk.require_finite(bad, "the second")
+            bk.require_finite(bad * 0, "the third")  # NaN, but after the second
+            reached.append(True)  # the block runs on: nothing was read yet
+    assert reached == [True]
+
+
+def test_deferred_finiteness_tests_take_precedence_over_the_error_they_caused(deferred_tests):
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators import _backend as bk
+    from lowrank_integrators.errors import NonFiniteError
+
+    bad = torch.full((2, 2), float("nan"), dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match="the input"):
+        with bk.deferred_finite_checks():
+            bk.require_finite(bad, "the input")
+            raise torch.linalg.LinAlgError("no convergence")  # what NaN input may cause
+    # with every test passed, the block's own error goes through
+    with pytest.raises(ValueError, match="other"):
+        with bk.deferred_finite_checks():
+            bk.require_finite(torch.ones(2, dtype=torch.float64), "fine")
+            raise ValueError("other")
+
+
+def test_finiteness_tests_outside_a_deferring_block_or_in_host_memory_are_immediate(rng):
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators import _backend as bk
+    from lowrank_integrators.errors import NonFiniteError
+
+    bad = np.array([[np.nan]])
+    with pytest.raises(NonFiniteError):
+        with bk.deferred_finite_checks():
+            bk.require_finite(bad, "a NumPy array")
+            pytest.fail("a NumPy array is tested at once")
+    with pytest.raises(NonFiniteError):  # a CPU tensor: no device to wait for
+        with bk.deferred_finite_checks():
+            bk.require_finite(torch.from_numpy(bad), "a tensor in host memory")
+            pytest.fail("a tensor in host memory is tested at once")

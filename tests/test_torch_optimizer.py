@@ -360,9 +360,9 @@ def _steps(model, dtype, n=3):
 
 
 def _without_deferral(monkeypatch):
-    from lowrank_integrators import _qr
+    from lowrank_integrators import _backend
 
-    monkeypatch.setattr(_qr, "_DEFER", False)
+    monkeypatch.setattr(_backend, "_DEFER", False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])

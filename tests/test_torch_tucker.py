@@ -226,3 +226,71 @@ def test_module_conversions_reach_the_tucker_factors():
     layer.to(torch.float32)
     assert all(p.dtype == torch.float32 for p in layer.parameters())
     assert layer(x.float()).dtype == torch.float32
+
+
+# --- what a Tucker step reads back from the device ---------------------------------------------
+
+
+def _rank_decisions(monkeypatch):
+    """Counts the singular values read back by the Tucker integrators' rank decisions."""
+    from lowrank_integrators import _backend
+
+    calls = []
+    to_host = _backend.to_host
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return to_host(x)
+
+    monkeypatch.setattr(_backend, "to_host", counted)
+    return calls
+
+
+def test_on_an_accelerator_a_tucker_step_reads_its_finiteness_tests_once(
+    host_reads, deferred_tests, monkeypatch
+):
+    """The finiteness tests of the step's factorisations and of its result wait for the device
+    once, at the end, besides the rank decisions; the step is the one that reads each test as
+    it is made."""
+    from lowrank_integrators import _backend
+
+    layer, x, target = tucker_layer(ranks=(3, 3, 2, 2))
+    twin = copy.deepcopy(layer)
+    xs = [x, torch.randn_like(x)]
+    opt = DLRTOptimizer(layer.parameters(), lr=0.05, tau=0.05)
+    opt.zero_grad()
+    for a in xs:
+        (layer(a) * target).sum().backward()
+    host_reads.count = 0
+    opt.step()
+    deferred_reads = host_reads.count
+    monkeypatch.setattr(_backend, "_DEFER", False)
+    opt_twin = DLRTOptimizer(twin.parameters(), lr=0.05, tau=0.05)
+    opt_twin.zero_grad()
+    for a in xs:
+        (twin(a) * target).sum().backward()
+    host_reads.count = 0
+    opt_twin.step()
+    # four modes: four rank decisions, and one read of every finiteness test
+    assert deferred_reads == 4 + 1
+    assert host_reads.count > deferred_reads + 10
+    for a, b in zip(factors(layer), factors(twin), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_tucker_step_raises_after_its_deferred_tests_and_changes_nothing(
+    deferred_tests,
+):
+    from lowrank_integrators.errors import NonFiniteError
+
+    layer, x, target = tucker_layer(ranks=(3, 3, 2, 2))
+    before = [p.detach().clone() for p in factors(layer)]
+    opt = DLRTOptimizer(layer.parameters(), lr=0.05, tau=0.05)
+    opt.zero_grad()
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")  # a NaN input: the recorded passes hold NaN
+    (layer(x) * target).sum().backward()
+    with pytest.raises(NonFiniteError):
+        opt.step()
+    for a, b in zip(factors(layer), before, strict=True):
+        assert torch.equal(a, b)

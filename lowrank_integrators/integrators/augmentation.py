@@ -28,7 +28,6 @@ import numpy as np
 
 from .. import _backend as bk
 from .. import _fused
-from .._qr import _defers_checks as _qr_defers_checks
 from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, tall_q_deferred, unit_scalars
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
@@ -285,7 +284,7 @@ def augment_projected_deferred(
     """
     rows, r, k = int(U0.shape[0]), int(U0.shape[1]), int(Z.shape[1])
     if (
-        not _qr_defers_checks(Z)
+        not bk.defers_checks(Z)
         or type(U0) is not type(Z)
         or U0.dtype != Z.dtype
         or r == 0

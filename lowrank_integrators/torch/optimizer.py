@@ -32,7 +32,9 @@ from typing import Any
 
 import torch
 
+from .. import _backend as bk
 from .._checks import check_product
+from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..integrators.augmentation import leading_signs
 from ..integrators.augmented_bug import AugmentedBUG
@@ -468,13 +470,17 @@ class DLRTOptimizer(torch.optim.Optimizer):
         direction = TuckerDirection(self.direction, state["slot"], int(state["step"]), start, lr)
         field = TuckerLayerField(layer, start, direction)
         st = TuckerState(Y=start, t=float(state["t"]))
-        new, info = self.tucker_method.step(field, st, st.t, lr)
+        # on an accelerator the finiteness tests of the step's factorisations and of its
+        # result are read back together at the end, not one wait for the device each
+        with bk.deferred_finite_checks() as checks:
+            new, info = self.tucker_method.step(field, st, st.t, lr)
+            for i, a in enumerate((new.Y.core, *new.Y.factors)):
+                message = f"factor {i} of a TuckerConv2d is not finite after the step"
+                if bk.defers_checks(a):
+                    checks.append((torch.isfinite(a).all(), message))
+                elif not bool(torch.isfinite(a).all()):
+                    raise NonFiniteError(message)
         state["next_slot"] = direction.commit()
-        for i, a in enumerate((new.Y.core, *new.Y.factors)):
-            if not bool(torch.isfinite(a).all()):
-                raise FloatingPointError(
-                    f"factor {i} of a TuckerConv2d is not finite after the step"
-                )
         return state, new, info
 
     def _prepare(self, layer: FactoredLayer, lr: float) -> _LayerStep:
