@@ -463,11 +463,11 @@ def svd_to_host(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
     except Exception as exc:  # each library raises its own error type
         if not is_linalg_error(exc):
             raise
-        require_finite(x, "a matrix to be factorised by SVD")
+        require_finite(x, "a matrix to be factorised by SVD", now=True)
         raise
     sig_host = to_host(sigma)
     if not np.logical_and.reduce(np.isfinite(sig_host), axis=None):
-        require_finite(x, "a matrix to be factorised by SVD")
+        require_finite(x, "a matrix to be factorised by SVD", now=True)
     return P, sigma, Qh, sig_host
 
 
@@ -579,15 +579,16 @@ def _raise_first_failed(checks: list[tuple[Any, str]]) -> None:
             raise NonFiniteError(message)
 
 
-def require_finite(x: Any, what: str) -> None:
+def require_finite(x: Any, what: str, *, now: bool = False) -> None:
     """Raise :class:`~lowrank_integrators.errors.NonFiniteError` unless ``x`` is finite.
 
     ``what`` names the array in the message (its shape is added). NumPy arrays are checked
     row block by row block, so that no boolean array of the size of a tall ``x`` is formed.
     Inside :func:`deferred_finite_checks`, tensors of :func:`defers_checks` are tested on
-    their device and the test is read when the block ends.
+    their device and the test is read when the block ends, unless ``now``: for a caller whose
+    next step depends on the outcome (one that has found a failure and names its cause).
     """
-    pending = _PENDING_CHECKS.get()
+    pending = None if now else _PENDING_CHECKS.get()
     if pending is not None and defers_checks(x):
         torch = sys.modules["torch"]
         shape = tuple(int(d) for d in x.shape)

@@ -430,3 +430,56 @@ def test_a_non_finite_gradient_still_stops_the_step_with_the_bases_error(deferre
         opt.step()
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a, b)
+
+
+def test_on_an_accelerator_the_finiteness_tests_of_all_layers_are_read_together(
+    host_reads, deferred_tests, monkeypatch
+):
+    """ParallelBUG tests the blocks of each QR for NaN: on an accelerator these tests wait for
+    the device once, when the layers' steps end; the steps are the same."""
+
+    def run():
+        model = _tall_model(F64)
+        opt = DLRTOptimizer(
+            model.parameters(),
+            lr=0.05,
+            method=ParallelBUG(Tolerance(0.1, relative=True), substep=Euler()),
+        )
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(2):
+            x = torch.randn(BATCH, 784, generator=gen, dtype=F64)
+            y = torch.randint(0, 10, (BATCH,), generator=gen)
+            opt.zero_grad()
+            CE(model(x), y).backward()
+            host_reads.count = 0
+            opt.step()
+        return model, host_reads.count
+
+    deferred, deferred_reads = run()
+    from lowrank_integrators import _backend
+
+    monkeypatch.setattr(_backend, "_DEFER", False)
+    tested, tested_reads = run()
+    assert deferred_reads < tested_reads
+    for a, b in zip(deferred.parameters(), tested.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_non_finite_parallel_bug_step_raises_when_its_tests_are_read(deferred_tests):
+    from lowrank_integrators.errors import NonFiniteError
+
+    model = _tall_model(F64)
+    opt = DLRTOptimizer(
+        model.parameters(),
+        lr=0.05,
+        method=ParallelBUG(Tolerance(0.1, relative=True), substep=Euler()),
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(BATCH, 784, dtype=F64)
+    x[3, 5] = float("nan")
+    opt.zero_grad()
+    CE(model(x), torch.randint(0, 10, (BATCH,))).backward()
+    with pytest.raises(NonFiniteError):
+        opt.step()
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)

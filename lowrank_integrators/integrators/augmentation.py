@@ -374,8 +374,8 @@ def _require_finite_products(C: Any, U0: Any, X: Any) -> None:
     """The finiteness checks of a QR input, run on the tall arrays when ``C`` is not finite."""
     if bk.all_finite(C):
         return
-    bk.require_finite(U0, "an orthonormal basis to be augmented")
-    bk.require_finite(X, "a block of a matrix to be factorised by QR")
+    bk.require_finite(U0, "an orthonormal basis to be augmented", now=True)
+    bk.require_finite(X, "a block of a matrix to be factorised by QR", now=True)
     raise NonFiniteError(f"an overflow in the products of a basis augmentation ({C.shape})")
 
 

@@ -426,7 +426,10 @@ class DLRTOptimizer(torch.optim.Optimizer):
                 else:
                     steps.append(self._prepare(layer, lr))
         rounds = _Rounds(self, steps, closure)
-        rounds.run()
+        # on an accelerator the finiteness tests of the steps' factorisations are read back
+        # together when the rounds end (before any layer changes), not one wait each
+        with bk.deferred_finite_checks():
+            rounds.run()
         tucker_results = [self._tucker_step(layer, lr) for layer, lr in tucker_steps]
         # The integrators refuse non-finite bases and cores (NonFiniteError) while the rounds
         # run, before any layer below is changed: a failing step leaves the model as it was.
