@@ -573,7 +573,13 @@ def _raise_first_failed(checks: list[tuple[Any, str]]) -> None:
     if not checks:
         return
     torch = sys.modules["torch"]
-    passed = to_host(torch.stack([ok for ok, _ in checks]))  # one wait for the device
+    by_device: dict[Any, list[int]] = {}
+    for i, (ok, _) in enumerate(checks):
+        by_device.setdefault(ok.device, []).append(i)
+    passed = [True] * len(checks)
+    for where in by_device.values():  # one wait per device
+        for i, ok in zip(where, to_host(torch.stack([checks[i][0] for i in where])), strict=True):
+            passed[i] = bool(ok)
     for ok, (_, message) in zip(passed, checks, strict=True):
         if not ok:
             raise NonFiniteError(message)

@@ -272,15 +272,14 @@ def augment_projected_deferred(
 
     For PyTorch tensors on an accelerator, where every number read back makes the host wait
     for the device (see :func:`~lowrank_integrators._qr.tall_q_deferred`): the QR, the
-    product ``C = U0^H Q`` and
-    the second projection ``Q - U0 C`` where :func:`augment_projected` takes it (applied with
-    ``C`` times zero where it does not, which leaves ``Q`` as it is) run without reading
-    anything back. ``good``, a 0-d boolean tensor, is true exactly where
-    :func:`augment_projected` returns this basis: the QR's tests passed and ``Q - U0 C`` needs
-    no further pass (``||C||^2 k`` at the level of rounding). The caller reads it with the
-    numbers it reads anyway (the rank-adaptive BUG: with the singular values of its core) and
-    takes :func:`augment_projected` on ``Z`` (kept intact) where it is false. ``None`` for
-    other input: the caller takes :func:`augment_projected` at once.
+    product ``C = U0^H Q`` and the second projection ``Q - U0 C`` where
+    :func:`augment_projected` takes it (applied with ``C`` times zero where it does not, which
+    leaves ``Q`` as it is) run without reading anything back. ``good``, a 0-d boolean tensor,
+    is true exactly where :func:`augment_projected` returns this basis: the QR's tests passed
+    and ``Q - U0 C`` needs no further pass (``||C||^2 k`` at the level of rounding). The
+    caller reads it with the numbers it reads anyway (the rank-adaptive BUG: with the singular
+    values of its core) and takes :func:`augment_projected` on ``Z`` (kept intact) where it is
+    false. ``None`` for other input: the caller takes :func:`augment_projected` at once.
     """
     rows, r, k = int(U0.shape[0]), int(U0.shape[1]), int(Z.shape[1])
     if (
