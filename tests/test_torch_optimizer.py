@@ -483,3 +483,55 @@ def test_a_non_finite_parallel_bug_step_raises_when_its_tests_are_read(deferred_
         opt.step()
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", ["augmented", "parallel"])
+def test_steps_on_cuda_keep_their_tests_there_and_equal_the_cpu_steps(method):
+    """On a GPU the tests of the new bases and the finiteness tests stay on the device until
+    the rank decision or the end of the step; the steps equal the CPU's to round-off."""
+
+    def make(model):
+        rule = Tolerance(0.1, relative=True)
+        m = (
+            AugmentedBUG(rule, substep=Euler())
+            if method == "augmented"
+            else ParallelBUG(rule, substep=Euler())
+        )
+        return DLRTOptimizer(model.parameters(), lr=0.05, method=m)
+
+    cpu = _tall_model(F64)
+    gpu = copy.deepcopy(cpu).cuda()
+    opts = make(cpu), make(gpu)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        x = torch.randn(BATCH, 784, generator=gen, dtype=F64)
+        y = torch.randint(0, 10, (BATCH,), generator=gen)
+        for model, opt, dev in ((cpu, opts[0], "cpu"), (gpu, opts[1], "cuda")):
+            opt.zero_grad()
+            CE(model(x.to(dev)), y.to(dev)).backward()
+            opt.step()
+    assert all(p.device.type == "cuda" for p in gpu.parameters())
+    on_cpu = next(m for m in cpu if isinstance(m, LowRankLinear))
+    on_gpu = next(m for m in gpu if isinstance(m, LowRankLinear))
+    assert on_cpu.rank == on_gpu.rank
+    W_cpu = (on_cpu.U @ on_cpu.S @ on_cpu.V.T).detach()
+    W_gpu = (on_gpu.U @ on_gpu.S @ on_gpu.V.T).detach().cpu()
+    torch.testing.assert_close(W_gpu, W_cpu, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_non_finite_step_on_cuda_raises_and_leaves_the_model_unchanged():
+    from lowrank_integrators.errors import NonFiniteError
+
+    model = _tall_model(F64).cuda()
+    opt = DLRTOptimizer(model.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(BATCH, 784, dtype=F64, device="cuda")
+    x[0, 0] = float("nan")
+    opt.zero_grad()
+    CE(model(x), torch.randint(0, 10, (BATCH,), device="cuda")).backward()
+    with pytest.raises(NonFiniteError):
+        opt.step()
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
