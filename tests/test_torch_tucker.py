@@ -235,8 +235,8 @@ def test_on_an_accelerator_a_tucker_step_reads_its_finiteness_tests_once(
     host_reads, deferred_tests, monkeypatch
 ):
     """The finiteness tests of the step's factorisations and of its result wait for the device
-    once, at the end, besides the rank decisions; the step is the one that reads each test as
-    it is made."""
+    once, at the end, besides the rank decisions of all modes, read together; the step is the
+    one that reads each test as it is made."""
     from lowrank_integrators import _backend
 
     layer, x, target = tucker_layer(ranks=(3, 3, 2, 2))
@@ -255,8 +255,9 @@ def test_on_an_accelerator_a_tucker_step_reads_its_finiteness_tests_once(
     deferred_reads = reads_of_a_step(layer)
     monkeypatch.setattr(_backend, "_DEFER", False)
     tested_reads = reads_of_a_step(twin)
-    # four modes: four rank decisions, and one read of every finiteness test
-    assert deferred_reads == 4 + 1
+    # the singular values of the four modes (the rank decisions) in one read, and one read
+    # of every finiteness test
+    assert deferred_reads == 1 + 1
     assert tested_reads > deferred_reads + 10
     for a, b in zip(factors(layer), factors(twin), strict=True):
         assert torch.equal(a, b)

@@ -35,6 +35,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .. import _backend as bk
 from ..protocol import StepGenerator
 from ..substeps import SubstepSolver
@@ -148,13 +150,14 @@ class TuckerBUG(TuckerIntegrator):
         rule = self.truncation
         assert rule is not None
         d = C_hat.ndim
-        P, sigmas, ranks = [], [], []
+        P, on_device = [], []
         for i in range(d):
             P_i, sigma, _ = led.svd(unfold(C_hat, i))
-            s = bk.to_host(sigma)
             P.append(P_i)
-            sigmas.append(s)
-            ranks.append(max(1, rule.select_rank(s, h, mode=i)))
+            on_device.append(sigma)
+        # the singular values of every mode in one transfer: one wait for a GPU, not d
+        sigmas = _to_host_together(on_device)
+        ranks = [max(1, rule.select_rank(s, h, mode=i)) for i, s in enumerate(sigmas)]
         # A mode rank above the product of the others cannot be carried by the core.
         changed = True
         while changed:
@@ -181,3 +184,17 @@ class TuckerBUG(TuckerIntegrator):
 
     def __repr__(self) -> str:
         return f"TuckerBUG(truncation={self.truncation!r}, substep={self.substep!r})"
+
+
+def _to_host_together(arrays: list[Any]) -> list[np.ndarray]:
+    """The 1-D ``arrays`` on the host, copied in one transfer (NumPy arrays as they are)."""
+    if all(type(a) is np.ndarray for a in arrays):
+        return list(arrays)
+    xp = bk.namespace(*arrays)
+    flat = bk.to_host(xp.concat(list(arrays)))
+    out, start = [], 0
+    for a in arrays:
+        n = int(a.shape[0])
+        out.append(flat[start : start + n])
+        start += n
+    return out
