@@ -312,3 +312,30 @@ def test_torch_new_columns_wait_once_for_the_device_and_match_numpy(
     assert np.array_equal(d.numpy(), d_np)
     if outside == 1.0:
         np.testing.assert_allclose(U, expected, atol=50 * TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("outside", [1.0, 1e-4, 1e-8, 0.0])
+@pytest.mark.parametrize("shape", [(20_000, 8, 8), (300, 6, 6)], ids=["cholesky", "householder"])
+def test_a_basis_whose_deferred_tests_pass_is_the_tested_basis(
+    rng, deferred_tests, dtype, outside, shape
+):
+    """``augment_projected_deferred`` reads nothing; where its test comes out true the basis
+    and signs are those of ``augment_projected``, bit for bit, and the ledger counts one QR."""
+    torch = pytest.importorskip("torch")
+    from lowrank_integrators.integrators.augmentation import augment_projected_deferred
+
+    m, r, k = shape
+    U0, X = basis_and_block(rng, m, r, k, dtype, outside, 0)
+    U0_t = torch.from_numpy(U0)
+    Z = project_out(U0_t, torch.from_numpy(X))
+    led = Ledger()
+    U_hat, d, good = augment_projected_deferred(led, Z, U0_t)
+    assert good.shape == () and good.dtype == torch.bool and led.info.n_qr == 1
+    if outside == 1.0:  # new columns of full rank, well apart from span(U0)
+        assert bool(good)
+    if bool(good):
+        expected, d_expected = augment_projected(Ledger(), Z.clone(), U0_t)
+        assert torch.equal(U_hat, expected) and torch.equal(d, d_expected)
+    # NumPy arrays and tensors in host memory by default: nothing deferred
+    assert augment_projected_deferred(Ledger(), project_out(U0, X), U0) is None
