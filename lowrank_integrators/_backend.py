@@ -547,17 +547,16 @@ _PENDING_CHECKS: contextvars.ContextVar[list[tuple[Any, str]] | None] = contextv
 
 
 @contextlib.contextmanager
-def deferred_finite_checks() -> Iterator[list[tuple[Any, str]]]:
+def deferred_finite_checks() -> Iterator[None]:
     """A block whose :func:`require_finite` tests on tensors of :func:`defers_checks` stay on
     their device: they are read back together when the block ends, and the first that failed
     raises :class:`~lowrank_integrators.errors.NonFiniteError` (also where the block raised
-    another error first, which non-finite input can cause). The list it yields takes more
-    tests, ``(0-d boolean tensor, message)``, read with them.
+    another error first, which non-finite input can cause).
     """
     checks: list[tuple[Any, str]] = []
     token = _PENDING_CHECKS.set(checks)
     try:
-        yield checks
+        yield
     except Exception:
         _PENDING_CHECKS.reset(token)
         token = None

@@ -34,7 +34,6 @@ import torch
 
 from .. import _backend as bk
 from .._checks import check_product
-from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..integrators.augmentation import leading_signs
 from ..integrators.augmented_bug import AugmentedBUG
@@ -475,14 +474,10 @@ class DLRTOptimizer(torch.optim.Optimizer):
         st = TuckerState(Y=start, t=float(state["t"]))
         # on an accelerator the finiteness tests of the step's factorisations and of its
         # result are read back together at the end, not one wait for the device each
-        with bk.deferred_finite_checks() as checks:
+        with bk.deferred_finite_checks():
             new, info = self.tucker_method.step(field, st, st.t, lr)
             for i, a in enumerate((new.Y.core, *new.Y.factors)):
-                message = f"factor {i} of a TuckerConv2d is not finite after the step"
-                if bk.defers_checks(a):
-                    checks.append((torch.isfinite(a).all(), message))
-                elif not bool(torch.isfinite(a).all()):
-                    raise NonFiniteError(message)
+                bk.require_finite(a, f"factor {i} of a TuckerConv2d after its step")
         state["next_slot"] = direction.commit()
         return state, new, info
 
