@@ -38,7 +38,7 @@ arrangement: the stricter of the two figures.
 
 The rates of a shared machine drift (by tens of percent within minutes), and a floor from
 rates measured at start then tracks the machine of another moment. Each worker therefore
-measures the rates again right before each method's warm-up and right after its timed steps;
+measures the rates again right before each method's warm-up and after its measured steps;
 ``x adj`` is the median time over the floor at the mean of those two measurements (JSON:
 ``adjacent_rates``, ``adjacent_floor_s``, ``ratio_to_adjacent_floor``). ``x floor`` keeps the
 rates measured at start.
@@ -51,7 +51,8 @@ maps from the kernel above its mmap threshold (32 MB) and returns when they are 
 Every (n, r) runs in a fresh worker process. Time: median over repeated steps from the same
 state. Memory: the process's peak resident set during one step (the kernel's high-water mark
 is reset right before the step), which includes LAPACK work arrays that Python's tracemalloc
-does not see, together with the interpreter, the operators and the state; "step adds" is that
+does not see, together with the interpreter, the operators, the state and what the heap keeps
+of the rate measurement before the method (``x adj``, above); "step adds" is that
 peak minus the resident set right before the step, and "state MB" the size of U, S, V.
 "step adds" is exact only for arrays that the C library maps and unmaps on their own (above
 its mmap threshold, 32 MB by default): smaller freed arrays stay in the process's heap and
@@ -413,7 +414,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
     results = []
     for name in [m for m in METHOD_NAMES if m in runners and m in methods_wanted]:
         run = runners[name]
-        # The machine's rates once more, right before the warm-up and right after the timed
+        # The machine's rates once more, right before the warm-up and after the measured
         # steps: the floor of this method at the speed the machine had while it ran (a shared
         # host drifts by tens of percent within minutes). Before the warm-up, so that the
         # probe's arrays do not change the memory the timed steps find.
@@ -426,7 +427,6 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
             run()
             times.append(time.process_time() - t0)
             kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - k0)
-        probes.append(measure_rates(np, np.dtype(dtype), repeats=3))
         hwm = before = float("nan")
         if _reset_hwm():
             before = _read_status_mb("VmRSS")
@@ -438,6 +438,7 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
             run()
         traced = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
+        probes.append(measure_rates(np, np.dtype(dtype), repeats=3))
         # work arrays the method keeps between steps (resident before each step, so not in
         # "step adds"); the method is then released, with them, before the next one runs
         workspace = getattr(methods.get(name), "__dict__", {}).get("_workspace")
