@@ -295,10 +295,7 @@ def augment_projected_deferred(
     Q, ok = tall_q_deferred(Z)
     if int(Q.shape[1]) != k:  # pragma: no cover - k <= rows columns come back
         return None
-    key = (type(U0), U0.dtype)
-    eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
-    C = bk.adjoint(U0) @ Q
-    size = xp.max(xp.abs(C))
+    eps, C, size = _cross_unread(U0, Q, xp)
     far = xp.astype(size > _CROSS_TOLERANCE * eps, C.dtype)
     Q = _subtract_products(Q, U0, C * far, False)
     good = size * size * k <= _CROSS_TOLERANCE * eps
@@ -325,16 +322,21 @@ def _cross(U0: Any, Q: Any, numpy: bool, xp: Any, ok: Any = _NO_TEST) -> Any:
         eps = _EPS.get(U0.dtype) or _EPS.setdefault(U0.dtype, float(np.finfo(U0.dtype).eps))
         C = bk.tall_inner(U0, Q)  # by blocks of rows: a tall reduction
         return eps, C, float(np.maximum.reduce(np.abs(C), axis=None))
-    key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
-    eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
-    C = bk.adjoint(U0) @ Q
-    size = xp.max(xp.abs(C))
+    eps, C, size = _cross_unread(U0, Q, xp)
     if ok is _NO_TEST:
         return eps, C, float(size)  # one number to the host
     if ok is None:
         return eps, C, float(size), True
     both = bk.to_host(xp.stack([xp.astype(ok, size.dtype), size]))
     return eps, C, float(both[1]), bool(both[0])
+
+
+def _cross_unread(U0: Any, Q: Any, xp: Any) -> tuple[float, Any, Any]:
+    """``(eps, C, max |C|)`` for arrays of other libraries than NumPy, nothing read back."""
+    key = (type(U0), U0.dtype)  # dtypes of different libraries are never compared
+    eps = _EPS_OTHER.get(key) or _EPS_OTHER.setdefault(key, float(xp.finfo(U0.dtype).eps))
+    C = bk.adjoint(U0) @ Q
+    return eps, C, xp.max(xp.abs(C))
 
 
 def _subtract_products(Q: Any, U0: Any, C: Any, numpy: bool) -> Any:
