@@ -590,13 +590,42 @@ def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, 
 
 
 def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any, str]:
-    """:func:`_householder` of a small real NumPy array (one LAPACK QR), without its checks."""
-    q, r = _lapack_qr(x)
-    p = min(q.shape)
-    d = canonical_phases(np.diagonal(q[:p, :p]))
-    Q = np.multiply(q, d, order="C")  # the sign normalisation and the row-major copy at once
-    r *= d[:, None]
-    return Q, r, (None if w is None else _inner(Q, w)), "Householder"
+    """:func:`_householder` of a small real NumPy array (``k > 0``), without its checks.
+
+    The factors of :func:`_lapack_qr_unblocked` with the canonical signs, in as few calls
+    as can be: on the blocks of a Tucker step (tens of entries) each call costs more than
+    its arithmetic.
+    """
+    m, k = x.shape
+    p = min(m, k)
+    if m * k > _QRT_FROM:  # geqrt's blocks (see _lapack_qr)
+        q, r = _lapack_qr(x)
+        d = canonical_phases(q.diagonal())
+        Q = np.multiply(q, d, order="C")  # the signs and the row-major copy at once
+        r *= d[:, None]
+        return Q, r, (None if w is None else _inner(Q, w)), "Householder"
+    geqrf, orgqr = _lapack_unblocked_functions(x.dtype)
+    qr, tau, _, info = geqrf(x, lwork=64 * k)  # into a Fortran-ordered copy of x
+    if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
+        raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
+    q, _, info = orgqr(qr[:, :p], tau, lwork=64 * p)  # a copy: qr still holds R
+    if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
+        raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
+    minus, plus = _SIGNS.get(x.dtype.char) or _signs(x.dtype)
+    d = np.where(q.diagonal() > 0, minus, plus)  # canonical_phases of the diagonal
+    Q = np.multiply(q, d, order="C")  # the signs and the row-major copy at once
+    R = np.multiply(qr[:p], d[:, None], order="C")
+    np.copyto(R, 0, where=_strictly_lower(p, k))
+    return Q, R, (None if w is None else _inner(Q, w)), "Householder"
+
+
+#: ``(-1, 1)`` as NumPy scalars of each real dtype (signs of that dtype from ``np.where``).
+_SIGNS: dict[str, tuple[np.generic, np.generic]] = {}
+
+
+def _signs(dtype: np.dtype) -> tuple[np.generic, np.generic]:
+    pair = _SIGNS[dtype.char] = (dtype.type(-1), dtype.type(1))
+    return pair
 
 
 def _small_q(x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,11 @@ Requests
     Whether the substep field is affine in the state and the same at every time of
     ``[t0, t1]`` (``f(t, X) = L(X) + c``), so that a Runge-Kutta solver may arrange its
     stages in an equivalent cheaper way; drivers that cannot tell answer ``False``.
+``FieldFunction(ode)``
+    The substep field itself, as a function ``f(t, X)`` (after the substep's sign), for a
+    solver that evaluates a small substep by plain calls; every call counts and is checked
+    as the answer to a ``Field`` request. Drivers that answer fields only one request at a
+    time (from forward/backward passes) answer ``None``, and the solver makes requests.
 ``Parallel(*branches)``
     Independent sub-generators (for example the K- and L-steps of BUG); the answer is the
     tuple of their return values.
@@ -69,6 +74,7 @@ from .factors import LowRankMatrix
 __all__ = [
     "Affine",
     "Field",
+    "FieldFunction",
     "Handover",
     "Increment",
     "Left",
@@ -295,6 +301,23 @@ class Affine(Request):
     t1: float
 
 
+class FieldFunction(Request):
+    """The field of the substep ODE ``ode`` as a function ``f(t, X)``, or ``None``.
+
+    A problem driver answers ``ode.field_function(problem)``: the problem's substep field
+    with the substep's sign, which counts every call in the step's ledger and checks its
+    result as the answer to a :class:`Field` request is checked. A solver then evaluates
+    the substep by plain calls, without a request per evaluation (on small states, where the
+    round trip costs more than the arithmetic). Drivers that answer fields only as requests
+    (from forward/backward passes) answer ``None``.
+    """
+
+    __slots__ = ("ode",)
+
+    def __init__(self, ode: Any) -> None:
+        self.ode = ode
+
+
 class Parallel(Request):
     """Independent branches of a step; the answer is the tuple of their return values."""
 
@@ -408,6 +431,8 @@ def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, Affine):
         affine_of = getattr(req.ode, "affine_of", None)
         return affine_of is not None and affine_of(problem)
+    if isinstance(req, FieldFunction):
+        return req.ode.field_function(problem)
     if isinstance(req, Parallel):
         return tuple(answer_from_problem(problem, branch) for branch in req.branches)
     if isinstance(req, SubstepCall):
@@ -463,6 +488,8 @@ class _Node:
                 answer = None  # a field given by products has no exact increments
             elif kind is Affine:
                 answer = False  # nor is it known to be affine
+            elif kind is FieldFunction:
+                answer = None  # nor is it a function of the state alone
             elif kind is Parallel:
                 children = [_Node(b) for b in req.branches]  # type: ignore[attr-defined]
                 for child in children:
@@ -485,6 +512,8 @@ class _Node:
             return None
         if isinstance(req, Affine):
             return False
+        if isinstance(req, FieldFunction):
+            return None
         if isinstance(req, Parallel):
             self.children = [_Node(b) for b in req.branches]
             for child in self.children:
@@ -543,7 +572,7 @@ class StepTask:
     branch still running: the K- and L-steps of BUG are open together); :meth:`answer` takes
     their answers in the same order and runs the step to its next round. :class:`Increment`
     requests are answered with ``None`` (fields given by products have no exact increments),
-    :class:`Affine` requests with ``False``.
+    :class:`Affine` requests with ``False`` and :class:`FieldFunction` requests with ``None``.
 
     Parameters
     ----------

@@ -38,6 +38,7 @@ from . import _fused
 from ._checks import check_product
 from .protocol import (
     Affine,
+    FieldFunction,
     Increment,
     StageUpdate,
     SubstepCall,
@@ -459,6 +460,15 @@ def is_affine(ode: Any, t0: float, t1: float) -> Generator[Any, Any, bool]:
     return (yield Affine(ode, t0, t1)) is True
 
 
+def field_function(ode: Any) -> Generator[Any, Any, Callable[[float, Any], Any] | None]:
+    """The field of ``ode`` as a function ``f(t, X)`` when the driver gives one (a
+    ``FieldFunction`` request of ``lowrank_integrators.protocol``), else ``None``; ``None``
+    for a plain ODE object, which is called directly anyway."""
+    if getattr(ode, "request", None) is None:
+        return None
+    return (yield FieldFunction(ode))
+
+
 def _dtype_of(X0: Any) -> Any:
     return X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
 
@@ -526,11 +536,16 @@ class SubstepSolver:
         if inc is not None:
             inc = check_product("the exact increment of a substep", inc, shape, dtype)
             return bk.add_scaled(owned_start(X0), 1.0, inc)
-        f = partial(evaluate, ode)
-        if self.has_affine_stages and not _small(X0) and (yield from is_affine(ode, t0, t1)):
-            out = yield from self.affine_stages(f, t0, t1, X0)
+        small = _small(X0)
+        # plain calls on small states, where a request per evaluation costs more than the
+        # arithmetic (a driver answering from passes declines, and requests follow)
+        direct = (yield from field_function(ode)) if small else None
+        if direct is not None:
+            out = self.integrate(direct, t0, t1, X0)
+        elif self.has_affine_stages and not small and (yield from is_affine(ode, t0, t1)):
+            out = yield from self.affine_stages(partial(evaluate, ode), t0, t1, X0)
         else:
-            out = yield from self.stages(f, t0, t1, X0)
+            out = yield from self.stages(partial(evaluate, ode), t0, t1, X0)
         if type(out) is np.ndarray and out.dtype == dtype and out.shape == shape:
             return out  # the common case, without naming the solver
         return check_product(f"the substep solver {self!r}", out, shape, dtype)
@@ -719,6 +734,27 @@ class RK4(SubstepSolver):
             return W
         finally:
             _give_back_spare(workspace)
+
+    def integrate(self, f: Callable[[float, Any], Any], t0: float, t1: float, X0: Any) -> Any:
+        if type(self).stages is not RK4.stages or not _small(X0):
+            return super().integrate(f, t0, t1, X0)
+        # small states: the arithmetic of _small_step by plain calls (no generator per
+        # evaluation, which costs as much as an evaluation at this size)
+        dt = (t1 - t0) / self.steps
+        X = X0.left @ X0.right if isinstance(X0, FactoredStart) else X0
+        for i in range(self.steps):
+            t = t0 + i * dt
+            t_mid = t + 0.5 * dt
+            k = f(t, X)
+            acc = X + k * (dt / 6.0)
+            k = f(t_mid, X + k * (0.5 * dt))
+            acc += k * (dt / 3.0)
+            k = f(t_mid, X + k * (0.5 * dt))
+            acc += k * (dt / 3.0)
+            k = f(t1 if i == self.steps - 1 else t0 + (i + 1) * dt, X + k * dt)
+            acc += (dt / 6.0) * k
+            X = acc
+        return X
 
     @staticmethod
     def _small_step(

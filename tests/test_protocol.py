@@ -22,7 +22,13 @@ from lowrank_integrators.integrators.base import (
     Parallel,
     SStep,
 )
-from lowrank_integrators.protocol import Field, StepTask, answer_from_problem
+from lowrank_integrators.protocol import (
+    Field,
+    FieldFunction,
+    StepTask,
+    answer_from_problem,
+    received,
+)
 from lowrank_integrators.training import MLP, Layer, LowRankTraining
 
 
@@ -290,3 +296,104 @@ def test_a_product_asked_to_be_handed_over_is_held_by_the_step_alone(rng):
     # without the handover, the driver holds each answer until the step yields again
     answer_from_problem(problem, step(False))
     assert owned == [True, True, False, False]
+
+
+# --- small substeps: the field as a function --------------------------------------------------
+
+
+def _answer_in_rounds(problem, gen):
+    """Run a step in rounds, as the training client does (a request per evaluation, no field
+    functions), answering each request from ``problem``."""
+
+    def one(req):
+        return received((yield req))
+
+    task = StepTask(gen)
+    while not task.done:
+        task.answer([answer_from_problem(problem, one(req)) for req in task.open_requests()])
+    return task.value
+
+
+def rk4_methods():
+    keep = lri.Tolerance(1e-10)
+    return [
+        lri.BUG(),
+        lri.ProjectorSplitting(),
+        lri.ProjectorSplitting(order=2),
+        lri.AugmentedBUG(keep),
+        ParallelBUG(keep),
+        MidpointBUG(keep),
+        AugmentedBackwardCorrectedPSI(keep),
+        lri.BUG(substep=lri.RK4(steps=2)),
+        lri.BUG(substep=lri.Euler()),
+    ]
+
+
+RK4_IDS = ["bug", "ksl", "strang", "augmented-bug", "parallel-bug", "midpoint-bug", "abc-psi"]
+RK4_IDS += ["bug-rk4x2", "bug-euler"]
+
+
+@pytest.mark.parametrize("method", rk4_methods(), ids=RK4_IDS)
+def test_small_substeps_called_as_functions_equal_their_requests(rng, method):
+    problem = lri.SylvesterODE(
+        0.3 * rng.standard_normal((9, 9)),
+        0.3 * rng.standard_normal((8, 8)),
+        lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=2),
+    )
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    state = method.init(problem, Y0, 0.0)
+    a, info_a = method.step(problem, state, 0.0, 0.1)
+    b, info_b = _answer_in_rounds(problem, method.step_requests(state, 0.0, 0.1))
+    for x, y in zip(a.Y, b.Y, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert info_a == info_b  # the same evaluations counted
+
+
+@pytest.mark.parametrize(
+    "method",
+    [lri.TuckerProjectorSplitting(), lri.TuckerBUG(), lri.TuckerBUG(lri.FixedRank(3))],
+    ids=["psi", "bug", "augmented-bug"],
+)
+def test_small_tucker_substeps_called_as_functions_equal_their_requests(rng, method):
+    ops = [0.3 * rng.standard_normal((n, n)) for n in (7, 6, 5)]
+    problem = lri.TensorSylvesterODE(ops)
+    Y0 = lri.TuckerTensor.from_dense(rng.standard_normal((7, 6, 5)), ranks=(3, 3, 3))
+    state = method.init(problem, Y0, 0.0)
+    a, info_a = method.step(problem, state, 0.0, 0.1)
+    b, info_b = _answer_in_rounds(problem, method.step_requests(state, 0.0, 0.1))
+    np.testing.assert_array_equal(a.Y.core, b.Y.core)
+    for x, y in zip(a.Y.factors, b.Y.factors, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert info_a == info_b
+
+
+@pytest.mark.parametrize("n, small", [(9, True), (1200, False)], ids=["small", "tall"])
+def test_a_problem_driver_calls_small_fields_and_asks_for_tall_ones(rng, monkeypatch, n, small):
+    from lowrank_integrators import protocol
+
+    kinds = []
+    answer = protocol._answer
+
+    def spy(problem, req):
+        kinds.append(type(req))
+        return answer(problem, req)
+
+    monkeypatch.setattr(protocol, "_answer", spy)
+    problem = lri.SylvesterODE(-np.eye(n), -np.eye(8))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((n, 8)), rank=4)
+    method = lri.BUG()
+    method.step(problem, method.init(problem, Y0, 0.0), 0.0, 0.1)
+    if small:  # K, L and S: one function each, no request per evaluation
+        assert kinds.count(FieldFunction) == 3 and Field not in kinds
+    else:  # the K-step is tall (9600 entries): its evaluations are requests
+        assert kinds.count(Field) == 4 and kinds.count(FieldFunction) == 2
+
+
+def test_a_driver_in_rounds_declines_to_give_a_field_function(rng):
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((6, 5)), rank=2)
+
+    def step():
+        return (yield FieldFunction(KStep(Ledger(2), Y0.V, at=Y0)))
+
+    task = StepTask(step())
+    assert task.done and task.value is None

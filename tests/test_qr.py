@@ -132,6 +132,27 @@ def test_small_inputs_take_one_householder_qr(rng, shape, ratio):
     assert Q.flags.c_contiguous
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (12, 4), (16, 4), (3, 7), (200, 30), (64, 64)], ids=str)
+@pytest.mark.parametrize("rank_deficient", [False, True], ids=["full", "deficient"])
+def test_the_small_real_route_is_lapacks_householder_qr_with_the_canonical_signs(
+    rng, dtype, shape, rank_deficient
+):
+    """Bit for bit: geqrf and orgqr (unblocked below 32 columns), then ``Q_jj <= 0``."""
+    import scipy.linalg
+
+    x = rng.standard_normal(shape).astype(dtype)
+    if rank_deficient:
+        x[:, -1] = 0
+    Q, R, _, method = _qr._factor(x, None)
+    q, r = scipy.linalg.qr(x, mode="economic", check_finite=False)
+    d = np.where(np.diagonal(q) > 0, -1, 1).astype(dtype)
+    assert method == "Householder" and Q.dtype == R.dtype == dtype
+    assert Q.flags.c_contiguous and R.flags.c_contiguous
+    np.testing.assert_array_equal(Q, q * d)
+    np.testing.assert_array_equal(R, d[:, None] * np.triu(r))
+
+
 def test_zero_and_wide_matrices_fall_back_to_householder(rng):
     zero = np.zeros((20_000, 4))
     assert zero.size > _qr._SMALL_ENTRIES

@@ -13,7 +13,10 @@ back the answers:
   with :func:`~lowrank_integrators.protocol.received`, so that the driver keeps no
   reference to it (the midpoint BUG orthonormalises ``F V`` in its own storage);
 * ``X1 = yield from self.substep.solve(KStep(led, V0, at=Y0), t0, t1, X0)`` solves a substep:
-  the solver yields one :class:`~lowrank_integrators.protocol.Field` request per evaluation;
+  the solver yields one :class:`~lowrank_integrators.protocol.Field` request per evaluation
+  (on a small NumPy state it first asks for the field as a function,
+  :class:`~lowrank_integrators.protocol.FieldFunction`, and calls it where the driver gives
+  one: a problem driver does, the training client does not);
 * ``a, b = yield Parallel(branch_a(), branch_b())`` runs independent parts of a step (the K-
   and L-steps of BUG): a problem driver runs them one after the other, the training client
   answers their requests together;
@@ -341,6 +344,9 @@ class SubstepField:
         self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
         self._problem: Any = None
 
+    #: How many evaluations one request or call counts for in the ledger.
+    weight: int = 1
+
     #: Whether :meth:`request` passes on a solver's register updates (set by the matrix
     #: substeps; a subclass that overrides ``request`` keeps the default, False).
     accepts_update: ClassVar[bool] = False
@@ -357,12 +363,34 @@ class SubstepField:
         registers from the answer.
         """
         info = self.ledger.info
-        setattr(info, self.counter, getattr(info, self.counter) + 1)
+        setattr(info, self.counter, getattr(info, self.counter) + self.weight)
         return Field(self, t, X, self.at if start else None, update if self.sign == 1 else None)
 
     def finish(self, out: Any) -> Any:
         """The substep's right-hand side from the answer (applies the sign)."""
         return out if self.sign == 1 else -out
+
+    def field_function(self, problem: Any) -> Callable[[float, Any], Any]:
+        """The substep's right-hand side from ``problem`` as a function ``f(t, X)`` (see
+        :class:`~lowrank_integrators.protocol.FieldFunction`): every call counts as an
+        evaluation and its result is checked as an answered request's is."""
+        field = self.field(problem)
+        info, counter, weight = self.ledger.info, self.counter, self.weight
+        # the sign of a substep that keeps the default finish, without a call per evaluation
+        finish = None if type(self).finish is SubstepField.finish else self.finish
+        negate = self.sign == -1
+        name = f"problem.{self.field_name}"
+
+        def f(t: float, X: Any) -> Any:
+            setattr(info, counter, getattr(info, counter) + weight)
+            out = field(t, X)
+            if type(out) is not type(X) or out.dtype != X.dtype or out.shape != X.shape:
+                out = check_product(name, out, X.shape, X.dtype)
+            if finish is not None:
+                return finish(out)
+            return -out if negate else out
+
+        return f
 
     def field(self, problem: Any) -> Callable[[float, Any], Any]:
         """The problem's field of this substep (built once per substep)."""
@@ -397,9 +425,7 @@ class SubstepField:
     def rhs(self, t: float, X: Any) -> Any:
         if self._problem is None:
             raise RuntimeError("rhs needs a problem: call bind(problem) first")
-        req = self.request(t, X)
-        out = self.field(self._problem)(req.t, req.X)
-        return self.finish(check_product(f"problem.{self.field_name}", out, X.shape, X.dtype))
+        return self.field_function(self._problem)(t, X)
 
     def increment(self, t0: float, t1: float) -> Any | None:
         if self._problem is None:
