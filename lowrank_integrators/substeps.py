@@ -460,15 +460,6 @@ def is_affine(ode: Any, t0: float, t1: float) -> Generator[Any, Any, bool]:
     return (yield Affine(ode, t0, t1)) is True
 
 
-def field_function(ode: Any) -> Generator[Any, Any, Callable[[float, Any], Any] | None]:
-    """The field of ``ode`` as a function ``f(t, X)`` when the driver gives one (a
-    ``FieldFunction`` request of ``lowrank_integrators.protocol``), else ``None``; ``None``
-    for a plain ODE object, which is called directly anyway."""
-    if getattr(ode, "request", None) is None:
-        return None
-    return (yield FieldFunction(ode))
-
-
 def _dtype_of(X0: Any) -> Any:
     return X0.left.dtype if isinstance(X0, FactoredStart) else X0.dtype
 
@@ -539,7 +530,7 @@ class SubstepSolver:
         small = _small(X0)
         # plain calls on small states, where a request per evaluation costs more than the
         # arithmetic (a driver answering from passes declines, and requests follow)
-        direct = (yield from field_function(ode)) if small else None
+        direct = (yield FieldFunction(ode)) if small and hasattr(ode, "request") else None
         if direct is not None:
             out = self.integrate(direct, t0, t1, X0)
         elif self.has_affine_stages and not small and (yield from is_affine(ode, t0, t1)):
