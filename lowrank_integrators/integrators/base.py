@@ -343,6 +343,7 @@ class SubstepField:
         self.sign = sign
         self._bound: tuple[Any, Callable[[float, Any], Any]] | None = None
         self._problem: Any = None
+        self._rhs: Callable[[float, Any], Any] | None = None
 
     #: How many evaluations one request or call counts for in the ledger.
     weight: int = 1
@@ -420,12 +421,15 @@ class SubstepField:
     def bind(self, problem: Any) -> SubstepField:
         """This ODE with ``rhs`` and ``increment`` answered from ``problem`` (returns ``self``)."""
         self._problem = problem
+        self._rhs = None
         return self
 
     def rhs(self, t: float, X: Any) -> Any:
-        if self._problem is None:
-            raise RuntimeError("rhs needs a problem: call bind(problem) first")
-        return self.field_function(self._problem)(t, X)
+        if self._rhs is None:
+            if self._problem is None:
+                raise RuntimeError("rhs needs a problem: call bind(problem) first")
+            self._rhs = self.field_function(self._problem)
+        return self._rhs(t, X)
 
     def increment(self, t0: float, t1: float) -> Any | None:
         if self._problem is None:
