@@ -590,33 +590,41 @@ def _householder(x: Any, w: Any | None, owned: bool = False) -> tuple[Any, Any, 
 
 
 def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any, str]:
-    """:func:`_householder` of a small real NumPy array (``k > 0``), without its checks.
-
-    The factors of :func:`_lapack_qr_unblocked` with the canonical signs, in as few calls
-    as can be: on the blocks of a Tucker step (tens of entries) each call costs more than
-    its arithmetic.
-    """
+    """:func:`_householder` of a small real NumPy array (``k > 0``), without its checks."""
     m, k = x.shape
-    p = min(m, k)
     if m * k > _QRT_FROM:  # geqrt's blocks (see _lapack_qr)
         q, r = _lapack_qr(x)
         d = canonical_phases(q.diagonal())
         Q = np.multiply(q, d, order="C")  # the signs and the row-major copy at once
         r *= d[:, None]
-        return Q, r, (None if w is None else _inner(Q, w)), "Householder"
+    else:
+        Q, r = _unblocked_signed_qr(x, with_r=True)
+    return Q, r, (None if w is None else _inner(Q, w)), "Householder"
+
+
+def _unblocked_signed_qr(x: np.ndarray, *, with_r: bool) -> tuple[np.ndarray, Any]:
+    """``(Q, R)`` (``R`` ``None`` without ``with_r``) of a real block of at most
+    ``_QRT_FROM`` entries: :func:`_lapack_qr_unblocked` with the canonical signs, row-major,
+    in as few calls as can be (on the blocks of a Tucker step, tens of entries, each call
+    costs more than its arithmetic)."""
+    m, k = x.shape
+    p = min(m, k)
     geqrf, orgqr = _lapack_unblocked_functions(x.dtype)
     qr, tau, _, info = geqrf(x, lwork=64 * k)  # into a Fortran-ordered copy of x
     if info != 0:  # pragma: no cover - geqrf reports only illegal arguments (none here)
         raise np.linalg.LinAlgError(f"LAPACK geqrf failed with info={info}")
-    q, _, info = orgqr(qr[:, :p], tau, lwork=64 * p)  # a copy: qr still holds R
+    # in place when R is not wanted; otherwise a copy, and qr still holds R
+    q, _, info = orgqr(qr[:, :p], tau, lwork=64 * p, overwrite_a=not with_r)
     if info != 0:  # pragma: no cover - orgqr reports only illegal arguments
         raise np.linalg.LinAlgError(f"LAPACK orgqr failed with info={info}")
     minus, plus = _SIGNS.get(x.dtype.char) or _signs(x.dtype)
     d = np.where(q.diagonal() > 0, minus, plus)  # canonical_phases of the diagonal
     Q = np.multiply(q, d, order="C")  # the signs and the row-major copy at once
+    if not with_r:
+        return Q, None
     R = np.multiply(qr[:p], d[:, None], order="C")
     np.copyto(R, 0, where=_strictly_lower(p, k))
-    return Q, R, (None if w is None else _inner(Q, w)), "Householder"
+    return Q, R
 
 
 #: ``(-1, 1)`` as NumPy scalars of each real dtype (signs of that dtype from ``np.where``).
@@ -630,6 +638,8 @@ def _signs(dtype: np.dtype) -> tuple[np.generic, np.generic]:
 
 def _small_q(x: np.ndarray) -> np.ndarray:
     """``_householder(x, None)[0]`` of a small NumPy ``x`` (``0 < k <= m``) without ``R``."""
+    if x.dtype.kind == "f" and x.size <= _QRT_FROM:
+        return _unblocked_signed_qr(x, with_r=False)[0]
     q = _lapack_qr(x, with_r=False)[0]
     d = canonical_phases(q.diagonal())
     return np.multiply(q, d, order="C")
