@@ -415,6 +415,8 @@ def _answer(problem: Any, req: Request) -> Any:
             return Handover(out)  # the common case, checked without naming the field
         name = f"problem.{req.ode.field_name}"
         return Handover(check_product(name, out, req.X.shape, req.X.dtype))
+    if isinstance(req, FieldFunction):
+        return req.ode.field_function(problem)
     if isinstance(req, Right):
         out = problem.apply_right(req.t, req.Y, req.V)
         out = check_product("problem.apply_right", out, expected_shape(req), req.Y.dtype)
@@ -431,8 +433,6 @@ def _answer(problem: Any, req: Request) -> Any:
     if isinstance(req, Affine):
         affine_of = getattr(req.ode, "affine_of", None)
         return affine_of is not None and affine_of(problem)
-    if isinstance(req, FieldFunction):
-        return req.ode.field_function(problem)
     if isinstance(req, Parallel):
         return tuple(answer_from_problem(problem, branch) for branch in req.branches)
     if isinstance(req, SubstepCall):
