@@ -306,7 +306,8 @@ class FieldFunction(Request):
 
     A problem driver answers ``ode.field_function(problem)``: the problem's substep field
     with the substep's sign, which counts every call in the step's ledger and checks its
-    result as the answer to a :class:`Field` request is checked. A solver then evaluates
+    result as the answer to a :class:`Field` request is checked (``None`` for a substep ODE
+    without ``field_function``). A solver then evaluates
     the substep by plain calls, without a request per evaluation (on small states, where the
     round trip costs more than the arithmetic). Drivers that answer fields only as requests
     (from forward/backward passes) answer ``None``.
@@ -416,7 +417,9 @@ def _answer(problem: Any, req: Request) -> Any:
         name = f"problem.{req.ode.field_name}"
         return Handover(check_product(name, out, req.X.shape, req.X.dtype))
     if isinstance(req, FieldFunction):
-        return req.ode.field_function(problem)
+        # a substep ODE of its own kind without one is asked per evaluation
+        make = getattr(req.ode, "field_function", None)
+        return None if make is None else make(problem)
     if isinstance(req, Right):
         out = problem.apply_right(req.t, req.Y, req.V)
         out = check_product("problem.apply_right", out, expected_shape(req), req.Y.dtype)

@@ -397,3 +397,23 @@ def test_a_driver_in_rounds_declines_to_give_a_field_function(rng):
 
     task = StepTask(step())
     assert task.done and task.value is None
+
+
+def test_a_substep_ode_without_a_field_function_is_asked_per_evaluation(rng):
+    class OwnKStep(KStep):
+        field_function = None  # as a substep ODE written without the base class
+
+    problem = lri.SylvesterODE(rng.standard_normal((9, 9)), rng.standard_normal((8, 8)))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((9, 8)), rank=3)
+    counts = []
+
+    def substep(kind):
+        led = Ledger(3)
+        out = yield from lri.RK4().solve(kind(led, Y0.V, at=Y0), 0.0, 0.1, Y0.U @ Y0.S)
+        counts.append(led.info.n_right)
+        return out
+
+    by_calls = answer_from_problem(problem, substep(KStep))
+    by_requests = answer_from_problem(problem, substep(OwnKStep))
+    np.testing.assert_array_equal(by_calls, by_requests)
+    assert counts == [4, 4]
