@@ -307,10 +307,10 @@ class FieldFunction(Request):
     A problem driver answers ``ode.field_function(problem)``: the problem's substep field
     with the substep's sign, which counts every call in the step's ledger and checks its
     result as the answer to a :class:`Field` request is checked (``None`` for a substep ODE
-    without ``field_function``). A solver then evaluates
-    the substep by plain calls, without a request per evaluation (on small states, where the
-    round trip costs more than the arithmetic). Drivers that answer fields only as requests
-    (from forward/backward passes) answer ``None``.
+    without ``field_function``). A solver then evaluates the substep by plain calls, without
+    a request per evaluation (on small states, where the round trip costs more than the
+    arithmetic). Drivers that answer fields only as requests (from forward/backward passes)
+    answer ``None``.
     """
 
     __slots__ = ("ode",)
