@@ -160,11 +160,7 @@ class ModeTermsCache:
             self._problem, self._entries = problem, {}
         others = [U for k, U in enumerate(bases) if k != mode]
         entry = self._entries.get(mode)
-        if (
-            entry is not None
-            and entry[0] is Q
-            and all(a is b for a, b in zip(entry[1], others, strict=True))
-        ):
+        if entry is not None and entry[0] is Q and _same_objects(entry[1], others):
             return entry[2]
         if projected is None:
             terms = form(bases, Q, mode)
@@ -172,6 +168,16 @@ class ModeTermsCache:
             terms = form(bases, Q, mode, projected=projected)
         self._entries[mode] = (Q, others, terms)
         return terms
+
+
+def _same_objects(a: list[Any], b: list[Any]) -> bool:
+    """Whether two lists hold the same objects, in order (identity, not equality)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is not y:
+            return False
+    return True
 
 
 class TuckerLedger(FactorisationLedger):
@@ -359,7 +365,7 @@ class ModeSStep(TuckerSubstep):
     field_name = "mode_s_field"
 
     def __init__(self, ledger: TuckerLedger, factors: list[Any], Q: Any, mode: int) -> None:
-        super().__init__(ledger)
+        super().__init__(ledger, sign=-1)  # backward: minus the projected field
         self.factors, self.Q, self.mode = list(factors), Q, mode
 
     def make_field(self, problem: Any) -> Callable[[float, Any], Any]:
@@ -367,9 +373,6 @@ class ModeSStep(TuckerSubstep):
         projected = self.ledger.projected.get(problem, factors, list(range(len(factors))))
         kw = _shared_products(problem, self.ledger, factors, Q, mode, projected)
         return problem.mode_s_field(factors, Q, mode, **kw)
-
-    def finish(self, out: Any) -> Any:
-        return -out
 
 
 class CoreStep(TuckerSubstep):
