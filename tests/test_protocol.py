@@ -273,7 +273,7 @@ def test_a_step_that_yields_something_else_is_refused(rng):
 def test_a_product_asked_to_be_handed_over_is_held_by_the_step_alone(rng):
     import sys
 
-    from lowrank_integrators.protocol import Left, Right, received
+    from lowrank_integrators.protocol import Left, Right
     from lowrank_integrators.substeps import owned_result
 
     problem = lri.SylvesterODE(rng.standard_normal((9, 9)), rng.standard_normal((8, 8)))
