@@ -13,9 +13,10 @@ of ranks ``(r, ..., r)``. For each integrator the script reports
   products, small products, QRs through LAPACK ``geqrf``/``orgqr``, SVDs through ``gesdd``,
   the RK4 updates) on the same shapes, called by a plain Python function with nothing else
   (no requests, no checks, no bookkeeping), and the library's **Python overhead**, defined as
-  its CPU time per step minus the floor's. Library and floor are timed side by side in
-  blocks of steps from the same state, interleaved, and the medians over the blocks are
-  reported. The floor's result is checked against the library's step (their Tucker tensors
+  its CPU time per step minus the floor's, also printed as a multiple of the floor (both
+  move with the machine's speed from run to run, their ratio much less). Library and floor
+  are timed side by side in blocks of steps from the same state, interleaved, and the
+  medians over the blocks are reported. The floor's result is checked against the library's step (their Tucker tensors
   must agree to round-off), so that the floor computes the same step. The rank-adaptive
   ``Tolerance`` variant has no floor (its ranks follow the data); it reports step times only.
 
@@ -400,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"    side by side (median of {r['blocks']} blocks of {r['steps_per_block']}): "
                 f"library {1e3 * r['library_cpu_per_step_s']:.3f} ms/step, kernel floor "
                 f"{1e3 * r['floor_cpu_per_step_s']:.3f} ms/step, Python overhead "
-                f"{1e3 * r['overhead_cpu_per_step_s']:.3f} ms/step"
+                f"{1e3 * r['overhead_cpu_per_step_s']:.3f} ms/step "
+                f"({r['overhead_cpu_per_step_s'] / r['floor_cpu_per_step_s']:.2f} x the floor)"
             )
     print(
         f"ru_maxrss: {rss_before / 1024:.1f} MiB before the steps, {rss_after / 1024:.1f} MiB after"
