@@ -16,9 +16,10 @@ of ranks ``(r, ..., r)``. For each integrator the script reports
   its CPU time per step minus the floor's, also printed as a multiple of the floor (both
   move with the machine's speed from run to run, their ratio much less). Library and floor
   are timed side by side in blocks of steps from the same state, interleaved, and the
-  medians over the blocks are reported. The floor's result is checked against the library's step (their Tucker tensors
-  must agree to round-off), so that the floor computes the same step. The rank-adaptive
-  ``Tolerance`` variant has no floor (its ranks follow the data); it reports step times only.
+  medians over the blocks are reported. The floor's result is checked against the library's
+  step (their Tucker tensors must agree to round-off), so that the floor computes the same
+  step. The rank-adaptive ``Tolerance`` variant has no floor (its ranks follow the data); it
+  reports step times only.
 
 and compares the peak with the size of one dense ``n^d`` array. As a control it measures the
 ``tracemalloc`` peak of densifying the state once (``Y.to_dense()``), which must reach that
