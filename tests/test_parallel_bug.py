@@ -381,7 +381,8 @@ def test_single_precision_takes_the_new_directions_from_the_substeps_increment(
     other = method.step(problem, method.init(problem, Y0, 0.0), 0.0, h)[0].Y
     assert len(factored) == 2  # the other form
     if dtype == np.float32:
-        assert "CholeskyQR2" not in paths  # [U0, K1] needs the shifted passes or Householder
+        # [U0, K1] needs a third pass (or Householder) for at least one of its QRs
+        assert paths != ["CholeskyQR2", "CholeskyQR2"]
     assert Y1.dtype == dtype
     probe = rng.standard_normal((n, 5))
     diff = Y1.U @ (Y1.S @ (Y1.V.T @ probe)) - other.U @ (other.S @ (other.V.T @ probe))

@@ -109,14 +109,32 @@ def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
     assert _qr._factor(X, None)[3] == method
 
 
-def test_a_nearly_dependent_column_takes_the_shifted_passes(rng):
-    # The Gram matrix has a Cholesky factor, but a column 1e-7 away from the span of the
-    # others puts the condition estimate beyond an unshifted pass: shifted CholeskyQR3.
+def nearly_dependent(rng, distance):
+    """A graded 20000 x 8 block whose last column lies ``distance`` (relative) away from the
+    first: ``kappa^2 u`` about ``2e-17 / distance^2``."""
     X = graded(rng, 20_000, 8, 1e-2, np.float64)
     noise = rng.standard_normal(20_000) / np.sqrt(20_000)
-    X[:, -1] = X[:, 0] + 1e-7 * np.linalg.norm(X[:, 0]) * noise
+    X[:, -1] = X[:, 0] + distance * np.linalg.norm(X[:, 0]) * noise
+    return X
+
+
+def test_a_nearly_dependent_column_takes_the_shifted_passes(rng):
+    # The Gram matrix has a Cholesky factor, but a column 3e-8 away from the span of the
+    # others puts the condition estimate (kappa^2 u about 0.25) beyond an unshifted pass:
+    # shifted CholeskyQR3.
+    X = nearly_dependent(rng, 3e-8)
     Q, R, _, method = _qr._factor(X, None)
     assert method == "shifted CholeskyQR3"
+    check_qr(X, Q, R, 1e-13)
+
+
+def test_an_estimate_within_the_bound_takes_two_unshifted_passes(rng):
+    # A column 1e-7 away (kappa^2 u about 0.02, kappa about 1e7): the first pass leaves
+    # ||Q^H Q - I|| near 0.02, far below 1/2, and the second makes Q orthonormal.
+    X = nearly_dependent(rng, 1e-7)
+    assert 1e-2 < _qr._kappa2(X.T @ X, np.linalg.cholesky(X.T @ X).T) * 2.0**-52 < 0.1
+    Q, R, _, method = _qr._factor(X, None)
+    assert method == "CholeskyQR2"
     check_qr(X, Q, R, 1e-13)
 
 
