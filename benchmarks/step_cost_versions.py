@@ -6,7 +6,9 @@ other checkout's package is imported under another module name, so that both ver
 the same arrays in one process, one step after the other in turn (old, new, old, new, ...):
 they meet the same load, which on a shared machine moves more than the difference being
 measured. Times are CPU time (``time.process_time``) with one BLAS thread; the script prints
-medians and their ratio.
+medians and their ratio. Numba's compiled kernels go to a temporary cache directory for the
+run (unless ``NUMBA_CACHE_DIR`` is set), so that nothing compiled under the other checkout's
+alias is left in its sources' cache.
 
 Usage::
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +73,20 @@ def main(argv=None):
     if not (other / "lowrank_integrators" / "__init__.py").is_file():
         parser.error(f"--other: {other} holds no lowrank_integrators package")
 
+    if "numba" in sys.modules or "NUMBA_CACHE_DIR" in os.environ:
+        return _compare(args, other)
+    # numba's cache of a compiled kernel names the module it was compiled in: kernels of the
+    # other checkout, cached beside its sources under the alias, would fail to load when that
+    # checkout is used as itself later. This run compiles into a directory of its own.
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+        os.environ["NUMBA_CACHE_DIR"] = cache
+        try:
+            return _compare(args, other)
+        finally:
+            del os.environ["NUMBA_CACHE_DIR"]
+
+
+def _compare(args: argparse.Namespace, other: Path) -> int:
     import scipy.linalg  # noqa: F401 - every BLAS library is loaded before the limit
     from threadpoolctl import threadpool_limits
 
