@@ -111,7 +111,7 @@ def test_the_cheapest_safe_method_is_chosen(rng, ratio, method):
 
 def nearly_dependent(rng, distance):
     """A graded 20000 x 8 block whose last column lies ``distance`` (relative) away from the
-    first: ``kappa^2 u`` about ``2e-17 / distance^2``."""
+    first: an estimated ``kappa^2 u`` of about ``2e-16 / distance^2``."""
     X = graded(rng, 20_000, 8, 1e-2, np.float64)
     noise = rng.standard_normal(20_000) / np.sqrt(20_000)
     X[:, -1] = X[:, 0] + distance * np.linalg.norm(X[:, 0]) * noise
