@@ -171,6 +171,26 @@ def test_the_small_real_route_is_lapacks_householder_qr_with_the_canonical_signs
     np.testing.assert_array_equal(R, d[:, None] * np.triu(r))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128], ids=str)
+@pytest.mark.parametrize("shape", [(500, 32), (3000, 20), (1024, 64)], ids=str)
+def test_a_row_major_householder_q_is_the_same_q_without_a_transposing_copy(rng, dtype, shape):
+    """Above the unblocked size, ``row_major`` applies the reflectors from the right (real
+    blocks): ``Q`` comes C-ordered and equals the Fortran-ordered one to round-off; ``R`` is
+    the same."""
+    x = rng.standard_normal(shape)
+    if np.iscomplexobj(np.empty(0, dtype)):
+        x = x + 1j * rng.standard_normal(shape)
+    x = x.astype(dtype)
+    assert x.size > _qr._QRT_FROM
+    q, r = _qr._lapack_qr(x)
+    q_rows, r_rows = _qr._lapack_qr(x, row_major=True)
+    assert q.flags.f_contiguous and q_rows.flags.c_contiguous
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(q_rows, q, rtol=0, atol=20 * eps)
+    np.testing.assert_array_equal(r_rows, r)
+    assert orthonormality(q_rows) <= 100 * eps
+
+
 def test_zero_and_wide_matrices_fall_back_to_householder(rng):
     zero = np.zeros((20_000, 4))
     assert zero.size > _qr._SMALL_ENTRIES
