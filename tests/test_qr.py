@@ -151,12 +151,17 @@ def test_small_inputs_take_one_householder_qr(rng, shape, ratio):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("shape", [(1, 1), (12, 4), (16, 4), (3, 7), (200, 30), (64, 64)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1), (12, 4), (16, 4), (3, 7), (200, 30), (64, 64), (784, 4), (1024, 8), (300, 9)],
+    ids=str,
+)
 @pytest.mark.parametrize("rank_deficient", [False, True], ids=["full", "deficient"])
 def test_the_small_real_route_is_lapacks_householder_qr_with_the_canonical_signs(
     rng, dtype, shape, rank_deficient
 ):
-    """Bit for bit: geqrf and orgqr (unblocked below 32 columns), then ``Q_jj <= 0``."""
+    """Bit for bit: geqrf and orgqr (unblocked below 32 columns), then ``Q_jj <= 0``; with
+    or without ``R`` (narrow tall blocks get their signs column by column)."""
     import scipy.linalg
 
     x = rng.standard_normal(shape).astype(dtype)
@@ -169,6 +174,9 @@ def test_the_small_real_route_is_lapacks_householder_qr_with_the_canonical_signs
     assert Q.flags.c_contiguous and R.flags.c_contiguous
     np.testing.assert_array_equal(Q, q * d)
     np.testing.assert_array_equal(R, d[:, None] * np.triu(r))
+    Q_alone = tall_q(x)
+    assert Q_alone.flags.c_contiguous
+    np.testing.assert_array_equal(Q_alone, Q)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128], ids=str)
@@ -497,3 +505,12 @@ def test_torch_tensors_in_host_memory_read_their_tests_as_they_go(rng, host_read
     assert not bk.defers_checks(X)
     _, ok = _qr.tall_q_deferred(X)
     assert ok is None and host_reads.count >= 4
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=str)
+def test_real_phases_are_minus_one_exactly_where_the_diagonal_is_positive(dtype):
+    diag = np.array([2.0, 0.0, -0.0, -3.0, np.inf, -np.inf, np.nan, 1e-30], dtype=dtype)
+    d = _qr.canonical_phases(diag)
+    assert d.dtype == dtype
+    expected = [-1, 1, 1, 1, -1, 1, 1, -1 if dtype(1e-30) > 0 else 1]
+    np.testing.assert_array_equal(d, np.array(expected, dtype=dtype))
