@@ -50,8 +50,6 @@ __all__ = [
     "was_asked",
 ]
 
-_KERNEL: Any = None
-_AXPY: Any = None
 #: Elements of a block of rows of a stage: small enough for the block of ``X M`` that BLAS
 #: writes to stay in the L2 cache while the sparse rows and the source are added to it.
 _BLOCK_ELEMENTS = 1 << 14
@@ -122,9 +120,9 @@ class CSRStage:
         empty, one = np.zeros((0, 1), dtype), np.zeros((1, 1), dtype)
         indptr, indices = np.zeros(1, self.A.indptr.dtype), np.zeros(0, self.A.indices.dtype)
         data = np.zeros(0, dtype)
-        _kernel()(indptr, indices, data, empty, one, True, empty, one, empty, 1, one)
+        _kernels().stage(indptr, indices, data, empty, one, True, empty, one, empty, 1, one)
         zero = dtype.type(0)
-        _fold_kernel()(
+        _kernels().folded_stage(
             indptr, indices, data, empty, one, True, empty, one, one, one, empty, empty,
             empty, empty, one, True, one, zero, zero, 0,
         )  # fmt: skip
@@ -141,7 +139,9 @@ class CSRStage:
         rows = max(1, _BLOCK_ELEMENTS // max(1, out.shape[1]))
         source = np.empty((min(rows, X.shape[0]), X.shape[1]), dtype)
         has_m = self.M is not None
-        _kernel()(self.A.indptr, self.A.indices, data, X, M, has_m, U, coef, out, rows, source)
+        _kernels().stage(
+            self.A.indptr, self.A.indices, data, X, M, has_m, U, coef, out, rows, source
+        )
         return out
 
     def fold(self, X: Any, update: Any) -> Updated | None:
@@ -200,7 +200,7 @@ class CSRStage:
             mode = 3
         else:
             mode = 0 if update.first else 1 if nxt is not None else 2
-        _fold_kernel()(
+        _kernels().folded_stage(
             self.A.indptr, self.A.indices, data, X, M, self.M is not None, U, coef, source,
             block, X[:0] if acc is None else acc, X[:0] if nxt is None else nxt, x0, left,
             right, factored, start, c, a, mode,
@@ -254,120 +254,12 @@ def _fresh(shape: tuple[int, ...], dtype: Any, *apart: Any) -> Any:
     return np.empty(shape, dtype=dtype) if out is None else out
 
 
-def _kernel() -> Any:
-    """The compiled stage (built on first use)."""
-    return _kernels()[0]
+def _kernels() -> Any:
+    """The compiled kernels (:mod:`lowrank_integrators._fused_kernels`, which imports numba),
+    loaded on first use."""
+    from . import _fused_kernels
 
-
-def _fold_kernel() -> Any:
-    """The compiled stage with its folded register updates (built on first use)."""
-    return _kernels()[1]
-
-
-def _kernels() -> tuple[Any, Any, Any]:
-    """The compiled stage, folded stage and ``(A X) W``, which share the computation of a
-    block of rows."""
-    global _KERNEL
-    if _KERNEL is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True)
-        def rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, out, source):
-            # rows lo:hi of A X + X M + U coef into out[: hi - lo]: BLAS writes the block of
-            # X M, and the block of the source U coef into a small buffer; both are still in
-            # cache when the sparse rows are added
-            k = X.shape[1]
-            q = U.shape[1]
-            if has_m:
-                np.dot(X[lo:hi], M, out[: hi - lo])
-            if q > 0:
-                np.dot(U[lo:hi], coef, source[: hi - lo])
-            for i in range(lo, hi):
-                o = out[i - lo]
-                if q > 0:
-                    s = source[i - lo]
-                    if has_m:
-                        for c in range(k):
-                            o[c] += s[c]
-                    else:
-                        for c in range(k):
-                            o[c] = s[c]
-                elif not has_m:
-                    for c in range(k):
-                        o[c] = 0
-                for p in range(indptr[i], indptr[i + 1]):
-                    x = X[indices[p]]
-                    a = data[p]
-                    for c in range(k):
-                        o[c] += a * x[c]
-
-        @numba.njit(cache=True, nogil=True)
-        def stage(indptr, indices, data, X, M, has_m, U, coef, out, rows, source):
-            n = X.shape[0]
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, out[lo:hi], source)
-
-        @numba.njit(cache=True, nogil=True)
-        def fold_rows(acc, nxt, F, x, shift, lo, hi, c, a, mode):
-            # rows lo:hi of the registers from the stage's rows F[i - lo] and the start's rows
-            # x[i - shift]: mode 0 acc = x + c F, nxt = x + a F; 1 acc += c F, nxt = x + a F;
-            # 2 acc += c F; 3 nxt = x + a F
-            k = F.shape[1]
-            if mode == 3:
-                for i in range(lo, hi):
-                    for j in range(k):
-                        nxt[i, j] = x[i - shift, j] + a * F[i - lo, j]
-                return
-            if mode == 0:
-                for i in range(lo, hi):
-                    for j in range(k):
-                        f = F[i - lo, j]
-                        xij = x[i - shift, j]
-                        acc[i, j] = xij + c * f
-                        nxt[i, j] = xij + a * f
-            elif mode == 1:
-                for i in range(lo, hi):
-                    for j in range(k):
-                        f = F[i - lo, j]
-                        acc[i, j] += c * f
-                        nxt[i, j] = x[i - shift, j] + a * f
-            else:
-                for i in range(lo, hi):
-                    for j in range(k):
-                        acc[i, j] += c * F[i - lo, j]
-
-        @numba.njit(cache=True, nogil=True)
-        def folded(
-            indptr, indices, data, X, M, has_m, U, coef, source, block,
-            acc, nxt, x0, left, right, factored, start, c, a, mode,
-        ):  # fmt: skip
-            # the stage's block of rows is computed into ``block`` (in cache) and folded into
-            # the registers at once (the modes of fold_rows)
-            n = X.shape[0]
-            rows = block.shape[0]
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                rows_of(indptr, indices, data, X, M, has_m, U, coef, lo, hi, block, source)
-                if factored and mode != 2:
-                    np.dot(left[lo:hi], right, start[: hi - lo])
-                    fold_rows(acc, nxt, block, start, lo, lo, hi, c, a, mode)
-                else:
-                    fold_rows(acc, nxt, block, x0, 0, lo, hi, c, a, mode)
-
-        @numba.njit(cache=True, nogil=True)
-        def apply_then(indptr, indices, data, X, W, U, coef, buf, out):
-            # rows lo:hi of A X into buf (in cache), then their product with W into out; U and
-            # coef are empty (no source term)
-            m = out.shape[0]
-            rows = buf.shape[0]
-            for lo in range(0, m, rows):
-                hi = min(lo + rows, m)
-                rows_of(indptr, indices, data, X, W, False, U, coef, lo, hi, buf, buf)
-                np.dot(buf[: hi - lo], W, out[lo:hi])
-
-        _KERNEL = (stage, folded, apply_then)
-    return _KERNEL
+    return _fused_kernels
 
 
 def rk4_update(
@@ -396,51 +288,10 @@ def rk4_update(
     if isinstance(x0, tuple):
         left, right = x0
         buf = np.empty((min(rows, k.shape[0]), k.shape[1]), dtype)
-        _fold()(acc, stage, k, k[:0], left, right, True, c, a, first, buf)
+        _kernels().register_update(acc, stage, k, k[:0], left, right, True, c, a, first, buf)
     else:
-        _fold()(acc, stage, k, x0, k[:0], k[:0, :0], False, c, a, first, k[:0])
+        _kernels().register_update(acc, stage, k, x0, k[:0], k[:0, :0], False, c, a, first, k[:0])
     return True
-
-
-def _fold() -> Any:
-    """The compiled register update (built on first use)."""
-    global _AXPY
-    if _AXPY is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True)
-        def update(acc, stage, k, x, shift, lo, hi, c, a, first):
-            # x[i - shift] is row i of the start value
-            cols = k.shape[1]
-            if first:
-                for i in range(lo, hi):
-                    for j in range(cols):
-                        kij = k[i, j]
-                        xij = x[i - shift, j]
-                        acc[i, j] = xij + c * kij
-                        stage[i, j] = xij + a * kij
-            else:
-                for i in range(lo, hi):
-                    for j in range(cols):
-                        kij = k[i, j]
-                        xij = x[i - shift, j]
-                        acc[i, j] += c * kij
-                        stage[i, j] = xij + a * kij
-
-        @numba.njit(cache=True, nogil=True)
-        def fold(acc, stage, k, x0, left, right, factored, c, a, first, buf):
-            n = k.shape[0]
-            if not factored:
-                update(acc, stage, k, x0, 0, 0, n, c, a, first)
-                return
-            rows = buf.shape[0]
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                np.dot(left[lo:hi], right, buf[: hi - lo])
-                update(acc, stage, k, buf, lo, lo, hi, c, a, first)
-
-        _AXPY = fold
-    return _AXPY
 
 
 def apply_then(A: Any, X: Any, W: Any) -> Any | None:
@@ -469,7 +320,7 @@ def apply_then(A: Any, X: Any, W: Any) -> Any | None:
     buf = np.empty((min(rows, int(A.shape[0])), X.shape[1]), dtype)
     out = np.empty((int(A.shape[0]), int(W.shape[1])), dtype)
     empty = np.zeros((int(X.shape[0]), 0), dtype), np.zeros((0, int(X.shape[1])), dtype)
-    _kernels()[2](A.indptr, A.indices, A.data, X, np.ascontiguousarray(W), *empty, buf, out)
+    _kernels().apply_then(A.indptr, A.indices, A.data, X, np.ascontiguousarray(W), *empty, buf, out)
     return out
 
 
@@ -503,7 +354,7 @@ def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
     part = np.empty_like(out)
     if (A.format != "csc") if transposed else (A.format != "csr"):
         return None
-    _sandwich_kernel()(A.indptr, A.indices, A.data, W, V, buf, part, out)
+    _kernels().sandwich_rows(A.indptr, A.indices, A.data, W, V, buf, part, out)
     return out
 
 
@@ -530,63 +381,12 @@ def beside(left: Any, d: Any, right: Any) -> Any | None:
     if left.shape[0] != right.shape[0]:
         return None
     out = np.empty((left.shape[0], left.shape[1] + right.shape[1]), dtype)
-    _beside_kernel()(left, d, right, out)
+    _kernels().beside_rows(left, d, right, out)
     return out
-
-
-_BESIDE: Any = None
-
-
-def _beside_kernel() -> Any:
-    """The compiled :func:`beside` (built on first use)."""
-    global _BESIDE
-    if _BESIDE is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True)
-        def fill(left, d, right, out):
-            r, k = left.shape[1], right.shape[1]
-            for i in range(left.shape[0]):
-                for j in range(r):
-                    out[i, j] = left[i, j] * d[j]
-                for j in range(k):
-                    out[i, r + j] = right[i, j]
-
-        _BESIDE = fill
-    return _BESIDE
 
 
 #: Elements of the block of ``A V`` in :func:`sandwich` (larger blocks measured slower).
 _SANDWICH_BLOCK_ELEMENTS = 1 << 13
-_SANDWICH: Any = None
-
-
-def _sandwich_kernel() -> Any:
-    """The compiled sandwich (built on first use)."""
-    global _SANDWICH
-    if _SANDWICH is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True)
-        def kernel(indptr, indices, data, W, V, buf, part, out):
-            n, k = V.shape
-            rows = buf.shape[0]
-            for lo in range(0, n, rows):
-                hi = min(lo + rows, n)
-                for i in range(lo, hi):
-                    for c in range(k):
-                        buf[i - lo, c] = 0
-                    for p in range(indptr[i], indptr[i + 1]):
-                        j = indices[p]
-                        a = data[p]
-                        for c in range(k):
-                            buf[i - lo, c] += a * V[j, c]
-                np.dot(W[lo:hi].T, buf[: hi - lo], part)
-                out += part
-
-        _SANDWICH = kernel
-    return _SANDWICH
-
 
 # --- one spare work array per thread ----------------------------------------------------------
 

@@ -239,3 +239,55 @@ def test_the_row_by_row_augmented_basis_declines_what_it_does_not_handle(rng, mo
     assert _fused.beside(U0.astype(int), d.astype(int), Q.astype(int)) is None
     monkeypatch.setattr(_fused, "use_numba", False)
     assert _fused.beside(U0, d, Q) is None
+
+
+# Every compiled kernel once, on small arrays; prints, per kernel of _fused_kernels, how many
+# of its compilations came from numba's disk cache and how many were compiled.
+_USE_EVERY_KERNEL = """
+import json
+import numpy as np
+import scipy.sparse as sp
+from lowrank_integrators import _fused
+A = sp.random(50, 50, density=0.1, format="csr", random_state=0)
+X, M, U, coef = np.ones((50, 3)), np.eye(3), np.ones((50, 2)), np.ones((2, 3))
+_fused.CSRStage(A, M, U, coef)(X)
+_fused.sandwich(X, A, X)
+_fused.beside(X, np.ones(3), X)
+_fused.apply_then(A, X, M)
+acc, stage, k = X.copy(), X.copy(), X.copy()
+_fused.rk4_update(acc, stage, k, X.copy(), 0.5, 0.5, True, 16)
+_fused.rk4_update(acc, stage, k, (X, M), 0.5, 0.5, False, 16)
+from lowrank_integrators import _fused_kernels as K
+print(json.dumps({
+    name: [sum(getattr(K, name).stats.cache_hits.values()),
+           sum(getattr(K, name).stats.cache_misses.values())]
+    for name in K.__all__
+}))
+"""
+
+
+@needs_numba
+def test_every_compiled_kernel_is_loaded_from_the_disk_cache_by_the_next_process(tmp_path):
+    """A kernel numba cannot cache is compiled again in every process (seconds before the
+    first step of a run, and a new cache file each time)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def run() -> dict[str, list[int]]:
+        out = subprocess.run(
+            [sys.executable, "-c", _USE_EVERY_KERNEL],
+            env=env, capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()
+    entry = ["stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then"]
+    entry.append("register_update")
+    assert all(sum(first[name]) >= 1 for name in entry), first  # each one was used
+    second = run()
+    assert all(misses == 0 for _, misses in second.values()), second
+    assert all(second[name][0] >= 1 for name in entry), second
