@@ -600,10 +600,7 @@ def _small_real_householder(x: np.ndarray, w: Any | None) -> tuple[Any, Any, Any
     """:func:`_householder` of a small real NumPy array (``k > 0``), without its checks."""
     m, k = x.shape
     if m * k > _QRT_FROM:  # geqrt's blocks (see _lapack_qr)
-        Q, r = _lapack_qr(x, row_major=True)
-        d = canonical_phases(Q.diagonal())
-        Q *= d
-        r *= d[:, None]
+        Q, r = _signed_lapack_qr(x, with_r=True)
     else:
         Q, r = _unblocked_signed_qr(x, with_r=True)
     return Q, r, (None if w is None else _inner(Q, w)), "Householder"
@@ -665,9 +662,17 @@ def _small_q(x: np.ndarray) -> np.ndarray:
     """``_householder(x, None)[0]`` of a small NumPy ``x`` (``0 < k <= m``) without ``R``."""
     if x.dtype.kind == "f" and x.size <= _QRT_FROM:
         return _unblocked_signed_qr(x, with_r=False)[0]
-    q = _lapack_qr(x, with_r=False, row_major=True)[0]
-    q *= canonical_phases(q.diagonal())
-    return q
+    return _signed_lapack_qr(x, with_r=False)[0]
+
+
+def _signed_lapack_qr(x: np.ndarray, *, with_r: bool) -> tuple[np.ndarray, Any]:
+    """:func:`_lapack_qr` with ``Q`` row-major and the canonical signs applied in place."""
+    Q, r = _lapack_qr(x, with_r=with_r, row_major=True)
+    d = canonical_phases(Q.diagonal())
+    Q *= d
+    if r is not None:
+        r *= d[:, None]
+    return Q, r
 
 
 def _tsqr(x: np.ndarray, owned: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -285,8 +285,9 @@ def test_every_compiled_kernel_is_loaded_from_the_disk_cache_by_the_next_process
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     first = run()
-    entry = ["stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then"]
-    entry.append("register_update")
+    entry = [
+        "stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then", "register_update"
+    ]  # fmt: skip
     assert all(sum(first[name]) >= 1 for name in entry), first  # each one was used
     second = run()
     assert all(misses == 0 for _, misses in second.values()), second
