@@ -16,10 +16,12 @@ import numpy as np
 __all__ = [
     "apply_then",
     "beside_rows",
+    "bias_relu",
     "fold_rows",
     "folded_stage",
     "register_rows",
     "register_update",
+    "relu_gradient",
     "sandwich_rows",
     "stage",
     "stage_rows",
@@ -185,3 +187,22 @@ def sandwich_rows(indptr, indices, data, W, V, buf, part, out):
                     buf[i - lo, c] += a * V[j, c]
         np.dot(W[lo:hi].T, buf[: hi - lo], part)
         out += part
+
+
+@numba.njit(cache=True, nogil=True)
+def bias_relu(z, b):
+    # z = maximum(z + b, 0) in place, with NumPy's maximum: NaN kept, -0 made +0
+    zero = z.dtype.type(0)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j] + b[j]
+            z[i, j] = v if (v > zero or v != v) else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def relu_gradient(g, a):
+    # g *= (a > 0) in place: the product with 1 or 0, as NumPy's multiply by the mask
+    one, zero = g.dtype.type(1), g.dtype.type(0)
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            g[i, j] = g[i, j] * (one if a[i, j] > zero else zero)

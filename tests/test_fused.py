@@ -241,6 +241,45 @@ def test_the_row_by_row_augmented_basis_declines_what_it_does_not_handle(rng, mo
     assert _fused.beside(U0, d, Q) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_pass_relu_steps_give_numpys_entries_bit_for_bit(rng, dtype):
+    pytest.importorskip("numba")
+    z = rng.standard_normal((37, 11)).astype(dtype)
+    b = rng.standard_normal(11).astype(dtype)
+    z[0, :4] = [np.nan, -np.inf, np.inf, 0.0]
+    z[1, :] = -b  # sums that are exactly zero, of either sign
+    expected = np.maximum(z + b, 0)
+    out = z.copy()
+    assert _fused.bias_relu(out, b)
+    assert out.tobytes() == expected.tobytes()  # NaN kept, signed zeros as NumPy makes them
+
+    g = rng.standard_normal((37, 11)).astype(dtype)
+    g[2, :3] = [np.nan, np.inf, -0.0]
+    a = np.maximum(rng.standard_normal((37, 11)).astype(dtype), 0)
+    a[2, :3] = 0.0  # a NaN or an infinity of an inactive unit stays NaN, as in the product
+    with np.errstate(invalid="ignore"):  # inf * 0
+        expected = g * (a > 0)
+    assert _fused.relu_gradient(g, a)
+    assert g.tobytes() == expected.tobytes()
+
+
+def test_the_one_pass_relu_steps_decline_what_they_do_not_handle(rng, monkeypatch):
+    pytest.importorskip("numba")
+    z, b = rng.standard_normal((6, 4)), rng.standard_normal(4)
+    assert not _fused.bias_relu(z, b.astype(np.float32))  # mixed dtypes
+    assert not _fused.bias_relu(np.asfortranarray(z), b)  # not C-ordered
+    assert not _fused.bias_relu(z, b[:3])  # one bias per column
+    assert not _fused.bias_relu(z.astype(np.complex128), b.astype(np.complex128))
+    assert not _fused.relu_gradient(z, z[:5])  # shapes differ
+    assert not _fused.relu_gradient(z[:, ::2], z[:, ::2].copy())  # a strided view
+    frozen = z.copy()
+    frozen.flags.writeable = False
+    assert not _fused.relu_gradient(frozen, z)
+    monkeypatch.setattr(_fused, "use_numba", False)
+    assert not _fused.bias_relu(z, b)
+    assert not _fused.relu_gradient(z, z)
+
+
 # Every compiled kernel once, on small arrays; prints, per kernel of _fused_kernels, how many
 # of its compilations came from numba's disk cache and how many were compiled.
 _USE_EVERY_KERNEL = """
@@ -254,6 +293,8 @@ _fused.CSRStage(A, M, U, coef)(X)
 _fused.sandwich(X, A, X)
 _fused.beside(X, np.ones(3), X)
 _fused.apply_then(A, X, M)
+_fused.bias_relu(X.copy(), np.ones(3))
+_fused.relu_gradient(X.copy(), X)
 acc, stage, k = X.copy(), X.copy(), X.copy()
 _fused.rk4_update(acc, stage, k, X.copy(), 0.5, 0.5, True, 16)
 _fused.rk4_update(acc, stage, k, (X, M), 0.5, 0.5, False, 16)
@@ -286,7 +327,8 @@ def test_every_compiled_kernel_is_loaded_from_the_disk_cache_by_the_next_process
 
     first = run()
     entry = [
-        "stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then", "register_update"
+        "stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then", "register_update",
+        "bias_relu", "relu_gradient",
     ]  # fmt: skip
     assert all(sum(first[name]) >= 1 for name in entry), first  # each one was used
     second = run()

@@ -101,6 +101,27 @@ def test_float32_network_stays_float32(rng):
     assert gp.right(0, W[0].V).dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_relu_steps_change_no_bit_of_the_pass(rng, monkeypatch, dtype):
+    """With numba the bias and ReLU of a hidden layer, and the ReLU's backward step, each take
+    one compiled pass; the loss, every gradient and every product are NumPy's bit for bit."""
+    pytest.importorskip("numba")
+    from lowrank_integrators import _fused
+
+    net = mixed_net()
+    W, P = net.init(rng, dtype=dtype)
+    batch = (rng.standard_normal((9, 7)).astype(dtype), rng.integers(0, 4, 9))
+
+    def run():
+        gp = net.gradient(W, P, batch)
+        values = [gp.loss, *gp.param_grads, gp.right(0, W[0].V), gp.left(0, W[0].U)]
+        return [np.asarray(v).tobytes() for v in values], net.forward(W, P, batch[0]).tobytes()
+
+    compiled = run()
+    monkeypatch.setattr(_fused, "use_numba", False)
+    assert run() == compiled
+
+
 def test_initial_singular_values_decay_geometrically(rng):
     net = MLP([Layer(30, 20, "lowrank", 6), Layer(20, 10, "factorized", 6), Layer(10, 3, "dense")])
     W, P = net.init(rng, singular_values=10.0)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _fused
 from ..factors import LowRankMatrix
 from ..integrators.augmentation import leading_signs
 
@@ -345,10 +346,9 @@ class MLP:
     ) -> np.ndarray:
         """The logits."""
         a = np.asarray(X).astype(self._dtype(weights, params), copy=False)
+        last = len(self.layers) - 1
         for li, lay in enumerate(self.layers):
-            a = self._affine(li, lay, weights, params, a)
-            if li < len(self.layers) - 1:
-                np.maximum(a, 0, out=a)
+            a = self._affine(li, lay, weights, params, a, relu=li < last)
         return a
 
     def _affine(
@@ -359,7 +359,10 @@ class MLP:
         params: Any,
         a: np.ndarray,
         formed: list[dict[str, Any]] | None = None,
+        *,
+        relu: bool,
     ) -> np.ndarray:
+        """``a W^T + b`` of layer ``li``, passed through the ReLU where ``relu``."""
         idx = self._index[li]
         if lay.kind == "lowrank":
             U, S, V = weights[idx["W"]]
@@ -371,7 +374,11 @@ class MLP:
             z = a @ params[idx["W"]].T
         else:
             z = (a @ params[idx["V"]]) @ params[idx["U"]].T
-        z += params[idx["b"]]  # z is the product's own array
+        # z is the product's own array
+        if not (relu and _fused.bias_relu(z, params[idx["b"]])):  # one pass where compiled
+            z += params[idx["b"]]
+            if relu:
+                np.maximum(z, 0, out=z)
         return z
 
     def gradient(
@@ -384,11 +391,10 @@ class MLP:
         acts: list[np.ndarray] = []
         formed: list[dict[str, Any]] = [{} for _ in range(self.n_lowrank)]
         a = X
+        last = len(self.layers) - 1
         for li, lay in enumerate(self.layers):
             acts.append(a)
-            a = self._affine(li, lay, weights, params, a, formed)
-            if li < len(self.layers) - 1:
-                np.maximum(a, 0, out=a)  # the affine map's own array
+            a = self._affine(li, lay, weights, params, a, formed, relu=li < last)
         loss, G = _cross_entropy(a, y)
         grads: list[Any] = [None] * self.n_params
         lowrank_acts: list[Any] = [None] * self.n_lowrank
@@ -411,8 +417,10 @@ class MLP:
                 grads[idx["U"]] = G.T @ (a_in @ V)
                 grads[idx["V"]] = a_in.T @ GU
                 da = GU @ V.T if li > 0 else None
-            if da is not None:
-                G = np.multiply(da, a_in > 0, out=da)  # da is the product's own array
+            if da is not None:  # da is the product's own array
+                if not _fused.relu_gradient(da, a_in):
+                    np.multiply(da, a_in > 0, out=da)
+                G = da
         return NetworkPass(loss, grads, lowrank_acts, formed)
 
     def loss_and_accuracy(
