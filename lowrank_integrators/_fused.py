@@ -391,11 +391,11 @@ def beside(left: Any, d: Any, right: Any) -> Any | None:
 
 
 def _same_float_rows(x: Any, y: Any, vector: bool) -> bool:
-    """Whether ``x`` is a C-ordered 2-D float NumPy array and ``y`` a C-ordered one of its dtype:
-    its row vector (``vector``) or an array of its shape."""
+    """Whether ``x`` is a C-ordered 2-D float32/float64 NumPy array and ``y`` a C-ordered one of
+    its dtype: its row vector (``vector``) or an array of its shape."""
     if type(x) is not np.ndarray or type(y) is not np.ndarray or x.ndim != 2:
         return False
-    if x.dtype.kind != "f" or y.dtype != x.dtype:
+    if x.dtype.char not in "fd" or y.dtype != x.dtype:
         return False
     if not (x.flags.c_contiguous and y.flags.c_contiguous and x.flags.writeable):
         return False
@@ -409,7 +409,7 @@ def bias_relu(z: Any, b: Any) -> bool:
     takes two passes over ``z`` (the sum, then the maximum), about four times as long on a
     batch of 256 x 2048 (one thread). The entries are NumPy's (``NaN`` kept). Declines (the
     caller takes its NumPy path) without numba, or unless ``z`` is a writeable C-ordered 2-D
-    float array and ``b`` a vector of its dtype with one entry per column.
+    float32 or float64 array and ``b`` a vector of its dtype with one entry per column.
     """
     if not (use_numba and numba_available()) or not _same_float_rows(z, b, vector=True):
         return False
@@ -423,8 +423,8 @@ def relu_gradient(g: Any, a: Any) -> bool:
     The backward step through a ReLU whose output is ``a``: NumPy forms the mask as a
     temporary first (1.5 times as long on a batch of 256 x 2048, one thread). The entries are
     those of NumPy's product with the mask. Declines (the caller takes its NumPy path) without
-    numba, or unless ``g`` is a writeable C-ordered 2-D float array and ``a`` one of its shape
-    and dtype.
+    numba, or unless ``g`` is a writeable C-ordered 2-D float32 or float64 array and ``a`` one
+    of its shape and dtype.
     """
     if not (use_numba and numba_available()) or not _same_float_rows(g, a, vector=False):
         return False

@@ -270,6 +270,7 @@ def test_the_one_pass_relu_steps_decline_what_they_do_not_handle(rng, monkeypatc
     assert not _fused.bias_relu(np.asfortranarray(z), b)  # not C-ordered
     assert not _fused.bias_relu(z, b[:3])  # one bias per column
     assert not _fused.bias_relu(z.astype(np.complex128), b.astype(np.complex128))
+    assert not _fused.bias_relu(z.astype(np.float16), b.astype(np.float16))
     assert not _fused.relu_gradient(z, z[:5])  # shapes differ
     assert not _fused.relu_gradient(z[:, ::2], z[:, ::2].copy())  # a strided view
     frozen = z.copy()
