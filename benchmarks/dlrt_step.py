@@ -133,15 +133,18 @@ def step_times(client: LowRankTraining, state: Any, data, lr: float, reps: int) 
     return out
 
 
-def side_by_side(make: dict[str, Callable[[], tuple[Any, Any]]], data, lr, reps) -> dict:
-    """Median step times of several clients, in alternating blocks of consecutive steps.
+def side_by_side(
+    make: dict[str, Callable[[], tuple[Any, Any]]], data, lr, reps, rounds: int = 2
+) -> dict:
+    """Median step times of several clients, in ``rounds`` alternating blocks of ``reps``
+    consecutive steps each.
 
     Blocks rather than single steps: a step right after another client's step pays for memory
     the allocator returned to the system in between, which is not the cost of the method.
     """
     runs = {name: m() for name, m in make.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(2):
+    for _ in range(rounds):
         for name, (client, state) in runs.items():
             for _ in range(WARMUP):
                 state = client.step(state, next(data), lr)[0]
@@ -190,7 +193,12 @@ class PassOnly:
 
 
 def fixed_cost(data, lr: float, reps: int, seed: int) -> dict[str, float]:
-    """Step, pass and careful step at width 16, rank 4, side by side (``reps`` steps a block)."""
+    """Step, pass and careful step at width 16, rank 4, side by side (``2 reps`` steps each).
+
+    In eight rounds of blocks of ``reps / 4`` steps: the shared machine's speed drifts by tens
+    of percent within a minute, and two rounds of long blocks left a client's median at the
+    speed of one stretch (a careful step of 1.0 ms in one run, 0.6 ms in the others).
+    """
 
     def dlrt():
         client, state, _ = trainer(SMALL_ARCH, "lowrank", FixedRank(4), seed)
@@ -205,7 +213,8 @@ def fixed_cost(data, lr: float, reps: int, seed: int) -> dict[str, float]:
         client = CarefulDLRT(net, 4)
         return client, client.init(list(state.weights), list(state.params))
 
-    med = side_by_side({"dlrt": dlrt, "pass": pass_only, "careful": careful}, data, lr, reps)
+    clients = {"dlrt": dlrt, "pass": pass_only, "careful": careful}
+    med = side_by_side(clients, data, lr, max(1, reps // 4), rounds=8)
     return {
         "step_ms": 1e3 * med["dlrt"],
         "pass_ms": 1e3 * med["pass"],
