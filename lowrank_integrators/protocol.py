@@ -47,6 +47,12 @@ Requests
     solver that evaluates a small substep by plain calls; every call counts and is checked
     as the answer to a ``Field`` request. Drivers that answer fields only one request at a
     time (from forward/backward passes) answer ``None``, and the solver makes requests.
+``Increment``, ``Affine`` and ``FieldFunction`` are *queries*: a driver may decline them
+(``None``, ``False``, ``None``) and the step goes on with field requests. A driver that
+declines all of them declares so for the time it advances a step (:class:`StepTask` does,
+through :func:`queries_declined`), and the substep solvers then do not ask: each request is a
+round trip through every generator of the step, and queries were 12 of the 20 requests of a
+training step at width 16.
 ``Parallel(*branches)``
     Independent sub-generators (for example the K- and L-steps of BUG); the answer is the
     tuple of their return values.
@@ -64,6 +70,7 @@ forward/backward pass. The declaration is part of the step's structure, never a 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,12 +95,30 @@ __all__ = [
     "SubstepCall",
     "Updated",
     "answer_from_problem",
+    "queries_declined",
     "received",
     "run_to_end",
 ]
 
 #: A step (or any part of one) written against the protocol.
 StepGenerator = Generator["Request", Any, Any]
+
+#: Whether the driver advancing a step now declines every query (see :func:`queries_declined`).
+_QUERIES_DECLINED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lowrank_integrators_queries_declined", default=False
+)
+
+
+def queries_declined() -> bool:
+    """Whether the driver now advancing the step answers every query negatively.
+
+    True while a :class:`StepTask` advances its step: ``Increment`` is then answered with
+    ``None``, ``Affine`` with ``False`` and ``FieldFunction`` with ``None``, so a substep solver
+    may take those answers without yielding the query (the same step, without the round
+    trips). :func:`answer_from_problem`, which answers queries, sets it to False for the
+    generators it runs.
+    """
+    return _QUERIES_DECLINED.get()
 
 
 class Request:
@@ -362,19 +387,24 @@ def answer_from_problem(problem: Any, gen: StepGenerator) -> Any:
         The generator's return value (``(state, info)`` for a step).
     """
     scope = getattr(problem, "step_scope", None)
-    with contextlib.nullcontext() if scope is None else scope():
-        answer: Any = None
-        while True:
-            try:
-                req = gen.send(answer)
-            except StopIteration as stop:
-                return stop.value
-            # Drop the previous answer before computing the next one, and the request before
-            # resuming the step: a substep solver releases its tall stages in between, and a
-            # reference held here would keep one more tall array alive at the peak of a step.
-            answer = None
-            answer = _answer(problem, req)
-            req = None
+    declined = _QUERIES_DECLINED.set(False)  # this driver answers queries (also when nested)
+    try:
+        with contextlib.nullcontext() if scope is None else scope():
+            answer: Any = None
+            while True:
+                try:
+                    req = gen.send(answer)
+                except StopIteration as stop:
+                    return stop.value
+                # Drop the previous answer before computing the next one, and the request
+                # before resuming the step: a substep solver releases its tall stages in
+                # between, and a reference held here would keep one more tall array alive at
+                # the peak of a step.
+                answer = None
+                answer = _answer(problem, req)
+                req = None
+    finally:
+        _QUERIES_DECLINED.reset(declined)
 
 
 class Handover:
@@ -587,8 +617,12 @@ class StepTask:
 
     def __init__(self, gen: StepGenerator) -> None:
         self._root = _Node(gen)
-        self._root.resume(None)
         self._open: list[_Node] | None = None
+        declined = _QUERIES_DECLINED.set(True)  # see queries_declined
+        try:
+            self._root.resume(None)
+        finally:
+            _QUERIES_DECLINED.reset(declined)
 
     @property
     def done(self) -> bool:
@@ -623,9 +657,13 @@ class StepTask:
         if len(answers) != len(leaves):
             raise ValueError(f"expected {len(leaves)} answers, got {len(answers)}")
         self._open = None
-        for leaf, ans in zip(leaves, answers, strict=True):
-            leaf.resume(ans)
-        self._root.settle()
+        declined = _QUERIES_DECLINED.set(True)  # see queries_declined
+        try:
+            for leaf, ans in zip(leaves, answers, strict=True):
+                leaf.resume(ans)
+            self._root.settle()
+        finally:
+            _QUERIES_DECLINED.reset(declined)
 
 
 def product_of(req: Request) -> tuple[str, LowRankMatrix, tuple[Any, ...]]:

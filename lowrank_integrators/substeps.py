@@ -43,6 +43,7 @@ from .protocol import (
     StageUpdate,
     SubstepCall,
     Updated,
+    queries_declined,
     received,
     run_to_end,
 )
@@ -446,7 +447,7 @@ def exact_increment(ode: Any, t0: float, t1: float) -> Generator[Any, Any, Any]:
     """
     if getattr(ode, "request", None) is None:
         return ode.increment(t0, t1)
-    if not getattr(ode, "has_increments", True):
+    if not getattr(ode, "has_increments", True) or queries_declined():
         return None
     return (yield Increment(ode, t0, t1))
 
@@ -455,7 +456,7 @@ def is_affine(ode: Any, t0: float, t1: float) -> Generator[Any, Any, bool]:
     """Whether the driver declares the field of ``ode`` affine and autonomous on ``[t0, t1]``
     (an ``Affine`` request of ``lowrank_integrators.protocol``); ``False`` for a plain ODE
     object."""
-    if getattr(ode, "request", None) is None:
+    if getattr(ode, "request", None) is None or queries_declined():
         return False
     return (yield Affine(ode, t0, t1)) is True
 
@@ -530,7 +531,8 @@ class SubstepSolver:
         small = _small(X0)
         # plain calls on small states, where a request per evaluation costs more than the
         # arithmetic (a driver answering from passes declines, and requests follow)
-        direct = (yield FieldFunction(ode)) if small and hasattr(ode, "request") else None
+        ask = small and hasattr(ode, "request") and not queries_declined()
+        direct = (yield FieldFunction(ode)) if ask else None
         if direct is not None:
             out = self.integrate(direct, t0, t1, X0)
         elif self.has_affine_stages and not small and (yield from is_affine(ode, t0, t1)):

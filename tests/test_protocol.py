@@ -399,6 +399,34 @@ def test_a_driver_in_rounds_declines_to_give_a_field_function(rng):
     assert task.done and task.value is None
 
 
+def test_a_driver_in_rounds_is_not_asked_the_queries_it_declines(rng, monkeypatch):
+    """A driver in rounds answers Increment with None, Affine with False and FieldFunction with
+    None: the substep solvers take those answers without yielding the queries, while a problem
+    driver, which answers them, is asked."""
+    from lowrank_integrators import substeps
+
+    asked = []
+    for name in ("Increment", "Affine", "FieldFunction"):
+        query = getattr(substeps, name)
+
+        def spy_init(self, *args, _query=query, _name=name, **kwargs):
+            asked.append(_name)
+            _query.__init__(self, *args, **kwargs)
+
+        monkeypatch.setattr(substeps, name, type(name, (query,), {"__init__": spy_init}))
+    # a tall K-step (Increment, Affine), a small L- and S-step (Increment, FieldFunction)
+    problem = lri.SylvesterODE(-np.eye(3000), -np.eye(8))
+    Y0 = lri.LowRankMatrix.from_dense(rng.standard_normal((3000, 8)), rank=4)
+    method = lri.AugmentedBUG(lri.FixedRank(4))
+    state = method.init(problem, Y0, 0.0)
+
+    by_rounds = _answer_in_rounds(problem, method.step_requests(state, 0.0, 0.1))[0].Y
+    assert asked == []
+    by_problem = method.step(problem, state, 0.0, 0.1)[0].Y
+    assert {"Increment", "Affine", "FieldFunction"} <= set(asked)
+    np.testing.assert_allclose(by_rounds.to_dense(), by_problem.to_dense(), rtol=1e-12)
+
+
 def test_a_substep_ode_without_a_field_function_is_asked_per_evaluation(rng):
     class OwnKStep(KStep):
         field_function = None  # as a substep ODE written without the base class
