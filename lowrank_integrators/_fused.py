@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from . import _backend as bk
 from .protocol import Updated
 
 __all__ = [
     "CSRStage",
+    "all_finite",
     "apply_then",
     "beside",
     "bias_relu",
@@ -262,9 +264,15 @@ def _fresh(shape: tuple[int, ...], dtype: Any, *apart: Any) -> Any:
 def _kernels() -> Any:
     """The compiled kernels (:mod:`lowrank_integrators._fused_kernels`, which imports numba),
     loaded on first use."""
-    from . import _fused_kernels
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _fused_kernels
 
-    return _fused_kernels
+        _KERNELS = _fused_kernels
+    return _KERNELS
+
+
+_KERNELS: Any = None
 
 
 def rk4_update(
@@ -400,6 +408,26 @@ def _same_float_rows(x: Any, y: Any, vector: bool) -> bool:
     if not (x.flags.c_contiguous and y.flags.c_contiguous and x.flags.writeable):
         return False
     return y.shape == ((x.shape[1],) if vector else x.shape)
+
+
+def all_finite(*arrays: Any) -> bool:
+    """Whether every entry of every array is finite: :func:`lowrank_integrators._backend.all_finite`
+    with a compiled test (numba) of C-ordered float32 and float64 NumPy arrays.
+
+    One pass without temporaries: NumPy forms the boolean array of ``isfinite`` and reduces it
+    (two calls; on the factors of a training step at width 16, 1.3-1.8 microseconds against
+    0.3-0.45 for the compiled test). Other arrays, and all arrays without numba, take
+    :func:`~lowrank_integrators._backend.all_finite`. The answer is the same.
+    """
+    for a in arrays:
+        if type(a) is np.ndarray and a.dtype.char in "fd" and a.flags.c_contiguous:
+            if use_numba and numba_available():
+                if not _kernels().all_finite(a):
+                    return False
+                continue
+        if not bk.all_finite(a):
+            return False
+    return True
 
 
 def bias_relu(z: Any, b: Any) -> bool:

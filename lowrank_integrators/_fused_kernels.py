@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 __all__ = [
+    "all_finite",
     "apply_then",
     "beside_rows",
     "bias_relu",
@@ -206,3 +207,15 @@ def relu_gradient(g, a):
     for i in range(g.shape[0]):
         for j in range(g.shape[1]):
             g[i, j] = g[i, j] * (one if a[i, j] > zero else zero)
+
+
+@numba.njit(cache=True, nogil=True)
+def all_finite(a):
+    # a C-ordered float array (ravel is a view): x - x is 0 for a finite x and NaN for NaN and
+    # for either infinity; the test of every entry, without a branch, runs in vector registers
+    flat = a.ravel()
+    bad = False
+    for i in range(flat.shape[0]):
+        x = flat[i]
+        bad |= (x - x) != 0
+    return not bad

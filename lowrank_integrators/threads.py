@@ -86,8 +86,7 @@ _active: contextvars.ContextVar[tuple[int | None, bool] | None] = contextvars.Co
 )
 
 _controller_lock = threading.Lock()
-_controller: Any = None
-_controller_modules = -1
+_controller: tuple[Any, int] | None = None
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,7 +113,7 @@ def set_thread_limit(limit: int | None) -> None:
 
 
 def _from_environment() -> int | None:
-    value = os.environ.get(ENV_VARIABLE, "").strip()
+    value = _environment_value(ENV_VARIABLE).strip()
     if value:
         if value.lower() in _OFF:
             return None
@@ -124,9 +123,39 @@ def _from_environment() -> int | None:
             raise ValueError(
                 f"{ENV_VARIABLE} must be a positive integer or 'off', got {value!r}"
             ) from None
-    if any(os.environ.get(v, "").strip() for v in USER_VARIABLES):
+    if any(_environment_value(v).strip() for v in USER_VARIABLES):
         return None
     return DEFAULT_LIMIT
+
+
+def _environment_lookup() -> Callable[[str], str]:
+    """``name -> os.environ.get(name, "")``, as fast as the interpreter allows.
+
+    Every library entry point reads the variables (a training step at width 16 reads six).
+    ``os.environ.get`` raises and catches a ``KeyError`` for each variable that is not set,
+    several times the cost of a dictionary lookup. CPython's ``os.environ`` keeps the
+    variables in a dictionary by encoded name, kept up to date by every assignment through
+    ``os.environ`` (the only changes ``os.environ.get`` sees too): the encoded names are
+    looked up there directly. Any other mapping is read through ``get``.
+    """
+    environ = os.environ
+    data = getattr(environ, "_data", None)
+    encode = getattr(environ, "encodekey", None)
+    decode = getattr(environ, "decodevalue", None)
+    if type(data) is not dict or not (callable(encode) and callable(decode)):
+        return lambda name: environ.get(name, "")
+    keys = {name: encode(name) for name in (ENV_VARIABLE, *USER_VARIABLES)}
+
+    def lookup(name: str) -> str:
+        if os.environ is not environ:  # replaced wholesale: read the new mapping
+            return os.environ.get(name, "")
+        raw = data.get(keys[name])
+        return "" if raw is None else decode(raw)
+
+    return lookup
+
+
+_environment_value = _environment_lookup()
 
 
 def current_limit() -> int | None:
@@ -141,17 +170,19 @@ def current_limit() -> int | None:
 
 def _get_controller() -> Any:
     """A cached ``ThreadpoolController``, rebuilt when new modules (libraries) were imported."""
-    global _controller, _controller_modules
+    global _controller
+    cached = _controller  # (controller, number of modules when it was built), one read
+    if cached is not None and len(sys.modules) == cached[1]:
+        return cached[0]  # the common case: nothing imported since it was built
     # Load the BLAS libraries the library's work calls (SciPy ships its own) before looking.
     import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
     with _controller_lock:
         n = len(sys.modules)
-        if _controller is None or n != _controller_modules:
-            _controller = ThreadpoolController()
-            _controller_modules = n
-        return _controller
+        if _controller is None or n != _controller[1]:
+            _controller = (ThreadpoolController(), n)
+        return _controller[0]
 
 
 @contextlib.contextmanager

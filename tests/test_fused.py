@@ -281,6 +281,42 @@ def test_the_one_pass_relu_steps_decline_what_they_do_not_handle(rng, monkeypatc
     assert not _fused.relu_gradient(z, z)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(784, 4), (4, 4), (16,), (3, 5, 7), (0, 4)])
+def test_the_compiled_finiteness_test_answers_as_numpy(rng, dtype, shape):
+    pytest.importorskip("numba")
+    a = rng.standard_normal(shape).astype(dtype)
+    assert _fused.all_finite(a) is True
+    big = np.finfo(dtype).max
+    tiny = np.finfo(dtype).smallest_subnormal
+    for value in (big, -big, tiny, -0.0):  # finite, where x - x or a sum could mislead
+        if a.size:
+            b = a.copy()
+            b.flat[a.size // 2] = value
+            b.flat[0] = big
+            assert _fused.all_finite(b) is True
+    for value in (np.nan, np.inf, -np.inf):
+        for at in {0, a.size // 2, a.size - 1} if a.size else ():
+            b = a.copy()
+            b.flat[at] = value
+            assert _fused.all_finite(b) is False
+            assert _fused.all_finite(a, b) is False  # any of several arrays
+            assert _fused.all_finite(b) == bk.all_finite(b)
+
+
+def test_the_compiled_finiteness_test_leaves_other_arrays_to_numpy(rng, monkeypatch):
+    pytest.importorskip("numba")
+    a = rng.standard_normal((30, 6))
+    bad = a.copy()
+    bad[3, 4] = np.nan
+    for other in (np.asfortranarray(bad), bad[:, ::2], bad.astype(np.complex128), bad.T):
+        assert _fused.all_finite(other) is False
+    assert _fused.all_finite(np.arange(6), a.astype(np.float16)) is True
+    monkeypatch.setattr(_fused, "use_numba", False)
+    assert _fused.all_finite(a) is True
+    assert _fused.all_finite(bad) is False
+
+
 # Every compiled kernel once, on small arrays; prints, per kernel of _fused_kernels, how many
 # of its compilations came from numba's disk cache and how many were compiled.
 _USE_EVERY_KERNEL = """
@@ -296,6 +332,7 @@ _fused.beside(X, np.ones(3), X)
 _fused.apply_then(A, X, M)
 _fused.bias_relu(X.copy(), np.ones(3))
 _fused.relu_gradient(X.copy(), X)
+_fused.all_finite(X)
 acc, stage, k = X.copy(), X.copy(), X.copy()
 _fused.rk4_update(acc, stage, k, X.copy(), 0.5, 0.5, True, 16)
 _fused.rk4_update(acc, stage, k, (X, M), 0.5, 0.5, False, 16)
@@ -329,7 +366,7 @@ def test_every_compiled_kernel_is_loaded_from_the_disk_cache_by_the_next_process
     first = run()
     entry = [
         "stage", "folded_stage", "sandwich_rows", "beside_rows", "apply_then", "register_update",
-        "bias_relu", "relu_gradient",
+        "bias_relu", "relu_gradient", "all_finite",
     ]  # fmt: skip
     assert all(sum(first[name]) >= 1 for name in entry), first  # each one was used
     second = run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -93,6 +95,28 @@ def test_the_library_variable_sets_the_limit_or_turns_it_off(monkeypatch):
     monkeypatch.setenv(threads.ENV_VARIABLE, "many")
     with pytest.raises(ValueError, match=threads.ENV_VARIABLE):
         threads.current_limit()
+
+
+def test_every_change_of_the_environment_is_seen_at_the_next_entry(monkeypatch):
+    # the variables are read on every call, also where os.environ is changed in place or
+    # replaced by another mapping (as os.environ.get would see them)
+    for v in threads.USER_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.delenv(threads.ENV_VARIABLE, raising=False)
+    assert threads.current_limit() == threads.DEFAULT_LIMIT
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.current_limit() is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "  ")  # blank: as if not set
+    assert threads.current_limit() == threads.DEFAULT_LIMIT
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv(threads.ENV_VARIABLE, "3")
+    assert threads.current_limit() == 3
+    monkeypatch.setattr(os, "environ", {threads.ENV_VARIABLE: "off"})
+    assert threads.current_limit() is None
+    monkeypatch.setattr(os, "environ", {"MKL_NUM_THREADS": "2"})
+    assert threads.current_limit() is None
+    monkeypatch.setattr(os, "environ", {})
+    assert threads.current_limit() == threads.DEFAULT_LIMIT
 
 
 def test_set_thread_limit_none_opts_out_and_an_integer_sets_the_limit():

@@ -7,7 +7,7 @@ import pytest
 
 from lowrank_integrators import LowRankMatrix
 from lowrank_integrators.training import MLP, Layer
-from lowrank_integrators.training.network import parse_arch
+from lowrank_integrators.training.network import _cross_entropy, parse_arch
 
 
 def mixed_net() -> MLP:
@@ -120,6 +120,36 @@ def test_the_compiled_relu_steps_change_no_bit_of_the_pass(rng, monkeypatch, dty
     compiled = run()
     monkeypatch.setattr(_fused, "use_numba", False)
     assert run() == compiled
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int32, np.int64])
+def test_the_loss_and_its_gradient_are_the_softmax_cross_entropy(rng, dtype, label_dtype):
+    B, classes = 300, 10  # 300 * 9 overflows the labels' own uint8 in a flat index
+    logits = (5 * rng.standard_normal((B, classes))).astype(dtype)
+    logits[0] = 1e4  # far beyond exp's range: computed from the shifted logits
+    logits[1, 3] = -1e4
+    y = rng.integers(0, classes, B).astype(label_dtype)
+    loss, G = _cross_entropy(logits, y)
+    z = logits.astype(np.float64)
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    rows = np.arange(B)
+    tol = 4 * float(np.finfo(dtype).eps)
+    assert loss == pytest.approx(-logp[rows, y].mean(), rel=tol)
+    expected = np.exp(logp)
+    expected[rows, y] -= 1
+    assert G.dtype == dtype and G.shape == (B, classes)
+    np.testing.assert_allclose(G, expected / B, rtol=0, atol=tol / B)
+
+
+def test_labels_outside_the_classes_are_refused(rng):
+    logits = rng.standard_normal((4, 3))
+    for bad in ([0, 1, 3, 2], [0, -1, 1, 2]):
+        with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+            _cross_entropy(logits, np.array(bad))
+    loss, G = _cross_entropy(logits[:0], np.array([], dtype=np.int64))
+    assert np.isnan(loss) and G.shape == (0, 3)
 
 
 def test_initial_singular_values_decay_geometrically(rng):

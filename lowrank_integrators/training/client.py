@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import _backend as bk
+from .. import _fused
 from .._checks import check_product
 from ..errors import StepFailure
 from ..factors import LowRankMatrix
@@ -367,13 +368,13 @@ class LowRankTraining:
         new_layers = tuple(res[0] for res in results)
         infos = [res[1] for res in results]
         for i, st in enumerate(new_layers):
-            if not bk.all_finite(*st.Y):
+            if not _fused.all_finite(*st.Y):
                 raise TrainingDiverged(f"layer {i} has non-finite factors after step {state.step}")
         new_params, opt_state = self.optimizer.update_params(
             state.optimizer, state.params, start_pass.param_grads, lr, state.step
         )
         for j, p in enumerate(new_params):
-            if not bk.all_finite(p):
+            if not _fused.all_finite(p):
                 raise TrainingDiverged(f"parameter {j} is non-finite after step {state.step}")
         opt_state = self.optimizer.commit_layers(
             opt_state, views, state.weights, [st.Y for st in new_layers]
