@@ -143,7 +143,7 @@ def _environment_lookup() -> Callable[[str], str]:
     encode = getattr(environ, "encodekey", None)
     decode = getattr(environ, "decodevalue", None)
     if type(data) is not dict or not (callable(encode) and callable(decode)):
-        return lambda name: environ.get(name, "")
+        return lambda name: os.environ.get(name, "")
     keys = {name: encode(name) for name in (ENV_VARIABLE, *USER_VARIABLES)}
 
     def lookup(name: str) -> str:

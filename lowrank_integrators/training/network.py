@@ -503,7 +503,7 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     # Flat indices of the labels' entries: one ``take`` and one ``put``, where indexing by a
     # pair of index arrays forms the indices itself on every call.
     idx = np.multiply(y, B, dtype=np.intp)
-    idx += _row_indices(B)
+    idx += _constant("rows", B, np.intp)
     flat = zt.reshape(-1)
     loss = float(-(np.add.reduce(flat.take(idx), axis=None) / B))
     np.exp(zt, out=zt)
@@ -514,22 +514,21 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     return loss, zt.T
 
 
-#: ``arange(B)`` by batch size, read-only.
-_ROW_INDICES: dict[int, np.ndarray] = {}
+#: Read-only constant vectors (``arange(B)``, ones) by what they are, length and dtype.
+_CONSTANTS: dict[tuple[str, int, str], np.ndarray] = {}
 
 
-def _row_indices(B: int) -> np.ndarray:
-    rows = _ROW_INDICES.get(B)
-    if rows is None:
-        if len(_ROW_INDICES) >= 16:  # a few batch sizes in a run (the last batch is shorter)
-            _ROW_INDICES.clear()
-        rows = _ROW_INDICES[B] = np.arange(B, dtype=np.intp)
-        rows.flags.writeable = False
-    return rows
-
-
-#: Vectors of ones by length and dtype, read-only (see :func:`_bias_gradient`).
-_ONES: dict[tuple[int, str], np.ndarray] = {}
+def _constant(kind: str, n: int, dtype: Any) -> np.ndarray:
+    """``arange(n)`` (``kind="rows"``) or ``ones(n)`` (``kind="ones"``), made once, read-only."""
+    key = (kind, n, np.dtype(dtype).char)
+    vec = _CONSTANTS.get(key)
+    if vec is None:
+        if len(_CONSTANTS) >= 32:  # a few batch sizes in a run (the last batch is shorter)
+            _CONSTANTS.clear()
+        vec = np.arange(n, dtype=dtype) if kind == "rows" else np.ones(n, dtype=dtype)
+        vec.flags.writeable = False
+        _CONSTANTS[key] = vec
+    return vec
 
 
 def _bias_gradient(G: np.ndarray) -> np.ndarray:
@@ -541,11 +540,4 @@ def _bias_gradient(G: np.ndarray) -> np.ndarray:
     """
     if G.dtype.char not in "fd":
         return np.add.reduce(G, axis=0)
-    key = (int(G.shape[0]), G.dtype.char)
-    ones = _ONES.get(key)
-    if ones is None:
-        if len(_ONES) >= 16:
-            _ONES.clear()
-        ones = _ONES[key] = np.ones(key[0], dtype=G.dtype)
-        ones.flags.writeable = False
-    return ones @ G
+    return _constant("ones", int(G.shape[0]), G.dtype) @ G
