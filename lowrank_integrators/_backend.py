@@ -666,6 +666,19 @@ def device(x: Any) -> Any:
     return _array_device(x)
 
 
+def device_key(x: Any) -> Any:
+    """A hashable token of the device ``x`` lives on, for caches keyed by device.
+
+    CuPy's ``Device`` defines equality but no hash; it is keyed by its ordinal.
+    """
+    dev = device(x)
+    try:
+        hash(dev)
+    except TypeError:
+        return (type(dev).__module__, type(dev).__name__, getattr(dev, "id", None))
+    return dev
+
+
 # --- row-blocked updates of tall arrays ---------------------------------------------------
 #
 # The substep solvers and the structured fields update tall arrays (n x r with n ~ 1e6) in

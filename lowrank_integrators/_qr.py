@@ -880,13 +880,14 @@ def unit_scalars(x: Any) -> tuple[Any, Any]:
     Signs ``1 - 2 b`` of a boolean ``b`` formed with them cost three elementwise operations
     and no type promotion.
     """
-    key = (type(x), x.dtype, bk.device(x))
+    key = (type(x), x.dtype, bk.device_key(x))
     units = _UNITS.get(key)
     if units is None:
         xp = bk.namespace_of(x)
+        dev = bk.device(x)
         units = _UNITS[key] = (
-            xp.asarray(1, dtype=x.dtype, device=key[2]),
-            xp.asarray(2, dtype=x.dtype, device=key[2]),
+            xp.asarray(1, dtype=x.dtype, device=dev),
+            xp.asarray(2, dtype=x.dtype, device=dev),
         )
     return units
 

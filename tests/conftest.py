@@ -24,7 +24,8 @@ def _available_namespaces() -> list:
 
 @pytest.fixture(params=_available_namespaces())
 def xp(request):
-    """An array-API namespace: numpy and array-api-strict always, cupy/torch when importable."""
+    """An array-API namespace: numpy and array-api-strict always, cupy/torch (their
+    array-API namespaces from array-api-compat) when importable."""
     name = request.param
     if name == "numpy":
         return np
@@ -34,7 +35,10 @@ def xp(request):
             cp.cuda.runtime.getDeviceCount()
         except Exception:
             pytest.skip("cupy installed but no CUDA device")
-        return cp
+        # the array-API namespace (``device=`` arguments and all), as for torch
+        from array_api_compat import cupy as compat_cupy
+
+        return compat_cupy
     if name == "torch":
         from array_api_compat import torch as compat_torch
 

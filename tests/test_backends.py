@@ -208,3 +208,18 @@ def test_svd_of_numpy_matrices_is_a_reduced_svd(rng, dtype, shape):
     assert np.all(np.diff(sigma) <= 0)
     np.testing.assert_allclose(P.conj().T @ P, np.eye(k), atol=10 * tol)
     np.testing.assert_array_equal(bk.svd(x)[1], sigma)  # the cached LAPACK call again
+
+
+def test_device_keys_are_hashable_for_devices_without_a_hash(monkeypatch):
+    class Device:  # as CuPy's: equality by ordinal, and no hash
+        __hash__ = None
+
+        def __init__(self, ordinal):
+            self.id = ordinal
+
+        def __eq__(self, other):
+            return isinstance(other, Device) and other.id == self.id
+
+    monkeypatch.setattr(bk, "device", lambda x: Device(int(x.shape[0])))
+    keys = {bk.device_key(np.ones(2)), bk.device_key(np.ones(2)), bk.device_key(np.ones(3))}
+    assert len(keys) == 2  # one per ordinal
