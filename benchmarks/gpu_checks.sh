@@ -6,9 +6,12 @@
 #
 # 1. the tests that need a CUDA device (the CuPy backend and the PyTorch layers and optimizer
 #    on CUDA), which skip elsewhere;
-# 2. benchmarks/torch_gpu_step.py: one training step, dense against DLRT, at widths 4096 and
+# 2. benchmarks/gpu_step_cost.py: the matrix integrators' steps on CuPy arrays against the
+#    device's floor (n = 2^20, 2^22; r = 16, 32; float64 and float32), and their agreement
+#    with the NumPy steps;
+# 3. benchmarks/torch_gpu_step.py: one training step, dense against DLRT, at widths 4096 and
 #    8192, rank 64;
-# 3. one epoch of LeNet5 on Fashion-MNIST on the device, dense against DLRT (tau = 0.1), at the
+# 4. one epoch of LeNet5 on Fashion-MNIST on the device, dense against DLRT (tau = 0.1), at the
 #    batch size and learning rate of the DLRT paper's LeNet5 runs (128, 0.05).
 #
 # Logs and JSON results go to OUTDIR. The library is imported from this working tree (nothing
@@ -42,17 +45,31 @@ part() {  # part NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, keep the 
     if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 "$py" - <<'EOF' 2>&1 | tee "$out/devices.log"
+import platform
+
+import numpy
+import scipy
 import torch
+
+print("python", platform.python_version(), "numpy", numpy.__version__, "scipy", scipy.__version__)
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "available", torch.cuda.is_available())
 for i in range(torch.cuda.device_count()):
     print(i, torch.cuda.get_device_name(i))
+try:
+    import cupy
+except ImportError:
+    print("no CuPy")
+else:
+    print("cupy", cupy.__version__, "CUDA runtime", cupy.cuda.runtime.runtimeGetVersion())
 EOF
-part cuda_tests 240 "$py" -m pytest -q -p no:cacheprovider -k "cupy or cuda" -rs tests
-part torch_gpu_step 180 "$py" benchmarks/torch_gpu_step.py --device cuda --widths 4096 8192 \
+part cuda_tests 180 "$py" -m pytest -q -p no:cacheprovider -k "cupy or cuda" -rs tests
+part gpu_step_cost 150 "$py" benchmarks/gpu_step_cost.py --n 1048576 4194304 --r 16 32 \
+    --repeats 3 --out "$out/gpu_step_cost.json"
+part torch_gpu_step 90 "$py" benchmarks/torch_gpu_step.py --device cuda --widths 4096 8192 \
     --rank 64 --out "$out/torch_gpu_step.json"
 data=()
 if [ -n "${FASHION_MNIST_DIR:-}" ]; then data=(--data-dir "$FASHION_MNIST_DIR"); fi
-part lenet5_epoch 240 "$py" benchmarks/lenet5_fashion_mnist.py --device cuda ${data[@]+"${data[@]}"} \
+part lenet5_epoch 120 "$py" benchmarks/lenet5_fashion_mnist.py --device cuda ${data[@]+"${data[@]}"} \
     --n-train 60000 --n-test 10000 --epochs 1 --batch-size 128 --lr 0.05 --taus 0.1 --no-tdlrt \
     --out "$out/lenet5_epoch.json"
 exit "$status"

@@ -54,6 +54,7 @@ __all__ = [
     "sandwich",
     "single_block",
     "svd",
+    "svd_on_host",
     "svd_reports_non_finite",
     "svd_to_host",
     "to_host",
@@ -428,10 +429,14 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
 
     Raises :class:`~lowrank_integrators.errors.NonFiniteError` when ``x`` holds NaN or
     infinity: LAPACK's SVD of such a matrix may never return. A (small) Dask array is
-    computed to the host first: the results are NumPy arrays.
+    computed to the host first: the results are NumPy arrays. Small matrices on an
+    accelerator are factorised on the host, the factors returned on their device
+    (:func:`svd_on_host`).
     """
     if type(x) is not np.ndarray:
         x = core_array(x)
+        if svd_on_host(x):
+            return _host_svd(x)[:3]
     require_finite(x, "a matrix to be factorised by SVD")
     if type(x) is np.ndarray:
         if x.ndim == 2 and min(x.shape) > 0 and x.dtype.char in "fdFD":
@@ -439,6 +444,62 @@ def svd(x: Any) -> tuple[Any, Any, Any]:
         return np.linalg.svd(x, full_matrices=False)
     xp = array_namespace(x)
     return xp.linalg.svd(x, full_matrices=False)
+
+
+#: The largest side of a matrix on an accelerator whose SVD runs on the host (see
+#: :func:`svd_on_host`).
+HOST_SVD_MAX = 1024
+
+#: Whether PyTorch tensors in host memory take the host route too. Off: there PyTorch's SVD
+#: is LAPACK's already. On only in tests, which have no accelerator to exercise the route.
+_HOST_SVD_ON_CPU = False
+
+_HOST_SVD_DTYPES = frozenset({"float32", "float64", "complex64", "complex128"})
+
+
+def svd_on_host(x: Any) -> bool:
+    """Whether the SVD of ``x`` runs on the host: a CuPy array, or a PyTorch tensor on an
+    accelerator, of float32/64 or complex64/128 and at most :data:`HOST_SVD_MAX` a side.
+
+    These are the cores of the integrators (``2r x 2r``, ``4r x 4r``), whose singular values
+    are read back for the rank decision anyway: their SVD costs one copy to the host (the
+    same wait as reading the singular values) and LAPACK's ``gesdd`` there. The GPU's
+    solvers are slow on such small matrices, and one of them does not converge on some of
+    them: on an NVIDIA H200 (PyTorch 2.11, CUDA 13) ``torch.linalg.svd`` of the 128 x 128
+    float32 cores of a DLRT step reported no convergence of the Jacobi driver and took
+    1.2 s per call in its fallback; the host route takes 1.4-1.7 ms at that size,
+    copies included.
+    """
+    module = type(x).__module__
+    if module.startswith("torch"):
+        if not (_HOST_SVD_ON_CPU or x.device.type != "cpu"):
+            return False
+        dtype = str(x.dtype).removeprefix("torch.")
+    elif module.startswith("cupy"):
+        dtype = str(x.dtype)
+    else:
+        return False
+    return (
+        dtype in _HOST_SVD_DTYPES
+        and len(x.shape) == 2
+        and 0 < min(int(d) for d in x.shape)
+        and max(int(d) for d in x.shape) <= HOST_SVD_MAX
+    )
+
+
+def _host_svd(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
+    """``(P, sigma, Q^H)`` of :func:`svd_on_host` arrays, on ``x``'s device, and ``sigma`` on
+    the host; :class:`~lowrank_integrators.errors.NonFiniteError` for non-finite ``x``."""
+    host = to_host(x)  # the one wait for the device
+    require_finite(host, "a matrix to be factorised by SVD")
+    u, sigma, vh = _gesdd(host)
+    xp, dev = namespace_of(x), device(x)
+    return (
+        xp.asarray(u, device=dev),
+        xp.asarray(sigma, device=dev),
+        xp.asarray(vh, device=dev),
+        sigma,
+    )
 
 
 def svd_reports_non_finite(x: Any) -> bool:
@@ -455,8 +516,11 @@ def svd_to_host(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
 
     For the arrays of :func:`svd_reports_non_finite`: the factorisation runs first and
     non-finite input is reported from its failure or its singular values (raises
-    :class:`~lowrank_integrators.errors.NonFiniteError` as :func:`svd` does).
+    :class:`~lowrank_integrators.errors.NonFiniteError` as :func:`svd` does). Matrices of
+    :func:`svd_on_host` are read back instead, checked and factorised there.
     """
+    if svd_on_host(x):
+        return _host_svd(x)
     xp = namespace_of(x)
     try:
         P, sigma, Qh = xp.linalg.svd(x, full_matrices=False)

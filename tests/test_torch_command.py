@@ -44,6 +44,20 @@ def test_train_backend_torch_prints_and_writes_the_summary(tmp_path, capsys, int
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_on_cuda_trains_and_saves_a_model_that_loads_on_the_cpu(tmp_path):
+    out, folder = tmp_path / "out.json", tmp_path / "run"
+    args = ["--epochs", "2", "--json", str(out), "--out", str(folder), "--device", "cuda"]
+    assert main(["train", *SMALL, "--integrator", "augmented-bug", *args]) == 0
+    s = json.loads(out.read_text())
+    assert s["history"][-1]["loss"] < s["history"][0]["loss"]
+    assert set(s["ranks"]) == {"fc1", "fc2"}
+    saved = torch.load(folder / "model.pt")
+    assert {v.device.type for v in saved.values()} == {"cuda"}  # saved as trained, like torch
+    on_cpu = torch.load(folder / "model.pt", map_location="cpu")
+    assert all(torch.equal(on_cpu[k], saved[k].cpu()) for k in saved)
+
+
 def test_cuda_without_a_device_and_unknown_options_are_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if not torch.cuda.is_available():

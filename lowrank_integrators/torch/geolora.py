@@ -33,8 +33,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from .. import _backend as bk
 from ..integrators.parallel_bug import ParallelBUG
 from ..substeps import Euler
 from ..training.optimizers import SGD, Adam
@@ -215,8 +217,11 @@ class GeoLoRA(DLRTOptimizer):
         total = adapter_parameters(layers)
         if total <= budget:
             return BudgetRecord(budget, tuple(ranks), tuple(ranks), total, total, 0.0)
-        svds = [torch.linalg.svd(layer.S.detach(), full_matrices=False) for layer in layers]
-        sigmas = [s.detach().cpu().double().numpy() for _, s, _ in svds]
+        svds, sigmas = [], []
+        for layer in layers:
+            P, s, Qh, on_host = bk.svd_to_host(layer.S.detach())
+            svds.append((P, s, Qh))
+            sigmas.append(on_host.astype(np.float64))
         keep = [1] * len(layers)
         left = budget - sum(_layer_cost(layer, 1) for layer in layers)
         closed: set[int] = set()
