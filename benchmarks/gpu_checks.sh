@@ -18,7 +18,8 @@
 # is built or installed). For a machine without network access, WHEELS may name a directory
 # of wheels to install first (the core dependencies it lacks, such as array-api-compat), and
 # FASHION_MNIST_DIR a copy of the Fashion-MNIST IDX files (default: the Debian package's).
-# Each part has its own time limit; the exit status is that of the first part that failed.
+# Each part has its own time limit (at which it is interrupted, so that its log ends with the
+# traceback of where it was); the exit status is that of the first part that failed.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_checks.sh OUTDIR}
 mkdir -p "$out"
@@ -39,7 +40,8 @@ part() {  # part NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, keep the 
     local name=$1 limit=$2
     shift 2
     echo "== $name: $*"
-    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    # SIGINT first: Python stops with a traceback that shows where the time went
+    timeout -s INT -k 15 "$limit" "$@" 2>&1 | tee "$out/$name.log"
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit status $rc"
     if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi

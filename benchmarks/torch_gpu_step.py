@@ -112,10 +112,12 @@ def compare(width: int, rank: int, batch: int, reps: int, lr: float, device: tor
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(batch, 784, device=device, generator=g)
     y = torch.randint(0, 10, (batch,), device=device, generator=g)
-    for _ in range(3):  # warm-up: kernels chosen, work arrays allocated
+    for i in range(3):  # warm-up: kernels chosen, work arrays allocated
         for name, (model, opt) in models.items():
             with _tests_read_as_made(name == "dlrt-tested"):
-                _step(model, opt, x, y)
+                seconds = _timed_step(model, opt, x, y, device)
+            if i == 0:  # progress, and a clue where a run that stops at its limit was
+                print(f"  width {width}, {name}: first step {1e3 * seconds:.1f} ms", flush=True)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(reps):
         for name, (model, opt) in models.items():
