@@ -469,7 +469,7 @@ def svd_on_host(x: Any) -> bool:
     solvers are slow on such small matrices, and one of them does not converge on some of
     them: on an NVIDIA H200 (PyTorch 2.11, CUDA 13) ``torch.linalg.svd`` of the 128 x 128
     float32 cores of a DLRT step reported no convergence of the Jacobi driver and took
-    1.2 s per call in its fallback; the host route takes 1.4-1.7 ms at that size,
+    1.2 s per call in its fallback; the host route took 1.4-1.7 ms at that size there,
     copies included.
     """
     module = type(x).__module__
@@ -505,12 +505,14 @@ def _host_svd(x: Any) -> tuple[Any, Any, Any, np.ndarray]:
 
 
 def svd_reports_non_finite(x: Any) -> bool:
-    """Whether :func:`svd_to_host` may take ``x``: a PyTorch tensor.
+    """Whether :func:`svd_to_host` may take ``x``: a PyTorch tensor, or a matrix of
+    :func:`svd_on_host`.
 
     PyTorch's SVD returns (or raises) for input holding NaN or infinity, so that the check
-    can follow the factorisation on the singular values the caller reads back anyway.
+    can follow the factorisation on the singular values the caller reads back anyway. A
+    matrix factorised on the host is checked there, and its singular values are at hand.
     """
-    return type(x).__module__ == "torch" and type(x) in _BY_TYPE
+    return (type(x).__module__ == "torch" and type(x) in _BY_TYPE) or svd_on_host(x)
 
 
 def svd_to_host(x: Any) -> tuple[Any, Any, Any, np.ndarray]:

@@ -118,3 +118,22 @@ def test_dlrt_steps_with_the_host_route_equal_the_default_to_round_off(monkeypat
     assert set(weights[False]) == {"fc1", "fc2"}
     for name, w in weights[False].items():
         torch.testing.assert_close(weights[True][name], w, rtol=0, atol=1e-5)
+
+
+def test_a_truncation_on_the_host_route_reads_the_core_back_once(monkeypatch):
+    # array-api-strict stands in for CuPy, whose arrays take the route without PyTorch's
+    # own handling of non-finite input
+    xps = pytest.importorskip("array_api_strict")
+    from lowrank_integrators import Tolerance
+
+    monkeypatch.setattr(bk, "svd_on_host", lambda a: type(a).__module__.startswith("array_api_s"))
+    reads = []
+    to_host = bk.to_host
+    monkeypatch.setattr(bk, "to_host", lambda a: reads.append(tuple(a.shape)) or to_host(a))
+    S_hat = xps.asarray(np.diag([1.0, 0.5, 1e-9]))
+    P, S1, Q, record = Tolerance(1e-6).truncate_core(S_hat, 0.1)
+    assert reads == [(3, 3)]  # the core itself, and not its singular values again
+    assert record.rank_after == 2
+    assert all(type(f) is type(S_hat) for f in (P, S1, Q))
+    P, S1, Q = (np.asarray(bk.to_host(f)) for f in (P, S1, Q))
+    np.testing.assert_allclose(P @ S1 @ Q.T, np.diag([1.0, 0.5, 0.0]), atol=1e-15)
