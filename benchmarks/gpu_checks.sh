@@ -10,7 +10,7 @@
 #    device's floor (n = 2^20, 2^22; r = 16, 32; float64 and float32), and their agreement
 #    with the NumPy steps;
 # 3. benchmarks/torch_gpu_step.py: one training step, dense against DLRT, at widths 4096 and
-#    8192, rank 64;
+#    8192, rank 64, after the cProfile of two DLRT steps (where the time goes);
 # 4. one epoch of LeNet5 on Fashion-MNIST on the device, dense against DLRT (tau = 0.1), at the
 #    batch size and learning rate of the DLRT paper's LeNet5 runs (128, 0.05).
 #
@@ -68,7 +68,7 @@ part cuda_tests 180 "$py" -m pytest -q -p no:cacheprovider -k "cupy or cuda" -rs
 part gpu_step_cost 150 "$py" benchmarks/gpu_step_cost.py --n 1048576 4194304 --r 16 32 \
     --repeats 3 --out "$out/gpu_step_cost.json"
 part torch_gpu_step 90 "$py" benchmarks/torch_gpu_step.py --device cuda --widths 4096 8192 \
-    --rank 64 --out "$out/torch_gpu_step.json"
+    --rank 64 --profile --out "$out/torch_gpu_step.json"
 data=()
 if [ -n "${FASHION_MNIST_DIR:-}" ]; then data=(--data-dir "$FASHION_MNIST_DIR"); fi
 part lenet5_epoch 120 "$py" benchmarks/lenet5_fashion_mnist.py --device cuda ${data[@]+"${data[@]}"} \

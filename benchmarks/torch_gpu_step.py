@@ -31,8 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import cProfile
+import io
 import json
 import platform
+import pstats
 import statistics
 import sys
 import time
@@ -92,8 +95,34 @@ def _host_syncs(model, opt, x, y, device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def compare(width: int, rank: int, batch: int, reps: int, lr: float, device: torch.device) -> dict:
-    """Dense against DLRT at one width: median seconds per step and the diagnostics."""
+def profile_steps(model, opt, x, y, device, steps: int = 2, top: int = 20) -> str:
+    """The functions that took the most time (their own, then with callees) over ``steps``
+    steps, as cProfile prints them: where a slow step spends its time, waits included."""
+    _synchronize(device)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        _step(model, opt, x, y)
+    _synchronize(device)
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return text.getvalue()
+
+
+def compare(
+    width: int,
+    rank: int,
+    batch: int,
+    reps: int,
+    lr: float,
+    device: torch.device,
+    profile: bool = False,
+) -> dict:
+    """Dense against DLRT at one width: median seconds per step and the diagnostics; with
+    ``profile``, first the cProfile of two DLRT steps after the warm-up."""
     torch.manual_seed(0)
     dense = mlp([784, width, width, 10]).to(device)
     lowrank = convert(copy.deepcopy(dense), rank, exclude=("fc3",))
@@ -118,6 +147,8 @@ def compare(width: int, rank: int, batch: int, reps: int, lr: float, device: tor
                 seconds = _timed_step(model, opt, x, y, device)
             if i == 0:  # progress, and a clue where a run that stops at its limit was
                 print(f"  width {width}, {name}: first step {1e3 * seconds:.1f} ms", flush=True)
+    if profile:
+        print(profile_steps(*models["dlrt"], x, y, device), flush=True)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(reps):
         for name, (model, opt) in models.items():
@@ -161,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--quick", action="store_true", help="width 64, rank 4, 3 repetitions")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the cProfile of two DLRT steps at the first width before timing",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -169,8 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.widths, args.rank, args.reps = [64], 4, 3
     rows = []
-    for width in args.widths:
-        row = compare(width, args.rank, args.batch_size, args.reps, args.lr, device)
+    for i, width in enumerate(args.widths):
+        profile = args.profile and i == 0
+        row = compare(width, args.rank, args.batch_size, args.reps, args.lr, device, profile)
         rows.append(row)
         med = row["median_seconds"]
         peaks = row["peak_step_bytes"]
