@@ -461,7 +461,8 @@ _HOST_SVD_DTYPES = frozenset({"float32", "float64", "complex64", "complex128"})
 
 def svd_on_host(x: Any) -> bool:
     """Whether the SVD of ``x`` runs on the host: a CuPy array, or a PyTorch tensor on an
-    accelerator, of float32/64 or complex64/128 and at most :data:`HOST_SVD_MAX` a side.
+    accelerator and outside autograd's graph, of float32/64 or complex64/128 and at most
+    :data:`HOST_SVD_MAX` a side.
 
     These are the cores of the integrators (``2r x 2r``, ``4r x 4r``), whose singular values
     are read back for the rank decision anyway: their SVD costs one copy to the host (the
@@ -474,8 +475,8 @@ def svd_on_host(x: Any) -> bool:
     """
     module = type(x).__module__
     if module.startswith("torch"):
-        if not (_HOST_SVD_ON_CPU or x.device.type != "cpu"):
-            return False
+        if not (_HOST_SVD_ON_CPU or x.device.type != "cpu") or x.requires_grad:
+            return False  # a tensor in autograd's graph keeps PyTorch's differentiable SVD
         dtype = str(x.dtype).removeprefix("torch.")
     elif module.startswith("cupy"):
         dtype = str(x.dtype)

@@ -50,6 +50,7 @@ def test_the_route_takes_small_float_matrices_on_an_accelerator_only(host_route)
     assert not bk.svd_on_host(torch.ones(6))
     assert not bk.svd_on_host(torch.ones(0, 4))
     assert not bk.svd_on_host(np.ones((6, 4)))  # NumPy is on the host already
+    assert not bk.svd_on_host(torch.ones(6, 4, requires_grad=True))  # differentiable SVD kept
 
 
 def test_tensors_in_host_memory_keep_pytorchs_own_svd():
