@@ -148,6 +148,44 @@ def test_the_gpu_step_benchmark_runs_on_any_device_in_its_quick_mode(tmp_path):
     assert "dense / DLRT" in printed and "read as made" in printed
 
 
+def test_the_gpu_step_benchmark_profiles_two_dlrt_steps_on_request():
+    pytest.importorskip("torch")
+    printed = run("torch_gpu_step.py", "--quick", "--device", "cpu", "--profile")
+    assert "Ordered by: internal time" in printed and "Ordered by: cumulative time" in printed
+    assert "optimizer.py" in printed  # the DLRT optimizer's own step is among the functions
+
+
+def test_the_device_step_cost_benchmark_runs_its_driver_on_numpy(tmp_path):
+    path = tmp_path / "gpu_step_cost.json"
+    printed = run(
+        "gpu_step_cost.py", "--quick", "--backend", "numpy", "--methods", "BUG", "MidpointBUG",
+        "--out", str(path),
+    )  # fmt: skip
+    result = json.loads(path.read_text())
+    assert [row["method"] for row in result["rows"]] == ["BUG", "MidpointBUG"]
+    for row in result["rows"]:
+        assert row["floor_s"] > 0 and row["median_s"] > 0
+        assert math.isclose(row["ratio_to_floor"], row["median_s"] / row["floor_s"])
+    # the agreement check covers every method: NumPy against itself, to round-off
+    diffs = result["agreement_with_numpy"]["float64"]
+    assert set(diffs) == {"KSL", "Strang", "BUG", "AugmentedBUG", "ParallelBUG",
+                          "MidpointBUG", "abc-PSI"}  # fmt: skip
+    assert max(diffs.values()) <= 1e-13
+    assert "x floor" in printed and "agreement with NumPy" in printed
+
+
+def test_the_factored_difference_of_the_device_benchmark_is_the_frobenius_norm(rng):
+    import lowrank_integrators as lri
+
+    difference = load("gpu_step_cost").relative_difference
+    Z = lri.LowRankMatrix(rng.standard_normal((30, 3)), rng.standard_normal((3, 2)),
+                          rng.standard_normal((25, 2)), check=False)  # fmt: skip
+    Y = lri.LowRankMatrix(rng.standard_normal((30, 4)), rng.standard_normal((4, 4)),
+                          rng.standard_normal((25, 4)), check=False)  # fmt: skip
+    dense = np.linalg.norm(Y.to_dense() - Z.to_dense()) / np.linalg.norm(Z.to_dense())
+    assert math.isclose(difference(Y, Z), dense, rel_tol=1e-12)
+
+
 def test_the_gpu_checks_refuse_to_run_without_an_output_directory():
     out = subprocess.run(
         ["bash", str(BENCHMARKS / "gpu_checks.sh")], capture_output=True, text=True, check=False
