@@ -138,3 +138,66 @@ def test_a_truncation_on_the_host_route_reads_the_core_back_once(monkeypatch):
     assert all(type(f) is type(S_hat) for f in (P, S1, Q))
     P, S1, Q = (np.asarray(bk.to_host(f)) for f in (P, S1, Q))
     np.testing.assert_allclose(P @ S1 @ Q.T, np.diag([1.0, 0.5, 0.0]), atol=1e-15)
+
+
+def _layer_step_model():
+    torch.manual_seed(4)
+    model = convert(mlp([40, 64, 10]), 8, exclude=("fc2",))
+    opt = DLRTOptimizer(
+        model.parameters(), lr=0.1, method=AugmentedBUG(FixedRank(8), substep=Euler())
+    )
+    return model, opt
+
+
+def _gradients(model):
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.randn(32, 40, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _one_step(model, opt):
+    _gradients(model)
+    opt.step()
+
+
+def test_with_deferred_tests_a_step_still_waits_once_per_layer(
+    host_route, deferred_tests, host_reads, monkeypatch
+):
+    # as on an accelerator: the tests of the new bases stay on the device, and the core is
+    # the one array read back
+    calls = []
+    gesdd = bk._gesdd
+    monkeypatch.setattr(bk, "_gesdd", lambda a: calls.append(a.shape) or gesdd(a))
+    model, opt = _layer_step_model()
+    _gradients(model)
+    host_reads.count = 0
+    opt.step()
+    assert host_reads.count == 1
+    assert calls == [(16, 16)]  # the core went the host route
+
+
+def test_a_failed_deferred_test_is_still_traced_through_the_host_svd(
+    host_route, deferred_tests, monkeypatch
+):
+    # a failed test poisons the core with NaN; the host route must report it as the
+    # device's SVD does, so that the step rebuilds its bases and ends as without the failure
+    from lowrank_integrators.integrators import augmentation
+
+    expected, opt = _layer_step_model()
+    _one_step(expected, opt)
+    deferred, calls = augmentation.augment_projected_deferred, []
+
+    def failing(led, Z, U0):
+        out = deferred(led, Z, U0)
+        if out is not None:
+            calls.append(1)
+            out = (out[0], out[1], torch.zeros((), dtype=torch.bool))
+        return out
+
+    monkeypatch.setattr(augmentation, "augment_projected_deferred", failing)
+    got, opt = _layer_step_model()
+    _one_step(got, opt)
+    assert len(calls) == 2  # both bases of the one step were rebuilt
+    for a, b in zip(got.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b)
