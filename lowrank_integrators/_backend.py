@@ -459,10 +459,11 @@ _HOST_SVD_ON_CPU = False
 _HOST_SVD_DTYPES = frozenset({"float32", "float64", "complex64", "complex128"})
 
 
-def svd_on_host(x: Any) -> bool:
+def svd_on_host(x: Any, shape: tuple[int, int] | None = None) -> bool:
     """Whether the SVD of ``x`` runs on the host: a CuPy array, or a PyTorch tensor on an
     accelerator and outside autograd's graph, of float32/64 or complex64/128 and at most
-    :data:`HOST_SVD_MAX` a side.
+    :data:`HOST_SVD_MAX` a side. ``shape``, when given, is that of the matrix to factorise
+    instead of ``x``'s own (an unfolding of a tensor ``x``).
 
     These are the cores of the integrators (``2r x 2r``, ``4r x 4r``), whose singular values
     are read back for the rank decision anyway: their SVD costs one copy to the host (the
@@ -482,11 +483,12 @@ def svd_on_host(x: Any) -> bool:
         dtype = str(x.dtype)
     else:
         return False
+    sides = tuple(int(d) for d in (x.shape if shape is None else shape))
     return (
         dtype in _HOST_SVD_DTYPES
-        and len(x.shape) == 2
-        and 0 < min(int(d) for d in x.shape)
-        and max(int(d) for d in x.shape) <= HOST_SVD_MAX
+        and len(sides) == 2
+        and 0 < min(sides)
+        and max(sides) <= HOST_SVD_MAX
     )
 
 

@@ -201,3 +201,30 @@ def test_a_failed_deferred_test_is_still_traced_through_the_host_svd(
     assert len(calls) == 2  # both bases of the one step were rebuilt
     for a, b in zip(got.parameters(), expected.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_tucker_step_reads_its_core_back_once_for_the_svds_of_all_modes(
+    host_reads, deferred_tests, monkeypatch
+):
+    # as on an accelerator: one read for the rank decisions of the four modes (the core,
+    # factorised mode by mode on the host), one for the deferred finiteness tests
+    from lowrank_integrators.torch import TuckerConv2d
+
+    def step(route):
+        monkeypatch.setattr(bk, "_HOST_SVD_ON_CPU", route)
+        g = torch.Generator().manual_seed(0)
+        layer = TuckerConv2d(5, 7, (3, 2), ranks=(3, 3, 2, 2), dtype=torch.float64, generator=g)
+        x = torch.randn(2, 5, 11, 10, dtype=torch.float64, generator=g)
+        opt = DLRTOptimizer(layer.parameters(), lr=0.05, tau=0.05)
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        host_reads.count = 0
+        opt.step()
+        Us = (layer.U1, layer.U2, layer.U3, layer.U4)
+        kernel = torch.einsum("abcd,oa,ib,hc,wd->oihw", layer.core, *Us)
+        return host_reads.count, kernel.detach()
+
+    reads, kernel = step(route=True)
+    reads_default, kernel_default = step(route=False)
+    assert reads == reads_default == 2
+    torch.testing.assert_close(kernel, kernel_default, rtol=0, atol=1e-12)

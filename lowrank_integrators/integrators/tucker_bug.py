@@ -150,13 +150,26 @@ class TuckerBUG(TuckerIntegrator):
         rule = self.truncation
         assert rule is not None
         d = C_hat.ndim
-        P, on_device = [], []
-        for i in range(d):
-            P_i, sigma, _ = led.svd(unfold(C_hat, i))
-            P.append(P_i)
-            on_device.append(sigma)
-        # the singular values of every mode in one transfer: one wait for a GPU, not d
-        sigmas = _to_host_together(on_device)
+        size = math.prod(int(n) for n in C_hat.shape)
+        P: list[Any] = []
+        if all(bk.svd_on_host(C_hat, (int(n), size // int(n))) for n in C_hat.shape):
+            # the core read back once and every mode factorised on the host (see
+            # _backend.svd_on_host): one wait for a GPU, not d
+            host = bk.to_host(C_hat)
+            xp, dev = bk.namespace_of(C_hat), bk.device(C_hat)
+            sigmas = []
+            for i in range(d):
+                P_i, sigma, _ = led.svd(unfold(host, i))
+                P.append(xp.asarray(P_i, device=dev))
+                sigmas.append(sigma)
+        else:
+            on_device = []
+            for i in range(d):
+                P_i, sigma, _ = led.svd(unfold(C_hat, i))
+                P.append(P_i)
+                on_device.append(sigma)
+            # the singular values of every mode in one transfer: one wait for a GPU, not d
+            sigmas = _to_host_together(on_device)
         ranks = [max(1, rule.select_rank(s, h, mode=i)) for i, s in enumerate(sigmas)]
         # A mode rank above the product of the others cannot be carried by the core.
         changed = True
