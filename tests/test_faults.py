@@ -251,8 +251,13 @@ def interrupt_after_start(code: str) -> subprocess.CompletedProcess:
     interrupt.
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # A process started in the background by a non-interactive shell (a test run under `&`
+    # or nohup) inherits SIGINT as ignored, and Python then installs no handler: the child
+    # gets Python's default handler back, so that the test sees what an interactive user's
+    # Ctrl-C does.
+    prelude = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
