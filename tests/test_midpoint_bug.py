@@ -12,6 +12,7 @@ import pytest
 
 import lowrank_integrators as lri
 from lowrank_integrators import _backend as bk
+from lowrank_integrators.validation.sylvester_rotation import SylvesterRotation
 from tests.conftest import to_xp
 from tests.problems_for_tests import naive_factor_rk4, observed_order, proj, random_lowrank
 from tests.rank_adaptive_problems import (
@@ -80,6 +81,23 @@ def test_second_order_on_a_rank_preserving_nonlinear_field():
     errors = errors_on_invariant_field(lambda h: lri.FixedRank(3), hs)
     assert lri.MidpointBUG(lri.FixedRank(3)).order == 2
     assert abs(observed_order(hs, errors) - 2) < 0.2, errors
+
+
+def test_second_order_at_small_steps_on_the_sylvester_rotation_without_a_round_off_floor():
+    """On V1 (``n = 100``, ``r = 4``, ``T = 1``) the errors fall like ``h^2`` from ``h = 0.002``
+    to below ``2e-7``: the larger steps' errors below the second-order line (the module
+    docstring) give way to that line, not to a floor."""
+    setup = SylvesterRotation()
+    r = 4
+    ref = setup.dlra_reference(r)(1.0)
+    errors = []
+    for h in (0.002, 0.001, 0.0005):
+        method = lri.MidpointBUG(lri.FixedRank(r))
+        sol = lri.solve(setup.problem, setup.initial_value(r), (0.0, 1.0), h, method=method)
+        errors.append(np.linalg.norm(sol.Y.to_dense() - ref) / np.linalg.norm(ref))
+    orders = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
+    assert np.all((orders > 1.9) & (orders < 2.1)), (errors, orders)
+    assert errors[-1] < 2e-7, errors
 
 
 def test_second_order_with_a_tolerance_scaled_by_h_cubed():
