@@ -46,7 +46,11 @@ rates measured at start.
 Time is CPU time (``time.process_time``) with the BLAS pools limited by threadpoolctl to
 ``--threads`` (default 1). "sys ms" is the part of it spent in the kernel (median..max over
 the timed steps): mostly the zeroing of fresh pages for new tall arrays, which the C library
-maps from the kernel above its mmap threshold (32 MB) and returns when they are freed.
+maps from the kernel above its mmap threshold (32 MB) and returns when they are freed. The
+header names what decides how these pages arrive, as the run saw it (JSON: ``memory``): the
+kernel's transparent huge page mode, ``NUMPY_MADVISE_HUGEPAGE`` (whether NumPy advises huge
+pages for its large arrays; unset means NumPy's default, advised on Linux 4.6 and later) and
+glibc's ``MALLOC_*`` variables.
 
 Every (n, r) runs in a fresh worker process. Time: median over repeated steps from the same
 state. Memory: the process's peak resident set during one step (the kernel's high-water mark
@@ -80,6 +84,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -349,6 +354,30 @@ def _read_status_mb(field):
     return float("nan")
 
 
+def memory_settings():
+    """What decides how fresh tall arrays arrive, as this run saw it (printed and in the JSON).
+
+    ``thp``: the kernel's transparent huge page mode; ``numpy_madvise_hugepage``: the
+    environment variable by which NumPy is told whether to advise huge pages for its large
+    arrays (unset: NumPy's default, advised on Linux 4.6 and later); ``malloc``: glibc's
+    ``MALLOC_*`` variables that are set (see "Fresh memory at large n" in
+    ``docs/performance.md``). The workers inherit them.
+    """
+    thp = None
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            text = fh.read()
+        if "[" in text:
+            thp = text.split("[", 1)[1].split("]", 1)[0]
+    except OSError:
+        pass
+    return {
+        "thp": thp,
+        "numpy_madvise_hugepage": os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
+        "malloc": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
+    }
+
+
 def _reset_hwm():
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -613,6 +642,13 @@ def main(argv=None):
         f"# measured: GEMM 1024^3 {rates['dgemm'] / 1e9:.1f} GF/s; thin 65536 x r times r x r "
         f"GF/s {thin}; bandwidth (a = b + c, 128 MB arrays) {rates['bandwidth'] / 1e9:.1f} GB/s"
     )
+    memory = memory_settings()
+    advice = memory["numpy_madvise_hugepage"]
+    malloc = " ".join(f"{k}={v}" for k, v in memory["malloc"].items()) or "unset"
+    print(
+        f"# fresh memory: transparent huge pages '{memory['thp']}'; "
+        f"NUMPY_MADVISE_HUGEPAGE {'unset' if advice is None else advice}; MALLOC_* {malloc}"
+    )
     print(
         "# floor: sum over phases of max(GEMM flops / GEMM rate, bytes / bandwidth); "
         "'x floor' = median / floor"
@@ -711,6 +747,7 @@ def main(argv=None):
                     "threads": args.threads,
                     "dtype": args.dtype,
                     "numba": numba,
+                    "memory": memory,
                     "rates": rates_json,
                     "rows": rows,
                 },

@@ -61,6 +61,24 @@ def test_step_cost_times_every_method_against_both_floors(tmp_path):
         assert math.isclose(row["ratio_to_adjacent_floor"], row["median_s"] / adjacent)
         assert 0 <= row["median_sys_s"] <= row["max_sys_s"]
     assert "x nested" in printed and "x adj" in printed and "sys ms" in printed
+    assert "# fresh memory: transparent huge pages" in printed
+    assert set(data["memory"]) == {"thp", "numpy_madvise_hugepage", "malloc"}
+
+
+def test_step_cost_records_what_decides_how_fresh_memory_arrives(monkeypatch):
+    step_cost = load("step_cost")
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "0")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1073741824")
+    settings = step_cost.memory_settings()
+    assert settings["numpy_madvise_hugepage"] == "0"
+    assert settings["malloc"]["MALLOC_MMAP_THRESHOLD_"] == "1073741824"
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    settings = step_cost.memory_settings()
+    assert settings["numpy_madvise_hugepage"] is None
+    assert "MALLOC_MMAP_THRESHOLD_" not in settings["malloc"]
+    # the kernel's mode, where it has one, is the bracketed word of its setting
+    assert settings["thp"] in {None, "always", "madvise", "never"}
 
 
 def test_step_cost_summarizes_runs(tmp_path):
