@@ -61,8 +61,10 @@ peak minus the resident set right before the step, and "state MB" the size of U,
 "step adds" is exact only for arrays that the C library maps and unmaps on their own (above
 its mmap threshold, 32 MB by default): smaller freed arrays stay in the process's heap and
 are counted in the resident set before the step. "kept MB" is what the method keeps between
-steps for its substeps (BUG and the projector splittings: two tall work arrays, see
-``lowrank_integrators.substeps.Workspace``): resident before the step and reused in it, so
+steps (BUG and the projector splittings: two tall work arrays for their substeps, see
+``lowrank_integrators.substeps.Workspace``; MidpointBUG: one ``n x 4r`` array for its
+``U_hat``, see ``KeptStorage`` in ``lowrank_integrators.integrators.augmentation``): resident
+before the step and reused in it, so
 that a step's memory is "step adds" plus "kept"; each method is released (with what it
 keeps) before the next one runs. "traced MB" is the peak of the memory
 allocated during one more step as Python's tracemalloc sees it (NumPy and SciPy arrays,
@@ -470,8 +472,10 @@ def worker(n, r, repeats, methods_wanted, dtype="float64", threads=1, numba=True
         probes.append(measure_rates(np, np.dtype(dtype), repeats=3))
         # work arrays the method keeps between steps (resident before each step, so not in
         # "step adds"); the method is then released, with them, before the next one runs
-        workspace = getattr(methods.get(name), "__dict__", {}).get("_workspace")
-        kept = workspace.nbytes / 2**20 if workspace is not None else 0.0
+        owned = getattr(methods.get(name), "__dict__", {})
+        kept = sum(
+            owned[key].nbytes / 2**20 for key in ("_workspace", "_kept_storage") if key in owned
+        )
         runners[name] = run = None
         methods.pop(name, None)
         gc.collect()

@@ -374,15 +374,17 @@ def sandwich(W: Any, A: Any, V: Any, transposed: bool = False) -> Any | None:
     return out
 
 
-def beside(left: Any, d: Any, right: Any) -> Any | None:
+def beside(left: Any, d: Any, right: Any, out: Any = None) -> Any | None:
     """``[left * d, right]`` (``d`` scales the columns of ``left``), row by row (numba), else
     None.
 
     Each row of the result is written once, whole: filled as two column blocks (by NumPy), its
     cache lines are fetched and written twice, which took twice as long on tall arrays
-    (2^20 x (16 + 16), one thread). The entries are the same. Returns ``None`` (the caller fills
-    the two blocks itself) without numba, or unless ``left``, ``right`` and ``d`` are
-    C-ordered NumPy arrays of one floating dtype with ``left`` and ``right`` of equal rows.
+    (2^20 x (16 + 16), one thread). The entries are the same. ``out``, when given, is the
+    array written: C-ordered, of the result's shape and dtype, overlapping neither ``left``
+    nor ``right``. Returns ``None`` (the caller fills the two blocks itself) without numba, or
+    unless ``left``, ``right`` and ``d`` are C-ordered NumPy arrays of one floating dtype with
+    ``left`` and ``right`` of equal rows.
     """
     if not (use_numba and numba_available()):
         return None
@@ -396,7 +398,19 @@ def beside(left: Any, d: Any, right: Any) -> Any | None:
         return None
     if left.shape[0] != right.shape[0]:
         return None
-    out = np.empty((left.shape[0], left.shape[1] + right.shape[1]), dtype)
+    shape = (left.shape[0], left.shape[1] + right.shape[1])
+    if out is None:
+        out = np.empty(shape, dtype)
+    elif not (
+        type(out) is np.ndarray
+        and out.shape == shape
+        and out.dtype == dtype
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError(
+            f"out must be a writeable C-ordered array of shape {shape} and dtype {dtype}"
+        )
     _kernels().beside_rows(left, d, right, out)
     return out
 

@@ -14,6 +14,7 @@ import pytest
 from lowrank_integrators._qr import nearly_orthonormal_q, tall_q
 from lowrank_integrators.errors import NonFiniteError
 from lowrank_integrators.integrators.augmentation import (
+    KeptStorage,
     RegisterHandover,
     augment,
     augment_projected,
@@ -339,3 +340,33 @@ def test_a_basis_whose_deferred_tests_pass_is_the_tested_basis(
         assert torch.equal(U_hat, expected) and torch.equal(d, d_expected)
     # NumPy arrays and tensors in host memory by default: nothing deferred
     assert augment_projected_deferred(Ledger(), project_out(U0, X), U0) is None
+
+
+def test_kept_storage_lends_its_array_only_while_nothing_refers_to_it():
+    owner = type("Method", (), {})()
+    like = np.zeros((4096, 4))
+    kept = KeptStorage.take(owner, like, 4096, 16)
+    whole = kept.whole(4096, 16, like.dtype)
+    assert whole is kept.block and whole.flags.c_contiguous
+    assert kept.whole(4096, 16, like.dtype) is None  # handed out and still alive
+    assert kept.whole(4096, 12, like.dtype) is None  # another shape
+    held = whole[:, :3]  # someone keeps a view
+    whole = None
+    assert kept.whole(4096, 16, like.dtype) is None
+    kept.close()
+    assert len(owner._kept_storage) == 0  # not kept: a view refers to it
+    again = KeptStorage.take(owner, like, 4096, 16)
+    assert not np.shares_memory(again.block, held)
+    block = again.block
+    again.close()
+    assert len(owner._kept_storage) == 0  # a name still refers to it
+    del block
+    third = KeptStorage.take(owner, like, 4096, 16)
+    assert third.whole(4096, 16, like.dtype) is not None  # a temporary, gone at once
+    first_array = id(third.block)
+    third.close()
+    assert len(owner._kept_storage) == 1
+    fourth = KeptStorage.take(owner, like, 4096, 16)
+    assert id(fourth.block) == first_array and len(owner._kept_storage) == 0  # taken
+    assert KeptStorage.take(owner, like.astype(np.int64), 4096, 16) is None
+    assert KeptStorage.take(owner, like[:10], 10, 16) is None  # not tall: nothing kept

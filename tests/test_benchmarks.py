@@ -115,6 +115,18 @@ def test_dlrt_step_quick_runs_where_fashion_mnist_is_installed():
     assert "dense/DLRT" in printed and "each alone" in printed and "break-even" in printed
 
 
+def test_kept_storage_times_midpoint_steps_with_and_without_it(tmp_path):
+    path = tmp_path / "kept.json"
+    printed = run("kept_storage.py", "--quick", "--json", str(path))
+    (pair,) = json.loads(path.read_text())["pairs"]
+    kept, fresh = pair
+    assert (kept["mode"], fresh["mode"]) == ("kept", "fresh")
+    assert kept["median_s"] > 0 and fresh["median_s"] > 0
+    # n = 2^14, r = 16: one n x 4r float64 array kept, none where the storage is off
+    assert kept["kept_mb"] == 2**14 * 64 * 8 / 2**20 and fresh["kept_mb"] == 0
+    assert "median difference" in printed
+
+
 def test_tucker_step_cost_runs():
     printed = run("tucker_step_cost.py", "--n", "8", "--rank", "3", "--repeats", "20")
     assert "Python overhead" in printed

@@ -227,6 +227,12 @@ def test_an_augmented_basis_written_row_by_row_has_the_entries_of_its_two_blocks
     d = np.array([1, -1, -1, 1, -1], dtype=dtype)
     out = _fused.beside(U0, d, Q)
     np.testing.assert_array_equal(out, np.concatenate([U0 * d, Q], axis=1))
+    given = np.full((1001, 8), np.nan, dtype=dtype)
+    assert _fused.beside(U0, d, Q, given) is given  # written into the array given
+    np.testing.assert_array_equal(given, out)
+    for wrong in (np.empty((1001, 7), dtype), np.empty((8, 1001), dtype).T):
+        with pytest.raises(ValueError, match="out must be"):
+            _fused.beside(U0, d, Q, wrong)
 
 
 def test_the_row_by_row_augmented_basis_declines_what_it_does_not_handle(rng, monkeypatch):

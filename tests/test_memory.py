@@ -322,6 +322,27 @@ def test_the_l_substep_of_an_augmented_step_reuses_the_k_substeps_arrays(
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_midpoint_bug_keeps_one_wide_array_between_steps_at_the_same_peak(sylvester, fields):
+    """MidpointBUG keeps one n x 4r array between steps, for U_hat. The next step allocates
+    it not again, its peak with the kept array is that of a first step, and it gives the step
+    of a fresh method exactly."""
+    make, tall_arrays = STEP_PEAKS["MidpointBUG"]
+    T, C, Y0 = sylvester
+    problem = lri.SylvesterODE(T, T, C)
+    method = make()
+    first, _ = method.step(problem, method.init(problem, Y0, 0.0), 0.0, 1e-3)
+    kept = method.__dict__["_kept_storage"]
+    assert len(kept) == 1 and kept.nbytes == 4 * TALL
+    peak, (second, _) = peak_in_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
+    assert peak + 4 <= tall_arrays + SLACK
+    fresh_method = make()
+    fresh, (again, _) = fresh_tall_arrays(lambda: fresh_method.step(problem, first, 1e-3, 1e-3))
+    reused, _ = fresh_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
+    assert reused <= fresh - 4 + SLACK
+    for a, b in zip(second.Y, again.Y, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- the blocked products equal the plain ones -------------------------------------------------
 
 

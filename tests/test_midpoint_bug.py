@@ -206,3 +206,64 @@ def test_declares_its_properties():
     assert any("2402.08607" in ref for ref in lri.MidpointBUG.references)
     with pytest.raises(TypeError, match="truncation"):
         lri.MidpointBUG(truncation=None)
+
+
+class _KeepsWhatItIsGiven(lri.SylvesterODE):
+    """A problem that keeps the arrays of its products' arguments (as a caching driver may)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.seen = []
+
+    def s_field(self, U, V):
+        self.seen.append((U, np.array(U), V, np.array(V)))
+        return super().s_field(U, V)
+
+
+def test_the_array_kept_between_steps_never_overwrites_what_someone_holds():
+    """The step keeps one tall array between steps for U_hat; a basis that anyone still
+    holds is left as it was, and the steps are those of a fresh method."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(11)
+    n, r = 4096, 4
+    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    U = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    state_Y = lri.LowRankMatrix(U, np.diag(2.0 ** -np.arange(r)), V)
+    keeping = _KeepsWhatItIsGiven(A, A)
+    method = lri.MidpointBUG(lri.FixedRank(r))
+    state = method.init(keeping, state_Y, 0.0)
+    for i in range(3):
+        fresh = lri.MidpointBUG(lri.FixedRank(r))
+        expected, _ = fresh.step(lri.SylvesterODE(A, A), state, i * 0.01, 0.01)
+        state, _ = method.step(keeping, state, i * 0.01, 0.01)
+        for a, b in zip(state.Y, expected.Y, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert len(keeping.seen) >= 6  # the bases of both Galerkin substeps of every step
+    for U, U_copy, V, V_copy in keeping.seen:
+        np.testing.assert_array_equal(U, U_copy)
+        np.testing.assert_array_equal(V, V_copy)
+
+
+def test_steps_with_the_kept_array_are_those_without_it():
+    """Two steps of one method (the second in the array the first kept) equal fresh steps."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(12)
+    n, r = 4096, 4
+    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    Y = lri.LowRankMatrix(
+        np.linalg.qr(rng.standard_normal((n, r)))[0],
+        np.diag(2.0 ** -np.arange(r)),
+        np.linalg.qr(rng.standard_normal((n, r)))[0],
+    )
+    problem = lri.SylvesterODE(A, A)
+    method = lri.MidpointBUG(lri.FixedRank(r))
+    state = method.init(problem, Y, 0.0)
+    for i in range(3):
+        expected, _ = lri.MidpointBUG(lri.FixedRank(r)).step(problem, state, i * 0.01, 0.01)
+        state, _ = method.step(problem, state, i * 0.01, 0.01)
+        assert len(method.__dict__["_kept_storage"]) == 1
+        for a, b in zip(state.Y, expected.Y, strict=True):
+            np.testing.assert_array_equal(a, b)

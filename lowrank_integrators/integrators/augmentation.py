@@ -32,12 +32,13 @@ from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, tall_q_deferre
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
-from ..substeps import FactoredStart, SubstepSolver, Workspace, owned_result
+from ..substeps import TALL_ENTRIES, FactoredStart, SubstepSolver, Workspace, owned_result
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
 __all__ = [
     "AugmentedBases",
+    "KeptStorage",
     "RegisterHandover",
     "augment",
     "augment_projected",
@@ -47,7 +48,12 @@ __all__ = [
 
 
 def augment(
-    led: FactorisationLedger, X: Any, U0: Any, *, overwrite: bool = False
+    led: FactorisationLedger,
+    X: Any,
+    U0: Any,
+    *,
+    overwrite: bool = False,
+    out: Callable[[int, int, Any], Any] | None = None,
 ) -> tuple[Any, Any]:
     """``U_hat = [U0 D, Q]`` orthonormal with ``range(X)`` inside, and ``D``'s diagonal.
 
@@ -61,7 +67,8 @@ def augment(
     :func:`~lowrank_integrators._backend.qr_augment`). ``X`` is not modified unless
     ``overwrite`` is true: then a NumPy ``X`` holds ``Z`` and ``Q`` in turn (no tall array
     besides ``U_hat`` is allocated) and is garbage afterwards; pass it for a result no one
-    else holds (:func:`~lowrank_integrators.substeps.owned_result`).
+    else holds (:func:`~lowrank_integrators.substeps.owned_result`). ``out``: see
+    :func:`augment_projected`.
 
     Returns
     -------
@@ -72,7 +79,7 @@ def augment(
     xp = bk.namespace(U0, X)
     if type(X) is not np.ndarray and bk.is_lazy(X):
         return _augment_by_one_qr(led, X, U0, xp)
-    return augment_projected(led, project_out(U0, X, overwrite=overwrite), U0)
+    return augment_projected(led, project_out(U0, X, overwrite=overwrite), U0, out=out)
 
 
 def project_out(U0: Any, X: Any, *, check: bool = True, overwrite: bool = False) -> Any:
@@ -153,6 +160,7 @@ def augment_projected(
     U0: Any,
     *,
     release: Callable[[np.ndarray], None] | None = None,
+    out: Callable[[int, int, Any], Any] | None = None,
 ) -> tuple[Any, Any]:
     """``U_hat = [U0 D, Q]`` for ``Z`` from :func:`project_out` (``Z`` is overwritten).
 
@@ -178,6 +186,10 @@ def augment_projected(
     ``release``, when given, receives the NumPy array ``Q`` of the new columns once ``U_hat``
     holds a copy of them, no longer referenced here: its storage may serve as a work array of
     the same shape (the tall arrays of a step at ``n ~ 1e6`` cost page faults when fresh).
+    ``out``, when given, is asked ``out(rows, columns, dtype)`` for the storage of a NumPy
+    ``U_hat`` built from ``U0`` and ``Q``: a writeable C-ordered array of that shape and dtype
+    that overlaps neither (such as one a step keeps between its steps), or ``None`` for a new
+    array.
 
     Returns
     -------
@@ -241,9 +253,10 @@ def augment_projected(
     # augmented basis, like the new columns, does not depend on the signs of the columns of U0.
     d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0))  # r <= rows
     if numpy:
-        U_hat = _fused.beside(U0, d, Q) if Q.size > _SMALL else None
+        target = out(rows, r + k, U0.dtype) if out is not None else None
+        U_hat = _fused.beside(U0, d, Q, target) if Q.size > _SMALL else None
         if U_hat is None:
-            U_hat = np.empty((rows, r + k), dtype=U0.dtype)
+            U_hat = np.empty((rows, r + k), dtype=U0.dtype) if target is None else target
             np.multiply(U0, d, out=U_hat[:, :r])
             U_hat[:, r:] = Q
         if release is not None:
@@ -634,6 +647,57 @@ class RegisterHandover:
         """Release what is kept."""
         if self.work is not None:
             self.work.clear()
+
+
+class KeptStorage:
+    """One tall NumPy array that a step method keeps between its steps for one of its bases.
+
+    At ``n ~ 1e6`` every fresh tall array costs the zeroing of its pages (see
+    ``docs/performance.md``, "Fresh memory at large n"). A step whose basis has a fixed shape
+    takes this array from its method at the start (:meth:`take`; ``None`` where it is not
+    worth keeping), writes the basis into it (:meth:`whole`) and gives it back at the end
+    (:meth:`close`) if nothing refers to it any more: an array that anyone still holds (a
+    NumPy view holds its base, which the reference count shows) is never written over, and is
+    then not kept. The method keeps at most one (a
+    :class:`~lowrank_integrators.substeps.Workspace`, empty when copied or unpickled).
+    """
+
+    def __init__(self, block: np.ndarray, pool: Workspace) -> None:
+        self.block: np.ndarray | None = block
+        self._pool = pool
+
+    @classmethod
+    def take(cls, owner: Any, like: Any, rows: int, columns: int) -> KeptStorage | None:
+        """The storage of ``owner`` (a step method) for a ``rows x columns`` array of the dtype
+        of ``like``; ``None`` unless ``like`` is a floating NumPy array and the array tall."""
+        if type(like) is not np.ndarray or like.dtype.kind not in "fc":
+            return None
+        if rows * columns < TALL_ENTRIES:
+            return None
+        pool = owner.__dict__.get("_kept_storage")
+        if pool is None:
+            pool = owner.__dict__["_kept_storage"] = Workspace(keep=1)
+        block = pool.take((rows, columns), like.dtype)
+        # the local name and the argument: a third reference is a view someone still holds
+        if block is None or sys.getrefcount(block) > 2:
+            block = np.empty((rows, columns), dtype=like.dtype)
+        return cls(block, pool)
+
+    def whole(self, rows: int, columns: int, dtype: Any) -> np.ndarray | None:
+        """The array, if it has this shape and dtype and nothing refers to it."""
+        # before a local name refers to it: the attribute and the argument
+        if self.block is None or sys.getrefcount(self.block) != 2:
+            return None
+        b = self.block
+        if b.shape != (rows, columns) or b.dtype != dtype:
+            return None
+        return b
+
+    def close(self) -> None:
+        """Give the array back to the method, if nothing refers to it any more."""
+        b, self.block = self.block, None
+        if b is not None and sys.getrefcount(b) == 2:
+            self._pool.give(b)
 
 
 class AugmentedBases:

@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from .. import _backend as bk
 from ..factors import LowRankMatrix
 from ..protocol import received
 from ..substeps import owned_result
-from .augmentation import AugmentedBases, augment, embed_core
+from .augmentation import AugmentedBases, KeptStorage, augment, embed_core
 from .base import AdaptiveIntegrator, Ledger, State, StepGenerator
 
 __all__ = ["MidpointBUG"]
@@ -68,6 +70,14 @@ class MidpointBUG(AdaptiveIntegrator):
     columns); one SVD of the ``4r x 4r`` core. With Euler substeps two evaluation points
     (``Y0``, ``Y_half``; both Galerkin steps start from a representation of ``Y0``): two
     forward/backward passes per training step.
+
+    On NumPy arrays of a square problem the integrator keeps one tall array (``n x 4r``)
+    between steps, into which the next step writes ``U_hat`` (see
+    :class:`~lowrank_integrators.integrators.augmentation.KeptStorage`): the peak memory of a
+    step is unchanged (the array lies idle through the half step, which holds fewer tall
+    arrays than the enrichment), and a fresh array of ``4 n r`` entries (page faults at
+    ``n ~ 1e6``) is saved. An array that anyone still holds is never written over; it is then
+    not kept.
 
     Parameters
     ----------
@@ -92,34 +102,54 @@ class MidpointBUG(AdaptiveIntegrator):
         led = Ledger(rank_before=Y0.rank)
         t_half, t1 = t + 0.5 * h, t + h
 
-        # 1. untruncated augmented BUG half step
-        # Tall intermediates are released as soon as they are used (n can be ~1e6).
-        half = AugmentedBases()
-        # half.U = [U0 D, *], half.V = [V0 E, *]: the start is D^H S0 E padded with zeros.
-        S_start, lead_U, lead_V = yield from half.augment_by_substeps(self, led, Y0, t, t_half)
-        S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
-        Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
+        # U_hat (n x 4r) is written into an array kept between steps (NumPy, square
+        # problems): of the step's fresh arrays it comes when nothing has just been freed,
+        # and keeping it measured faster than keeping V_hat (docs/performance.md). It lies
+        # idle through the half step, which holds fewer tall arrays than the enrichment: the
+        # peak stays that of a step without it.
+        m, r0 = int(U0.shape[0]), int(U0.shape[1])
+        kept = None
+        if type(V0) is np.ndarray and V0.shape == U0.shape and V0.dtype == U0.dtype:
+            kept = KeptStorage.take(self, U0, m, 4 * r0)
+        try:
+            # 1. untruncated augmented BUG half step
+            # Tall intermediates are released as soon as they are used (n can be ~1e6).
+            half = AugmentedBases()
+            # half.U = [U0 D, *], half.V = [V0 E, *]: the start is D^H S0 E padded with zeros.
+            S_start, lead_U, lead_V = yield from half.augment_by_substeps(self, led, Y0, t, t_half)
+            S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
+            Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
 
-        # 2. bases enriched by the field at the midpoint (both products first, so that each
-        # half-step basis is released as soon as its enriched basis exists)
-        FV = received((yield led.right(t_half, Y_half, half.V, hand_over=True)))
-        FhU = received((yield led.left(t_half, Y_half, half.U, hand_over=True)))
-        del Y_half
-        # each product, if no one else holds it, becomes the storage of its new columns
-        refs = sys.getrefcount(FV)  # before any call holds it
-        U_hat, m_U = augment(led, FV, half.U, overwrite=owned_result(FV, refs))
-        hat = AugmentedBases(U_hat)
-        del U_hat
-        half.U = FV = None
-        refs = sys.getrefcount(FhU)
-        hat.V, m_V = augment(led, FhU, half.V, overwrite=owned_result(FhU, refs))
-        half.V = FhU = None
+            # 2. bases enriched by the field at the midpoint (both products first, so that
+            # each half-step basis is released as soon as its enriched basis exists)
+            FV = received((yield led.right(t_half, Y_half, half.V, hand_over=True)))
+            FhU = received((yield led.left(t_half, Y_half, half.U, hand_over=True)))
+            del Y_half
+            # each product, if no one else holds it, becomes the storage of its new columns
+            refs = sys.getrefcount(FV)  # before any call holds it
+            U_hat, m_U = augment(
+                led,
+                FV,
+                half.U,
+                overwrite=owned_result(FV, refs),
+                out=None if kept is None else kept.whole,
+            )
+            hat = AugmentedBases(U_hat)
+            del U_hat
+            half.U = FV = None
+            refs = sys.getrefcount(FhU)
+            hat.V, m_V = augment(led, FhU, half.V, overwrite=owned_result(FhU, refs))
+            half.V = FhU = None
 
-        # 3. full-step Galerkin from Y0 itself
-        # hat.U = [half.U D2, *] = [U0 D D2, *, *] (likewise hat.V): again a padded S0.
-        r = int(S0.shape[0])
-        m_U, m_V = m_U[:r] * lead_U, m_V[: int(S0.shape[1])] * lead_V
-        S_start = embed_core(S0, int(hat.U.shape[1]), int(hat.V.shape[1]), m_U, m_V)
-        S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
-        Y1 = hat.truncate(led, self.truncation, S_hat, h)
+            # 3. full-step Galerkin from Y0 itself
+            # hat.U = [half.U D2, *] = [U0 D D2, *, *] (likewise hat.V): again a padded S0.
+            r = int(S0.shape[0])
+            m_U, m_V = m_U[:r] * lead_U, m_V[: int(S0.shape[1])] * lead_V
+            S_start = embed_core(S0, int(hat.U.shape[1]), int(hat.V.shape[1]), m_U, m_V)
+            S_hat = yield from hat.galerkin(self.substep, led, t, t1, S_start, at=Y0)
+            Y1 = hat.truncate(led, self.truncation, S_hat, h)
+            del hat
+        finally:
+            if kept is not None:
+                kept.close()
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
