@@ -72,8 +72,8 @@ class MidpointBUG(AdaptiveIntegrator):
     forward/backward passes per training step.
 
     On NumPy arrays of a square problem the integrator keeps one tall array (``n x 4r``)
-    between steps, into which the next step writes ``U_hat`` (see
-    :class:`~lowrank_integrators.integrators.augmentation.KeptStorage`): the peak memory of a
+    between steps, into which the next step writes ``U_hat`` (``KeptStorage`` in
+    ``lowrank_integrators.integrators.augmentation``): the peak memory of a
     step is unchanged (the array lies idle through the half step, which holds fewer tall
     arrays than the enrichment), and a fresh array of ``4 n r`` entries (page faults at
     ``n ~ 1e6``) is saved. An array that anyone still holds is never written over; it is then
