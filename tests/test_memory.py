@@ -323,9 +323,9 @@ def test_the_l_substep_of_an_augmented_step_reuses_the_k_substeps_arrays(
 
 
 def test_the_midpoint_bug_keeps_one_wide_array_between_steps_at_the_same_peak(sylvester, fields):
-    """MidpointBUG keeps one n x 4r array between steps, for U_hat. The next step allocates
-    it not again, its peak with the kept array is that of a first step, and it gives the step
-    of a fresh method exactly."""
+    """MidpointBUG keeps one n x 4r array between steps, for U_hat. The next step does not
+    allocate it again, its peak with the kept array is that of a first step, and it gives the
+    step of a fresh method exactly."""
     make, tall_arrays = STEP_PEAKS["MidpointBUG"]
     T, C, Y0 = sylvester
     problem = lri.SylvesterODE(T, T, C)

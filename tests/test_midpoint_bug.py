@@ -208,6 +208,17 @@ def test_declares_its_properties():
         lri.MidpointBUG(truncation=None)
 
 
+def _tridiagonal_start(seed, n=4096, r=4):
+    """``(A, Y0)``: tridiagonal CSR ``A`` (tall enough for the kept array) and a rank-r start."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
+    U = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    return A, lri.LowRankMatrix(U, np.diag(2.0 ** -np.arange(r)), V)
+
+
 class _KeepsWhatItIsGiven(lri.SylvesterODE):
     """A problem that keeps the arrays of its products' arguments (as a caching driver may)."""
 
@@ -223,17 +234,11 @@ class _KeepsWhatItIsGiven(lri.SylvesterODE):
 def test_the_array_kept_between_steps_never_overwrites_what_someone_holds():
     """The step keeps one tall array between steps for U_hat; a basis that anyone still
     holds is left as it was, and the steps are those of a fresh method."""
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(11)
-    n, r = 4096, 4
-    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
-    U = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    state_Y = lri.LowRankMatrix(U, np.diag(2.0 ** -np.arange(r)), V)
+    A, Y0 = _tridiagonal_start(11)
+    r = Y0.rank
     keeping = _KeepsWhatItIsGiven(A, A)
     method = lri.MidpointBUG(lri.FixedRank(r))
-    state = method.init(keeping, state_Y, 0.0)
+    state = method.init(keeping, Y0, 0.0)
     for i in range(3):
         fresh = lri.MidpointBUG(lri.FixedRank(r))
         expected, _ = fresh.step(lri.SylvesterODE(A, A), state, i * 0.01, 0.01)
@@ -248,19 +253,11 @@ def test_the_array_kept_between_steps_never_overwrites_what_someone_holds():
 
 def test_steps_with_the_kept_array_are_those_without_it():
     """Two steps of one method (the second in the array the first kept) equal fresh steps."""
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(12)
-    n, r = 4096, 4
-    A = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n), format="csr")
-    Y = lri.LowRankMatrix(
-        np.linalg.qr(rng.standard_normal((n, r)))[0],
-        np.diag(2.0 ** -np.arange(r)),
-        np.linalg.qr(rng.standard_normal((n, r)))[0],
-    )
+    A, Y0 = _tridiagonal_start(12)
+    r = Y0.rank
     problem = lri.SylvesterODE(A, A)
     method = lri.MidpointBUG(lri.FixedRank(r))
-    state = method.init(problem, Y, 0.0)
+    state = method.init(problem, Y0, 0.0)
     for i in range(3):
         expected, _ = lri.MidpointBUG(lri.FixedRank(r)).step(problem, state, i * 0.01, 0.01)
         state, _ = method.step(problem, state, i * 0.01, 0.01)
