@@ -1,16 +1,17 @@
-"""MidpointBUG steps with and without the array it keeps between steps, in alternating processes.
+"""MidpointBUG steps with and without the arrays it keeps between steps, in alternating processes.
 
-``MidpointBUG`` on NumPy keeps one ``n x 4r`` array between its steps and writes ``U_hat``
-into it (``KeptStorage`` in ``lowrank_integrators.integrators.augmentation``), instead of a
-fresh array whose pages the kernel must supply and zero. Whether that saves time depends on
-the machine's handling of fresh pages, so it is measured here: each worker process builds the
-problem of ``step_cost.py`` (``F = A Y + Y A^T + C``, tridiagonal CSR ``A``, rank-4 ``C``, RK4
-substeps), runs ``--warm`` steps, then times ``--steps`` steps from the same state, and reports
-the median CPU time of a step (``user + sys``), the median kernel time (``sys``) and its peak
-resident set. Workers ``kept`` (the library as it is) and ``fresh`` (the same step with the
-kept storage switched off) alternate ``--pairs`` times, each in a new process, so that both
-meet the same drift of a shared machine; the script prints every pair, the medians over the
-pairs and the median of the per-pair differences. One BLAS thread.
+``MidpointBUG`` on NumPy keeps two ``n x 4r`` arrays between its steps and writes ``U_hat``
+and ``V_hat`` into them; in the half step they hold its registers and its bases
+(``KeptStorage`` in ``lowrank_integrators.integrators.augmentation``), all of which would
+otherwise be fresh arrays whose pages the kernel must supply and zero. Whether that saves time
+depends on the machine's handling of fresh pages, so it is measured here: each worker process
+builds the problem of ``step_cost.py`` (``F = A Y + Y A^T + C``, tridiagonal CSR ``A``, rank-4
+``C``, RK4 substeps), runs ``--warm`` steps, then times ``--steps`` steps from the same state,
+and reports the median CPU time of a step (``user + sys``), the median kernel time (``sys``)
+and its peak resident set. Workers ``kept`` (the library as it is) and ``fresh`` (the same
+step with the kept storage switched off) alternate ``--pairs`` times, each in a new process,
+so that both meet the same drift of a shared machine; the script prints every pair, the
+medians over the pairs and the median of the per-pair differences. One BLAS thread.
 
 Usage::
 
@@ -42,7 +43,7 @@ def worker(mode: str, n: int, r: int, warm: int, steps: int) -> dict:
     import step_cost
 
     if mode == "fresh":
-        augmentation.KeptStorage.take = classmethod(lambda cls, *args: None)
+        augmentation.KeptStorage.take = classmethod(lambda cls, *args, **kwargs: None)
     threadpool_limits(1)
     problem, Y0 = step_cost.benchmark_problem(lri, n, r)
     method = lri.MidpointBUG(lri.FixedRank(r))

@@ -415,6 +415,65 @@ def beside(left: Any, d: Any, right: Any, out: Any = None) -> Any | None:
     return out
 
 
+def beside_over(left: np.ndarray, d: np.ndarray, right: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``[left * d, right]`` written into ``out``, whose storage ends with ``left``'s.
+
+    For a basis that grows in the storage of the basis it extends: ``left`` (``n x p``,
+    C-ordered) holds the last ``n p`` entries of the C-ordered ``n x (p + q)`` array ``out``.
+    Written in ascending rows, each row of ``out`` ends at or before the start of the next row
+    of ``left`` (row ``i`` of ``out`` ends at entry ``(p + q)(i + 1)``, row ``i + 1`` of
+    ``left`` starts at ``q n + p (i + 1)``), so each row of ``left`` is read before anything
+    is written over it; ``left`` is garbage afterwards. ``right`` must not overlap ``out``.
+    Compiled (numba) where it can be, else by blocks of rows, each block of ``left`` read
+    into a small temporary first.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not laid out so.
+    """
+    if any(type(a) is not np.ndarray for a in (left, d, right, out)):
+        raise TypeError("beside_over takes NumPy arrays")
+    if left.ndim != 2 or right.ndim != 2:
+        raise ValueError("beside_over: left and right must be 2-D")
+    n, p = (int(s) for s in left.shape)
+    q = int(right.shape[1])
+    if not (
+        right.shape == (n, q)
+        and out.shape == (n, p + q)
+        and d.shape == (p,)
+        and left.dtype == right.dtype == out.dtype
+        and left.flags.c_contiguous
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError(
+            f"beside_over: expected C-ordered left (n, p), right (n, q) and out (n, p + q) "
+            f"of one dtype, got {left.shape}, {right.shape}, {out.shape}"
+        )
+    start = out.__array_interface__["data"][0]
+    if left.__array_interface__["data"][0] != start + q * n * out.itemsize:
+        raise ValueError("beside_over: left must hold the last n p entries of out's storage")
+    if np.may_share_memory(right, out):
+        raise ValueError("beside_over: right must not overlap out")
+    if n == 0:
+        return out
+    if use_numba and numba_available() and out.dtype.kind in "fc" and d.dtype == out.dtype:
+        _kernels().beside_over_rows(left, d, right, out)
+        return out
+    rows = max(1, _OVER_BLOCK_ENTRIES // max(1, p + q))
+    for lo in range(0, n, rows):
+        hi = min(lo + rows, n)
+        block = left[lo:hi] * d  # read before the rows of out that cover it are written
+        out[lo:hi, :p] = block
+        out[lo:hi, p:] = right[lo:hi]
+    return out
+
+
+#: Entries of ``out`` that :func:`beside_over` writes per block of rows without numba.
+_OVER_BLOCK_ENTRIES = 1 << 15
+
+
 def _same_float_rows(x: Any, y: Any, vector: bool) -> bool:
     """Whether ``x`` is a C-ordered 2-D float32/float64 NumPy array and ``y`` a C-ordered one of
     its dtype: its row vector (``vector``) or an array of its shape."""

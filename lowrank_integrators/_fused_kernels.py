@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "all_finite",
     "apply_then",
+    "beside_over_rows",
     "beside_rows",
     "bias_relu",
     "fold_rows",
@@ -168,6 +169,21 @@ def beside_rows(left, d, right, out):
     for i in range(left.shape[0]):
         for j in range(r):
             out[i, j] = left[i, j] * d[j]
+        for j in range(k):
+            out[i, r + j] = right[i, j]
+
+
+@numba.njit(cache=True, nogil=True)
+def beside_over_rows(left, d, right, out):
+    # left lies in out's storage (see _fused.beside_over): row i of left is read whole
+    # before row i of out is written, and rows are written in ascending order
+    r, k = left.shape[1], right.shape[1]
+    row = np.empty(r, dtype=left.dtype)
+    for i in range(left.shape[0]):
+        for j in range(r):
+            row[j] = left[i, j] * d[j]
+        for j in range(r):
+            out[i, j] = row[j]
         for j in range(k):
             out[i, r + j] = right[i, j]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numbers
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
@@ -185,6 +186,65 @@ def _probe_references() -> Generator[int, None, None]:
 _SOLE_REFERENCES = next(_probe_references()) if hasattr(sys, "getrefcount") else -1
 
 
+class _Carvings:
+    """Arrays carved out of a tall array that a step method keeps, by id (weak references).
+
+    A view is never owned by its holder alone in general: another view of the same storage
+    may exist. A step that keeps an array between its steps and lends parts of it as work
+    arrays (:meth:`~lowrank_integrators.integrators.augmentation.KeptStorage.carve`) registers
+    the parts here; such a part counts as owned when, besides the one holder of the array, the
+    only references to the array are the live registered parts (each holds it as its base):
+    no one else holds a view of it.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, parts: list[np.ndarray]) -> None:
+        with self._lock:
+            for key in [k for k, ref in self._parts.items() if ref() is None]:
+                del self._parts[key]
+            for x in parts:
+                self._parts[id(x)] = weakref.ref(x)
+
+    def sole(self, x: np.ndarray) -> bool:
+        """Whether ``x`` is a registered part and its array is held as described above."""
+        with self._lock:
+            ref = self._parts.get(id(x))
+            if ref is None or ref() is not x:
+                return False
+            block = x.base
+            live = 0
+            for r in self._parts.values():
+                part = r()
+                if part is not None and part.base is block:
+                    live += 1
+            part = None
+            return sys.getrefcount(block) == live + _CARVED_HOLDERS
+
+
+def _probe_carved_holders() -> int:
+    """``sys.getrefcount`` of a carved array in :meth:`_Carvings.sole`, less its live parts,
+    when one name holds it (measured, as for :data:`_SOLE_REFERENCES`)."""
+    probe = _Carvings()
+    holder = [np.empty(4)]
+    part = holder[0].reshape(-1)[:2]
+    probe.add([part])
+    block = part.base
+    live = 1
+    count = sys.getrefcount(block) - live
+    del block
+    return count
+
+
+#: See :func:`_probe_carved_holders`.
+_CARVED_HOLDERS = _probe_carved_holders() if hasattr(sys, "getrefcount") else -1
+
+#: The parts of kept arrays that steps lend as work arrays (see :class:`_Carvings`).
+carved = _Carvings()
+
+
 def owned_result(x: Any, references: int) -> bool:
     """Whether a step may overwrite the result ``x`` of a substep (its QR in place).
 
@@ -206,7 +266,7 @@ def _owned(x: Any, references: int) -> bool:
     return (
         references <= _SOLE_REFERENCES
         and type(x) is np.ndarray
-        and x.base is None
+        and (x.base is None or carved.sole(x))
         and x.flags.c_contiguous
         and x.flags.writeable
     )

@@ -370,3 +370,45 @@ def test_kept_storage_lends_its_array_only_while_nothing_refers_to_it():
     assert id(fourth.block) == first_array and len(owner._kept_storage) == 0  # taken
     assert KeptStorage.take(owner, like.astype(np.int64), 4096, 16) is None
     assert KeptStorage.take(owner, like[:10], 10, 16) is None  # not tall: nothing kept
+
+
+def test_kept_storage_lends_parts_that_substeps_own_while_no_one_else_holds_a_view():
+    from lowrank_integrators.substeps import _SOLE_REFERENCES, _owned
+
+    owner = type("Method", (), {})()
+    like = np.zeros((4096, 4))
+    kept = KeptStorage.take(owner, like, 4096, 16, keep=2)
+    parts = kept.carve((4096, 4), (4096, 4), (4096, 8))
+    assert [p.shape for p in parts] == [(4096, 4), (4096, 4), (4096, 8)]
+    assert all(p.flags.c_contiguous and p.base is kept.block for p in parts)
+    assert not np.shares_memory(parts[0], parts[1]) and not np.shares_memory(parts[1], parts[2])
+    assert kept.carve((4096, 4)) is None  # parts are out: the array is not idle
+    assert kept.whole(4096, 16, like.dtype) is None
+    first = parts[0]
+    # (the references to the part itself are the caller's to count: here, one name)
+    assert _owned(first, _SOLE_REFERENCES)
+    held = parts[1][:, :2]  # someone keeps a view of a part
+    assert not _owned(first, _SOLE_REFERENCES)
+    assert not _owned(np.zeros((8192, 4))[:4096], _SOLE_REFERENCES)  # a view, not carved
+    del held, first
+    parts = None
+    assert kept.whole(4096, 16, like.dtype) is kept.block  # all parts released
+    assert kept.carve((4096, 17)) is None  # does not fit
+
+
+def test_kept_storage_grows_a_basis_over_the_part_that_holds_it_only_if_nothing_else_does():
+    owner = type("Method", (), {})()
+    like = np.zeros((4096, 4))
+    kept = KeptStorage.take(owner, like, 4096, 8)
+    first, last = kept.carve((4096, 4), (4096, 4))
+    assert kept.around(last, 4096, 8, like.dtype) is None  # the first part is alive
+    del first
+    assert kept.around(last, 4096, 8, like.dtype) is kept.block
+    assert kept.around(last, 4096, 9, like.dtype) is None  # another shape
+    alias = last
+    assert kept.around(last, 4096, 8, like.dtype) is None  # a second name holds the part
+    del alias
+    view = last[:5]
+    assert kept.around(last, 4096, 8, like.dtype) is None  # a view of it is alive
+    del view
+    assert kept.around(last, 4096, 8, like.dtype) is kept.block

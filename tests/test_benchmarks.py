@@ -122,8 +122,8 @@ def test_kept_storage_times_midpoint_steps_with_and_without_it(tmp_path):
     kept, fresh = pair
     assert (kept["mode"], fresh["mode"]) == ("kept", "fresh")
     assert kept["median_s"] > 0 and fresh["median_s"] > 0
-    # n = 2^14, r = 16: one n x 4r float64 array kept, none where the storage is off
-    assert kept["kept_mb"] == 2**14 * 64 * 8 / 2**20 and fresh["kept_mb"] == 0
+    # n = 2^14, r = 16: two n x 4r float64 arrays kept, none where the storage is off
+    assert kept["kept_mb"] == 2 * 2**14 * 64 * 8 / 2**20 and fresh["kept_mb"] == 0
     assert "median difference" in printed
 
 

@@ -235,6 +235,49 @@ def test_an_augmented_basis_written_row_by_row_has_the_entries_of_its_two_blocks
             _fused.beside(U0, d, Q, wrong)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("rows", [1, 2, 7, 1001])
+def test_a_basis_grown_over_the_basis_it_extends_has_the_entries_of_its_two_blocks(
+    rng, dtype, rows, compiled, monkeypatch
+):
+    """``beside_over``: the left block is the tail of the result's own storage, read row by
+    row ahead of the writes (with numba, and by blocks of rows without it)."""
+    if compiled:
+        pytest.importorskip("numba")
+    monkeypatch.setattr(_fused, "use_numba", compiled)
+    monkeypatch.setattr(_fused, "_OVER_BLOCK_ENTRIES", 40)  # several blocks of rows
+    p, q = 5, 3
+    storage = np.full(rows * (p + q), np.nan, dtype=dtype)
+    left = storage[q * rows :].reshape(rows, p)
+    left[...] = rng.standard_normal((rows, p)).astype(dtype)
+    expected_left = left.copy()
+    Q = rng.standard_normal((rows, q)).astype(dtype)
+    d = np.array([1, -1, -1, 1, -1], dtype=dtype)
+    out = storage.reshape(rows, p + q)
+    assert _fused.beside_over(left, d, Q, out) is out
+    np.testing.assert_array_equal(out, np.concatenate([expected_left * d, Q], axis=1))
+
+
+def test_a_basis_grown_over_another_refuses_every_other_layout(rng):
+    rows, p, q = 20, 4, 2
+    storage = np.zeros(rows * (p + q))
+    out = storage.reshape(rows, p + q)
+    d = np.ones(p)
+    Q = rng.standard_normal((rows, q))
+    with pytest.raises(ValueError, match="last n p entries"):  # at the start, not the end
+        _fused.beside_over(storage[: rows * p].reshape(rows, p), d, Q, out)
+    with pytest.raises(ValueError, match="last n p entries"):  # apart from out
+        _fused.beside_over(np.zeros((rows, p)), d, Q, out)
+    left = storage[q * rows :].reshape(rows, p)
+    with pytest.raises(ValueError, match="must not overlap"):
+        _fused.beside_over(left, d, storage[: rows * q].reshape(rows, q), out)
+    with pytest.raises(ValueError, match="expected C-ordered"):
+        _fused.beside_over(left, d, Q.astype(np.float32), out)
+    with pytest.raises(TypeError, match="NumPy arrays"):
+        _fused.beside_over(left.tolist(), d, Q, out)
+
+
 def test_the_row_by_row_augmented_basis_declines_what_it_does_not_handle(rng, monkeypatch):
     pytest.importorskip("numba")
     U0, Q, d = rng.standard_normal((50, 4)), rng.standard_normal((50, 2)), np.ones(4)

@@ -322,23 +322,35 @@ def test_the_l_substep_of_an_augmented_step_reuses_the_k_substeps_arrays(
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_midpoint_bug_keeps_one_wide_array_between_steps_at_the_same_peak(sylvester, fields):
-    """MidpointBUG keeps one n x 4r array between steps, for U_hat. The next step does not
-    allocate it again, its peak with the kept array is that of a first step, and it gives the
-    step of a fresh method exactly."""
+def test_the_midpoint_bug_keeps_two_wide_arrays_between_steps_at_the_same_peak(
+    sylvester, fields, monkeypatch
+):
+    """MidpointBUG keeps two n x 4r arrays between steps, for U_hat and V_hat, which hold the
+    half step's registers and bases before. The next step does not allocate them again, its
+    peak with the kept arrays is that of a first step, it allocates none of the tall arrays
+    of its half step and enrichment but the products F V and F^H U, and it gives the step of
+    a fresh method exactly."""
+    from lowrank_integrators.integrators import augmentation
+
     make, tall_arrays = STEP_PEAKS["MidpointBUG"]
     T, C, Y0 = sylvester
     problem = lri.SylvesterODE(T, T, C)
     method = make()
     first, _ = method.step(problem, method.init(problem, Y0, 0.0), 0.0, 1e-3)
     kept = method.__dict__["_kept_storage"]
-    assert len(kept) == 1 and kept.nbytes == 4 * TALL
+    assert len(kept) == 2 and kept.nbytes == 8 * TALL
     peak, (second, _) = peak_in_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
-    assert peak + 4 <= tall_arrays + SLACK
-    fresh_method = make()
-    fresh, (again, _) = fresh_tall_arrays(lambda: fresh_method.step(problem, first, 1e-3, 1e-3))
+    assert peak + 8 <= tall_arrays + SLACK
     reused, _ = fresh_tall_arrays(lambda: method.step(problem, first, 1e-3, 1e-3))
-    assert reused <= fresh - 4 + SLACK
+    # F V and F^H U (2r wide each) and the new state's factors U1 and V1; the NumPy fields
+    # also allocate each stage's result (four stages in each of the two substeps)
+    assert reused <= 4 + 2 + (0 if fields == "compiled" else 8) + SLACK
+    monkeypatch.setattr(augmentation.KeptStorage, "take", classmethod(lambda *a, **k: None))
+    unkept = make()
+    fresh, (again, _) = fresh_tall_arrays(lambda: unkept.step(problem, first, 1e-3, 1e-3))
+    # besides: the K-substep's registers (three with the compiled fields, one without), the
+    # half step's bases (2r wide) and U_hat, V_hat (4r wide)
+    assert reused <= fresh - (3 if fields == "compiled" else 1) - 4 - 8 + SLACK
     for a, b in zip(second.Y, again.Y, strict=True):
         np.testing.assert_array_equal(a, b)
 

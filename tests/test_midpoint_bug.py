@@ -220,20 +220,39 @@ def _tridiagonal_start(seed, n=4096, r=4):
 
 
 class _KeepsWhatItIsGiven(lri.SylvesterODE):
-    """A problem that keeps the arrays of its products' arguments (as a caching driver may)."""
+    """A problem that keeps the arrays of its products' arguments (as a caching driver may);
+    with ``keep=False`` the same fields keep nothing."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, keep=True):
         super().__init__(*args)
         self.seen = []
+        self.keep = keep
 
     def s_field(self, U, V):
-        self.seen.append((U, np.array(U), V, np.array(V)))
+        if self.keep:
+            self.seen.append((U, np.array(U), V, np.array(V)))
         return super().s_field(U, V)
+
+    def k_field(self, V):
+        return self._keeping(super().k_field(V))
+
+    def l_field(self, U):
+        return self._keeping(super().l_field(U))
+
+    def _keeping(self, field):
+        def keeping(t, X):
+            out = field(t, X)
+            if self.keep:  # views: they hold the storage, not the arrays given
+                self.seen.append((X[:], np.array(X), out[:], np.array(out)))
+            return out
+
+        return keeping
 
 
 def test_the_array_kept_between_steps_never_overwrites_what_someone_holds():
-    """The step keeps one tall array between steps for U_hat; a basis that anyone still
-    holds is left as it was, and the steps are those of a fresh method."""
+    """The step keeps two tall arrays between steps (U_hat, V_hat, and in the half step its
+    registers and bases); a basis that anyone still holds is left as it was, and the steps
+    are those of a fresh method."""
     A, Y0 = _tridiagonal_start(11)
     r = Y0.rank
     keeping = _KeepsWhatItIsGiven(A, A)
@@ -241,18 +260,19 @@ def test_the_array_kept_between_steps_never_overwrites_what_someone_holds():
     state = method.init(keeping, Y0, 0.0)
     for i in range(3):
         fresh = lri.MidpointBUG(lri.FixedRank(r))
-        expected, _ = fresh.step(lri.SylvesterODE(A, A), state, i * 0.01, 0.01)
+        expected, _ = fresh.step(_KeepsWhatItIsGiven(A, A, keep=False), state, i * 0.01, 0.01)
         state, _ = method.step(keeping, state, i * 0.01, 0.01)
         for a, b in zip(state.Y, expected.Y, strict=True):
             np.testing.assert_array_equal(a, b)
-    assert len(keeping.seen) >= 6  # the bases of both Galerkin substeps of every step
+    assert len(keeping.seen) >= 6  # the bases of both Galerkin substeps of every step, and
+    # the stages of the half step's K- and L-substeps
     for U, U_copy, V, V_copy in keeping.seen:
         np.testing.assert_array_equal(U, U_copy)
         np.testing.assert_array_equal(V, V_copy)
 
 
 def test_steps_with_the_kept_array_are_those_without_it():
-    """Two steps of one method (the second in the array the first kept) equal fresh steps."""
+    """Steps of one method (each in the arrays the one before kept) equal fresh steps."""
     A, Y0 = _tridiagonal_start(12)
     r = Y0.rank
     problem = lri.SylvesterODE(A, A)
@@ -261,6 +281,6 @@ def test_steps_with_the_kept_array_are_those_without_it():
     for i in range(3):
         expected, _ = lri.MidpointBUG(lri.FixedRank(r)).step(problem, state, i * 0.01, 0.01)
         state, _ = method.step(problem, state, i * 0.01, 0.01)
-        assert len(method.__dict__["_kept_storage"]) == 1
+        assert len(method.__dict__["_kept_storage"]) == 2
         for a, b in zip(state.Y, expected.Y, strict=True):
             np.testing.assert_array_equal(a, b)

@@ -32,7 +32,14 @@ from .._qr import canonical_phases, nearly_orthonormal_q, tall_q, tall_q_deferre
 from ..errors import NonFiniteError
 from ..factors import LowRankMatrix
 from ..protocol import StepGenerator
-from ..substeps import TALL_ENTRIES, FactoredStart, SubstepSolver, Workspace, owned_result
+from ..substeps import (
+    TALL_ENTRIES,
+    FactoredStart,
+    SubstepSolver,
+    Workspace,
+    carved,
+    owned_result,
+)
 from ..truncation import TruncationRule
 from .base import FactorisationLedger, KStep, Ledger, LStep, Parallel, SStep
 
@@ -188,8 +195,10 @@ def augment_projected(
     the same shape (the tall arrays of a step at ``n ~ 1e6`` cost page faults when fresh).
     ``out``, when given, is asked ``out(rows, columns, dtype)`` for the storage of a NumPy
     ``U_hat`` built from ``U0`` and ``Q``: a writeable C-ordered array of that shape and dtype
-    that overlaps neither (such as one a step keeps between its steps), or ``None`` for a new
-    array.
+    that does not overlap ``Q`` (such as one a step keeps between its steps), or ``None`` for
+    a new array. It either does not overlap ``U0`` either, or ``U0`` holds the last entries of
+    its storage: ``U_hat`` then grows over ``U0`` (see
+    :func:`~lowrank_integrators._fused.beside_over`), whose entries are garbage afterwards.
 
     Returns
     -------
@@ -254,17 +263,23 @@ def augment_projected(
     d = canonical_phases(U0.diagonal() if numpy else xp.linalg.diagonal(U0))  # r <= rows
     if numpy:
         target = out(rows, r + k, U0.dtype) if out is not None else None
-        U_hat = _fused.beside(U0, d, Q, target) if Q.size > _SMALL else None
+        over = target is not None and np.may_share_memory(target, U0)
+        if over:  # U0 is the end of target's storage, read as target is written
+            U_hat = _fused.beside_over(U0, d.astype(U0.dtype, copy=False), Q, target)
+        else:
+            U_hat = _fused.beside(U0, d, Q, target) if Q.size > _SMALL else None
         if U_hat is None:
             U_hat = np.empty((rows, r + k), dtype=U0.dtype) if target is None else target
             np.multiply(U0, d, out=U_hat[:, :r])
             U_hat[:, r:] = Q
+        target = None
         if release is not None:
             release(Q)
         Q = None
         if d.dtype.kind == "c":
             return U_hat, d.conj()
-        _remember_leading(U_hat, U0, d)
+        if not over:  # U0 no longer holds its entries
+            _remember_leading(U_hat, U0, d)
         return U_hat, d
     return _beside_other(U0, Q, d, xp)
 
@@ -600,9 +615,12 @@ class RegisterHandover:
     ----------
     U0, V0 : array
         The bases of the step's start.
+    registers : list of numpy.ndarray, optional
+        Work arrays for the K-substep (at most three, shaped like ``U0``), e.g. parts of an
+        array the step keeps between its steps: then the K-substep allocates none either.
     """
 
-    def __init__(self, U0: Any, V0: Any) -> None:
+    def __init__(self, U0: Any, V0: Any, registers: list[np.ndarray] | None = None) -> None:
         # The K-substep's arrays fit the L-substep's only for a square problem; otherwise
         # they would sit unused beside it.
         alike = (
@@ -613,6 +631,10 @@ class RegisterHandover:
         )
         self.work = Workspace(keep=3) if alike else None
         self._l_done = False
+        if self.work is not None and registers:
+            for x in registers[: self.work.keep]:
+                if _reusable(x, U0):
+                    self.work.give(x)
 
     def lend(self, X0: Any) -> Any:
         """``X0`` (a substep's start) with the workspace, if it is a factored start."""
@@ -655,11 +677,13 @@ class KeptStorage:
     At ``n ~ 1e6`` every fresh tall array costs the zeroing of its pages (see
     ``docs/performance.md``, "Fresh memory at large n"). A step whose basis has a fixed shape
     takes this array from its method at the start (:meth:`take`; ``None`` where it is not
-    worth keeping), writes the basis into it (:meth:`whole`) and gives it back at the end
-    (:meth:`close`) if nothing refers to it any more: an array that anyone still holds (a
-    NumPy view holds its base, which the reference count shows) is never written over, and is
-    then not kept. The method keeps at most one (a
-    :class:`~lowrank_integrators.substeps.Workspace`, empty when copied or unpickled).
+    worth keeping), may lend parts of it as work arrays while it lies idle (:meth:`carve`),
+    writes the basis into it (:meth:`whole`, or :meth:`around` a part that holds the basis it
+    extends) and gives it back at the end (:meth:`close`) if nothing refers to it any more: an
+    array that anyone still holds (a NumPy view holds its base, which the reference count
+    shows) is never written over, and is then not kept. The method keeps at most ``keep`` of
+    them (a :class:`~lowrank_integrators.substeps.Workspace`, empty when copied or
+    unpickled).
     """
 
     def __init__(self, block: np.ndarray, pool: Workspace) -> None:
@@ -667,16 +691,20 @@ class KeptStorage:
         self._pool = pool
 
     @classmethod
-    def take(cls, owner: Any, like: Any, rows: int, columns: int) -> KeptStorage | None:
+    def take(
+        cls, owner: Any, like: Any, rows: int, columns: int, *, keep: int = 1
+    ) -> KeptStorage | None:
         """The storage of ``owner`` (a step method) for a ``rows x columns`` array of the dtype
-        of ``like``; ``None`` unless ``like`` is a floating NumPy array and the array tall."""
+        of ``like``; ``None`` unless ``like`` is a floating NumPy array and the array tall.
+        ``keep``: how many such arrays the method keeps (one per call of :meth:`take` in a
+        step)."""
         if type(like) is not np.ndarray or like.dtype.kind not in "fc":
             return None
         if rows * columns < TALL_ENTRIES:
             return None
         pool = owner.__dict__.get("_kept_storage")
-        if pool is None:
-            pool = owner.__dict__["_kept_storage"] = Workspace(keep=1)
+        if pool is None or pool.keep != keep:
+            pool = owner.__dict__["_kept_storage"] = Workspace(keep=keep)
         block = pool.take((rows, columns), like.dtype)
         # the local name and the argument: a third reference is a view someone still holds
         if block is None or sys.getrefcount(block) > 2:
@@ -687,6 +715,47 @@ class KeptStorage:
         """The array, if it has this shape and dtype and nothing refers to it."""
         # before a local name refers to it: the attribute and the argument
         if self.block is None or sys.getrefcount(self.block) != 2:
+            return None
+        b = self.block
+        if b.shape != (rows, columns) or b.dtype != dtype:
+            return None
+        return b
+
+    def carve(self, *shapes: tuple[int, int]) -> list[np.ndarray] | None:
+        """C-ordered arrays of these shapes, side by side in the array's storage.
+
+        For work arrays of a part of the step in which the array itself lies idle: they must
+        all be released before :meth:`whole` or :meth:`around` is asked (each holds the
+        array, which the reference count shows). ``None`` if they do not fit or anyone refers
+        to the array.
+        """
+        # before a local name refers to it: the attribute and the argument
+        if self.block is None or sys.getrefcount(self.block) != 2:
+            return None
+        if sum(r * c for r, c in shapes) > self.block.size:
+            return None
+        flat = self.block.reshape(-1)
+        parts, start = [], 0
+        for r, c in shapes:
+            parts.append(flat[start : start + r * c].reshape(r, c))
+            start += r * c
+        del flat
+        carved.add(parts)  # owned by the substeps while no one else holds a view of the array
+        return parts
+
+    def around(self, part: np.ndarray, rows: int, columns: int, dtype: Any) -> np.ndarray | None:
+        """The array, to be written over ``part`` (carved from it) by :func:`augment`.
+
+        ``part`` must be the only thing that still refers to the array, and the caller's
+        local name and the argument the only references to ``part``: its entries are read
+        as the array is written (see :func:`lowrank_integrators._fused.expand`) and are
+        garbage afterwards. ``None`` otherwise, or where the shape or dtype differ.
+        """
+        # part: the caller's name and the argument; the array: the attribute, the argument
+        # and part's base
+        if self.block is None or sys.getrefcount(part) != 3 or part.base is not self.block:
+            return None
+        if sys.getrefcount(self.block) != 3:
             return None
         b = self.block
         if b.shape != (rows, columns) or b.dtype != dtype:
@@ -729,6 +798,9 @@ class AugmentedBases:
         *,
         keep_spare: bool = False,
         defer: bool = False,
+        registers: list[np.ndarray] | None = None,
+        out_U: Callable[[int, int, Any], Any] | None = None,
+        out_V: Callable[[int, int, Any], Any] | None = None,
     ) -> StepGenerator:
         """The augmented K- and L-steps of the rank-adaptive BUG from ``Y0`` over ``[t0, t1]``.
 
@@ -739,7 +811,10 @@ class AugmentedBases:
 
         Tall NumPy work arrays pass from the K-step to the L-step (:class:`RegisterHandover`):
         the K-substep's dead registers and the storage of the new columns of ``U_hat`` become
-        the L-substep's registers. With ``keep_spare``, the storage of the new columns of
+        the L-substep's registers. ``registers``: arrays shaped like ``U0`` (parts of an array
+        the step keeps, :meth:`KeptStorage.carve`) for the K-substep's registers, handed over
+        in the same way; ``out_U``, ``out_V``: storage providers for the two bases (see
+        :func:`augment_projected`). With ``keep_spare``, the storage of the new columns of
         ``V_hat`` is kept as :attr:`spare`, for :meth:`form` to write ``U_hat P`` there (for
         a step that truncates these bases next, whose Galerkin substep holds no tall array
         beside them).
@@ -753,7 +828,8 @@ class AugmentedBases:
         lead: dict[str, Any] = {}
         self._start = (S0, lead)
         defer = defer and type(U0) is not np.ndarray  # NumPy reads its tests without a wait
-        handover = RegisterHandover(U0, V0)
+        handover = RegisterHandover(U0, V0, registers)
+        registers = None
 
         def to_spare(Q: np.ndarray) -> None:
             if keep_spare and _reusable(Q, V0):
@@ -779,7 +855,7 @@ class AugmentedBases:
                 self.pending.append(("U", good, Z, U0))
                 return
             self.U, lead["U"] = augment_projected(
-                led, Z, U0, release=lambda Q: handover.give(Q, U0)
+                led, Z, U0, release=lambda Q: handover.give(Q, U0), out=out_U
             )
 
         def l_step() -> StepGenerator:
@@ -798,7 +874,7 @@ class AugmentedBases:
                 self.V, lead["V"], good = deferred
                 self.pending.append(("V", good, Z, V0))
                 return
-            self.V, lead["V"] = augment_projected(led, Z, V0, release=to_spare)
+            self.V, lead["V"] = augment_projected(led, Z, V0, release=to_spare, out=out_V)
 
         yield Parallel(k_step(), l_step())
         handover.close()

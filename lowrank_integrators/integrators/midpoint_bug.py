@@ -48,6 +48,7 @@ stays at or below the second-order line, with no round-off floor above it.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -71,13 +72,15 @@ class MidpointBUG(AdaptiveIntegrator):
     (``Y0``, ``Y_half``; both Galerkin steps start from a representation of ``Y0``): two
     forward/backward passes per training step.
 
-    On NumPy arrays of a square problem the integrator keeps one tall array (``n x 4r``)
-    between steps, into which the next step writes ``U_hat`` (``KeptStorage`` in
-    ``lowrank_integrators.integrators.augmentation``): the peak memory of a
-    step is unchanged (the array lies idle through the half step, which holds fewer tall
-    arrays than the enrichment), and a fresh array of ``4 n r`` entries (page faults at
-    ``n ~ 1e6``) is saved. An array that anyone still holds is never written over; it is then
-    not kept.
+    On NumPy arrays of a square problem the integrator keeps two tall arrays (``n x 4r``)
+    between steps, into which the next step writes ``U_hat`` and ``V_hat``
+    (``KeptStorage`` in ``lowrank_integrators.integrators.augmentation``). In the half step,
+    where they would lie idle, the first holds the K- and L-substeps' registers and the second
+    the half step's bases ``U_half`` and ``V_half``; ``V_hat`` then grows over ``V_half`` in
+    place. A step allocates no tall array but the products ``F V`` and ``F^H U`` and the new
+    factors (at ``n ~ 1e6`` each fresh array costs the zeroing of its pages), and its peak
+    memory is that of a step without them. An array that anyone still holds, or of which
+    anyone holds a view, is never written over; it is then not kept.
 
     Parameters
     ----------
@@ -102,21 +105,36 @@ class MidpointBUG(AdaptiveIntegrator):
         led = Ledger(rank_before=Y0.rank)
         t_half, t1 = t + 0.5 * h, t + h
 
-        # U_hat (n x 4r) is written into an array kept between steps (NumPy, square
-        # problems): of the step's fresh arrays it comes when nothing has just been freed,
-        # and keeping it measured faster than keeping V_hat (docs/performance.md). It lies
-        # idle through the half step, which holds fewer tall arrays than the enrichment: the
-        # peak stays that of a step without it.
+        # Two n x 4r arrays are kept between steps (NumPy, square problems): U_hat and V_hat
+        # are written into them, and in the half step, where they would lie idle, they hold
+        # the K- and L-substeps' registers and the half step's bases, which are otherwise
+        # fresh tall arrays too. V_hat grows over V_half in place. The step's peak stays that
+        # of a step without them (docs/performance.md).
         m, r0 = int(U0.shape[0]), int(U0.shape[1])
-        kept = None
+        kept_U = kept_V = None
         if type(V0) is np.ndarray and V0.shape == U0.shape and V0.dtype == U0.dtype:
-            kept = KeptStorage.take(self, U0, m, 4 * r0)
+            kept_U = KeptStorage.take(self, U0, m, 4 * r0, keep=2)
+            kept_V = KeptStorage.take(self, U0, m, 4 * r0, keep=2)
         try:
             # 1. untruncated augmented BUG half step
             # Tall intermediates are released as soon as they are used (n can be ~1e6).
+            halves = None if kept_V is None else kept_V.carve((m, 2 * r0), (m, 2 * r0))
+            out_U, out_V = _Once(halves, 0), _Once(halves, 1)
+            halves = None
             half = AugmentedBases()
             # half.U = [U0 D, *], half.V = [V0 E, *]: the start is D^H S0 E padded with zeros.
-            S_start, lead_U, lead_V = yield from half.augment_by_substeps(self, led, Y0, t, t_half)
+            # (the registers are not named here: a substep owns an array no one else holds)
+            S_start, lead_U, lead_V = yield from half.augment_by_substeps(
+                self,
+                led,
+                Y0,
+                t,
+                t_half,
+                registers=None if kept_U is None else kept_U.carve(*[(m, r0)] * 3),
+                out_U=out_U,
+                out_V=out_V,
+            )
+            out_U = out_V = None
             S_half = yield from half.galerkin(self.substep, led, t, t_half, S_start, at=Y0)
             Y_half = LowRankMatrix(half.U, S_half, half.V, check=False)
 
@@ -132,14 +150,25 @@ class MidpointBUG(AdaptiveIntegrator):
                 FV,
                 half.U,
                 overwrite=owned_result(FV, refs),
-                out=None if kept is None else kept.whole,
+                out=None if kept_U is None else kept_U.whole,
             )
             hat = AugmentedBases(U_hat)
             del U_hat
             half.U = FV = None
+            V_half, half.V = half.V, None
+            grown = None
+            if kept_V is not None and type(V_half) is np.ndarray:
+                rows, cols = int(V_half.shape[0]), int(V_half.shape[1]) + int(FhU.shape[1])
+                grown = kept_V.around(V_half, rows, cols, V_half.dtype)
             refs = sys.getrefcount(FhU)
-            hat.V, m_V = augment(led, FhU, half.V, overwrite=owned_result(FhU, refs))
-            half.V = FhU = None
+            hat.V, m_V = augment(
+                led,
+                FhU,
+                V_half,
+                overwrite=owned_result(FhU, refs),
+                out=None if grown is None else _Once([grown], 0),
+            )
+            V_half = FhU = grown = None
 
             # 3. full-step Galerkin from Y0 itself
             # hat.U = [half.U D2, *] = [U0 D D2, *, *] (likewise hat.V): again a padded S0.
@@ -150,6 +179,21 @@ class MidpointBUG(AdaptiveIntegrator):
             Y1 = hat.truncate(led, self.truncation, S_hat, h)
             del hat
         finally:
-            if kept is not None:
-                kept.close()
+            for kept in (kept_U, kept_V):
+                if kept is not None:
+                    kept.close()
         return state.with_Y(Y1, t1), led.finish(Y1.rank)
+
+
+class _Once:
+    """The storage provider of one array of :func:`augment`: ``parts[index]`` where asked for
+    its shape and dtype, handed out once and not held afterwards."""
+
+    def __init__(self, parts: list[np.ndarray] | None, index: int) -> None:
+        self.part = None if parts is None else parts[index]
+
+    def __call__(self, rows: int, columns: int, dtype: Any) -> np.ndarray | None:
+        part, self.part = self.part, None
+        if part is None or part.shape != (rows, columns) or part.dtype != dtype:
+            return None
+        return part
