@@ -429,6 +429,8 @@ def beside_over(left: np.ndarray, d: np.ndarray, right: np.ndarray, out: np.ndar
 
     Raises
     ------
+    TypeError
+        If an argument is not a NumPy array.
     ValueError
         If the arrays are not laid out so.
     """

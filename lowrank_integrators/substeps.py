@@ -210,10 +210,15 @@ class _Carvings:
 
     def sole(self, x: np.ndarray) -> bool:
         """Whether ``x`` is a registered part and its array is held as described above."""
+        return self._others(x) == _CARVED_HOLDERS
+
+    def _others(self, x: np.ndarray) -> int | None:
+        """``sys.getrefcount`` of ``x``'s array here, less its live registered parts; ``None``
+        for an unregistered ``x``."""
         with self._lock:
             ref = self._parts.get(id(x))
             if ref is None or ref() is not x:
-                return False
+                return None
             block = x.base
             live = 0
             for r in self._parts.values():
@@ -221,20 +226,19 @@ class _Carvings:
                 if part is not None and part.base is block:
                     live += 1
             part = None
-            return sys.getrefcount(block) == live + _CARVED_HOLDERS
+            return sys.getrefcount(block) - live
 
 
 def _probe_carved_holders() -> int:
-    """``sys.getrefcount`` of a carved array in :meth:`_Carvings.sole`, less its live parts,
-    when one name holds it (measured, as for :data:`_SOLE_REFERENCES`)."""
+    """What :meth:`_Carvings._others` counts for an array that one name holds (measured
+    through the same code, as :data:`_SOLE_REFERENCES` is: the counts differ between
+    interpreters)."""
     probe = _Carvings()
     holder = [np.empty(4)]
     part = holder[0].reshape(-1)[:2]
     probe.add([part])
-    block = part.base
-    live = 1
-    count = sys.getrefcount(block) - live
-    del block
+    count = probe._others(part)
+    assert count is not None
     return count
 
 
